@@ -1,0 +1,411 @@
+//! Wire types of the HTTP API (`/v1`), shared by server, agent and CLI.
+//!
+//! Routes (all JSON unless noted; see `/openapi.json` for the generated spec):
+//! - client: `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs`, `GET /v1/jobs/{id}`,
+//!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`, `GET /v1/jobs/{id}/events`,
+//!   `GET /v1/jobs/{id}/logs` (JSON page), `GET /v1/jobs/{id}/logs/stream` (SSE),
+//!   `GET /v1/jobs/{id}/logs.txt` (plain text), `GET /v1/agents`.
+//! - agent: `POST /v1/agents/register` (join token), `POST /v1/agents/poll`, and per
+//!   attempt `POST /v1/jobs/{id}/attempts/{n}/{start|logs|progress|finish}` (session token).
+//!   A write for an attempt that is no longer current gets 409 with code `stale_attempt`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::backoff::Backoff;
+use crate::labels::Labels;
+use crate::spec::{Exec, FieldError};
+use crate::state::{JobState, Outcome};
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `invalid_spec`, `stale_attempt`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Field problems, for `invalid_spec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+    /// For internal errors: the id to look up in the server log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// A job as the read API shows it. Secrets appear only as their names.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    pub queue: String,
+    pub priority: i32,
+    pub state: JobState,
+    /// A cancel was asked for and the agent has not confirmed yet.
+    pub cancel_requested: bool,
+    pub exec: Exec,
+    pub labels: Labels,
+    pub timeout_ms: Option<u64>,
+    pub grace_ms: u64,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub env: BTreeMap<String, String>,
+    /// Names of the job's secrets; values are never shown.
+    pub secret_names: Vec<String>,
+    pub metadata: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    /// Attempts that started a process (a lease that never started does not count).
+    pub attempts_used: u32,
+    /// Number of the current (latest) attempt; 0 before the first lease.
+    pub current_attempt: u32,
+    pub progress: Option<Progress>,
+    pub result: Option<serde_json::Value>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Filled in by `GET /v1/jobs/{id}`; empty in lists.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One lease of a job by an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub number: u32,
+    pub agent_id: String,
+    pub state: AttemptState,
+    pub leased_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    Leased,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Canceled,
+    /// The lease expired or the agent dropped it.
+    Lost,
+}
+
+impl AttemptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Leased => "leased",
+            AttemptState::Running => "running",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::TimedOut => "timed_out",
+            AttemptState::Canceled => "canceled",
+            AttemptState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "leased" => AttemptState::Leased,
+            "running" => AttemptState::Running,
+            "succeeded" => AttemptState::Succeeded,
+            "failed" => AttemptState::Failed,
+            "timed_out" => AttemptState::TimedOut,
+            "canceled" => AttemptState::Canceled,
+            "lost" => AttemptState::Lost,
+            _ => return None,
+        })
+    }
+}
+
+impl From<Outcome> for AttemptState {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Succeeded => AttemptState::Succeeded,
+            Outcome::Failed => AttemptState::Failed,
+            Outcome::TimedOut => AttemptState::TimedOut,
+            Outcome::Canceled => AttemptState::Canceled,
+        }
+    }
+}
+
+/// Percent done and a message, as the job last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub percent: f64,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/jobs` answers 201 with the new job, or 200 with the existing one when the
+/// idempotency key was seen before.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchSubmit {
+    pub jobs: Vec<crate::spec::SubmitRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchSubmitted {
+    pub jobs: Vec<Job>,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobsQuery {
+    pub state: Option<String>,
+    pub queue: Option<String>,
+    /// `key=value`: only jobs that require this label.
+    pub label: Option<String>,
+    pub name: Option<String>,
+    /// Page size, 1..=1000, default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One entry in a job's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobEvent {
+    pub at: DateTime<Utc>,
+    /// What happened: `submitted`, `leased`, `started`, `finished`, `lost`, `cancel_requested`, `canceled`, `retried`.
+    pub kind: String,
+    pub from_state: Option<JobState>,
+    pub to_state: JobState,
+    pub attempt: Option<u32>,
+    /// `user`, `agent:<id>` or `server`.
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobEvents {
+    pub events: Vec<JobEvent>,
+}
+
+/// The stream a log record came from. `system` records are written by drover itself
+/// (the `$ command` header, truncation and drop markers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    System,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            "system" => Stream::System,
+            _ => return None,
+        })
+    }
+}
+
+/// One line of output. `seq` numbers the records of an attempt from 1 without gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogRecord {
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// `POST /v1/jobs/{id}/attempts/{n}/logs`. Resending records already stored is harmless.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogBatch {
+    pub records: Vec<LogRecord>,
+}
+
+/// Query of `GET /v1/jobs/{id}/logs`, `/logs/stream` and `/logs.txt`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Attempt number; default the current attempt.
+    pub attempt: Option<u32>,
+    /// Only records with `seq` greater than this.
+    pub after: Option<u64>,
+    /// `stdout`, `stderr` or `system`; default all.
+    pub stream: Option<String>,
+    /// Page size for the JSON form, default 1000, at most 10000.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub attempt: u32,
+    pub records: Vec<LogRecord>,
+    /// Highest `seq` in this page (or `after` when empty); pass as `after` to continue.
+    pub last_seq: u64,
+    /// The attempt has ended and every stored record up to `last_seq` was returned.
+    pub complete: bool,
+}
+
+/// Host facts an agent reports when it registers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub version: String,
+}
+
+/// `POST /v1/agents/register`, authenticated with a join token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+    /// Queues to take jobs from; empty means `["default"]`.
+    #[serde(default)]
+    pub queues: Vec<String>,
+    pub slots: u32,
+    pub host: HostInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    pub agent_id: String,
+    /// The agent's session token for polls and attempt writes.
+    pub token: String,
+    /// Leases expire when not renewed by a poll for this long.
+    pub lease_ttl_ms: u64,
+}
+
+
+/// An attempt an agent says it runs (`job_id`, `attempt`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct RunningAttempt {
+    pub job_id: String,
+    pub attempt: u32,
+}
+
+/// Resource use the agent reports with each poll.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AgentStats {
+    pub cpu_percent: f64,
+    pub memory_used_bytes: u64,
+}
+
+/// `POST /v1/agents/poll`: the agent's heartbeat and work request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PollRequest {
+    /// Every attempt the agent is still running; renewed if current, else answered with `kill`.
+    #[serde(default)]
+    pub running: Vec<RunningAttempt>,
+    /// How long the server may hold the poll open when there is nothing to say (ms, at most 60000).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Take no new work (the agent is draining or shutting down).
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub stats: AgentStats,
+}
+
+/// The answer to a poll: new work and orders about running work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PollResponse {
+    pub leases: Vec<Lease>,
+    pub controls: Vec<Control>,
+}
+
+/// A message from server to agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// A user canceled the job: stop the attempt (SIGTERM, grace, SIGKILL) and finish it as `canceled`.
+    Cancel { job_id: String, attempt: u32 },
+    /// The attempt is no longer current (or unknown): kill it and drop its spool.
+    Kill { job_id: String, attempt: u32 },
+    /// The server is shutting down: poll again (with backoff) in a moment.
+    Reconnect,
+}
+
+/// A job handed to an agent: everything needed to run it, secrets included.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    pub job_id: String,
+    pub attempt: u32,
+    pub name: String,
+    pub exec: Exec,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub timeout_ms: Option<u64>,
+    pub grace_ms: u64,
+    pub metadata: serde_json::Value,
+}
+
+/// `POST .../attempts/{n}/progress`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProgressUpdate {
+    pub percent: f64,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST .../attempts/{n}/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishRequest {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    /// Why it ended, e.g. `timeout after 30s`, `canceled by user`, `force-stop`, `out of memory`.
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// An agent as `GET /v1/agents` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub queues: Vec<String>,
+    pub slots: u32,
+    /// Attempts it holds now.
+    pub running: u32,
+    /// `online`, or `offline` when its polls stopped for longer than the lease TTL.
+    pub status: String,
+    pub host: HostInfo,
+    pub stats: AgentStats,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}

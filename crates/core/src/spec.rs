@@ -1,0 +1,456 @@
+//! What a user submits: the job spec, its validation, and the normalised `ValidJob`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::backoff::Backoff;
+use crate::labels::Labels;
+
+/// Longest job name, queue name, label or env key we accept.
+pub const MAX_NAME_LEN: usize = 256;
+/// Default grace period between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+
+/// What to run. Tagged by `kind` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Exec {
+    /// A command line run with `bash -c` (`sh -c` where there is no bash).
+    Shell { command: String },
+    /// A program and its arguments, run without a shell.
+    Process { argv: Vec<String> },
+    /// A script body written to a file and run by `interpreter`.
+    Script { interpreter: String, body: String },
+    /// A container run through the Docker Engine API.
+    Docker(DockerSpec),
+}
+
+impl Exec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Exec::Shell { .. } => "shell",
+            Exec::Process { .. } => "process",
+            Exec::Script { .. } => "script",
+            Exec::Docker(_) => "docker",
+        }
+    }
+
+    /// A one-line rendering for log headers and tables.
+    pub fn display(&self) -> String {
+        match self {
+            Exec::Shell { command } => command.clone(),
+            Exec::Process { argv } => argv.join(" "),
+            Exec::Script { interpreter, .. } => format!("{interpreter} <script>"),
+            Exec::Docker(d) => format!("docker {}", d.image),
+        }
+    }
+
+    /// Labels an agent must have to run this kind, beyond the job's own.
+    pub fn implied_labels(&self) -> Labels {
+        let mut l = Labels::new();
+        if let Exec::Docker(_) = self {
+            l.insert("docker".into(), "true".into());
+        }
+        l
+    }
+}
+
+/// A container job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    pub image: String,
+    /// A string run by the image's shell, or an argv list.
+    #[serde(default)]
+    pub command: Option<DockerCommand>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `host:container[:ro]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Bytes.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// A count, or `"all"`.
+    #[serde(default)]
+    pub gpus: Option<serde_json::Value>,
+    /// `if-not-present` (default), `always` or `never`.
+    #[serde(default)]
+    pub pull: Option<String>,
+}
+
+/// A container command: one string for the image's shell, or argv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DockerCommand {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// Job priority: higher runs first, FIFO within one priority. On the wire a name
+/// (`low`, `normal`, `high`, `critical`) or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct Priority(pub i32);
+
+impl Priority {
+    pub const LOW: Priority = Priority(-100);
+    pub const NORMAL: Priority = Priority(0);
+    pub const HIGH: Priority = Priority(100);
+    pub const CRITICAL: Priority = Priority(1000);
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" => Ok(Priority::LOW),
+            "normal" => Ok(Priority::NORMAL),
+            "high" => Ok(Priority::HIGH),
+            "critical" => Ok(Priority::CRITICAL),
+            other => other.parse::<i32>().map(Priority).map_err(|_| {
+                format!("priority {other:?} is not low, normal, high, critical or an integer")
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(i) => i32::try_from(i)
+                .map(Priority)
+                .map_err(|_| serde::de::Error::custom("priority is out of range")),
+            Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `POST /v1/jobs`: everything a user can say about a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub exec: Exec,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Defaults to `default`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub priority: Option<Priority>,
+    /// Labels an agent must have (`key: value`).
+    #[serde(default)]
+    pub labels: Labels,
+    /// Kill the job after this long (ms). None: no limit.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Time between SIGTERM and SIGKILL (ms). Default 10 s.
+    #[serde(default)]
+    pub grace_ms: Option<u64>,
+    /// Attempts in all, first one included. Default 1.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Do not start before this time.
+    #[serde(default)]
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Do not start before now + this many ms (instead of `run_at`).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Like `env`, but never shown by the read API and masked in logs.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    /// The same key returns the same job instead of a second one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl SubmitRequest {
+    /// A shell job with every other field at its default.
+    pub fn shell(command: impl Into<String>) -> Self {
+        SubmitRequest {
+            exec: Exec::Shell {
+                command: command.into(),
+            },
+            name: None,
+            queue: None,
+            priority: None,
+            labels: Labels::new(),
+            timeout_ms: None,
+            grace_ms: None,
+            max_attempts: None,
+            backoff: None,
+            run_at: None,
+            delay_ms: None,
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            metadata: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// One problem with a submitted spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// Dotted path to the field, e.g. `exec.argv`.
+    pub field: String,
+    pub message: String,
+}
+
+/// A spec that passed validation, with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJob {
+    pub exec: Exec,
+    pub name: String,
+    pub queue: String,
+    pub priority: Priority,
+    pub labels: Labels,
+    pub timeout_ms: Option<u64>,
+    pub grace_ms: u64,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub run_at: chrono::DateTime<chrono::Utc>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub metadata: serde_json::Value,
+    pub idempotency_key: Option<String>,
+}
+
+fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.is_empty() {
+        errs.push(err(field, "must not be empty"));
+    } else if value.len() > MAX_NAME_LEN {
+        errs.push(err(field, &format!("is longer than {MAX_NAME_LEN} bytes")));
+    }
+}
+
+fn err(field: &str, message: &str) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn check_env_keys(errs: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, String>) {
+    for key in map.keys() {
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            errs.push(err(
+                &format!("{field}.{key}"),
+                "must be a variable name (letters, digits, _; not starting with a digit)",
+            ));
+        }
+    }
+}
+
+impl SubmitRequest {
+    /// Checks every field and reports all problems at once.
+    pub fn validate(self, now: chrono::DateTime<chrono::Utc>) -> Result<ValidJob, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        match &self.exec {
+            Exec::Shell { command } => {
+                if command.trim().is_empty() {
+                    errs.push(err("exec.command", "must not be empty"));
+                }
+            }
+            Exec::Process { argv } => {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    errs.push(err("exec.argv", "must name a program as its first item"));
+                }
+            }
+            Exec::Script { interpreter, body } => {
+                if interpreter.trim().is_empty() {
+                    errs.push(err("exec.interpreter", "must not be empty"));
+                }
+                if body.is_empty() {
+                    errs.push(err("exec.body", "must not be empty"));
+                }
+            }
+            Exec::Docker(d) => {
+                if d.image.trim().is_empty() {
+                    errs.push(err("exec.image", "must not be empty"));
+                }
+                for (i, v) in d.volumes.iter().enumerate() {
+                    let parts: Vec<&str> = v.split(':').collect();
+                    let ok = matches!(parts.len(), 2 | 3)
+                        && parts[..2].iter().all(|p| !p.is_empty())
+                        && (parts.len() == 2 || matches!(parts[2], "ro" | "rw"));
+                    if !ok {
+                        errs.push(err(
+                            &format!("exec.volumes[{i}]"),
+                            "must look like host:container or host:container:ro",
+                        ));
+                    }
+                }
+                if let Some(p) = &d.pull {
+                    if !matches!(p.as_str(), "if-not-present" | "always" | "never") {
+                        errs.push(err("exec.pull", "must be if-not-present, always or never"));
+                    }
+                }
+                match &d.gpus {
+                    None => {}
+                    Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => {}
+                    Some(serde_json::Value::String(s)) if s == "all" => {}
+                    Some(_) => errs.push(err("exec.gpus", "must be a count or \"all\"")),
+                }
+                if d.cpus.is_some_and(|c| !(c > 0.0)) {
+                    errs.push(err("exec.cpus", "must be greater than 0"));
+                }
+            }
+        }
+        if let Some(name) = &self.name {
+            check_name(&mut errs, "name", name);
+        }
+        let queue = self.queue.clone().unwrap_or_else(|| "default".to_string());
+        check_name(&mut errs, "queue", &queue);
+        for (k, v) in &self.labels {
+            check_name(&mut errs, &format!("labels.{k}"), k);
+            if v.len() > MAX_NAME_LEN {
+                errs.push(err(&format!("labels.{k}"), "value is too long"));
+            }
+        }
+        if self.timeout_ms == Some(0) {
+            errs.push(err("timeout_ms", "must be greater than 0 (leave it out for no limit)"));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(1);
+        if max_attempts == 0 || max_attempts > 100 {
+            errs.push(err("max_attempts", "must be between 1 and 100"));
+        }
+        let backoff = self.backoff.unwrap_or_default();
+        if backoff.base_ms == 0 || backoff.cap_ms < backoff.base_ms {
+            errs.push(err("backoff", "needs base_ms > 0 and cap_ms >= base_ms"));
+        }
+        if self.run_at.is_some() && self.delay_ms.is_some() {
+            errs.push(err("delay_ms", "give either run_at or delay_ms, not both"));
+        }
+        check_env_keys(&mut errs, "env", &self.env);
+        check_env_keys(&mut errs, "secrets", &self.secrets);
+        if let Some(key) = &self.idempotency_key {
+            check_name(&mut errs, "idempotency_key", key);
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let run_at = match (self.run_at, self.delay_ms) {
+            (Some(t), _) => t,
+            (None, Some(ms)) => now + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64),
+            (None, None) => now,
+        };
+        let name = self.name.unwrap_or_else(|| {
+            let line = self.exec.display();
+            line.chars().take(80).collect()
+        });
+        Ok(ValidJob {
+            exec: self.exec,
+            name,
+            queue,
+            priority: self.priority.unwrap_or_default(),
+            labels: self.labels,
+            timeout_ms: self.timeout_ms,
+            grace_ms: self.grace_ms.unwrap_or(DEFAULT_GRACE_MS),
+            max_attempts,
+            backoff,
+            run_at,
+            env: self.env,
+            secrets: self.secrets,
+            metadata: self.metadata.unwrap_or(serde_json::Value::Null),
+            idempotency_key: self.idempotency_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn priority_accepts_names_and_integers() {
+        let p: Priority = serde_json::from_str("\"high\"").unwrap();
+        assert_eq!(p, Priority::HIGH);
+        let p: Priority = serde_json::from_str("7").unwrap();
+        assert_eq!(p, Priority(7));
+        assert!(serde_json::from_str::<Priority>("\"urgent\"").is_err());
+        assert!(Priority::CRITICAL > Priority::HIGH && Priority::NORMAL > Priority::LOW);
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let job = SubmitRequest::shell("echo hi").validate(now()).unwrap();
+        assert_eq!(job.queue, "default");
+        assert_eq!(job.name, "echo hi");
+        assert_eq!(job.max_attempts, 1);
+        assert_eq!(job.grace_ms, DEFAULT_GRACE_MS);
+        assert_eq!(job.run_at, now());
+    }
+
+    #[test]
+    fn delay_moves_run_at() {
+        let mut req = SubmitRequest::shell("true");
+        req.delay_ms = Some(5_000);
+        let job = req.validate(now()).unwrap();
+        assert_eq!(job.run_at, now() + chrono::Duration::seconds(5));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut req = SubmitRequest::shell("  ");
+        req.queue = Some(String::new());
+        req.max_attempts = Some(0);
+        req.timeout_ms = Some(0);
+        req.env.insert("1BAD".into(), "x".into());
+        let errs = req.validate(now()).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["exec.command", "queue", "timeout_ms", "max_attempts", "env.1BAD"]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused() {
+        let bad = r#"{"exec":{"kind":"shell","command":"x"},"colour":"red"}"#;
+        assert!(serde_json::from_str::<SubmitRequest>(bad).is_err());
+        let bad = r#"{"exec":{"kind":"lambda","command":"x"}}"#;
+        assert!(serde_json::from_str::<SubmitRequest>(bad).is_err());
+    }
+
+    #[test]
+    fn docker_volumes_are_checked() {
+        let req: SubmitRequest = serde_json::from_value(serde_json::json!({
+            "exec": {"kind": "docker", "image": "busybox", "volumes": ["/a:/b:ro", "nocolon", "/a:/b:rx"]}
+        }))
+        .unwrap();
+        let errs = req.validate(now()).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].field, "exec.volumes[1]");
+    }
+}
