@@ -236,7 +236,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal, 37);
+        assert_eq!(legal, 29);
     }
 
     #[test]
