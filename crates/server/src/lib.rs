@@ -1,1 +1,66 @@
-//! placeholder
+//! drover's control plane: keeps the queue and every job's truth, hands work to agents
+//! over long-polls, expires leases, stores logs, and serves the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+
+
+/// Resolved server configuration (the CLI merges file < env < flags into this).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one (see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// Holds the SQLite database and log files.
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL; None for SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Leases not renewed by a poll for this long expire.
+    pub lease_ttl: Duration,
+    /// Serve `/metrics` without a token.
+    pub public_metrics: bool,
+    /// Tokens to make sure exist at start (e.g. those `drover up` generated), stored hashed.
+    pub bootstrap_tokens: Vec<BootstrapToken>,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// A token the server creates at start if it does not exist yet.
+#[derive(Debug, Clone)]
+pub struct BootstrapToken {
+    pub name: String,
+    pub scope: Scope,
+    pub secret: String,
+}
+
+/// What a client token may do. `Join` tokens may only register agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Join,
+    Read,
+    Submit,
+    Admin,
+}
+
+impl ServerConfig {
+    /// Defaults for a server whose data lives in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            lease_ttl: Duration::from_secs(30),
+            public_metrics: false,
+            bootstrap_tokens: Vec::new(),
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+// The pieces below are filled in by the modules of this crate.
+pub use server::{Server, ServerError};
+#[cfg(feature = "testing")]
+pub mod testing;
+
+mod server;
