@@ -64,3 +64,4 @@ pub use server::{Server, ServerError};
 pub mod testing;
 
 mod server;
+pub mod store;

@@ -1,0 +1,110 @@
+//! Agent verbs: register, authenticate by session token, list.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drover_core::api::{Agent, AgentStats, HostInfo};
+use drover_core::labels::Labels;
+use sqlx::Row;
+
+use super::{from_ms, json_col, ms, to_json, Result, Store};
+
+/// What an agent registers with.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub name: String,
+    pub labels: Labels,
+    pub queues: Vec<String>,
+    pub slots: u32,
+    pub host: HostInfo,
+}
+
+/// An authenticated agent, as polls and attempt writes see it.
+#[derive(Debug, Clone)]
+pub struct AgentAuth {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub queues: Vec<String>,
+    pub slots: u32,
+}
+
+impl Store {
+    /// Stores a new agent with the hash of its session token; returns its id.
+    pub async fn register_agent(&self, agent: &NewAgent, token_hash: &str, now: DateTime<Utc>) -> Result<String> {
+        let id = format!("a-{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(
+            "INSERT INTO agents (id, name, token_hash, labels, queues, slots, host, stats, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&id)
+        .bind(&agent.name)
+        .bind(token_hash)
+        .bind(to_json(&agent.labels))
+        .bind(to_json(&agent.queues))
+        .bind(i64::from(agent.slots))
+        .bind(to_json(&agent.host))
+        .bind(to_json(&AgentStats::default()))
+        .bind(ms(now))
+        .execute(&self.write)
+        .await?;
+        Ok(id)
+    }
+
+    /// The agent whose session token hashes to `token_hash`.
+    pub async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentAuth>> {
+        let row = sqlx::query("SELECT id, name, labels, queues, slots FROM agents WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| {
+            Ok(AgentAuth {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                labels: json_col(&row, "labels")?,
+                queues: json_col(&row, "queues")?,
+                slots: row.try_get::<i64, _>("slots")? as u32,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records the resource use an agent reported on its poll.
+    pub async fn agent_stats(&self, agent_id: &str, stats: &AgentStats) -> Result<()> {
+        sqlx::query("UPDATE agents SET stats = $1 WHERE id = $2")
+            .bind(to_json(stats))
+            .bind(agent_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Every agent seen within the last day, newest first; `online` when it polled within `ttl`.
+    pub async fn list_agents(&self, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Agent>> {
+        let since = ms(now) - 86_400_000;
+        let rows = sqlx::query(
+            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a WHERE a.last_seen_at > $1 ORDER BY a.registered_at DESC",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let last_seen = from_ms(row.try_get("last_seen_at")?);
+                let online = (now - last_seen).to_std().map(|d| d <= ttl).unwrap_or(true);
+                Ok(Agent {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    labels: json_col(row, "labels")?,
+                    queues: json_col(row, "queues")?,
+                    slots: row.try_get::<i64, _>("slots")? as u32,
+                    running: row.try_get::<i64, _>("running")? as u32,
+                    status: if online { "online" } else { "offline" }.to_string(),
+                    host: json_col(row, "host")?,
+                    stats: json_col(row, "stats")?,
+                    registered_at: from_ms(row.try_get("registered_at")?),
+                    last_seen_at: last_seen,
+                })
+            })
+            .collect()
+    }
+}

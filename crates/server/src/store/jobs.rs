@@ -1,0 +1,366 @@
+//! Job verbs for clients: enqueue, read, list, cancel, retry, timeline.
+
+use chrono::{DateTime, Utc};
+use drover_core::api::{Attempt, AttemptState, Job, JobEvent, ListJobsQuery, Progress};
+use drover_core::backoff::Backoff;
+use drover_core::{transition, Event, JobState, ValidJob};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
+
+/// Columns `job_from_row` reads.
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
+
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
+    let secrets: std::collections::BTreeMap<String, String> = json_col(row, "secrets")?;
+    let progress = row
+        .try_get::<Option<f64>, _>("progress_pct")?
+        .map(|percent| -> Result<Progress> {
+            Ok(Progress {
+                percent,
+                message: row
+                    .try_get::<Option<String>, _>("progress_msg")?
+                    .unwrap_or_default(),
+            })
+        })
+        .transpose()?;
+    let result = row
+        .try_get::<Option<String>, _>("result")?
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        queue: row.try_get("queue")?,
+        priority: row.try_get::<i64, _>("priority")? as i32,
+        state: parse_col(row, "state")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        exec: json_col(row, "exec")?,
+        labels: json_col(row, "labels")?,
+        timeout_ms: row.try_get::<Option<i64>, _>("timeout_ms")?.map(|v| v as u64),
+        grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        backoff: Backoff {
+            base_ms: row.try_get::<i64, _>("backoff_base_ms")? as u64,
+            cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
+        },
+        env: json_col(row, "env")?,
+        secret_names: secrets.into_keys().collect(),
+        metadata: json_col(row, "metadata")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempts_used: row.try_get::<i64, _>("attempts_used")? as u32,
+        current_attempt: row.try_get::<i64, _>("current_attempt")? as u32,
+        progress,
+        result,
+        exit_code: row.try_get::<Option<i64>, _>("exit_code")?.map(|v| v as i32),
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        run_at: from_ms(row.try_get("run_at")?),
+        started_at: opt_time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+        attempts: Vec::new(),
+    })
+}
+
+/// A job event to record in the same transaction as the change it describes.
+pub(crate) struct NewEvent<'a> {
+    pub job_id: &'a str,
+    pub kind: &'a str,
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub attempt: Option<u32>,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+pub(crate) async fn record_event(
+    tx: &mut Transaction<'_, Any>,
+    e: NewEvent<'_>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(e.job_id)
+    .bind(ms(now))
+    .bind(e.kind)
+    .bind(e.from.map(|s| s.as_str()))
+    .bind(e.to.as_str())
+    .bind(e.attempt.map(i64::from))
+    .bind(e.actor)
+    .bind(e.reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Job> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    job_from_row(&row)
+}
+
+pub(crate) fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound(format!("no job with id {id:?}"))
+}
+
+impl Store {
+    /// Stores new jobs in one transaction. Returns each job and whether it was created
+    /// (false: its idempotency key was seen before and the earlier job is returned).
+    pub async fn enqueue(&self, jobs: Vec<ValidJob>, now: DateTime<Utc>) -> Result<Vec<(Job, bool)>> {
+        let mut tx = self.write.begin().await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Some(key) = &job.idempotency_key {
+                let existing: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(id) = existing {
+                    out.push((job_in_tx(&mut tx, &id).await?, false));
+                    continue;
+                }
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let mut required = job.labels.clone();
+            required.extend(job.exec.implied_labels());
+            sqlx::query(
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, created_at, run_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            )
+            .bind(&id)
+            .bind(&job.name)
+            .bind(&job.queue)
+            .bind(i64::from(job.priority.0))
+            .bind(JobState::Queued.as_str())
+            .bind(to_json(&job.exec))
+            .bind(to_json(&job.labels))
+            .bind(to_json(&required))
+            .bind(job.timeout_ms.map(|v| v.min(i64::MAX as u64) as i64))
+            .bind(job.grace_ms.min(i64::MAX as u64) as i64)
+            .bind(i64::from(job.max_attempts))
+            .bind(job.backoff.base_ms.min(i64::MAX as u64) as i64)
+            .bind(job.backoff.cap_ms.min(i64::MAX as u64) as i64)
+            .bind(to_json(&job.env))
+            .bind(to_json(&job.secrets))
+            .bind(to_json(&job.metadata))
+            .bind(&job.idempotency_key)
+            .bind(ms(now))
+            .bind(ms(job.run_at))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            record_event(
+                &mut tx,
+                NewEvent {
+                    job_id: &id,
+                    kind: "submitted",
+                    from: None,
+                    to: JobState::Queued,
+                    attempt: None,
+                    actor: "user",
+                    reason: None,
+                },
+                now,
+            )
+            .await?;
+            out.push((job_in_tx(&mut tx, &id).await?, true));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// One job with its attempts.
+    pub async fn job(&self, id: &str) -> Result<Job> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let mut job = job_from_row(&row)?;
+        let rows = sqlx::query(
+            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error FROM attempts WHERE job_id = $1 ORDER BY number",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            job.attempts.push(Attempt {
+                number: row.try_get::<i64, _>("number")? as u32,
+                agent_id: row.try_get("agent_id")?,
+                state: AttemptState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("attempt state {state:?}")))?,
+                leased_at: from_ms(row.try_get("leased_at")?),
+                started_at: opt_time(&row, "started_at")?,
+                finished_at: opt_time(&row, "finished_at")?,
+                exit_code: row.try_get::<Option<i64>, _>("exit_code")?.map(|v| v as i32),
+                error: row.try_get("error")?,
+            });
+        }
+        Ok(job)
+    }
+
+    /// Jobs newest first, filtered; the cursor is the `num` of the last job of the
+    /// previous page. Label filters apply in memory over the page (so a page may be short).
+    pub async fn list_jobs(&self, q: &ListJobsQuery, state: Option<JobState>) -> Result<(Vec<Job>, Option<String>)> {
+        let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+        let cursor: Option<i64> = match &q.cursor {
+            None => None,
+            Some(c) => Some(c.parse().map_err(|_| {
+                StoreError::Conflict(format!("cursor {c:?} is not one this server returned"))
+            })?),
+        };
+        let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if q.queue.is_some() {
+            sql += &format!(" AND queue = {}", next());
+        }
+        if q.name.is_some() {
+            sql += &format!(" AND name = {}", next());
+        }
+        if cursor.is_some() {
+            sql += &format!(" AND num < {}", next());
+        }
+        sql += &format!(" ORDER BY num DESC LIMIT {}", next());
+        let mut query = sqlx::query(&sql);
+        if let Some(s) = state {
+            query = query.bind(s.as_str());
+        }
+        if let Some(qu) = &q.queue {
+            query = query.bind(qu.clone());
+        }
+        if let Some(name) = &q.name {
+            query = query.bind(name.clone());
+        }
+        if let Some(c) = cursor {
+            query = query.bind(c);
+        }
+        let rows = query.bind(limit).fetch_all(&self.read).await?;
+        let next_cursor = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.try_get::<i64, _>("num")).transpose()?.map(|n| n.to_string())
+        } else {
+            None
+        };
+        let label = q.label.as_deref().map(|l| l.split_once('=').unwrap_or((l, "")));
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            if let Some((k, v)) = label {
+                if job.labels.get(k).map(String::as_str) != Some(v) {
+                    continue;
+                }
+            }
+            jobs.push(job);
+        }
+        Ok((jobs, next_cursor))
+    }
+
+    /// Cancels a job: a queued one at once, a leased or running one by setting
+    /// `cancel_requested` (its agent is told on its poll). Returns the job and, when the
+    /// job is held by an agent, that agent's id so it can be woken.
+    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<(Job, Option<String>)> {
+        let mut tx = self.write.begin().await?;
+        let job = job_in_tx(&mut tx, id).await?;
+        let next = transition(job.state, Event::Cancel)
+            .map_err(|e| StoreError::Conflict(format!("{e}: it has already ended")))?;
+        let agent: Option<String> =
+            sqlx::query_scalar("SELECT agent_id FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        if next == JobState::Canceled {
+            sqlx::query("UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2, error = $3 WHERE id = $4 AND state = $5")
+                .bind(next.as_str())
+                .bind(ms(now))
+                .bind("canceled by user before it started")
+                .bind(id)
+                .bind(job.state.as_str())
+                .execute(&mut *tx)
+                .await?;
+            record_event(&mut tx, NewEvent { job_id: id, kind: "canceled", from: Some(job.state), to: next, attempt: None, actor, reason: Some("canceled before it started") }, now).await?;
+        } else if !job.cancel_requested {
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
+                .bind(ms(now))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            record_event(&mut tx, NewEvent { job_id: id, kind: "cancel_requested", from: Some(job.state), to: next, attempt: Some(job.current_attempt), actor, reason: Some("waiting for the agent to stop the process") }, now).await?;
+        }
+        let job = job_in_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        let agent = if job.state.is_active() { agent } else { None };
+        Ok((job, agent))
+    }
+
+    /// Puts a finished job back in the queue with a fresh attempt budget.
+    pub async fn retry(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<Job> {
+        let mut tx = self.write.begin().await?;
+        let job = job_in_tx(&mut tx, id).await?;
+        let next = transition(job.state, Event::Retry)
+            .map_err(|e| StoreError::Conflict(format!("{e}: only a finished job can be retried")))?;
+        sqlx::query(
+            "UPDATE jobs SET state = $1, attempts_used = 0, cancel_requested = 0, run_at = $2, updated_at = $2, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id = $3 AND state = $4",
+        )
+        .bind(next.as_str())
+        .bind(ms(now))
+        .bind(id)
+        .bind(job.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        record_event(&mut tx, NewEvent { job_id: id, kind: "retried", from: Some(job.state), to: next, attempt: None, actor, reason: None }, now).await?;
+        let job = job_in_tx(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// The job's timeline, oldest first.
+    pub async fn events(&self, id: &str) -> Result<Vec<JobEvent>> {
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        exists.ok_or_else(|| not_found(id))?;
+        let rows = sqlx::query(
+            "SELECT at, kind, from_state, to_state, attempt, actor, reason FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobEvent {
+                    at: from_ms(row.try_get("at")?),
+                    kind: row.try_get("kind")?,
+                    from_state: row
+                        .try_get::<Option<String>, _>("from_state")?
+                        .map(|s| s.parse().map_err(StoreError::Corrupt))
+                        .transpose()?,
+                    to_state: parse_col(row, "to_state")?,
+                    attempt: row.try_get::<Option<i64>, _>("attempt")?.map(|v| v as u32),
+                    actor: row.try_get("actor")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Job counts by (state, queue), for metrics.
+    pub async fn count_jobs(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query("SELECT state, queue, COUNT(*) AS n FROM jobs GROUP BY state, queue")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("queue")?, r.try_get("n")?)))
+            .collect()
+    }
+}

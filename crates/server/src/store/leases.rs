@@ -1,0 +1,437 @@
+//! Lease verbs for agents: claim work, start, progress, finish, renew on poll, and the
+//! reaper's expiry of leases that were not renewed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drover_core::api::{FinishRequest, Lease, RunningAttempt};
+use drover_core::backoff::should_retry;
+use drover_core::labels::{satisfies, Labels};
+use drover_core::{transition, Event, JobState, Outcome};
+use sqlx::{Any, Row, Transaction};
+
+use super::agents::AgentAuth;
+use super::jobs::{job_in_tx, not_found, record_event, NewEvent};
+use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreError};
+
+/// How many queued jobs a claim looks at per poll; jobs whose labels no agent has are
+/// skipped, and more than this many unmatched ones ahead of a match hide it.
+const CLAIM_SCAN: i64 = 512;
+
+/// What the server must tell an agent after reconciling its poll.
+#[derive(Debug, Default)]
+pub struct PollOutcome {
+    /// Attempts the agent runs that are not current: kill them.
+    pub kill: Vec<RunningAttempt>,
+    /// Current attempts of the agent whose job a user canceled.
+    pub cancel: Vec<RunningAttempt>,
+}
+
+/// What an attempt write did, for metrics and wake-ups.
+#[derive(Debug)]
+pub struct AttemptWrite {
+    pub job: drover_core::api::Job,
+    /// Start: time from due (`run_at`) to start. Finish: run time of the attempt.
+    pub elapsed: Option<Duration>,
+}
+
+/// The fencing facts of a job row.
+struct Held {
+    state: JobState,
+    agent_id: Option<String>,
+    current_attempt: u32,
+    cancel_requested: bool,
+    attempts_used: u32,
+    max_attempts: u32,
+    base_ms: u64,
+    cap_ms: u64,
+}
+
+impl Store {
+    fn lock_clause(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    async fn held(&self, tx: &mut Transaction<'_, Any>, job_id: &str) -> Result<Option<Held>> {
+        let sql = format!(
+            "SELECT state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms FROM jobs WHERE id = $1{}",
+            self.lock_clause()
+        );
+        let Some(row) = sqlx::query(&sql).bind(job_id).fetch_optional(&mut **tx).await? else {
+            return Ok(None);
+        };
+        let state: String = row.try_get("state")?;
+        Ok(Some(Held {
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            agent_id: row.try_get("agent_id")?,
+            current_attempt: row.try_get::<i64, _>("current_attempt")? as u32,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+            attempts_used: row.try_get::<i64, _>("attempts_used")? as u32,
+            max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+            base_ms: row.try_get::<i64, _>("backoff_base_ms")? as u64,
+            cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
+        }))
+    }
+
+    /// Loads the job row and checks that `attempt` is current and held by `agent_id`.
+    async fn fence(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+    ) -> Result<Held> {
+        let held = self.held(tx, job_id).await?.ok_or_else(|| not_found(job_id))?;
+        if held.current_attempt != attempt || !held.state.is_active() {
+            return Err(StoreError::StaleAttempt {
+                job_id: job_id.to_string(),
+                attempt,
+            });
+        }
+        if held.agent_id.as_deref() != Some(agent_id) {
+            return Err(StoreError::NotYourAttempt {
+                job_id: job_id.to_string(),
+                attempt,
+            });
+        }
+        Ok(held)
+    }
+
+    /// Leases up to the agent's free capacity of due, matching jobs: highest priority
+    /// first, FIFO within a priority. Each job goes to exactly one agent.
+    pub async fn claim(&self, agent: &AgentAuth, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Lease>> {
+        let mut tx = self.write.begin().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
+        )
+        .bind(&agent.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let free = i64::from(agent.slots) - active;
+        if free <= 0 || agent.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let skip_locked = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id, required FROM jobs WHERE state = 'queued' AND queue IN ({}) AND run_at <= ${} ORDER BY priority DESC, num LIMIT ${}{skip_locked}",
+            placeholders(0, agent.queues.len()),
+            agent.queues.len() + 1,
+            agent.queues.len() + 2,
+        );
+        let mut query = sqlx::query(&sql);
+        for q in &agent.queues {
+            query = query.bind(q.clone());
+        }
+        let rows = query.bind(ms(now)).bind(CLAIM_SCAN).fetch_all(&mut *tx).await?;
+        let mut chosen = Vec::new();
+        for row in rows {
+            let required: Labels = super::json_col(&row, "required")?;
+            if satisfies(&agent.labels, &required) {
+                chosen.push(row.try_get::<String, _>("id")?);
+                if chosen.len() as i64 == free {
+                    break;
+                }
+            }
+        }
+        let next = transition(JobState::Queued, Event::Lease).expect("queued jobs can be leased");
+        let expires = ms(now) + ttl.as_millis() as i64;
+        let mut leases = Vec::with_capacity(chosen.len());
+        for id in chosen {
+            let row = sqlx::query(
+                "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' RETURNING current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata",
+            )
+            .bind(next.as_str())
+            .bind(&agent.id)
+            .bind(expires)
+            .bind(ms(now))
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let attempt = row.try_get::<i64, _>("current_attempt")? as u32;
+            sqlx::query(
+                "INSERT INTO attempts (job_id, number, agent_id, state, leased_at) VALUES ($1, $2, $3, 'leased', $4)",
+            )
+            .bind(&id)
+            .bind(i64::from(attempt))
+            .bind(&agent.id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            let actor = format!("agent:{}", agent.id);
+            record_event(
+                &mut tx,
+                NewEvent { job_id: &id, kind: "leased", from: Some(JobState::Queued), to: next, attempt: Some(attempt), actor: &actor, reason: None },
+                now,
+            )
+            .await?;
+            leases.push(Lease {
+                job_id: id,
+                attempt,
+                name: row.try_get("name")?,
+                exec: super::json_col(&row, "exec")?,
+                env: super::json_col(&row, "env")?,
+                secrets: super::json_col(&row, "secrets")?,
+                timeout_ms: row.try_get::<Option<i64>, _>("timeout_ms")?.map(|v| v as u64),
+                grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
+                metadata: super::json_col(&row, "metadata")?,
+            });
+        }
+        tx.commit().await?;
+        Ok(leases)
+    }
+
+    /// The agent started the attempt's process. Resending a start is harmless.
+    pub async fn start(&self, agent_id: &str, job_id: &str, attempt: u32, now: DateTime<Utc>) -> Result<AttemptWrite> {
+        let mut tx = self.write.begin().await?;
+        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let mut elapsed = None;
+        if held.state == JobState::Leased {
+            let next = transition(held.state, Event::Start).expect("leased jobs can start");
+            let run_at: i64 = sqlx::query_scalar("SELECT run_at FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            elapsed = (now - from_ms(run_at)).to_std().ok();
+            sqlx::query("UPDATE jobs SET state = $1, attempts_used = attempts_used + 1, started_at = $2, updated_at = $2 WHERE id = $3")
+                .bind(next.as_str())
+                .bind(ms(now))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE attempts SET state = 'running', started_at = $1 WHERE job_id = $2 AND number = $3")
+                .bind(ms(now))
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .execute(&mut *tx)
+                .await?;
+            let actor = format!("agent:{agent_id}");
+            record_event(&mut tx, NewEvent { job_id, kind: "started", from: Some(held.state), to: next, attempt: Some(attempt), actor: &actor, reason: None }, now).await?;
+        }
+        let job = job_in_tx(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(AttemptWrite { job, elapsed })
+    }
+
+    /// Records the job's latest progress.
+    pub async fn progress(&self, agent_id: &str, job_id: &str, attempt: u32, percent: f64, message: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        sqlx::query("UPDATE jobs SET progress_pct = $1, progress_msg = $2, updated_at = $3 WHERE id = $4")
+            .bind(percent.clamp(0.0, 100.0))
+            .bind(message)
+            .bind(ms(now))
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks that a write for `attempt` may go ahead (used before storing logs).
+    pub async fn check_attempt(&self, agent_id: &str, job_id: &str, attempt: u32) -> Result<()> {
+        let row = sqlx::query("SELECT state, agent_id, current_attempt FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| not_found(job_id))?;
+        let state: JobState = super::parse_col(&row, "state")?;
+        let current = row.try_get::<i64, _>("current_attempt")? as u32;
+        if current != attempt || !state.is_active() {
+            return Err(StoreError::StaleAttempt { job_id: job_id.into(), attempt });
+        }
+        if row.try_get::<Option<String>, _>("agent_id")?.as_deref() != Some(agent_id) {
+            return Err(StoreError::NotYourAttempt { job_id: job_id.into(), attempt });
+        }
+        Ok(())
+    }
+
+    /// The attempt ended. Failed and timed-out attempts are retried (after a backoff)
+    /// while attempts remain, unless a cancel was asked for.
+    pub async fn finish(&self, agent_id: &str, job_id: &str, attempt: u32, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Result<AttemptWrite> {
+        let mut tx = self.write.begin().await?;
+        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        // An attempt that ended before it reported a start still used up an attempt.
+        let used = held.attempts_used + u32::from(held.state == JobState::Leased);
+        let failed = matches!(req.outcome, Outcome::Failed | Outcome::TimedOut);
+        let retry = failed && !held.cancel_requested && should_retry(used, held.max_attempts);
+        let next = transition(held.state, Event::Finish { outcome: req.outcome, retry })
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let started: Option<i64> = sqlx::query_scalar("SELECT started_at FROM attempts WHERE job_id = $1 AND number = $2")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .fetch_one(&mut *tx)
+            .await?;
+        let elapsed = started.and_then(|s| (now - from_ms(s)).to_std().ok());
+        let result = req.result.as_ref().map(super::to_json);
+        if next == JobState::Queued {
+            let backoff = drover_core::backoff::Backoff { base_ms: held.base_ms, cap_ms: held.cap_ms };
+            let run_at = ms(now) + backoff.delay_ms(used, jitter) as i64;
+            sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, run_at = $3, exit_code = $4, error = $5, updated_at = $6 WHERE id = $7")
+                .bind(next.as_str())
+                .bind(i64::from(used))
+                .bind(run_at)
+                .bind(req.exit_code.map(i64::from))
+                .bind(&req.error)
+                .bind(ms(now))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, exit_code = $3, error = $4, result = $5, finished_at = $6, updated_at = $6 WHERE id = $7")
+                .bind(next.as_str())
+                .bind(i64::from(used))
+                .bind(req.exit_code.map(i64::from))
+                .bind(&req.error)
+                .bind(result)
+                .bind(ms(now))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4 WHERE job_id = $5 AND number = $6")
+            .bind(drover_core::api::AttemptState::from(req.outcome).as_str())
+            .bind(ms(now))
+            .bind(req.exit_code.map(i64::from))
+            .bind(&req.error)
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .execute(&mut *tx)
+            .await?;
+        let actor = format!("agent:{agent_id}");
+        let kind = if next == JobState::Queued { "retry_scheduled" } else { "finished" };
+        let reason = req.error.clone().unwrap_or_else(|| req.outcome.as_str().to_string());
+        record_event(&mut tx, NewEvent { job_id, kind, from: Some(held.state), to: next, attempt: Some(attempt), actor: &actor, reason: Some(&reason) }, now).await?;
+        let job = job_in_tx(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(AttemptWrite { job, elapsed })
+    }
+
+    /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
+    /// `agent_lost`; a job with a pending cancel becomes canceled.
+    async fn lose(&self, tx: &mut Transaction<'_, Any>, job_id: &str, why: &str, now: DateTime<Utc>) -> Result<()> {
+        let Some(held) = self.held(tx, job_id).await? else { return Ok(()) };
+        if !held.state.is_active() {
+            return Ok(());
+        }
+        let (event, error) = if held.cancel_requested {
+            (Event::Finish { outcome: Outcome::Canceled, retry: false }, format!("canceled; the agent was lost ({why})"))
+        } else {
+            let retry = should_retry(held.attempts_used, held.max_attempts);
+            (Event::Lost { retry }, format!("agent_lost: {why}"))
+        };
+        let next = transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let finished = next.is_terminal().then(|| ms(now));
+        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5")
+            .bind(next.as_str())
+            .bind(&error)
+            .bind(finished)
+            .bind(ms(now))
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE attempts SET state = 'lost', finished_at = $1, error = $2 WHERE job_id = $3 AND number = $4")
+            .bind(ms(now))
+            .bind(why)
+            .bind(job_id)
+            .bind(i64::from(held.current_attempt))
+            .execute(&mut **tx)
+            .await?;
+        record_event(tx, NewEvent { job_id, kind: "lost", from: Some(held.state), to: next, attempt: Some(held.current_attempt), actor: "server", reason: Some(&error) }, now).await?;
+        Ok(())
+    }
+
+    /// Expires every lease not renewed before `now`; returns how many.
+    pub async fn reap(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut tx = self.write.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE state IN ('leased', 'running') AND lease_expires_at < $1",
+        )
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            self.lose(&mut tx, id, "lease expired: the agent stopped renewing it", now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
+    /// The poll's bookkeeping: renews the agent's leases, answers `kill` for attempts it
+    /// runs that are not current, `cancel` for canceled ones, and gives back leases the
+    /// agent does not know about (taken before `poll_received` but not in `running`).
+    pub async fn renew(&self, agent_id: &str, running: &[RunningAttempt], now: DateTime<Utc>, poll_received: DateTime<Utc>, ttl: Duration) -> Result<PollOutcome> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
+            .bind(ms(now))
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET lease_expires_at = $1 WHERE agent_id = $2 AND state IN ('leased', 'running')")
+            .bind(ms(now) + ttl.as_millis() as i64)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT j.id, j.current_attempt, j.cancel_requested, a.leased_at FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.number = j.current_attempt WHERE j.agent_id = $1 AND j.state IN ('leased', 'running')",
+        )
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let reported: HashSet<(&str, u32)> = running.iter().map(|r| (r.job_id.as_str(), r.attempt)).collect();
+        let mut held = BTreeMap::new();
+        let mut out = PollOutcome::default();
+        let mut forgotten = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let attempt = row.try_get::<i64, _>("current_attempt")? as u32;
+            if reported.contains(&(id.as_str(), attempt)) {
+                if row.try_get::<i64, _>("cancel_requested")? != 0 {
+                    out.cancel.push(RunningAttempt { job_id: id.clone(), attempt });
+                }
+            } else if from_ms(row.try_get("leased_at")?) < poll_received {
+                forgotten.push(id.clone());
+            }
+            held.insert(id, attempt);
+        }
+        for r in running {
+            if held.get(&r.job_id) != Some(&r.attempt) {
+                out.kill.push(r.clone());
+            }
+        }
+        for id in forgotten {
+            self.lose(&mut tx, &id, "the agent does not run this attempt", now).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The earliest future `run_at` of a queued job, so idle polls wake when it is due.
+    pub async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at > $1")
+            .bind(ms(now))
+            .fetch_one(&self.read)
+            .await?;
+        Ok(v.map(from_ms))
+    }
+
+    /// Whether the attempt has ended (no longer current, or its job left leased/running).
+    pub async fn attempt_ended(&self, job_id: &str, attempt: u32) -> Result<bool> {
+        let row = sqlx::query("SELECT finished_at FROM attempts WHERE job_id = $1 AND number = $2")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(match row {
+            None => true,
+            Some(row) => opt_time(&row, "finished_at")?.is_some(),
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! A small migration runner: numbered SQL files per backend, applied once each.
+
+use sqlx::{AnyPool, Executor};
+
+use super::{Backend, Result, Store};
+
+struct Migration {
+    component: &'static str,
+    version: i64,
+    sql: &'static str,
+}
+
+fn migrations(backend: Backend) -> [Migration; 2] {
+    match backend {
+        Backend::Sqlite => [
+            Migration {
+                component: "main",
+                version: 1,
+                sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+            },
+            Migration {
+                component: "logs",
+                version: 1,
+                sql: include_str!("../../migrations/sqlite/logs_0001_init.sql"),
+            },
+        ],
+        Backend::Postgres => [
+            Migration {
+                component: "main",
+                version: 1,
+                sql: include_str!("../../migrations/postgres/0001_init.sql"),
+            },
+            Migration {
+                component: "logs",
+                version: 1,
+                sql: include_str!("../../migrations/postgres/logs_0001_init.sql"),
+            },
+        ],
+    }
+}
+
+/// Applies every migration not applied yet, each in its own transaction.
+pub async fn run(store: &Store) -> Result<()> {
+    for m in migrations(store.backend) {
+        let pool = match m.component {
+            "logs" => &store.logs_write,
+            _ => &store.write,
+        };
+        apply(pool, &m).await?;
+    }
+    Ok(())
+}
+
+async fn apply(pool: &AnyPool, m: &Migration) -> Result<()> {
+    pool.execute(
+        "CREATE TABLE IF NOT EXISTS drover_migrations (component TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (component, version))",
+    )
+    .await?;
+    let mut tx = pool.begin().await?;
+    let done: Option<i64> = sqlx::query_scalar(
+        "SELECT version FROM drover_migrations WHERE component = $1 AND version = $2",
+    )
+    .bind(m.component)
+    .bind(m.version)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if done.is_none() {
+        for stmt in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            tx.execute(stmt).await?;
+        }
+        sqlx::query("INSERT INTO drover_migrations (component, version) VALUES ($1, $2)")
+            .bind(m.component)
+            .bind(m.version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! All SQL lives here: a store of verbs (`enqueue`, `claim`, `start`, `finish`, `renew`,
+//! `reap`, `append_logs` …) over SQLite or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Each verb that changes a job runs in one transaction and asks `drover_core::transition`
+//! for the next state; no SQL here picks a state on its own. On SQLite all writes go
+//! through one connection (SQLite has one writer anyway, and this makes every claim
+//! serial); reads use a separate pool. On PostgreSQL claims lock candidate rows with
+//! `FOR UPDATE SKIP LOCKED` so several servers can share one database.
+
+mod agents;
+mod jobs;
+mod leases;
+mod logs;
+mod migrate;
+mod tokens;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use agents::{AgentAuth, NewAgent};
+pub use leases::{AttemptWrite, PollOutcome};
+pub use tokens::TokenInfo;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Errors of the store. `Conflict` and `NotFound` carry messages safe to show users.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The attempt is no longer the job's current one (fencing).
+    #[error("attempt {attempt} of job {job_id} is no longer current; kill it")]
+    StaleAttempt { job_id: String, attempt: u32 },
+    /// The attempt belongs to another agent.
+    #[error("attempt {attempt} of job {job_id} belongs to another agent")]
+    NotYourAttempt { job_id: String, attempt: u32 },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The database handle. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    /// Job, agent and token writes (one connection on SQLite).
+    write: AnyPool,
+    /// Reads.
+    read: AnyPool,
+    /// Log records: a separate SQLite file so a chatty job never blocks the queue's writer.
+    logs_write: AnyPool,
+    logs_read: AnyPool,
+}
+
+impl Store {
+    /// Opens (and migrates) the store: PostgreSQL when `database_url` is given, else
+    /// SQLite files `drover.db` and `logs.db` in `data_dir`.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let store = match database_url {
+            Some(url) => {
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    return Err(StoreError::Conflict(format!(
+                        "unsupported database URL {url:?}: use postgres://user:password@host/db, or leave it out for SQLite"
+                    )));
+                }
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .connect(url)
+                    .await?;
+                Store {
+                    backend: Backend::Postgres,
+                    write: pool.clone(),
+                    read: pool.clone(),
+                    logs_write: pool.clone(),
+                    logs_read: pool,
+                }
+            }
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    StoreError::Conflict(format!(
+                        "cannot create data directory {}: {e}",
+                        data_dir.display()
+                    ))
+                })?;
+                let main = data_dir.join("drover.db");
+                let logs = data_dir.join("logs.db");
+                Store {
+                    backend: Backend::Sqlite,
+                    write: sqlite_pool(&main, 1).await?,
+                    read: sqlite_pool(&main, 4).await?,
+                    logs_write: sqlite_pool(&logs, 1).await?,
+                    logs_read: sqlite_pool(&logs, 4).await?,
+                }
+            }
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    /// Closes every pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+        self.logs_write.close().await;
+        self.logs_read.close().await;
+    }
+}
+
+async fn sqlite_pool(path: &Path, max: u32) -> Result<AnyPool> {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let pool = AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    Ok(pool)
+}
+
+/// Milliseconds since the epoch, as every timestamp is stored.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+pub(crate) fn opt_time(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
+}
+
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+pub(crate) fn parse_col<T: FromStr>(row: &AnyRow, col: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.try_get(col)?;
+    text.parse()
+        .map_err(|e: T::Err| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+/// `$1, $2, …` placeholders starting after `offset` existing ones.
+pub(crate) fn placeholders(offset: usize, n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${}", offset + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
