@@ -58,10 +58,13 @@ impl ServerConfig {
     }
 }
 
-// The pieces below are filled in by the modules of this crate.
 pub use server::{Server, ServerError};
+
+pub mod api;
+mod hub;
+mod metrics;
+mod server;
+mod state;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-
-mod server;
-pub mod store;

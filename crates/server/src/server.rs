@@ -1,18 +1,108 @@
-//! Placeholder while the server is written.
+//! Server lifecycle: open the store, bind, serve, run the reaper, shut down in order.
+
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, auth::hash_token};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::store::{Store, StoreError};
 use crate::ServerConfig;
 
 /// A bound, migrated server, ready to serve.
-pub struct Server { _config: ServerConfig, addr: SocketAddr }
+pub struct Server {
+    state: AppState,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
 
+/// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError { #[error("{0}")] Other(String) }
+pub enum ServerError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server stopped: {0}")]
+    Serve(std::io::Error),
+}
 
 impl Server {
     /// Opens the store, runs migrations, makes sure bootstrap tokens exist, binds the listener.
-    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> { Ok(Server { addr: config.listen, _config: config }) }
-    pub fn local_addr(&self) -> SocketAddr { self.addr }
-    /// Serves until `shutdown` fires, then tells long-polls to reconnect and stops the background tasks.
-    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> { shutdown.cancelled().await; Ok(()) }
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let store = Store::open(&config.data_dir, config.database_url.as_deref()).await?;
+        let now = Utc::now();
+        for t in &config.bootstrap_tokens {
+            store.ensure_token(&t.name, t.scope.as_str(), &hash_token(&t.secret), now).await?;
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            hub: Hub::default(),
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Server { state, listener, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` fires, then tells long-polls to reconnect, waits for
+    /// in-flight requests and the reaper, and closes the database.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let state = self.state;
+        let tasks = TaskTracker::new();
+        tasks.spawn(reaper(state.clone()));
+        let inner = state.shutdown.clone();
+        let watcher = {
+            let inner = inner.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: telling long-polls to reconnect");
+                inner.cancel();
+            }
+        };
+        tasks.spawn(watcher);
+        tracing::info!(addr = %self.addr, "drover server listening");
+        let app = api::router(state.clone());
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { inner.cancelled().await })
+            .await;
+        state.shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        state.store.close().await;
+        result.map_err(ServerError::Serve)
+    }
+}
+
+/// Expires leases that were not renewed, a few times per TTL.
+async fn reaper(state: AppState) {
+    let every = (state.config.lease_ttl / 4).max(std::time::Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        match state.store.reap(Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(expired = n, "expired leases of agents that stopped polling");
+                state.hub.work_available();
+            }
+            Err(e) => tracing::error!(error = %e, "lease reaper failed; will try again"),
+        }
+    }
 }

@@ -435,3 +435,20 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Current attempts of the agent, among those it reported, whose job a user canceled.
+    pub async fn pending_cancels(&self, agent_id: &str, running: &[RunningAttempt]) -> Result<Vec<RunningAttempt>> {
+        let ids: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, current_attempt FROM jobs WHERE agent_id = $1 AND cancel_requested = 1 AND state IN ('leased', 'running')",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(ids
+            .into_iter()
+            .map(|(job_id, attempt)| RunningAttempt { job_id, attempt: attempt as u32 })
+            .filter(|r| running.contains(r))
+            .collect())
+    }
+}

@@ -1,0 +1,102 @@
+//! Who is calling: client tokens with scopes, agent session tokens.
+
+use axum::http::HeaderMap;
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use super::ApiError;
+use crate::state::AppState;
+use crate::store::AgentAuth;
+use crate::Scope;
+
+/// Hex SHA-256 of a token; only this is stored.
+pub fn hash_token(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh random token with a readable prefix (`drc_` client, `dra_` agent session).
+pub fn new_token(prefix: &str) -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Join => "join",
+            Scope::Read => "read",
+            Scope::Submit => "submit",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Some(match s {
+            "join" => Scope::Join,
+            "read" => Scope::Read,
+            "submit" => Scope::Submit,
+            "admin" => Scope::Admin,
+            _ => return None,
+        })
+    }
+
+    /// Whether a token of this scope may do what `needed` allows.
+    fn covers(self, needed: Scope) -> bool {
+        match needed {
+            Scope::Join => matches!(self, Scope::Join | Scope::Admin),
+            Scope::Read => matches!(self, Scope::Read | Scope::Submit | Scope::Admin),
+            Scope::Submit => matches!(self, Scope::Submit | Scope::Admin),
+            Scope::Admin => self == Scope::Admin,
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing token: send `Authorization: Bearer <token>`".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header: expected `Bearer <token>`".into()))
+}
+
+/// Checks a client token for `needed`; returns the actor name for the audit trail.
+pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<String, ApiError> {
+    let secret = bearer(headers)?;
+    let token = state
+        .store
+        .token_by_hash(&hash_token(secret))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
+    if token.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized("this token was revoked".into()));
+    }
+    if token.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::Unauthorized("this token has expired".into()));
+    }
+    let scope = Scope::parse(&token.scope).unwrap_or(Scope::Read);
+    if !scope.covers(needed) {
+        return Err(ApiError::Forbidden(format!(
+            "token {:?} has scope {}, but this needs {}",
+            token.name,
+            scope.as_str(),
+            needed.as_str()
+        )));
+    }
+    Ok(format!("token:{}", token.name))
+}
+
+/// Checks an agent session token.
+pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<AgentAuth, ApiError> {
+    let secret = bearer(headers)?;
+    state
+        .store
+        .agent_by_token(&hash_token(secret))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown agent session token; register again".into()))
+}

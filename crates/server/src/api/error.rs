@@ -1,0 +1,129 @@
+//! `ApiError`: the one mapping from failures to HTTP statuses and error bodies.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use drover_core::api::{ErrorBody, ErrorDetail};
+use drover_core::spec::FieldError;
+
+use crate::store::StoreError;
+
+/// Everything a handler can fail with. Client errors carry safe messages; internal
+/// ones are logged with a request id and answered with a generic 500.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the job spec is invalid")]
+    InvalidSpec(Vec<FieldError>),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    StaleAttempt(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid_spec"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::StaleAttempt(_) => (StatusCode::CONFLICT, "stale_attempt"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let (message, details, request_id) = match self {
+            ApiError::InvalidSpec(details) => {
+                let summary = details
+                    .iter()
+                    .map(|d| format!("{}: {}", d.field, d.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (format!("the job spec is invalid: {summary}"), details, None)
+            }
+            ApiError::Internal(detail) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                tracing::error!(request_id = %id, error = %detail, "internal error");
+                (
+                    format!("internal server error; quote request id {id} when reporting it"),
+                    Vec::new(),
+                    Some(id),
+                )
+            }
+            other => (other.to_string(), Vec::new(), None),
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, details, request_id } };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
+            e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
+            e @ (StoreError::Db(_) | StoreError::Corrupt(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
+                "request body is larger than the server's limit: {}",
+                r.body_text()
+            )),
+            _ => ApiError::BadRequest(format!("malformed JSON body: {}", r.body_text())),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query string: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(format!("invalid path: {}", r.body_text()))
+    }
+}
+
+/// JSON body extractor whose failures are `ApiError`s (400/413 with an error body).
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query extractor whose failures are `ApiError`s.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path extractor whose failures are `ApiError`s.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);

@@ -1,0 +1,131 @@
+//! Client endpoints for jobs: submit, batch submit, list, get, cancel, retry, events.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use drover_core::api::{BatchSubmit, BatchSubmitted, ErrorBody, Job, JobEvents, JobPage, ListJobsQuery};
+use drover_core::spec::FieldError;
+use drover_core::{JobState, SubmitRequest};
+
+use super::auth::require;
+use super::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::Scope;
+
+/// Most jobs in one batch request.
+pub const MAX_BATCH: usize = 10_000;
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "Job created", body = Job),
+        (status = 200, description = "A job with this idempotency key exists; it is returned", body = Job),
+        (status = 400, description = "Malformed JSON or invalid spec (every problem listed)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<SubmitRequest>) -> Result<(StatusCode, Json<Job>), ApiError> {
+    require(&state, &headers, Scope::Submit).await?;
+    let now = Utc::now();
+    let valid = req.validate(now).map_err(ApiError::InvalidSpec)?;
+    let (job, created) = state.store.enqueue(vec![valid], now).await?.pop().expect("one job in, one out");
+    if created {
+        state.hub.work_available();
+    }
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(job)))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchSubmit,
+    responses(
+        (status = 201, description = "All jobs stored in one transaction (existing ones for repeated idempotency keys)", body = BatchSubmitted),
+        (status = 400, description = "Invalid specs; fields are prefixed with `jobs[i].`; nothing was stored", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn submit_batch(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<BatchSubmit>) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
+    require(&state, &headers, Scope::Submit).await?;
+    if req.jobs.len() > MAX_BATCH {
+        return Err(ApiError::TooLarge(format!("a batch holds at most {MAX_BATCH} jobs; this one has {}", req.jobs.len())));
+    }
+    if req.jobs.is_empty() {
+        return Err(ApiError::BadRequest("the batch has no jobs".into()));
+    }
+    let now = Utc::now();
+    let mut valid = Vec::with_capacity(req.jobs.len());
+    let mut errors = Vec::new();
+    for (i, job) in req.jobs.into_iter().enumerate() {
+        match job.validate(now) {
+            Ok(v) => valid.push(v),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError { field: format!("jobs[{i}].{}", e.field), message: e.message })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::InvalidSpec(errors));
+    }
+    let jobs = state.store.enqueue(valid, now).await?;
+    state.hub.work_available();
+    Ok((StatusCode::CREATED, Json(BatchSubmitted { jobs: jobs.into_iter().map(|(j, _)| j).collect() })))
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobsQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn list(State(state): State<AppState>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListJobsQuery>) -> Result<Json<JobPage>, ApiError> {
+    require(&state, &headers, Scope::Read).await?;
+    let job_state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(ApiError::BadRequest)?;
+    if let Some(limit) = q.limit {
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, not {limit}")));
+        }
+    }
+    if q.label.as_deref().is_some_and(|l| !l.contains('=')) {
+        return Err(ApiError::BadRequest("label filter must look like key=value".into()));
+    }
+    let (jobs, next_cursor) = state.store.list_jobs(&q, job_state).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict(m) => ApiError::BadRequest(m),
+        other => other.into(),
+    })?;
+    Ok(Json(JobPage { jobs, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn get(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+    require(&state, &headers, Scope::Read).await?;
+    Ok(Json(state.store.job(&id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Canceled (queued job) or cancel requested (leased/running job; see `cancel_requested`)", body = Job),
+        (status = 404, body = ErrorBody), (status = 409, description = "The job has already ended", body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+    let actor = require(&state, &headers, Scope::Submit).await?;
+    let (job, agent) = state.store.cancel(&id, &actor, Utc::now()).await?;
+    if let Some(agent) = agent {
+        state.hub.wake_agent(&agent);
+    }
+    state.hub.job_changed(&id);
+    Ok(Json(job))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Queued again with a fresh attempt budget", body = Job),
+        (status = 404, body = ErrorBody), (status = 409, description = "The job has not ended", body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn retry(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+    let actor = require(&state, &headers, Scope::Submit).await?;
+    let job = state.store.retry(&id, &actor, Utc::now()).await?;
+    state.hub.work_available();
+    Ok(Json(job))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobEvents), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn events(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<JobEvents>, ApiError> {
+    require(&state, &headers, Scope::Read).await?;
+    Ok(Json(JobEvents { events: state.store.events(&id).await? }))
+}

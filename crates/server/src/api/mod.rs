@@ -1,0 +1,123 @@
+//! The HTTP API: routes, the OpenAPI document, operational endpoints, request metrics.
+
+mod agents;
+pub mod auth;
+mod error;
+mod jobs;
+mod logs;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
+
+use crate::state::AppState;
+use crate::Scope;
+
+/// The generated OpenAPI document; every route in [`router`] is listed here.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "drover", description = "drover's HTTP API: jobs, agents, logs. Every endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`."),
+    paths(
+        jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::cancel, jobs::retry, jobs::events,
+        logs::page, logs::follow, logs::text,
+        agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::list,
+        healthz, readyz, metrics, openapi_json,
+    ),
+    modifiers(&TokenScheme),
+)]
+pub struct ApiDoc;
+
+struct TokenScheme;
+
+impl utoipa::Modify for TokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/logs", get(logs::page))
+        .route("/v1/jobs/{id}/logs/stream", get(logs::follow))
+        .route("/v1/jobs/{id}/logs.txt", get(logs::text))
+        .route("/v1/jobs/{id}/attempts/{attempt}/start", post(agents::start))
+        .route("/v1/jobs/{id}/attempts/{attempt}/logs", post(agents::logs))
+        .route("/v1/jobs/{id}/attempts/{attempt}/progress", post(agents::progress))
+        .route("/v1/jobs/{id}/attempts/{attempt}/finish", post(agents::finish))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/register", post(agents::register))
+        .route("/v1/agents/poll", post(agents::poll))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Counts and times every request by its route template.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_requests.with_label_values(&[&method, &route, resp.status().as_str()]).inc();
+    m.http_duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "The database answers"), (status = 503, description = "The database does not answer")))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.store.ping().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")), security(("token" = [])))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !state.config.public_metrics {
+        auth::require(&state, &headers, Scope::Read).await?;
+    }
+    let m = &state.metrics;
+    m.jobs.reset();
+    for (st, queue, n) in state.store.count_jobs().await? {
+        m.jobs.with_label_values(&[&st, &queue]).set(n);
+    }
+    let agents = state.store.list_agents(chrono::Utc::now(), state.config.lease_ttl).await?;
+    m.agents_online.set(agents.iter().filter(|a| a.status == "online").count() as i64);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response())
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "This document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,21 @@
+//! `AppState`: what every handler and background task shares.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::ServerConfig;
+
+/// Passed to handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServerConfig>,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Fires when the server begins to shut down; long-polls and log streams end on it.
+    pub shutdown: CancellationToken,
+}
