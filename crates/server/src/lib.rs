@@ -68,3 +68,6 @@ mod state;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+#[path = "testing_pg.rs"]
+pub mod testing_pg;

@@ -1,0 +1,325 @@
+//! The store suite: every test runs against SQLite and against a real throwaway PostgreSQL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drover_core::api::{FinishRequest, HostInfo, LogRecord, RunningAttempt, Stream};
+use drover_core::labels::Labels;
+use drover_core::{JobState, Outcome, Priority, SubmitRequest, ValidJob};
+use drover_server::store::{AgentAuth, NewAgent, Store, StoreError};
+
+const TTL: Duration = Duration::from_secs(30);
+
+struct Fx {
+    store: Store,
+    _tmp: tempfile::TempDir,
+}
+
+async fn sqlite() -> Fx {
+    let tmp = tempfile::tempdir().unwrap();
+    Fx { store: Store::open(tmp.path(), None).await.unwrap(), _tmp: tmp }
+}
+
+async fn postgres() -> Fx {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = drover_server::testing_pg::fresh_database().await;
+    Fx { store: Store::open(tmp.path(), Some(&url)).await.unwrap(), _tmp: tmp }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(super::sqlite().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::postgres().await).await
+            }
+        }
+    )*};
+}
+
+both!(
+    concurrent_claimers_lease_every_job_exactly_once,
+    priority_first_then_fifo,
+    labels_and_queues_decide_who_gets_a_job,
+    run_at_is_respected,
+    idempotency_key_returns_the_same_job,
+    expired_lease_is_retried_then_fails_when_attempts_are_used_up,
+    lease_that_never_started_does_not_use_an_attempt,
+    stale_attempt_writes_are_refused,
+    resent_log_batches_are_stored_once_and_read_in_order,
+    failed_attempt_is_retried_after_a_backoff,
+    cancel_queued_running_and_finished_jobs,
+    poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases,
+);
+
+fn t0() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn valid(req: SubmitRequest, now: DateTime<Utc>) -> ValidJob {
+    req.validate(now).unwrap()
+}
+
+fn shell(cmd: &str) -> SubmitRequest {
+    SubmitRequest::shell(cmd)
+}
+
+async fn agent(store: &Store, name: &str, slots: u32, labels: &[(&str, &str)], queues: &[&str]) -> AgentAuth {
+    let labels: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    let new = NewAgent { name: name.into(), labels: labels.clone(), queues: queues.clone(), slots, host: HostInfo::default() };
+    let id = store.register_agent(&new, &format!("hash-{name}-{}", uuid_like()), t0()).await.unwrap();
+    AgentAuth { id, name: name.into(), labels, queues, slots }
+}
+
+fn uuid_like() -> u64 {
+    rand::random()
+}
+
+async fn enqueue(store: &Store, reqs: Vec<SubmitRequest>, now: DateTime<Utc>) -> Vec<String> {
+    let jobs = reqs.into_iter().map(|r| valid(r, now)).collect();
+    store.enqueue(jobs, now).await.unwrap().into_iter().map(|(j, _)| j.id).collect()
+}
+
+fn finish(outcome: Outcome, code: Option<i32>) -> FinishRequest {
+    FinishRequest { outcome, exit_code: code, error: None, result: None }
+}
+
+async fn concurrent_claimers_lease_every_job_exactly_once(fx: Fx) {
+    let now = t0();
+    let ids = enqueue(&fx.store, (0..1000).map(|i| shell(&format!("echo {i}"))).collect(), now).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = fx.store.clone();
+        let a = agent(&store, &format!("claimer-{i}"), 1000, &[], &["default"]).await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let leases = store.claim(&a, now, TTL).await.unwrap();
+                if leases.is_empty() {
+                    break;
+                }
+                got.extend(leases.into_iter().map(|l| l.job_id));
+            }
+            got
+        }));
+    }
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 1000, "every job is leased");
+    assert!(seen.values().all(|&n| n == 1), "no job is leased twice");
+    for id in &ids {
+        assert!(seen.contains_key(id));
+    }
+}
+
+async fn priority_first_then_fifo(fx: Fx) {
+    let now = t0();
+    let mk = |name: &str, p: Priority| {
+        let mut r = shell("true");
+        r.name = Some(name.into());
+        r.priority = Some(p);
+        r
+    };
+    enqueue(&fx.store, vec![mk("low", Priority::LOW), mk("a", Priority::NORMAL), mk("high", Priority::HIGH), mk("b", Priority::NORMAL), mk("crit", Priority::CRITICAL), mk("c", Priority::NORMAL)], now).await;
+    let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let lease = fx.store.claim(&a, now, TTL).await.unwrap().pop().expect("a lease");
+        order.push(lease.name.clone());
+        fx.store.start(&a.id, &lease.job_id, lease.attempt, now).await.unwrap();
+        fx.store.finish(&a.id, &lease.job_id, lease.attempt, &finish(Outcome::Succeeded, Some(0)), now, 0.5).await.unwrap();
+    }
+    assert_eq!(order, ["crit", "high", "a", "b", "c", "low"]);
+}
+
+async fn labels_and_queues_decide_who_gets_a_job(fx: Fx) {
+    let now = t0();
+    let mut gpu = shell("train");
+    gpu.labels.insert("gpu".into(), "a100".into());
+    gpu.queue = Some("ml".into());
+    let docker: SubmitRequest = serde_json::from_value(serde_json::json!({"exec": {"kind": "docker", "image": "busybox"}})).unwrap();
+    let ids = enqueue(&fx.store, vec![gpu, docker], now).await;
+    let plain = agent(&fx.store, "plain", 10, &[], &["default", "ml"]).await;
+    assert!(fx.store.claim(&plain, now, TTL).await.unwrap().is_empty(), "no labels, no job");
+    let wrong_queue = agent(&fx.store, "wq", 10, &[("gpu", "a100")], &["default"]).await;
+    assert!(fx.store.claim(&wrong_queue, now, TTL).await.unwrap().is_empty(), "gpu job is in queue ml");
+    let wrong_value = agent(&fx.store, "wv", 10, &[("gpu", "t4")], &["ml"]).await;
+    assert!(fx.store.claim(&wrong_value, now, TTL).await.unwrap().is_empty());
+    let gpu_agent = agent(&fx.store, "g", 10, &[("gpu", "a100"), ("os", "linux")], &["ml"]).await;
+    let got = fx.store.claim(&gpu_agent, now, TTL).await.unwrap();
+    assert_eq!(got.iter().map(|l| &l.job_id).collect::<Vec<_>>(), [&ids[0]]);
+    let docker_agent = agent(&fx.store, "d", 10, &[("docker", "true")], &["default"]).await;
+    let got = fx.store.claim(&docker_agent, now, TTL).await.unwrap();
+    assert_eq!(got.iter().map(|l| &l.job_id).collect::<Vec<_>>(), [&ids[1]]);
+}
+
+async fn run_at_is_respected(fx: Fx) {
+    let now = t0();
+    let mut later = shell("true");
+    later.delay_ms = Some(3_600_000);
+    enqueue(&fx.store, vec![later], now).await;
+    let a = agent(&fx.store, "a", 10, &[], &["default"]).await;
+    assert!(fx.store.claim(&a, now, TTL).await.unwrap().is_empty());
+    let due = fx.store.next_due(now).await.unwrap().expect("a due time");
+    assert!((due - (now + chrono::Duration::hours(1))).num_milliseconds().abs() <= 1);
+    let two_hours = now + chrono::Duration::hours(2);
+    assert_eq!(fx.store.claim(&a, two_hours, TTL).await.unwrap().len(), 1);
+}
+
+async fn idempotency_key_returns_the_same_job(fx: Fx) {
+    let now = t0();
+    let mut r = shell("echo once");
+    r.idempotency_key = Some("deploy-42".into());
+    let first = fx.store.enqueue(vec![valid(r.clone(), now)], now).await.unwrap().pop().unwrap();
+    let second = fx.store.enqueue(vec![valid(r, now)], now).await.unwrap().pop().unwrap();
+    assert!(first.1 && !second.1);
+    assert_eq!(first.0.id, second.0.id);
+    let (all, _) = fx.store.list_jobs(&Default::default(), None).await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+async fn expired_lease_is_retried_then_fails_when_attempts_are_used_up(fx: Fx) {
+    let now = t0();
+    let mut r = shell("sleep 100");
+    r.max_attempts = Some(2);
+    let id = enqueue(&fx.store, vec![r], now).await.remove(0);
+    let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
+    let l = fx.store.claim(&a, now, TTL).await.unwrap().remove(0);
+    fx.store.start(&a.id, &id, l.attempt, now).await.unwrap();
+    let later = now + chrono::Duration::seconds(31);
+    assert_eq!(fx.store.reap(later).await.unwrap(), 1);
+    let job = fx.store.job(&id).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts[0].state, drover_core::api::AttemptState::Lost);
+    let l = fx.store.claim(&a, later, TTL).await.unwrap().remove(0);
+    assert_eq!(l.attempt, 2);
+    fx.store.start(&a.id, &id, 2, later).await.unwrap();
+    let much_later = later + chrono::Duration::seconds(31);
+    assert_eq!(fx.store.reap(much_later).await.unwrap(), 1);
+    let job = fx.store.job(&id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap().starts_with("agent_lost"), "{:?}", job.error);
+    assert_eq!(job.attempts_used, 2);
+}
+
+async fn lease_that_never_started_does_not_use_an_attempt(fx: Fx) {
+    let now = t0();
+    let id = enqueue(&fx.store, vec![shell("true")], now).await.remove(0);
+    let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
+    fx.store.claim(&a, now, TTL).await.unwrap();
+    fx.store.reap(now + chrono::Duration::seconds(31)).await.unwrap();
+    let job = fx.store.job(&id).await.unwrap();
+    assert_eq!((job.state, job.attempts_used), (JobState::Queued, 0));
+}
+
+async fn stale_attempt_writes_are_refused(fx: Fx) {
+    let now = t0();
+    let mut r = shell("true");
+    r.max_attempts = Some(3);
+    let id = enqueue(&fx.store, vec![r], now).await.remove(0);
+    let zombie = agent(&fx.store, "zombie", 1, &[], &["default"]).await;
+    let other = agent(&fx.store, "other", 1, &[], &["default"]).await;
+    fx.store.claim(&zombie, now, TTL).await.unwrap();
+    fx.store.start(&zombie.id, &id, 1, now).await.unwrap();
+    let later = now + chrono::Duration::seconds(31);
+    fx.store.reap(later).await.unwrap();
+    let l = fx.store.claim(&other, later, TTL).await.unwrap().remove(0);
+    assert_eq!(l.attempt, 2);
+    let stale = |e: StoreError| matches!(e, StoreError::StaleAttempt { attempt: 1, .. });
+    assert!(stale(fx.store.start(&zombie.id, &id, 1, later).await.unwrap_err()));
+    assert!(stale(fx.store.check_attempt(&zombie.id, &id, 1).await.unwrap_err()));
+    assert!(stale(fx.store.progress(&zombie.id, &id, 1, 50.0, "x", later).await.unwrap_err()));
+    assert!(stale(fx.store.finish(&zombie.id, &id, 1, &finish(Outcome::Succeeded, Some(0)), later, 0.5).await.unwrap_err()));
+    let err = fx.store.finish(&zombie.id, &id, 2, &finish(Outcome::Succeeded, Some(0)), later, 0.5).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotYourAttempt { .. }), "{err:?}");
+    let job = fx.store.job(&id).await.unwrap();
+    assert_eq!(job.state, JobState::Leased, "nothing the zombie sent changed the job");
+}
+
+async fn resent_log_batches_are_stored_once_and_read_in_order(fx: Fx) {
+    let rec = |seq: u64, stream: Stream| LogRecord { seq, ts: t0(), stream, text: format!("line {seq}") };
+    fx.store.append_logs("j", 1, &[rec(3, Stream::Stdout), rec(4, Stream::Stderr)]).await.unwrap();
+    fx.store.append_logs("j", 1, &[rec(1, Stream::System), rec(2, Stream::Stdout)]).await.unwrap();
+    fx.store.append_logs("j", 1, &[rec(2, Stream::Stdout), rec(3, Stream::Stdout), rec(4, Stream::Stderr)]).await.unwrap();
+    fx.store.append_logs("j", 2, &[rec(1, Stream::Stdout)]).await.unwrap();
+    let all = fx.store.read_logs("j", 1, 0, None, 100).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let after = fx.store.read_logs("j", 1, 2, None, 100).await.unwrap();
+    assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    let stderr = fx.store.read_logs("j", 1, 0, Some(Stream::Stderr), 100).await.unwrap();
+    assert_eq!(stderr.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
+    let big: Vec<LogRecord> = (1..=2500).map(|s| rec(s, Stream::Stdout)).collect();
+    fx.store.append_logs("k", 1, &big).await.unwrap();
+    assert_eq!(fx.store.read_logs("k", 1, 0, None, 10_000).await.unwrap().len(), 2500);
+}
+
+async fn failed_attempt_is_retried_after_a_backoff(fx: Fx) {
+    let now = t0();
+    let mut r = shell("exit 1");
+    r.max_attempts = Some(2);
+    r.backoff = Some(drover_core::backoff::Backoff { base_ms: 10_000, cap_ms: 10_000 });
+    let id = enqueue(&fx.store, vec![r], now).await.remove(0);
+    let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
+    fx.store.claim(&a, now, TTL).await.unwrap();
+    fx.store.start(&a.id, &id, 1, now).await.unwrap();
+    let job = fx.store.finish(&a.id, &id, 1, &finish(Outcome::Failed, Some(1)), now, 1.0).await.unwrap().job;
+    assert_eq!(job.state, JobState::Queued);
+    assert!(((job.run_at - now).num_milliseconds() - 10_000).abs() <= 1);
+    assert!(fx.store.claim(&a, now, TTL).await.unwrap().is_empty(), "waits for the backoff");
+    let later = now + chrono::Duration::seconds(11);
+    fx.store.claim(&a, later, TTL).await.unwrap().remove(0);
+    fx.store.start(&a.id, &id, 2, later).await.unwrap();
+    let job = fx.store.finish(&a.id, &id, 2, &finish(Outcome::Failed, Some(3)), later, 0.5).await.unwrap().job;
+    assert_eq!((job.state, job.exit_code, job.attempts_used), (JobState::Failed, Some(3), 2));
+    let kinds: Vec<String> = fx.store.events(&id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["submitted", "leased", "started", "retry_scheduled", "leased", "started", "finished"]);
+}
+
+async fn cancel_queued_running_and_finished_jobs(fx: Fx) {
+    let now = t0();
+    let ids = enqueue(&fx.store, vec![shell("sleep 1"), shell("sleep 2")], now).await;
+    let (job, agent_to_wake) = fx.store.cancel(&ids[0], "user", now).await.unwrap();
+    assert_eq!((job.state, agent_to_wake), (JobState::Canceled, None));
+    let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
+    let l = fx.store.claim(&a, now, TTL).await.unwrap().remove(0);
+    assert_eq!(l.job_id, ids[1]);
+    fx.store.start(&a.id, &ids[1], 1, now).await.unwrap();
+    let (job, agent_to_wake) = fx.store.cancel(&ids[1], "user", now).await.unwrap();
+    assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
+    assert_eq!(agent_to_wake.as_deref(), Some(a.id.as_str()));
+    let running = [RunningAttempt { job_id: ids[1].clone(), attempt: 1 }];
+    assert_eq!(fx.store.pending_cancels(&a.id, &running).await.unwrap(), running);
+    let job = fx.store.finish(&a.id, &ids[1], 1, &finish(Outcome::Canceled, None), now, 0.5).await.unwrap().job;
+    assert_eq!(job.state, JobState::Canceled);
+    let err = fx.store.cancel(&ids[1], "user", now).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let job = fx.store.retry(&ids[1], "user", now).await.unwrap();
+    assert_eq!((job.state, job.attempts_used), (JobState::Queued, 0));
+}
+
+async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases(fx: Fx) {
+    let now = t0();
+    let ids = enqueue(&fx.store, vec![shell("a"), shell("b")], now).await;
+    let a = agent(&fx.store, "a", 2, &[], &["default"]).await;
+    assert_eq!(fx.store.claim(&a, now, TTL).await.unwrap().len(), 2);
+    let later = now + chrono::Duration::seconds(1);
+    let running = [
+        RunningAttempt { job_id: ids[0].clone(), attempt: 1 },
+        RunningAttempt { job_id: "ghost".into(), attempt: 7 },
+    ];
+    let out = fx.store.renew(&a.id, &running, later, later, TTL).await.unwrap();
+    assert_eq!(out.kill, [RunningAttempt { job_id: "ghost".into(), attempt: 7 }]);
+    let forgotten = fx.store.job(&ids[1]).await.unwrap();
+    assert_eq!(forgotten.state, JobState::Queued, "a lease the agent does not know goes back");
+    assert_eq!(fx.store.job(&ids[0]).await.unwrap().state, JobState::Leased);
+}
