@@ -305,7 +305,6 @@ pub struct RegisterResponse {
     pub lease_ttl_ms: u64,
 }
 
-
 /// An attempt an agent says it runs (`job_id`, `attempt`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct RunningAttempt {

@@ -24,7 +24,7 @@ pub enum Exec {
     /// A script body written to a file and run by `interpreter`.
     Script { interpreter: String, body: String },
     /// A container run through the Docker Engine API.
-    Docker(DockerSpec),
+    Docker(Box<DockerSpec>),
 }
 
 impl Exec {
@@ -318,7 +318,7 @@ impl SubmitRequest {
                     Some(serde_json::Value::String(s)) if s == "all" => {}
                     Some(_) => errs.push(err("exec.gpus", "must be a count or \"all\"")),
                 }
-                if d.cpus.is_some_and(|c| !(c > 0.0)) {
+                if d.cpus.is_some_and(|c| c.is_nan() || c <= 0.0) {
                     errs.push(err("exec.cpus", "must be greater than 0"));
                 }
             }
@@ -335,7 +335,10 @@ impl SubmitRequest {
             }
         }
         if self.timeout_ms == Some(0) {
-            errs.push(err("timeout_ms", "must be greater than 0 (leave it out for no limit)"));
+            errs.push(err(
+                "timeout_ms",
+                "must be greater than 0 (leave it out for no limit)",
+            ));
         }
         let max_attempts = self.max_attempts.unwrap_or(1);
         if max_attempts == 0 || max_attempts > 100 {
@@ -358,7 +361,9 @@ impl SubmitRequest {
         }
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(t), _) => t,
-            (None, Some(ms)) => now + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64),
+            (None, Some(ms)) => {
+                now + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64)
+            }
             (None, None) => now,
         };
         let name = self.name.unwrap_or_else(|| {
@@ -431,7 +436,13 @@ mod tests {
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["exec.command", "queue", "timeout_ms", "max_attempts", "env.1BAD"]
+            [
+                "exec.command",
+                "queue",
+                "timeout_ms",
+                "max_attempts",
+                "env.1BAD"
+            ]
         );
     }
 

@@ -48,7 +48,13 @@ impl Hub {
     }
 
     pub fn wake_agent(&self, agent_id: &str) {
-        let notify = self.inner.agents.lock().expect("hub lock").get(agent_id).cloned();
+        let notify = self
+            .inner
+            .agents
+            .lock()
+            .expect("hub lock")
+            .get(agent_id)
+            .cloned();
         if let Some(n) = notify {
             n.notify_waiters();
         }

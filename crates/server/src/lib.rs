@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-
-
 /// Resolved server configuration (the CLI merges file < env < flags into this).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

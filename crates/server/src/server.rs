@@ -28,7 +28,10 @@ pub enum ServerError {
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server stopped: {0}")]
     Serve(std::io::Error),
 }
@@ -39,12 +42,21 @@ impl Server {
         let store = Store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
-            store.ensure_token(&t.name, t.scope.as_str(), &hash_token(&t.secret), now).await?;
+            store
+                .ensure_token(&t.name, t.scope.as_str(), &hash_token(&t.secret), now)
+                .await?;
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let state = AppState {
             store,
             config: Arc::new(config),
@@ -52,7 +64,11 @@ impl Server {
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
         };
-        Ok(Server { state, listener, addr })
+        Ok(Server {
+            state,
+            listener,
+            addr,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

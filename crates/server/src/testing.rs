@@ -38,8 +38,16 @@ impl TestServer {
         config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         config.lease_ttl = std::time::Duration::from_secs(3);
         config.bootstrap_tokens = vec![
-            BootstrapToken { name: "test-admin".into(), scope: Scope::Admin, secret: ADMIN_TOKEN.into() },
-            BootstrapToken { name: "test-join".into(), scope: Scope::Join, secret: JOIN_TOKEN.into() },
+            BootstrapToken {
+                name: "test-admin".into(),
+                scope: Scope::Admin,
+                secret: ADMIN_TOKEN.into(),
+            },
+            BootstrapToken {
+                name: "test-join".into(),
+                scope: Scope::Join,
+                secret: JOIN_TOKEN.into(),
+            },
         ];
         config
     }

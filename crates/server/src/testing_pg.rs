@@ -31,7 +31,9 @@ fn bin_dir() -> Result<PathBuf, String> {
         .filter(|p| p.join("initdb").exists())
         .collect();
     found.sort();
-    found.pop().ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin: install postgresql".to_string())
+    found
+        .pop()
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin: install postgresql".to_string())
 }
 
 fn is_root() -> bool {
@@ -62,27 +64,51 @@ fn as_pg_user(program: &std::path::Path) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn start() -> Result<PgCluster, String> {
     let bin = bin_dir()?;
-    let dir = std::env::temp_dir().join(format!("drover-pg-{}-{}", std::process::id(), free_port()));
+    let dir =
+        std::env::temp_dir().join(format!("drover-pg-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     if is_root() {
-        let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).output().map_err(|e| e.to_string())?;
+        let out = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
-            return Err(format!("chown of {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "chown of {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     let data = dir.join("data");
     let out = as_pg_user(&bin.join("initdb"))
-        .arg("-D").arg(&data)
-        .args(["-U", "drover", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"])
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "drover",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        ])
         .output()
         .map_err(|e| format!("cannot run initdb: {e}"))?;
     if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let port = free_port();
     // The watchdog shell keeps postgres as its child and stops it once this test
@@ -104,8 +130,11 @@ fn start() -> Result<PgCluster, String> {
         c.args(["-c", &script]);
         c
     };
-    sh.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    sh.spawn().map_err(|e| format!("cannot start postgres: {e}"))?;
+    sh.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    sh.spawn()
+        .map_err(|e| format!("cannot start postgres: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(bin.join("pg_isready"))
@@ -120,24 +149,40 @@ fn start() -> Result<PgCluster, String> {
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            return Err(format!("postgres did not become ready in 30 s; its log:\n{log}"));
+            return Err(format!(
+                "postgres did not become ready in 30 s; its log:\n{log}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(PgCluster { port, next_db: AtomicU32::new(0) })
+    Ok(PgCluster {
+        port,
+        next_db: AtomicU32::new(0),
+    })
 }
 
 /// A URL of a new, empty database on the shared test cluster (started on first use).
 /// Panics with the reason when PostgreSQL cannot be started.
 pub async fn fresh_database() -> String {
-    let cluster = tokio::task::spawn_blocking(|| CLUSTER.get_or_init(start).as_ref().map(|c| (c.port, c.next_db.fetch_add(1, Ordering::SeqCst))).map_err(Clone::clone))
-        .await
-        .expect("pg start task");
+    let cluster = tokio::task::spawn_blocking(|| {
+        CLUSTER
+            .get_or_init(start)
+            .as_ref()
+            .map(|c| (c.port, c.next_db.fetch_add(1, Ordering::SeqCst)))
+            .map_err(Clone::clone)
+    })
+    .await
+    .expect("pg start task");
     let (port, n) = cluster.unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
     let name = format!("drover_test_{n}");
     sqlx::any::install_default_drivers();
     let admin = format!("postgres://drover@127.0.0.1:{port}/postgres");
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("connect to test cluster");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect to test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     format!("postgres://drover@127.0.0.1:{port}/{name}")
 }

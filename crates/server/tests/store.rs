@@ -18,13 +18,19 @@ struct Fx {
 
 async fn sqlite() -> Fx {
     let tmp = tempfile::tempdir().unwrap();
-    Fx { store: Store::open(tmp.path(), None).await.unwrap(), _tmp: tmp }
+    Fx {
+        store: Store::open(tmp.path(), None).await.unwrap(),
+        _tmp: tmp,
+    }
 }
 
 async fn postgres() -> Fx {
     let tmp = tempfile::tempdir().unwrap();
     let url = drover_server::testing_pg::fresh_database().await;
-    Fx { store: Store::open(tmp.path(), Some(&url)).await.unwrap(), _tmp: tmp }
+    Fx {
+        store: Store::open(tmp.path(), Some(&url)).await.unwrap(),
+        _tmp: tmp,
+    }
 }
 
 macro_rules! both {
@@ -69,12 +75,36 @@ fn shell(cmd: &str) -> SubmitRequest {
     SubmitRequest::shell(cmd)
 }
 
-async fn agent(store: &Store, name: &str, slots: u32, labels: &[(&str, &str)], queues: &[&str]) -> AgentAuth {
-    let labels: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+async fn agent(
+    store: &Store,
+    name: &str,
+    slots: u32,
+    labels: &[(&str, &str)],
+    queues: &[&str],
+) -> AgentAuth {
+    let labels: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
-    let new = NewAgent { name: name.into(), labels: labels.clone(), queues: queues.clone(), slots, host: HostInfo::default() };
-    let id = store.register_agent(&new, &format!("hash-{name}-{}", uuid_like()), t0()).await.unwrap();
-    AgentAuth { id, name: name.into(), labels, queues, slots }
+    let new = NewAgent {
+        name: name.into(),
+        labels: labels.clone(),
+        queues: queues.clone(),
+        slots,
+        host: HostInfo::default(),
+    };
+    let id = store
+        .register_agent(&new, &format!("hash-{name}-{}", uuid_like()), t0())
+        .await
+        .unwrap();
+    AgentAuth {
+        id,
+        name: name.into(),
+        labels,
+        queues,
+        slots,
+    }
 }
 
 fn uuid_like() -> u64 {
@@ -83,16 +113,32 @@ fn uuid_like() -> u64 {
 
 async fn enqueue(store: &Store, reqs: Vec<SubmitRequest>, now: DateTime<Utc>) -> Vec<String> {
     let jobs = reqs.into_iter().map(|r| valid(r, now)).collect();
-    store.enqueue(jobs, now).await.unwrap().into_iter().map(|(j, _)| j.id).collect()
+    store
+        .enqueue(jobs, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(j, _)| j.id)
+        .collect()
 }
 
 fn finish(outcome: Outcome, code: Option<i32>) -> FinishRequest {
-    FinishRequest { outcome, exit_code: code, error: None, result: None }
+    FinishRequest {
+        outcome,
+        exit_code: code,
+        error: None,
+        result: None,
+    }
 }
 
 async fn concurrent_claimers_lease_every_job_exactly_once(fx: Fx) {
     let now = t0();
-    let ids = enqueue(&fx.store, (0..1000).map(|i| shell(&format!("echo {i}"))).collect(), now).await;
+    let ids = enqueue(
+        &fx.store,
+        (0..1000).map(|i| shell(&format!("echo {i}"))).collect(),
+        now,
+    )
+    .await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = fx.store.clone();
@@ -130,14 +176,45 @@ async fn priority_first_then_fifo(fx: Fx) {
         r.priority = Some(p);
         r
     };
-    enqueue(&fx.store, vec![mk("low", Priority::LOW), mk("a", Priority::NORMAL), mk("high", Priority::HIGH), mk("b", Priority::NORMAL), mk("crit", Priority::CRITICAL), mk("c", Priority::NORMAL)], now).await;
+    enqueue(
+        &fx.store,
+        vec![
+            mk("low", Priority::LOW),
+            mk("a", Priority::NORMAL),
+            mk("high", Priority::HIGH),
+            mk("b", Priority::NORMAL),
+            mk("crit", Priority::CRITICAL),
+            mk("c", Priority::NORMAL),
+        ],
+        now,
+    )
+    .await;
     let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
     let mut order = Vec::new();
     for _ in 0..6 {
-        let lease = fx.store.claim(&a, now, TTL).await.unwrap().pop().expect("a lease");
+        let lease = fx
+            .store
+            .claim(&a, now, TTL)
+            .await
+            .unwrap()
+            .pop()
+            .expect("a lease");
         order.push(lease.name.clone());
-        fx.store.start(&a.id, &lease.job_id, lease.attempt, now).await.unwrap();
-        fx.store.finish(&a.id, &lease.job_id, lease.attempt, &finish(Outcome::Succeeded, Some(0)), now, 0.5).await.unwrap();
+        fx.store
+            .start(&a.id, &lease.job_id, lease.attempt, now)
+            .await
+            .unwrap();
+        fx.store
+            .finish(
+                &a.id,
+                &lease.job_id,
+                lease.attempt,
+                &finish(Outcome::Succeeded, Some(0)),
+                now,
+                0.5,
+            )
+            .await
+            .unwrap();
     }
     assert_eq!(order, ["crit", "high", "a", "b", "c", "low"]);
 }
@@ -147,15 +224,39 @@ async fn labels_and_queues_decide_who_gets_a_job(fx: Fx) {
     let mut gpu = shell("train");
     gpu.labels.insert("gpu".into(), "a100".into());
     gpu.queue = Some("ml".into());
-    let docker: SubmitRequest = serde_json::from_value(serde_json::json!({"exec": {"kind": "docker", "image": "busybox"}})).unwrap();
+    let docker: SubmitRequest =
+        serde_json::from_value(serde_json::json!({"exec": {"kind": "docker", "image": "busybox"}}))
+            .unwrap();
     let ids = enqueue(&fx.store, vec![gpu, docker], now).await;
     let plain = agent(&fx.store, "plain", 10, &[], &["default", "ml"]).await;
-    assert!(fx.store.claim(&plain, now, TTL).await.unwrap().is_empty(), "no labels, no job");
+    assert!(
+        fx.store.claim(&plain, now, TTL).await.unwrap().is_empty(),
+        "no labels, no job"
+    );
     let wrong_queue = agent(&fx.store, "wq", 10, &[("gpu", "a100")], &["default"]).await;
-    assert!(fx.store.claim(&wrong_queue, now, TTL).await.unwrap().is_empty(), "gpu job is in queue ml");
+    assert!(
+        fx.store
+            .claim(&wrong_queue, now, TTL)
+            .await
+            .unwrap()
+            .is_empty(),
+        "gpu job is in queue ml"
+    );
     let wrong_value = agent(&fx.store, "wv", 10, &[("gpu", "t4")], &["ml"]).await;
-    assert!(fx.store.claim(&wrong_value, now, TTL).await.unwrap().is_empty());
-    let gpu_agent = agent(&fx.store, "g", 10, &[("gpu", "a100"), ("os", "linux")], &["ml"]).await;
+    assert!(fx
+        .store
+        .claim(&wrong_value, now, TTL)
+        .await
+        .unwrap()
+        .is_empty());
+    let gpu_agent = agent(
+        &fx.store,
+        "g",
+        10,
+        &[("gpu", "a100"), ("os", "linux")],
+        &["ml"],
+    )
+    .await;
     let got = fx.store.claim(&gpu_agent, now, TTL).await.unwrap();
     assert_eq!(got.iter().map(|l| &l.job_id).collect::<Vec<_>>(), [&ids[0]]);
     let docker_agent = agent(&fx.store, "d", 10, &[("docker", "true")], &["default"]).await;
@@ -171,7 +272,12 @@ async fn run_at_is_respected(fx: Fx) {
     let a = agent(&fx.store, "a", 10, &[], &["default"]).await;
     assert!(fx.store.claim(&a, now, TTL).await.unwrap().is_empty());
     let due = fx.store.next_due(now).await.unwrap().expect("a due time");
-    assert!((due - (now + chrono::Duration::hours(1))).num_milliseconds().abs() <= 1);
+    assert!(
+        (due - (now + chrono::Duration::hours(1)))
+            .num_milliseconds()
+            .abs()
+            <= 1
+    );
     let two_hours = now + chrono::Duration::hours(2);
     assert_eq!(fx.store.claim(&a, two_hours, TTL).await.unwrap().len(), 1);
 }
@@ -180,8 +286,20 @@ async fn idempotency_key_returns_the_same_job(fx: Fx) {
     let now = t0();
     let mut r = shell("echo once");
     r.idempotency_key = Some("deploy-42".into());
-    let first = fx.store.enqueue(vec![valid(r.clone(), now)], now).await.unwrap().pop().unwrap();
-    let second = fx.store.enqueue(vec![valid(r, now)], now).await.unwrap().pop().unwrap();
+    let first = fx
+        .store
+        .enqueue(vec![valid(r.clone(), now)], now)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let second = fx
+        .store
+        .enqueue(vec![valid(r, now)], now)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert!(first.1 && !second.1);
     assert_eq!(first.0.id, second.0.id);
     let (all, _) = fx.store.list_jobs(&Default::default(), None).await.unwrap();
@@ -208,7 +326,11 @@ async fn expired_lease_is_retried_then_fails_when_attempts_are_used_up(fx: Fx) {
     assert_eq!(fx.store.reap(much_later).await.unwrap(), 1);
     let job = fx.store.job(&id).await.unwrap();
     assert_eq!(job.state, JobState::Failed);
-    assert!(job.error.as_deref().unwrap().starts_with("agent_lost"), "{:?}", job.error);
+    assert!(
+        job.error.as_deref().unwrap().starts_with("agent_lost"),
+        "{:?}",
+        job.error
+    );
     assert_eq!(job.attempts_used, 2);
 }
 
@@ -217,7 +339,10 @@ async fn lease_that_never_started_does_not_use_an_attempt(fx: Fx) {
     let id = enqueue(&fx.store, vec![shell("true")], now).await.remove(0);
     let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
     fx.store.claim(&a, now, TTL).await.unwrap();
-    fx.store.reap(now + chrono::Duration::seconds(31)).await.unwrap();
+    fx.store
+        .reap(now + chrono::Duration::seconds(31))
+        .await
+        .unwrap();
     let job = fx.store.job(&id).await.unwrap();
     assert_eq!((job.state, job.attempts_used), (JobState::Queued, 0));
 }
@@ -236,53 +361,165 @@ async fn stale_attempt_writes_are_refused(fx: Fx) {
     let l = fx.store.claim(&other, later, TTL).await.unwrap().remove(0);
     assert_eq!(l.attempt, 2);
     let stale = |e: StoreError| matches!(e, StoreError::StaleAttempt { attempt: 1, .. });
-    assert!(stale(fx.store.start(&zombie.id, &id, 1, later).await.unwrap_err()));
-    assert!(stale(fx.store.check_attempt(&zombie.id, &id, 1).await.unwrap_err()));
-    assert!(stale(fx.store.progress(&zombie.id, &id, 1, 50.0, "x", later).await.unwrap_err()));
-    assert!(stale(fx.store.finish(&zombie.id, &id, 1, &finish(Outcome::Succeeded, Some(0)), later, 0.5).await.unwrap_err()));
-    let err = fx.store.finish(&zombie.id, &id, 2, &finish(Outcome::Succeeded, Some(0)), later, 0.5).await.unwrap_err();
+    assert!(stale(
+        fx.store.start(&zombie.id, &id, 1, later).await.unwrap_err()
+    ));
+    assert!(stale(
+        fx.store
+            .check_attempt(&zombie.id, &id, 1)
+            .await
+            .unwrap_err()
+    ));
+    assert!(stale(
+        fx.store
+            .progress(&zombie.id, &id, 1, 50.0, "x", later)
+            .await
+            .unwrap_err()
+    ));
+    assert!(stale(
+        fx.store
+            .finish(
+                &zombie.id,
+                &id,
+                1,
+                &finish(Outcome::Succeeded, Some(0)),
+                later,
+                0.5
+            )
+            .await
+            .unwrap_err()
+    ));
+    let err = fx
+        .store
+        .finish(
+            &zombie.id,
+            &id,
+            2,
+            &finish(Outcome::Succeeded, Some(0)),
+            later,
+            0.5,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotYourAttempt { .. }), "{err:?}");
     let job = fx.store.job(&id).await.unwrap();
-    assert_eq!(job.state, JobState::Leased, "nothing the zombie sent changed the job");
+    assert_eq!(
+        job.state,
+        JobState::Leased,
+        "nothing the zombie sent changed the job"
+    );
 }
 
 async fn resent_log_batches_are_stored_once_and_read_in_order(fx: Fx) {
-    let rec = |seq: u64, stream: Stream| LogRecord { seq, ts: t0(), stream, text: format!("line {seq}") };
-    fx.store.append_logs("j", 1, &[rec(3, Stream::Stdout), rec(4, Stream::Stderr)]).await.unwrap();
-    fx.store.append_logs("j", 1, &[rec(1, Stream::System), rec(2, Stream::Stdout)]).await.unwrap();
-    fx.store.append_logs("j", 1, &[rec(2, Stream::Stdout), rec(3, Stream::Stdout), rec(4, Stream::Stderr)]).await.unwrap();
-    fx.store.append_logs("j", 2, &[rec(1, Stream::Stdout)]).await.unwrap();
+    let rec = |seq: u64, stream: Stream| LogRecord {
+        seq,
+        ts: t0(),
+        stream,
+        text: format!("line {seq}"),
+    };
+    fx.store
+        .append_logs("j", 1, &[rec(3, Stream::Stdout), rec(4, Stream::Stderr)])
+        .await
+        .unwrap();
+    fx.store
+        .append_logs("j", 1, &[rec(1, Stream::System), rec(2, Stream::Stdout)])
+        .await
+        .unwrap();
+    fx.store
+        .append_logs(
+            "j",
+            1,
+            &[
+                rec(2, Stream::Stdout),
+                rec(3, Stream::Stdout),
+                rec(4, Stream::Stderr),
+            ],
+        )
+        .await
+        .unwrap();
+    fx.store
+        .append_logs("j", 2, &[rec(1, Stream::Stdout)])
+        .await
+        .unwrap();
     let all = fx.store.read_logs("j", 1, 0, None, 100).await.unwrap();
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let after = fx.store.read_logs("j", 1, 2, None, 100).await.unwrap();
     assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
-    let stderr = fx.store.read_logs("j", 1, 0, Some(Stream::Stderr), 100).await.unwrap();
+    let stderr = fx
+        .store
+        .read_logs("j", 1, 0, Some(Stream::Stderr), 100)
+        .await
+        .unwrap();
     assert_eq!(stderr.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
     let big: Vec<LogRecord> = (1..=2500).map(|s| rec(s, Stream::Stdout)).collect();
     fx.store.append_logs("k", 1, &big).await.unwrap();
-    assert_eq!(fx.store.read_logs("k", 1, 0, None, 10_000).await.unwrap().len(), 2500);
+    assert_eq!(
+        fx.store
+            .read_logs("k", 1, 0, None, 10_000)
+            .await
+            .unwrap()
+            .len(),
+        2500
+    );
 }
 
 async fn failed_attempt_is_retried_after_a_backoff(fx: Fx) {
     let now = t0();
     let mut r = shell("exit 1");
     r.max_attempts = Some(2);
-    r.backoff = Some(drover_core::backoff::Backoff { base_ms: 10_000, cap_ms: 10_000 });
+    r.backoff = Some(drover_core::backoff::Backoff {
+        base_ms: 10_000,
+        cap_ms: 10_000,
+    });
     let id = enqueue(&fx.store, vec![r], now).await.remove(0);
     let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
     fx.store.claim(&a, now, TTL).await.unwrap();
     fx.store.start(&a.id, &id, 1, now).await.unwrap();
-    let job = fx.store.finish(&a.id, &id, 1, &finish(Outcome::Failed, Some(1)), now, 1.0).await.unwrap().job;
+    let job = fx
+        .store
+        .finish(&a.id, &id, 1, &finish(Outcome::Failed, Some(1)), now, 1.0)
+        .await
+        .unwrap()
+        .job;
     assert_eq!(job.state, JobState::Queued);
     assert!(((job.run_at - now).num_milliseconds() - 10_000).abs() <= 1);
-    assert!(fx.store.claim(&a, now, TTL).await.unwrap().is_empty(), "waits for the backoff");
+    assert!(
+        fx.store.claim(&a, now, TTL).await.unwrap().is_empty(),
+        "waits for the backoff"
+    );
     let later = now + chrono::Duration::seconds(11);
     fx.store.claim(&a, later, TTL).await.unwrap().remove(0);
     fx.store.start(&a.id, &id, 2, later).await.unwrap();
-    let job = fx.store.finish(&a.id, &id, 2, &finish(Outcome::Failed, Some(3)), later, 0.5).await.unwrap().job;
-    assert_eq!((job.state, job.exit_code, job.attempts_used), (JobState::Failed, Some(3), 2));
-    let kinds: Vec<String> = fx.store.events(&id).await.unwrap().into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, ["submitted", "leased", "started", "retry_scheduled", "leased", "started", "finished"]);
+    let job = fx
+        .store
+        .finish(&a.id, &id, 2, &finish(Outcome::Failed, Some(3)), later, 0.5)
+        .await
+        .unwrap()
+        .job;
+    assert_eq!(
+        (job.state, job.exit_code, job.attempts_used),
+        (JobState::Failed, Some(3), 2)
+    );
+    let kinds: Vec<String> = fx
+        .store
+        .events(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "leased",
+            "started",
+            "retry_scheduled",
+            "leased",
+            "started",
+            "finished"
+        ]
+    );
 }
 
 async fn cancel_queued_running_and_finished_jobs(fx: Fx) {
@@ -297,9 +534,27 @@ async fn cancel_queued_running_and_finished_jobs(fx: Fx) {
     let (job, agent_to_wake) = fx.store.cancel(&ids[1], "user", now).await.unwrap();
     assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
     assert_eq!(agent_to_wake.as_deref(), Some(a.id.as_str()));
-    let running = [RunningAttempt { job_id: ids[1].clone(), attempt: 1 }];
-    assert_eq!(fx.store.pending_cancels(&a.id, &running).await.unwrap(), running);
-    let job = fx.store.finish(&a.id, &ids[1], 1, &finish(Outcome::Canceled, None), now, 0.5).await.unwrap().job;
+    let running = [RunningAttempt {
+        job_id: ids[1].clone(),
+        attempt: 1,
+    }];
+    assert_eq!(
+        fx.store.pending_cancels(&a.id, &running).await.unwrap(),
+        running
+    );
+    let job = fx
+        .store
+        .finish(
+            &a.id,
+            &ids[1],
+            1,
+            &finish(Outcome::Canceled, None),
+            now,
+            0.5,
+        )
+        .await
+        .unwrap()
+        .job;
     assert_eq!(job.state, JobState::Canceled);
     let err = fx.store.cancel(&ids[1], "user", now).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -314,12 +569,32 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
     assert_eq!(fx.store.claim(&a, now, TTL).await.unwrap().len(), 2);
     let later = now + chrono::Duration::seconds(1);
     let running = [
-        RunningAttempt { job_id: ids[0].clone(), attempt: 1 },
-        RunningAttempt { job_id: "ghost".into(), attempt: 7 },
+        RunningAttempt {
+            job_id: ids[0].clone(),
+            attempt: 1,
+        },
+        RunningAttempt {
+            job_id: "ghost".into(),
+            attempt: 7,
+        },
     ];
-    let out = fx.store.renew(&a.id, &running, later, later, TTL).await.unwrap();
-    assert_eq!(out.kill, [RunningAttempt { job_id: "ghost".into(), attempt: 7 }]);
+    let out = fx
+        .store
+        .renew(&a.id, &running, later, later, TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.kill,
+        [RunningAttempt {
+            job_id: "ghost".into(),
+            attempt: 7
+        }]
+    );
     let forgotten = fx.store.job(&ids[1]).await.unwrap();
-    assert_eq!(forgotten.state, JobState::Queued, "a lease the agent does not know goes back");
+    assert_eq!(
+        forgotten.state,
+        JobState::Queued,
+        "a lease the agent does not know goes back"
+    );
     assert_eq!(fx.store.job(&ids[0]).await.unwrap().state, JobState::Leased);
 }

@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
-    AgentList, Control, ErrorBody, FinishRequest, Job, LogBatch, PollRequest, PollResponse, ProgressUpdate,
-    RegisterRequest, RegisterResponse,
+    AgentList, Control, ErrorBody, FinishRequest, Job, LogBatch, PollRequest, PollResponse,
+    ProgressUpdate, RegisterRequest, RegisterResponse,
 };
 use drover_core::Outcome;
 
@@ -28,30 +28,62 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterRequest,
     responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn register(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<RegisterRequest>) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     require(&state, &headers, Scope::Join).await?;
     if req.slots == 0 || req.slots > 4096 {
-        return Err(ApiError::BadRequest(format!("slots must be between 1 and 4096, not {}", req.slots)));
+        return Err(ApiError::BadRequest(format!(
+            "slots must be between 1 and 4096, not {}",
+            req.slots
+        )));
     }
     if req.name.trim().is_empty() {
         return Err(ApiError::BadRequest("agent name must not be empty".into()));
     }
-    let queues = if req.queues.is_empty() { vec!["default".to_string()] } else { req.queues };
+    let queues = if req.queues.is_empty() {
+        vec!["default".to_string()]
+    } else {
+        req.queues
+    };
     let token = new_token("dra_");
-    let agent = NewAgent { name: req.name, labels: req.labels, queues, slots: req.slots, host: req.host };
-    let agent_id = state.store.register_agent(&agent, &hash_token(&token), Utc::now()).await?;
+    let agent = NewAgent {
+        name: req.name,
+        labels: req.labels,
+        queues,
+        slots: req.slots,
+        host: req.host,
+    };
+    let agent_id = state
+        .store
+        .register_agent(&agent, &hash_token(&token), Utc::now())
+        .await?;
     tracing::info!(agent = %agent_id, name = %agent.name, slots = agent.slots, "agent registered");
-    Ok((StatusCode::CREATED, Json(RegisterResponse { agent_id, token, lease_ttl_ms: state.config.lease_ttl.as_millis() as u64 })))
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            agent_id,
+            token,
+            lease_ttl_ms: state.config.lease_ttl.as_millis() as u64,
+        }),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/agents/poll", tag = "agents", request_body = PollRequest,
     responses((status = 200, description = "Leases and control messages; empty when the wait ran out", body = PollResponse), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn poll(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<PollRequest>) -> Result<Json<PollResponse>, ApiError> {
+pub async fn poll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PollRequest>,
+) -> Result<Json<PollResponse>, ApiError> {
     let received = Utc::now();
     let agent = require_agent(&state, &headers).await?;
     let ttl = state.config.lease_ttl;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
     state.store.agent_stats(&agent.id, &req.stats).await?;
     let wake = state.hub.agent(&agent.id);
     let mut first = true;
@@ -68,13 +100,24 @@ pub async fn poll(State(state): State<AppState>, headers: HeaderMap, ApiJson(req
         // Renew and reconcile once per poll; later rounds only look for new cancels.
         let cancels = if first {
             first = false;
-            let outcome = state.store.renew(&agent.id, &req.running, now, received, ttl).await?;
-            resp.controls.extend(outcome.kill.into_iter().map(|r| Control::Kill { job_id: r.job_id, attempt: r.attempt }));
+            let outcome = state
+                .store
+                .renew(&agent.id, &req.running, now, received, ttl)
+                .await?;
+            resp.controls
+                .extend(outcome.kill.into_iter().map(|r| Control::Kill {
+                    job_id: r.job_id,
+                    attempt: r.attempt,
+                }));
             outcome.cancel
         } else {
             state.store.pending_cancels(&agent.id, &req.running).await?
         };
-        resp.controls.extend(cancels.into_iter().map(|r| Control::Cancel { job_id: r.job_id, attempt: r.attempt }));
+        resp.controls
+            .extend(cancels.into_iter().map(|r| Control::Cancel {
+                job_id: r.job_id,
+                attempt: r.attempt,
+            }));
         if state.shutdown.is_cancelled() {
             resp.controls.push(Control::Reconnect);
             return Ok(Json(resp));
@@ -85,7 +128,10 @@ pub async fn poll(State(state): State<AppState>, headers: HeaderMap, ApiJson(req
                 state.hub.job_changed(&lease.job_id);
             }
         }
-        if !resp.leases.is_empty() || !resp.controls.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !resp.leases.is_empty()
+            || !resp.controls.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
             return Ok(Json(resp));
         }
         let mut until = deadline;
@@ -93,6 +139,7 @@ pub async fn poll(State(state): State<AppState>, headers: HeaderMap, ApiJson(req
             let wait = (due - now).to_std().unwrap_or_default() + Duration::from_millis(1);
             until = until.min(tokio::time::Instant::now() + wait);
         }
+        let _waiting = GaugeGuard::inc(&state.metrics.polls_waiting);
         tokio::select! {
             _ = &mut work => {}
             _ = &mut mine => {}
@@ -106,9 +153,16 @@ pub async fn poll(State(state): State<AppState>, headers: HeaderMap, ApiJson(req
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "Stale attempt: kill it", body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn start(State(state): State<AppState>, headers: HeaderMap, ApiPath((id, attempt)): ApiPath<(String, u32)>) -> Result<Json<Job>, ApiError> {
+pub async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, attempt)): ApiPath<(String, u32)>,
+) -> Result<Json<Job>, ApiError> {
     let agent = require_agent(&state, &headers).await?;
-    let w = state.store.start(&agent.id, &id, attempt, Utc::now()).await?;
+    let w = state
+        .store
+        .start(&agent.id, &id, attempt, Utc::now())
+        .await?;
     if let Some(waited) = w.elapsed {
         state.metrics.submit_to_start.observe(waited.as_secs_f64());
     }
@@ -120,19 +174,38 @@ pub async fn start(State(state): State<AppState>, headers: HeaderMap, ApiPath((i
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses((status = 204, description = "Stored (records already stored are ignored)"), (status = 409, description = "Stale attempt: kill it", body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn logs(State(state): State<AppState>, headers: HeaderMap, ApiPath((id, attempt)): ApiPath<(String, u32)>, ApiJson(batch): ApiJson<LogBatch>) -> Result<StatusCode, ApiError> {
+pub async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, attempt)): ApiPath<(String, u32)>,
+    ApiJson(batch): ApiJson<LogBatch>,
+) -> Result<StatusCode, ApiError> {
     let agent = require_agent(&state, &headers).await?;
     if batch.records.len() > MAX_LOG_RECORDS {
-        return Err(ApiError::TooLarge(format!("a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches")));
+        return Err(ApiError::TooLarge(format!(
+            "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
+        )));
     }
-    if let Some(r) = batch.records.iter().find(|r| r.text.len() > MAX_RECORD_BYTES) {
-        return Err(ApiError::TooLarge(format!("log record {} is longer than {MAX_RECORD_BYTES} bytes; split long lines", r.seq)));
+    if let Some(r) = batch
+        .records
+        .iter()
+        .find(|r| r.text.len() > MAX_RECORD_BYTES)
+    {
+        return Err(ApiError::TooLarge(format!(
+            "log record {} is longer than {MAX_RECORD_BYTES} bytes; split long lines",
+            r.seq
+        )));
     }
     if batch.records.iter().any(|r| r.seq == 0) {
-        return Err(ApiError::BadRequest("log record seq numbers start at 1".into()));
+        return Err(ApiError::BadRequest(
+            "log record seq numbers start at 1".into(),
+        ));
     }
     state.store.check_attempt(&agent.id, &id, attempt).await?;
-    state.store.append_logs(&id, attempt, &batch.records).await?;
+    state
+        .store
+        .append_logs(&id, attempt, &batch.records)
+        .await?;
     state.hub.job_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -141,12 +214,22 @@ pub async fn logs(State(state): State<AppState>, headers: HeaderMap, ApiPath((id
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
     security(("token" = [])))]
-pub async fn progress(State(state): State<AppState>, headers: HeaderMap, ApiPath((id, attempt)): ApiPath<(String, u32)>, ApiJson(p): ApiJson<ProgressUpdate>) -> Result<StatusCode, ApiError> {
+pub async fn progress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, attempt)): ApiPath<(String, u32)>,
+    ApiJson(p): ApiJson<ProgressUpdate>,
+) -> Result<StatusCode, ApiError> {
     let agent = require_agent(&state, &headers).await?;
     if !p.percent.is_finite() {
-        return Err(ApiError::BadRequest("percent must be a number between 0 and 100".into()));
+        return Err(ApiError::BadRequest(
+            "percent must be a number between 0 and 100".into(),
+        ));
     }
-    state.store.progress(&agent.id, &id, attempt, p.percent, &p.message, Utc::now()).await?;
+    state
+        .store
+        .progress(&agent.id, &id, attempt, p.percent, &p.message, Utc::now())
+        .await?;
     state.hub.job_changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -155,12 +238,24 @@ pub async fn progress(State(state): State<AppState>, headers: HeaderMap, ApiPath
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses((status = 200, body = Job), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
     security(("token" = [])))]
-pub async fn finish(State(state): State<AppState>, headers: HeaderMap, ApiPath((id, attempt)): ApiPath<(String, u32)>, ApiJson(req): ApiJson<FinishRequest>) -> Result<Json<Job>, ApiError> {
+pub async fn finish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, attempt)): ApiPath<(String, u32)>,
+    ApiJson(req): ApiJson<FinishRequest>,
+) -> Result<Json<Job>, ApiError> {
     let agent = require_agent(&state, &headers).await?;
     let jitter = rand::random::<f64>();
-    let w = state.store.finish(&agent.id, &id, attempt, &req, Utc::now(), jitter).await?;
+    let w = state
+        .store
+        .finish(&agent.id, &id, attempt, &req, Utc::now(), jitter)
+        .await?;
     if let Some(ran) = w.elapsed {
-        state.metrics.job_duration.with_label_values(&[req.outcome.as_str()]).observe(ran.as_secs_f64());
+        state
+            .metrics
+            .job_duration
+            .with_label_values(&[req.outcome.as_str()])
+            .observe(ran.as_secs_f64());
     }
     if w.job.state == drover_core::JobState::Queued {
         state.hub.work_available();
@@ -176,7 +271,31 @@ pub async fn finish(State(state): State<AppState>, headers: HeaderMap, ApiPath((
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
     responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<AgentList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<AgentList>, ApiError> {
     require(&state, &headers, Scope::Read).await?;
-    Ok(Json(AgentList { agents: state.store.list_agents(Utc::now(), state.config.lease_ttl).await? }))
+    Ok(Json(AgentList {
+        agents: state
+            .store
+            .list_agents(Utc::now(), state.config.lease_ttl)
+            .await?,
+    }))
+}
+
+/// Keeps a gauge raised while alive, so a dropped (disconnected) poll is not counted.
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn inc(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -55,18 +55,28 @@ impl Scope {
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing token: send `Authorization: Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing token: send `Authorization: Bearer <token>`".into())
+        })?;
     value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header: expected `Bearer <token>`".into()))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "malformed Authorization header: expected `Bearer <token>`".into(),
+            )
+        })
 }
 
 /// Checks a client token for `needed`; returns the actor name for the audit trail.
-pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<String, ApiError> {
+pub async fn require(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<String, ApiError> {
     let secret = bearer(headers)?;
     let token = state
         .store

@@ -72,7 +72,14 @@ impl IntoResponse for ApiError {
             }
             other => (other.to_string(), Vec::new(), None),
         };
-        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, details, request_id } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+                details,
+                request_id,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

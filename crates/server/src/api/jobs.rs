@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use drover_core::api::{BatchSubmit, BatchSubmitted, ErrorBody, Job, JobEvents, JobPage, ListJobsQuery};
+use drover_core::api::{
+    BatchSubmit, BatchSubmitted, ErrorBody, Job, JobEvents, JobPage, ListJobsQuery,
+};
 use drover_core::spec::FieldError;
 use drover_core::{JobState, SubmitRequest};
 
@@ -23,15 +25,28 @@ pub const MAX_BATCH: usize = 10_000;
         (status = 400, description = "Malformed JSON or invalid spec (every problem listed)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn submit(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<SubmitRequest>) -> Result<(StatusCode, Json<Job>), ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SubmitRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
     require(&state, &headers, Scope::Submit).await?;
     let now = Utc::now();
     let valid = req.validate(now).map_err(ApiError::InvalidSpec)?;
-    let (job, created) = state.store.enqueue(vec![valid], now).await?.pop().expect("one job in, one out");
+    let (job, created) = state
+        .store
+        .enqueue(vec![valid], now)
+        .await?
+        .pop()
+        .expect("one job in, one out");
     if created {
         state.hub.work_available();
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(job)))
 }
 
@@ -41,10 +56,17 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, ApiJson(r
         (status = 400, description = "Invalid specs; fields are prefixed with `jobs[i].`; nothing was stored", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn submit_batch(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<BatchSubmit>) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<BatchSubmit>,
+) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
     require(&state, &headers, Scope::Submit).await?;
     if req.jobs.len() > MAX_BATCH {
-        return Err(ApiError::TooLarge(format!("a batch holds at most {MAX_BATCH} jobs; this one has {}", req.jobs.len())));
+        return Err(ApiError::TooLarge(format!(
+            "a batch holds at most {MAX_BATCH} jobs; this one has {}",
+            req.jobs.len()
+        )));
     }
     if req.jobs.is_empty() {
         return Err(ApiError::BadRequest("the batch has no jobs".into()));
@@ -55,7 +77,10 @@ pub async fn submit_batch(State(state): State<AppState>, headers: HeaderMap, Api
     for (i, job) in req.jobs.into_iter().enumerate() {
         match job.validate(now) {
             Ok(v) => valid.push(v),
-            Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError { field: format!("jobs[{i}].{}", e.field), message: e.message })),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError {
+                field: format!("jobs[{i}].{}", e.field),
+                message: e.message,
+            })),
         }
     }
     if !errors.is_empty() {
@@ -63,34 +88,60 @@ pub async fn submit_batch(State(state): State<AppState>, headers: HeaderMap, Api
     }
     let jobs = state.store.enqueue(valid, now).await?;
     state.hub.work_available();
-    Ok((StatusCode::CREATED, Json(BatchSubmitted { jobs: jobs.into_iter().map(|(j, _)| j).collect() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchSubmitted {
+            jobs: jobs.into_iter().map(|(j, _)| j).collect(),
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobsQuery),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap, ApiQuery(q): ApiQuery<ListJobsQuery>) -> Result<Json<JobPage>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListJobsQuery>,
+) -> Result<Json<JobPage>, ApiError> {
     require(&state, &headers, Scope::Read).await?;
-    let job_state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(ApiError::BadRequest)?;
+    let job_state = q
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     if let Some(limit) = q.limit {
         if !(1..=1000).contains(&limit) {
-            return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, not {limit}")));
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and 1000, not {limit}"
+            )));
         }
     }
     if q.label.as_deref().is_some_and(|l| !l.contains('=')) {
-        return Err(ApiError::BadRequest("label filter must look like key=value".into()));
+        return Err(ApiError::BadRequest(
+            "label filter must look like key=value".into(),
+        ));
     }
-    let (jobs, next_cursor) = state.store.list_jobs(&q, job_state).await.map_err(|e| match e {
-        crate::store::StoreError::Conflict(m) => ApiError::BadRequest(m),
-        other => other.into(),
-    })?;
+    let (jobs, next_cursor) = state
+        .store
+        .list_jobs(&q, job_state)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(m) => ApiError::BadRequest(m),
+            other => other.into(),
+        })?;
     Ok(Json(JobPage { jobs, next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn get(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Job>, ApiError> {
     require(&state, &headers, Scope::Read).await?;
     Ok(Json(state.store.job(&id).await?))
 }
@@ -100,7 +151,11 @@ pub async fn get(State(state): State<AppState>, headers: HeaderMap, ApiPath(id):
         (status = 200, description = "Canceled (queued job) or cancel requested (leased/running job; see `cancel_requested`)", body = Job),
         (status = 404, body = ErrorBody), (status = 409, description = "The job has already ended", body = ErrorBody)),
     security(("token" = [])))]
-pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Job>, ApiError> {
     let actor = require(&state, &headers, Scope::Submit).await?;
     let (job, agent) = state.store.cancel(&id, &actor, Utc::now()).await?;
     if let Some(agent) = agent {
@@ -115,7 +170,11 @@ pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, ApiPath(i
         (status = 200, description = "Queued again with a fresh attempt budget", body = Job),
         (status = 404, body = ErrorBody), (status = 409, description = "The job has not ended", body = ErrorBody)),
     security(("token" = [])))]
-pub async fn retry(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<Job>, ApiError> {
+pub async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Job>, ApiError> {
     let actor = require(&state, &headers, Scope::Submit).await?;
     let job = state.store.retry(&id, &actor, Utc::now()).await?;
     state.hub.work_available();
@@ -125,7 +184,13 @@ pub async fn retry(State(state): State<AppState>, headers: HeaderMap, ApiPath(id
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobEvents), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn events(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>) -> Result<Json<JobEvents>, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobEvents>, ApiError> {
     require(&state, &headers, Scope::Read).await?;
-    Ok(Json(JobEvents { events: state.store.events(&id).await? }))
+    Ok(Json(JobEvents {
+        events: state.store.events(&id).await?,
+    }))
 }

@@ -33,55 +33,101 @@ async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved,
     let stream = q
         .stream
         .as_deref()
-        .map(|s| Stream::parse(s).ok_or_else(|| ApiError::BadRequest(format!("stream {s:?} is not stdout, stderr or system"))))
+        .map(|s| {
+            Stream::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("stream {s:?} is not stdout, stderr or system"))
+            })
+        })
         .transpose()?;
     let attempt = match q.attempt {
         Some(n) if n == 0 || n > job.current_attempt => {
-            return Err(ApiError::NotFound(format!("job {id} has no attempt {n} (it has {})", job.current_attempt)))
+            return Err(ApiError::NotFound(format!(
+                "job {id} has no attempt {n} (it has {})",
+                job.current_attempt
+            )))
         }
         Some(n) => n,
         None => job.current_attempt,
     };
-    Ok(Resolved { job_id: id, attempt, stream, after: q.after.unwrap_or(0) })
+    Ok(Resolved {
+        job_id: id,
+        attempt,
+        stream,
+        after: q.after.unwrap_or(0),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
     responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn page(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Json<LogPage>, ApiError> {
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
     require(&state, &headers, Scope::Read).await?;
     let limit = q.limit.unwrap_or(PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
     }
     let r = resolve(&state, id, &q).await?;
     if r.attempt == 0 {
         let job = state.store.job(&r.job_id).await?;
-        return Ok(Json(LogPage { attempt: 0, records: Vec::new(), last_seq: r.after, complete: job.state.is_terminal() }));
+        return Ok(Json(LogPage {
+            attempt: 0,
+            records: Vec::new(),
+            last_seq: r.after,
+            complete: job.state.is_terminal(),
+        }));
     }
     // Ask whether the attempt ended before reading, so `complete` never hides a late record.
     let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
-    let records = state.store.read_logs(&r.job_id, r.attempt, r.after, r.stream, limit).await?;
+    let records = state
+        .store
+        .read_logs(&r.job_id, r.attempt, r.after, r.stream, limit)
+        .await?;
     let last_seq = records.last().map_or(r.after, |rec| rec.seq);
     let complete = ended && (records.len() as u32) < limit;
-    Ok(Json(LogPage { attempt: r.attempt, records, last_seq, complete }))
+    Ok(Json(LogPage {
+        attempt: r.attempt,
+        records,
+        last_seq,
+        complete,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs/stream", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
     responses((status = 200, description = "Server-Sent Events: `record` events (id = seq, data = LogRecord JSON) and a final `end` event when the attempt has ended", content_type = "text/event-stream"),
         (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn follow(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, ApiQuery(mut q): ApiQuery<LogQuery>) -> Result<Response, ApiError> {
+pub async fn follow(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(mut q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
     require(&state, &headers, Scope::Read).await?;
     // A resuming EventSource sends the last id it saw.
-    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+    if let Some(last) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
         q.after = Some(last);
     }
     let r = resolve(&state, id, &q).await?;
-    Ok(Sse::new(follow_stream(state, r)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(follow_stream(state, r))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
-fn follow_stream(state: AppState, mut r: Resolved) -> impl FutStream<Item = Result<Event, Infallible>> {
+fn follow_stream(
+    state: AppState,
+    mut r: Resolved,
+) -> impl FutStream<Item = Result<Event, Infallible>> {
     async_stream(move |tx| async move {
         let mut changes = state.hub.subscribe_jobs();
         loop {
@@ -95,8 +141,18 @@ fn follow_stream(state: AppState, mut r: Resolved) -> impl FutStream<Item = Resu
                 }
             }
             if r.attempt > 0 {
-                let ended = state.store.attempt_ended(&r.job_id, r.attempt).await.unwrap_or(true);
-                let Ok(records) = state.store.read_logs(&r.job_id, r.attempt, r.after, r.stream, PAGE).await else { break };
+                let ended = state
+                    .store
+                    .attempt_ended(&r.job_id, r.attempt)
+                    .await
+                    .unwrap_or(true);
+                let Ok(records) = state
+                    .store
+                    .read_logs(&r.job_id, r.attempt, r.after, r.stream, PAGE)
+                    .await
+                else {
+                    break;
+                };
                 let full = records.len() as u32 == PAGE;
                 for rec in records {
                     r.after = rec.seq;
@@ -117,11 +173,16 @@ fn follow_stream(state: AppState, mut r: Resolved) -> impl FutStream<Item = Resu
                 _ = state.shutdown.cancelled() => return,
             }
         }
-        let _ = tx.send(Event::default().event("end").data(r.attempt.to_string())).await;
+        let _ = tx
+            .send(Event::default().event("end").data(r.attempt.to_string()))
+            .await;
     })
 }
 
-async fn wait_for_job(rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<str>>, job_id: &str) {
+async fn wait_for_job(
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    job_id: &str,
+) {
     loop {
         match rx.recv().await {
             Ok(id) if &*id == job_id => return,
@@ -153,7 +214,12 @@ where
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs.txt", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
     responses((status = 200, description = "The attempt's output as plain text, one record per line", content_type = "text/plain"), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-pub async fn text(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Response, ApiError> {
+pub async fn text(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
     require(&state, &headers, Scope::Read).await?;
     let r = resolve(&state, id, &q).await?;
     let body = futures::stream::unfold(Some(r), move |cursor| {
@@ -163,7 +229,11 @@ pub async fn text(State(state): State<AppState>, headers: HeaderMap, ApiPath(id)
             if r.attempt == 0 {
                 return None;
             }
-            let records = match state.store.read_logs(&r.job_id, r.attempt, r.after, r.stream, MAX_PAGE).await {
+            let records = match state
+                .store
+                .read_logs(&r.job_id, r.attempt, r.after, r.stream, MAX_PAGE)
+                .await
+            {
                 Ok(recs) if !recs.is_empty() => recs,
                 Ok(_) => return None,
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
@@ -177,5 +247,9 @@ pub async fn text(State(state): State<AppState>, headers: HeaderMap, ApiPath(id)
             Some((Ok::<_, std::io::Error>(chunk), Some(r)))
         }
     });
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }

@@ -41,7 +41,10 @@ impl utoipa::Modify for TokenScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -58,10 +61,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs::page))
         .route("/v1/jobs/{id}/logs/stream", get(logs::follow))
         .route("/v1/jobs/{id}/logs.txt", get(logs::text))
-        .route("/v1/jobs/{id}/attempts/{attempt}/start", post(agents::start))
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/start",
+            post(agents::start),
+        )
         .route("/v1/jobs/{id}/attempts/{attempt}/logs", post(agents::logs))
-        .route("/v1/jobs/{id}/attempts/{attempt}/progress", post(agents::progress))
-        .route("/v1/jobs/{id}/attempts/{attempt}/finish", post(agents::finish))
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/progress",
+            post(agents::progress),
+        )
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/finish",
+            post(agents::finish),
+        )
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/register", post(agents::register))
         .route("/v1/agents/poll", post(agents::poll))
@@ -79,12 +91,20 @@ pub fn router(state: AppState) -> Router {
 /// Counts and times every request by its route template.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
     let m = &state.metrics;
-    m.http_requests.with_label_values(&[&method, &route, resp.status().as_str()]).inc();
-    m.http_duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -112,9 +132,17 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     for (st, queue, n) in state.store.count_jobs().await? {
         m.jobs.with_label_values(&[&st, &queue]).set(n);
     }
-    let agents = state.store.list_agents(chrono::Utc::now(), state.config.lease_ttl).await?;
-    m.agents_online.set(agents.iter().filter(|a| a.status == "online").count() as i64);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response())
+    let agents = state
+        .store
+        .list_agents(chrono::Utc::now(), state.config.lease_ttl)
+        .await?;
+    m.agents_online
+        .set(agents.iter().filter(|a| a.status == "online").count() as i64);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "This document")))]

@@ -31,7 +31,12 @@ pub struct AgentAuth {
 
 impl Store {
     /// Stores a new agent with the hash of its session token; returns its id.
-    pub async fn register_agent(&self, agent: &NewAgent, token_hash: &str, now: DateTime<Utc>) -> Result<String> {
+    pub async fn register_agent(
+        &self,
+        agent: &NewAgent,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
         let id = format!("a-{}", uuid::Uuid::now_v7().simple());
         sqlx::query(
             "INSERT INTO agents (id, name, token_hash, labels, queues, slots, host, stats, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
@@ -52,10 +57,11 @@ impl Store {
 
     /// The agent whose session token hashes to `token_hash`.
     pub async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentAuth>> {
-        let row = sqlx::query("SELECT id, name, labels, queues, slots FROM agents WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, labels, queues, slots FROM agents WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.read)
+                .await?;
         row.map(|row| {
             Ok(AgentAuth {
                 id: row.try_get("id")?,

@@ -39,7 +39,9 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         exec: json_col(row, "exec")?,
         labels: json_col(row, "labels")?,
-        timeout_ms: row.try_get::<Option<i64>, _>("timeout_ms")?.map(|v| v as u64),
+        timeout_ms: row
+            .try_get::<Option<i64>, _>("timeout_ms")?
+            .map(|v| v as u64),
         grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
         max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
         backoff: Backoff {
@@ -54,7 +56,9 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         current_attempt: row.try_get::<i64, _>("current_attempt")? as u32,
         progress,
         result,
-        exit_code: row.try_get::<Option<i64>, _>("exit_code")?.map(|v| v as i32),
+        exit_code: row
+            .try_get::<Option<i64>, _>("exit_code")?
+            .map(|v| v as i32),
         error: row.try_get("error")?,
         created_at: from_ms(row.try_get("created_at")?),
         run_at: from_ms(row.try_get("run_at")?),
@@ -112,7 +116,11 @@ pub(crate) fn not_found(id: &str) -> StoreError {
 impl Store {
     /// Stores new jobs in one transaction. Returns each job and whether it was created
     /// (false: its idempotency key was seen before and the earlier job is returned).
-    pub async fn enqueue(&self, jobs: Vec<ValidJob>, now: DateTime<Utc>) -> Result<Vec<(Job, bool)>> {
+    pub async fn enqueue(
+        &self,
+        jobs: Vec<ValidJob>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.write.begin().await?;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -199,7 +207,9 @@ impl Store {
                 leased_at: from_ms(row.try_get("leased_at")?),
                 started_at: opt_time(&row, "started_at")?,
                 finished_at: opt_time(&row, "finished_at")?,
-                exit_code: row.try_get::<Option<i64>, _>("exit_code")?.map(|v| v as i32),
+                exit_code: row
+                    .try_get::<Option<i64>, _>("exit_code")?
+                    .map(|v| v as i32),
                 error: row.try_get("error")?,
             });
         }
@@ -208,7 +218,11 @@ impl Store {
 
     /// Jobs newest first, filtered; the cursor is the `num` of the last job of the
     /// previous page. Label filters apply in memory over the page (so a page may be short).
-    pub async fn list_jobs(&self, q: &ListJobsQuery, state: Option<JobState>) -> Result<(Vec<Job>, Option<String>)> {
+    pub async fn list_jobs(
+        &self,
+        q: &ListJobsQuery,
+        state: Option<JobState>,
+    ) -> Result<(Vec<Job>, Option<String>)> {
         let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
         let cursor: Option<i64> = match &q.cursor {
             None => None,
@@ -250,11 +264,17 @@ impl Store {
         }
         let rows = query.bind(limit).fetch_all(&self.read).await?;
         let next_cursor = if rows.len() as i64 == limit {
-            rows.last().map(|r| r.try_get::<i64, _>("num")).transpose()?.map(|n| n.to_string())
+            rows.last()
+                .map(|r| r.try_get::<i64, _>("num"))
+                .transpose()?
+                .map(|n| n.to_string())
         } else {
             None
         };
-        let label = q.label.as_deref().map(|l| l.split_once('=').unwrap_or((l, "")));
+        let label = q
+            .label
+            .as_deref()
+            .map(|l| l.split_once('=').unwrap_or((l, "")));
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
@@ -271,13 +291,20 @@ impl Store {
     /// Cancels a job: a queued one at once, a leased or running one by setting
     /// `cancel_requested` (its agent is told on its poll). Returns the job and, when the
     /// job is held by an agent, that agent's id so it can be woken.
-    pub async fn cancel(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<(Job, Option<String>)> {
+    pub async fn cancel(
+        &self,
+        id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Job, Option<String>)> {
         let mut tx = self.write.begin().await?;
         let job = job_in_tx(&mut tx, id).await?;
         let next = transition(job.state, Event::Cancel)
             .map_err(|e| StoreError::Conflict(format!("{e}: it has already ended")))?;
-        let agent: Option<String> =
-            sqlx::query_scalar("SELECT agent_id FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let agent: Option<String> = sqlx::query_scalar("SELECT agent_id FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         if next == JobState::Canceled {
             sqlx::query("UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2, error = $3 WHERE id = $4 AND state = $5")
                 .bind(next.as_str())
@@ -287,14 +314,40 @@ impl Store {
                 .bind(job.state.as_str())
                 .execute(&mut *tx)
                 .await?;
-            record_event(&mut tx, NewEvent { job_id: id, kind: "canceled", from: Some(job.state), to: next, attempt: None, actor, reason: Some("canceled before it started") }, now).await?;
+            record_event(
+                &mut tx,
+                NewEvent {
+                    job_id: id,
+                    kind: "canceled",
+                    from: Some(job.state),
+                    to: next,
+                    attempt: None,
+                    actor,
+                    reason: Some("canceled before it started"),
+                },
+                now,
+            )
+            .await?;
         } else if !job.cancel_requested {
             sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
                 .bind(ms(now))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            record_event(&mut tx, NewEvent { job_id: id, kind: "cancel_requested", from: Some(job.state), to: next, attempt: Some(job.current_attempt), actor, reason: Some("waiting for the agent to stop the process") }, now).await?;
+            record_event(
+                &mut tx,
+                NewEvent {
+                    job_id: id,
+                    kind: "cancel_requested",
+                    from: Some(job.state),
+                    to: next,
+                    attempt: Some(job.current_attempt),
+                    actor,
+                    reason: Some("waiting for the agent to stop the process"),
+                },
+                now,
+            )
+            .await?;
         }
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
@@ -306,8 +359,9 @@ impl Store {
     pub async fn retry(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<Job> {
         let mut tx = self.write.begin().await?;
         let job = job_in_tx(&mut tx, id).await?;
-        let next = transition(job.state, Event::Retry)
-            .map_err(|e| StoreError::Conflict(format!("{e}: only a finished job can be retried")))?;
+        let next = transition(job.state, Event::Retry).map_err(|e| {
+            StoreError::Conflict(format!("{e}: only a finished job can be retried"))
+        })?;
         sqlx::query(
             "UPDATE jobs SET state = $1, attempts_used = 0, cancel_requested = 0, run_at = $2, updated_at = $2, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id = $3 AND state = $4",
         )
@@ -317,7 +371,20 @@ impl Store {
         .bind(job.state.as_str())
         .execute(&mut *tx)
         .await?;
-        record_event(&mut tx, NewEvent { job_id: id, kind: "retried", from: Some(job.state), to: next, attempt: None, actor, reason: None }, now).await?;
+        record_event(
+            &mut tx,
+            NewEvent {
+                job_id: id,
+                kind: "retried",
+                from: Some(job.state),
+                to: next,
+                attempt: None,
+                actor,
+                reason: None,
+            },
+            now,
+        )
+        .await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
@@ -356,9 +423,10 @@ impl Store {
 
     /// Job counts by (state, queue), for metrics.
     pub async fn count_jobs(&self) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query("SELECT state, queue, COUNT(*) AS n FROM jobs GROUP BY state, queue")
-            .fetch_all(&self.read)
-            .await?;
+        let rows =
+            sqlx::query("SELECT state, queue, COUNT(*) AS n FROM jobs GROUP BY state, queue")
+                .fetch_all(&self.read)
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("queue")?, r.try_get("n")?)))
             .collect()

@@ -61,7 +61,11 @@ impl Store {
             "SELECT state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms FROM jobs WHERE id = $1{}",
             self.lock_clause()
         );
-        let Some(row) = sqlx::query(&sql).bind(job_id).fetch_optional(&mut **tx).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
             return Ok(None);
         };
         let state: String = row.try_get("state")?;
@@ -85,7 +89,10 @@ impl Store {
         job_id: &str,
         attempt: u32,
     ) -> Result<Held> {
-        let held = self.held(tx, job_id).await?.ok_or_else(|| not_found(job_id))?;
+        let held = self
+            .held(tx, job_id)
+            .await?
+            .ok_or_else(|| not_found(job_id))?;
         if held.current_attempt != attempt || !held.state.is_active() {
             return Err(StoreError::StaleAttempt {
                 job_id: job_id.to_string(),
@@ -103,7 +110,12 @@ impl Store {
 
     /// Leases up to the agent's free capacity of due, matching jobs: highest priority
     /// first, FIFO within a priority. Each job goes to exactly one agent.
-    pub async fn claim(&self, agent: &AgentAuth, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Lease>> {
+    pub async fn claim(
+        &self,
+        agent: &AgentAuth,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Vec<Lease>> {
         let mut tx = self.write.begin().await?;
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
@@ -129,7 +141,11 @@ impl Store {
         for q in &agent.queues {
             query = query.bind(q.clone());
         }
-        let rows = query.bind(ms(now)).bind(CLAIM_SCAN).fetch_all(&mut *tx).await?;
+        let rows = query
+            .bind(ms(now))
+            .bind(CLAIM_SCAN)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut chosen = Vec::new();
         for row in rows {
             let required: Labels = super::json_col(&row, "required")?;
@@ -168,7 +184,15 @@ impl Store {
             let actor = format!("agent:{}", agent.id);
             record_event(
                 &mut tx,
-                NewEvent { job_id: &id, kind: "leased", from: Some(JobState::Queued), to: next, attempt: Some(attempt), actor: &actor, reason: None },
+                NewEvent {
+                    job_id: &id,
+                    kind: "leased",
+                    from: Some(JobState::Queued),
+                    to: next,
+                    attempt: Some(attempt),
+                    actor: &actor,
+                    reason: None,
+                },
                 now,
             )
             .await?;
@@ -179,7 +203,9 @@ impl Store {
                 exec: super::json_col(&row, "exec")?,
                 env: super::json_col(&row, "env")?,
                 secrets: super::json_col(&row, "secrets")?,
-                timeout_ms: row.try_get::<Option<i64>, _>("timeout_ms")?.map(|v| v as u64),
+                timeout_ms: row
+                    .try_get::<Option<i64>, _>("timeout_ms")?
+                    .map(|v| v as u64),
                 grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
                 metadata: super::json_col(&row, "metadata")?,
             });
@@ -189,7 +215,13 @@ impl Store {
     }
 
     /// The agent started the attempt's process. Resending a start is harmless.
-    pub async fn start(&self, agent_id: &str, job_id: &str, attempt: u32, now: DateTime<Utc>) -> Result<AttemptWrite> {
+    pub async fn start(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
         let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
         let mut elapsed = None;
@@ -213,7 +245,20 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let actor = format!("agent:{agent_id}");
-            record_event(&mut tx, NewEvent { job_id, kind: "started", from: Some(held.state), to: next, attempt: Some(attempt), actor: &actor, reason: None }, now).await?;
+            record_event(
+                &mut tx,
+                NewEvent {
+                    job_id,
+                    kind: "started",
+                    from: Some(held.state),
+                    to: next,
+                    attempt: Some(attempt),
+                    actor: &actor,
+                    reason: None,
+                },
+                now,
+            )
+            .await?;
         }
         let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
@@ -221,16 +266,26 @@ impl Store {
     }
 
     /// Records the job's latest progress.
-    pub async fn progress(&self, agent_id: &str, job_id: &str, attempt: u32, percent: f64, message: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn progress(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        percent: f64,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.write.begin().await?;
         self.fence(&mut tx, agent_id, job_id, attempt).await?;
-        sqlx::query("UPDATE jobs SET progress_pct = $1, progress_msg = $2, updated_at = $3 WHERE id = $4")
-            .bind(percent.clamp(0.0, 100.0))
-            .bind(message)
-            .bind(ms(now))
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET progress_pct = $1, progress_msg = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(percent.clamp(0.0, 100.0))
+        .bind(message)
+        .bind(ms(now))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -245,34 +300,58 @@ impl Store {
         let state: JobState = super::parse_col(&row, "state")?;
         let current = row.try_get::<i64, _>("current_attempt")? as u32;
         if current != attempt || !state.is_active() {
-            return Err(StoreError::StaleAttempt { job_id: job_id.into(), attempt });
+            return Err(StoreError::StaleAttempt {
+                job_id: job_id.into(),
+                attempt,
+            });
         }
         if row.try_get::<Option<String>, _>("agent_id")?.as_deref() != Some(agent_id) {
-            return Err(StoreError::NotYourAttempt { job_id: job_id.into(), attempt });
+            return Err(StoreError::NotYourAttempt {
+                job_id: job_id.into(),
+                attempt,
+            });
         }
         Ok(())
     }
 
     /// The attempt ended. Failed and timed-out attempts are retried (after a backoff)
     /// while attempts remain, unless a cancel was asked for.
-    pub async fn finish(&self, agent_id: &str, job_id: &str, attempt: u32, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Result<AttemptWrite> {
+    pub async fn finish(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        req: &FinishRequest,
+        now: DateTime<Utc>,
+        jitter: f64,
+    ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
         let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
         // An attempt that ended before it reported a start still used up an attempt.
         let used = held.attempts_used + u32::from(held.state == JobState::Leased);
         let failed = matches!(req.outcome, Outcome::Failed | Outcome::TimedOut);
         let retry = failed && !held.cancel_requested && should_retry(used, held.max_attempts);
-        let next = transition(held.state, Event::Finish { outcome: req.outcome, retry })
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        let started: Option<i64> = sqlx::query_scalar("SELECT started_at FROM attempts WHERE job_id = $1 AND number = $2")
-            .bind(job_id)
-            .bind(i64::from(attempt))
-            .fetch_one(&mut *tx)
-            .await?;
+        let next = transition(
+            held.state,
+            Event::Finish {
+                outcome: req.outcome,
+                retry,
+            },
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let started: Option<i64> =
+            sqlx::query_scalar("SELECT started_at FROM attempts WHERE job_id = $1 AND number = $2")
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .fetch_one(&mut *tx)
+                .await?;
         let elapsed = started.and_then(|s| (now - from_ms(s)).to_std().ok());
         let result = req.result.as_ref().map(super::to_json);
         if next == JobState::Queued {
-            let backoff = drover_core::backoff::Backoff { base_ms: held.base_ms, cap_ms: held.cap_ms };
+            let backoff = drover_core::backoff::Backoff {
+                base_ms: held.base_ms,
+                cap_ms: held.cap_ms,
+            };
             let run_at = ms(now) + backoff.delay_ms(used, jitter) as i64;
             sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, run_at = $3, exit_code = $4, error = $5, updated_at = $6 WHERE id = $7")
                 .bind(next.as_str())
@@ -306,9 +385,29 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let actor = format!("agent:{agent_id}");
-        let kind = if next == JobState::Queued { "retry_scheduled" } else { "finished" };
-        let reason = req.error.clone().unwrap_or_else(|| req.outcome.as_str().to_string());
-        record_event(&mut tx, NewEvent { job_id, kind, from: Some(held.state), to: next, attempt: Some(attempt), actor: &actor, reason: Some(&reason) }, now).await?;
+        let kind = if next == JobState::Queued {
+            "retry_scheduled"
+        } else {
+            "finished"
+        };
+        let reason = req
+            .error
+            .clone()
+            .unwrap_or_else(|| req.outcome.as_str().to_string());
+        record_event(
+            &mut tx,
+            NewEvent {
+                job_id,
+                kind,
+                from: Some(held.state),
+                to: next,
+                attempt: Some(attempt),
+                actor: &actor,
+                reason: Some(&reason),
+            },
+            now,
+        )
+        .await?;
         let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
         Ok(AttemptWrite { job, elapsed })
@@ -316,18 +415,33 @@ impl Store {
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
     /// `agent_lost`; a job with a pending cancel becomes canceled.
-    async fn lose(&self, tx: &mut Transaction<'_, Any>, job_id: &str, why: &str, now: DateTime<Utc>) -> Result<()> {
-        let Some(held) = self.held(tx, job_id).await? else { return Ok(()) };
+    async fn lose(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        job_id: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let Some(held) = self.held(tx, job_id).await? else {
+            return Ok(());
+        };
         if !held.state.is_active() {
             return Ok(());
         }
         let (event, error) = if held.cancel_requested {
-            (Event::Finish { outcome: Outcome::Canceled, retry: false }, format!("canceled; the agent was lost ({why})"))
+            (
+                Event::Finish {
+                    outcome: Outcome::Canceled,
+                    retry: false,
+                },
+                format!("canceled; the agent was lost ({why})"),
+            )
         } else {
             let retry = should_retry(held.attempts_used, held.max_attempts);
             (Event::Lost { retry }, format!("agent_lost: {why}"))
         };
-        let next = transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let next =
+            transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
         let finished = next.is_terminal().then(|| ms(now));
         sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5")
             .bind(next.as_str())
@@ -344,7 +458,20 @@ impl Store {
             .bind(i64::from(held.current_attempt))
             .execute(&mut **tx)
             .await?;
-        record_event(tx, NewEvent { job_id, kind: "lost", from: Some(held.state), to: next, attempt: Some(held.current_attempt), actor: "server", reason: Some(&error) }, now).await?;
+        record_event(
+            tx,
+            NewEvent {
+                job_id,
+                kind: "lost",
+                from: Some(held.state),
+                to: next,
+                attempt: Some(held.current_attempt),
+                actor: "server",
+                reason: Some(&error),
+            },
+            now,
+        )
+        .await?;
         Ok(())
     }
 
@@ -358,7 +485,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for id in &ids {
-            self.lose(&mut tx, id, "lease expired: the agent stopped renewing it", now).await?;
+            self.lose(
+                &mut tx,
+                id,
+                "lease expired: the agent stopped renewing it",
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(ids.len())
@@ -367,7 +500,14 @@ impl Store {
     /// The poll's bookkeeping: renews the agent's leases, answers `kill` for attempts it
     /// runs that are not current, `cancel` for canceled ones, and gives back leases the
     /// agent does not know about (taken before `poll_received` but not in `running`).
-    pub async fn renew(&self, agent_id: &str, running: &[RunningAttempt], now: DateTime<Utc>, poll_received: DateTime<Utc>, ttl: Duration) -> Result<PollOutcome> {
+    pub async fn renew(
+        &self,
+        agent_id: &str,
+        running: &[RunningAttempt],
+        now: DateTime<Utc>,
+        poll_received: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<PollOutcome> {
         let mut tx = self.write.begin().await?;
         sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
             .bind(ms(now))
@@ -385,7 +525,10 @@ impl Store {
         .bind(agent_id)
         .fetch_all(&mut *tx)
         .await?;
-        let reported: HashSet<(&str, u32)> = running.iter().map(|r| (r.job_id.as_str(), r.attempt)).collect();
+        let reported: HashSet<(&str, u32)> = running
+            .iter()
+            .map(|r| (r.job_id.as_str(), r.attempt))
+            .collect();
         let mut held = BTreeMap::new();
         let mut out = PollOutcome::default();
         let mut forgotten = Vec::new();
@@ -394,7 +537,10 @@ impl Store {
             let attempt = row.try_get::<i64, _>("current_attempt")? as u32;
             if reported.contains(&(id.as_str(), attempt)) {
                 if row.try_get::<i64, _>("cancel_requested")? != 0 {
-                    out.cancel.push(RunningAttempt { job_id: id.clone(), attempt });
+                    out.cancel.push(RunningAttempt {
+                        job_id: id.clone(),
+                        attempt,
+                    });
                 }
             } else if from_ms(row.try_get("leased_at")?) < poll_received {
                 forgotten.push(id.clone());
@@ -407,7 +553,8 @@ impl Store {
             }
         }
         for id in forgotten {
-            self.lose(&mut tx, &id, "the agent does not run this attempt", now).await?;
+            self.lose(&mut tx, &id, "the agent does not run this attempt", now)
+                .await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -415,10 +562,12 @@ impl Store {
 
     /// The earliest future `run_at` of a queued job, so idle polls wake when it is due.
     pub async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at > $1")
-            .bind(ms(now))
-            .fetch_one(&self.read)
-            .await?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND run_at > $1",
+        )
+        .bind(ms(now))
+        .fetch_one(&self.read)
+        .await?;
         Ok(v.map(from_ms))
     }
 
@@ -438,7 +587,11 @@ impl Store {
 
 impl Store {
     /// Current attempts of the agent, among those it reported, whose job a user canceled.
-    pub async fn pending_cancels(&self, agent_id: &str, running: &[RunningAttempt]) -> Result<Vec<RunningAttempt>> {
+    pub async fn pending_cancels(
+        &self,
+        agent_id: &str,
+        running: &[RunningAttempt],
+    ) -> Result<Vec<RunningAttempt>> {
         let ids: Vec<(String, i64)> = sqlx::query_as(
             "SELECT id, current_attempt FROM jobs WHERE agent_id = $1 AND cancel_requested = 1 AND state IN ('leased', 'running')",
         )
@@ -447,7 +600,10 @@ impl Store {
         .await?;
         Ok(ids
             .into_iter()
-            .map(|(job_id, attempt)| RunningAttempt { job_id, attempt: attempt as u32 })
+            .map(|(job_id, attempt)| RunningAttempt {
+                job_id,
+                attempt: attempt as u32,
+            })
             .filter(|r| running.contains(r))
             .collect())
     }

@@ -10,13 +10,26 @@ const ROWS_PER_INSERT: usize = 1000;
 
 impl Store {
     /// Stores records; ones already stored (same seq) are left as they are.
-    pub async fn append_logs(&self, job_id: &str, attempt: u32, records: &[LogRecord]) -> Result<()> {
+    pub async fn append_logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        records: &[LogRecord],
+    ) -> Result<()> {
         let mut tx = self.logs_write.begin().await?;
         for chunk in records.chunks(ROWS_PER_INSERT) {
             let values = (0..chunk.len())
                 .map(|i| {
                     let b = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -40,7 +53,14 @@ impl Store {
     }
 
     /// Up to `limit` records with `seq > after`, in order, optionally of one stream.
-    pub async fn read_logs(&self, job_id: &str, attempt: u32, after: u64, stream: Option<Stream>, limit: u32) -> Result<Vec<LogRecord>> {
+    pub async fn read_logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        after: u64,
+        stream: Option<Stream>,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
         let mut sql = "SELECT seq, ts, stream, text FROM log_records WHERE job_id = $1 AND attempt = $2 AND seq > $3".to_string();
         if stream.is_some() {
             sql += " AND stream = $5";

@@ -17,7 +17,13 @@ pub struct TokenInfo {
 
 impl Store {
     /// Stores a token unless one with the same hash exists.
-    pub async fn ensure_token(&self, name: &str, scope: &str, hash: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn ensure_token(
+        &self,
+        name: &str,
+        scope: &str,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO tokens (id, name, scope, hash, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
         )
@@ -33,10 +39,12 @@ impl Store {
 
     /// The token whose secret hashes to `hash`.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
-        let row = sqlx::query("SELECT id, name, scope, expires_at, revoked_at FROM tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, scope, expires_at, revoked_at FROM tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.read)
+        .await?;
         row.map(|row| {
             Ok(TokenInfo {
                 id: row.try_get("id")?,

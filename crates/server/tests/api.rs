@@ -1,0 +1,747 @@
+//! HTTP tests for every endpoint, the agent protocol and each error the API promises.
+
+use std::time::{Duration, Instant};
+
+use drover_core::api::*;
+use drover_core::JobState;
+use drover_server::testing::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(server: &TestServer, token: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: server.url.clone(),
+            token: token.into(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn submit(&self, body: Value) -> Job {
+        let (status, v) = self.post("/v1/jobs", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+
+    async fn job(&self, id: &str) -> Job {
+        let (status, v) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+fn shell(cmd: &str) -> Value {
+    json!({"exec": {"kind": "shell", "command": cmd}})
+}
+
+async fn register(server: &TestServer, name: &str, labels: Value) -> Client {
+    let join = Client::new(server, &server.join_token);
+    let (status, v) = join
+        .post("/v1/agents/register", json!({"name": name, "labels": labels, "queues": [], "slots": 4, "host": HostInfo::default()}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let resp: RegisterResponse = serde_json::from_value(v).unwrap();
+    Client::new(server, &resp.token)
+}
+
+async fn poll(agent: &Client, running: &[(String, u32)], wait_ms: u64) -> PollResponse {
+    let running: Vec<Value> = running
+        .iter()
+        .map(|(j, a)| json!({"job_id": j, "attempt": a}))
+        .collect();
+    let (status, v) = agent
+        .post(
+            "/v1/agents/poll",
+            json!({"running": running, "wait_ms": wait_ms}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn submit_get_list_and_idempotency() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c
+        .submit(json!({"exec": {"kind": "process", "argv": ["echo", "a b"]}, "name": "hello", "queue": "q1", "priority": "high",
+            "labels": {"gpu": "a100"}, "timeout_ms": 5000, "max_attempts": 3, "env": {"A": "1"}, "secrets": {"TOKEN": "s3cr3t"},
+            "metadata": {"ticket": 7}, "idempotency_key": "k1"}))
+        .await;
+    assert_eq!(
+        (job.state, job.priority, job.queue.as_str()),
+        (JobState::Queued, 100, "q1")
+    );
+    assert_eq!(job.secret_names, ["TOKEN"]);
+    let got = c.job(&job.id).await;
+    assert_eq!(got.metadata, json!({"ticket": 7}));
+    assert!(
+        !serde_json::to_string(&got).unwrap().contains("s3cr3t"),
+        "secret values are never shown"
+    );
+    let (status, again) = c
+        .post(
+            "/v1/jobs",
+            json!({"exec": {"kind": "shell", "command": "other"}, "idempotency_key": "k1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], json!(job.id));
+
+    let (status, v) = c
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [shell("echo 1"), shell("echo 2"), shell("echo 3")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 3);
+
+    let (_, v) = c.get("/v1/jobs?queue=q1").await;
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
+    let (_, v) = c.get("/v1/jobs?label=gpu=a100").await;
+    assert_eq!(v["jobs"][0]["id"], json!(job.id));
+    let (_, v) = c.get("/v1/jobs?name=hello&state=queued").await;
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
+    // Cursor pagination walks all four jobs, newest first, without repeats.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=3&cursor={c}"),
+            None => "/v1/jobs?limit=3".to_string(),
+        };
+        let (status, v) = c.get(&path).await;
+        assert_eq!(status, StatusCode::OK);
+        let page: JobPage = serde_json::from_value(v).unwrap();
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.last(), Some(&job.id));
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_harms_nothing() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let kept = c.submit(shell("echo kept")).await;
+
+    let (status, v) = c.post("/v1/jobs", json!({"exec": {"kind": "shell", "command": ""}, "max_attempts": 0, "queue": "", "env": {"1X": "y"}})).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_spec")
+    );
+    assert_eq!(
+        v["error"]["details"].as_array().unwrap().len(),
+        4,
+        "every problem is listed: {v}"
+    );
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .bearer_auth(&server.admin_token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&v), "bad_request");
+
+    let (status, v) = c
+        .post(
+            "/v1/jobs",
+            json!({"exec": {"kind": "shell", "command": "x"}, "colour": "red"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("colour"));
+
+    let (status, v) = c
+        .post("/v1/jobs/batch", json!({"jobs": [shell("ok"), shell(" ")]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["error"]["details"][0]["field"],
+        json!("jobs[1].exec.command")
+    );
+
+    let huge = "x".repeat(9 * 1024 * 1024);
+    let (status, v) = c.post("/v1/jobs", shell(&huge)).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+
+    for path in [
+        "/v1/jobs/nope",
+        "/v1/jobs/nope/events",
+        "/v1/jobs/nope/logs",
+        "/v1/jobs/nope/logs.txt",
+        "/v1/nothing",
+    ] {
+        let (status, v) = c.get(path).await;
+        assert_eq!(
+            (status, error_code(&v)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}"
+        );
+    }
+    for path in ["/v1/jobs/nope/cancel", "/v1/jobs/nope/retry"] {
+        let (status, _) = c.post(path, json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, v) = c.get("/v1/jobs?state=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown state"));
+    let (status, _) = c.get("/v1/jobs?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = c.get("/v1/jobs?cursor=abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, v) = c
+        .post(&format!("/v1/jobs/{}/retry", kept.id), json!({}))
+        .await;
+    assert_eq!((status, error_code(&v)), (StatusCode::CONFLICT, "conflict"));
+    let (status, _) = c
+        .post(&format!("/v1/jobs/{}/cancel", kept.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = c
+        .post(&format!("/v1/jobs/{}/cancel", kept.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot cancel a job that is canceled"),
+        "{v}"
+    );
+    assert_eq!(
+        c.job(&kept.id).await.state,
+        JobState::Canceled,
+        "the stored job is intact"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_scoped() {
+    let server = TestServer::start().await;
+    let none = Client::new(&server, "");
+    let resp = reqwest::get(format!("{}/v1/jobs", server.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let bad = Client::new(&server, "not-a-token");
+    assert_eq!(bad.get("/v1/jobs").await.0, StatusCode::UNAUTHORIZED);
+    let join = Client::new(&server, &server.join_token);
+    let (status, v) = join.post("/v1/jobs", shell("true")).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let agent = register(&server, "a", json!({})).await;
+    assert_eq!(
+        agent.get("/v1/jobs").await.0,
+        StatusCode::UNAUTHORIZED,
+        "agent tokens are not client tokens"
+    );
+    assert_eq!(
+        none.post("/v1/agents/poll", json!({})).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", server.url))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", server.url))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/metrics", server.url))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn long_poll_is_woken_by_a_submit() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let agent = register(&server, "waiter", json!({})).await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { poll(&agent, &[], 30_000).await });
+    // Wait until the poll is parked, as the server's own gauge reports it.
+    loop {
+        let (_, text) = c.get("/metrics").await;
+        if text
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "drover_polls_waiting 1")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "poll never parked"
+        );
+        tokio::task::yield_now().await;
+    }
+    let job = c.submit(shell("echo hi")).await;
+    let resp = waiting.await.unwrap();
+    assert_eq!(resp.leases.len(), 1);
+    assert_eq!(resp.leases[0].job_id, job.id);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "answered by the wake-up, not the timeout"
+    );
+}
+
+#[tokio::test]
+async fn attempt_lifecycle_with_logs_progress_result_and_fencing() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c
+        .submit(json!({"exec": {"kind": "shell", "command": "echo hi"}, "secrets": {"K": "v"}}))
+        .await;
+    let agent = register(&server, "worker", json!({})).await;
+    let other = register(&server, "other", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    assert_eq!((lease.job_id.as_str(), lease.attempt), (job.id.as_str(), 1));
+    assert_eq!(
+        lease.secrets.get("K").map(String::as_str),
+        Some("v"),
+        "secrets go to the agent with the lease"
+    );
+    let base = format!("/v1/jobs/{}/attempts/1", job.id);
+    let (status, v) = agent.post(&format!("{base}/start"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(c.job(&job.id).await.state, JobState::Running);
+
+    let rec = |seq: u64, text: &str| json!({"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": text});
+    assert_eq!(
+        agent
+            .post(
+                &format!("{base}/logs"),
+                json!({"records": [rec(2, "two"), rec(3, "three")]})
+            )
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        agent
+            .post(
+                &format!("{base}/logs"),
+                json!({"records": [rec(1, "one"), rec(2, "two")]})
+            )
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        agent
+            .post(
+                &format!("{base}/progress"),
+                json!({"percent": 42.0, "message": "half"})
+            )
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let got = c.job(&job.id).await;
+    assert_eq!(
+        got.progress,
+        Some(Progress {
+            percent: 42.0,
+            message: "half".into()
+        })
+    );
+
+    let (status, v) = other
+        .post(&format!("{base}/progress"), json!({"percent": 1.0}))
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "another agent's attempt"
+    );
+    let (status, v) = agent
+        .post(
+            &format!("/v1/jobs/{}/attempts/7/logs", job.id),
+            json!({"records": [rec(1, "x")]}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt")
+    );
+    let too_many: Vec<Value> = (1..=10_001).map(|s| rec(s, "x")).collect();
+    let (status, _) = agent
+        .post(&format!("{base}/logs"), json!({"records": too_many}))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (status, page) = c.get(&format!("/v1/jobs/{}/logs", job.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let page: LogPage = serde_json::from_value(page).unwrap();
+    assert_eq!(
+        page.records
+            .iter()
+            .map(|r| r.text.as_str())
+            .collect::<Vec<_>>(),
+        ["one", "two", "three"]
+    );
+    assert!(!page.complete, "the attempt is still running");
+
+    let (status, v) = agent
+        .post(
+            &format!("{base}/finish"),
+            json!({"outcome": "succeeded", "exit_code": 0, "result": {"score": 0.9}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let done = c.job(&job.id).await;
+    assert_eq!((done.state, done.exit_code), (JobState::Succeeded, Some(0)));
+    assert_eq!(done.result, Some(json!({"score": 0.9})));
+    let (status, v) = agent
+        .post(&format!("{base}/finish"), json!({"outcome": "failed"}))
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt"),
+        "a finished attempt is fenced off"
+    );
+
+    let (_, page) = c
+        .get(&format!("/v1/jobs/{}/logs?after=1&stream=stdout", job.id))
+        .await;
+    let page: LogPage = serde_json::from_value(page).unwrap();
+    assert_eq!(
+        (page.records.len(), page.last_seq, page.complete),
+        (2, 3, true)
+    );
+    let text = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/{}/logs.txt", server.url, job.id))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "one\ntwo\nthree\n");
+
+    let (_, ev) = c.get(&format!("/v1/jobs/{}/events", job.id)).await;
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["submitted", "leased", "started", "finished"]);
+    assert!(ev["events"][1]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("agent:"));
+
+    let (status, _) = c
+        .post(&format!("/v1/jobs/{}/retry", job.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    assert_eq!(lease.attempt, 2, "a retry is a new attempt");
+}
+
+#[tokio::test]
+async fn sse_follows_a_log_until_the_attempt_ends() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    // Follow before the job is even leased.
+    let url = format!("{}/v1/jobs/{}/logs/stream", server.url, job.id);
+    let token = server.admin_token.clone();
+    let follower = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        resp.text().await.unwrap()
+    });
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+    agent.post(&format!("{base}/start"), json!({})).await;
+    for seq in 1..=3u64 {
+        let body = json!({"records": [{"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": format!("line {seq}")}]});
+        assert_eq!(
+            agent.post(&format!("{base}/logs"), body).await.0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    agent
+        .post(
+            &format!("{base}/finish"),
+            json!({"outcome": "succeeded", "exit_code": 0}),
+        )
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("stream ends")
+        .unwrap();
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.len(), 4, "{body}");
+    for (i, d) in data[..3].iter().enumerate() {
+        let rec: LogRecord = serde_json::from_str(d).unwrap();
+        assert_eq!(rec.text, format!("line {}", i + 1));
+    }
+    assert!(body.contains("event: end"));
+    assert!(body.contains("id: 3"));
+}
+
+#[tokio::test]
+async fn cancel_of_a_running_job_reaches_its_agent_and_stale_runs_are_killed() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("sleep 100")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    agent
+        .post(&format!("/v1/jobs/{}/attempts/1/start", job.id), json!({}))
+        .await;
+    let running = [(job.id.clone(), 1)];
+    let agent2 = Client {
+        http: reqwest::Client::new(),
+        base: agent.base.clone(),
+        token: agent.token.clone(),
+    };
+    let running2 = running.clone();
+    let waiting = tokio::spawn(async move { poll(&agent2, &running2, 30_000).await });
+    let (status, v) = c
+        .post(&format!("/v1/jobs/{}/cancel", job.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["cancel_requested"], json!(true));
+    assert_eq!(
+        v["state"],
+        json!("running"),
+        "running until the agent confirms"
+    );
+    let resp = waiting.await.unwrap();
+    assert_eq!(
+        resp.controls,
+        [Control::Cancel {
+            job_id: job.id.clone(),
+            attempt: lease.attempt
+        }]
+    );
+    agent
+        .post(
+            &format!("/v1/jobs/{}/attempts/1/finish", job.id),
+            json!({"outcome": "canceled", "error": "canceled by user"}),
+        )
+        .await;
+    assert_eq!(c.job(&job.id).await.state, JobState::Canceled);
+    let resp = poll(&agent, &[(job.id.clone(), 1), ("gone".into(), 3)], 0).await;
+    assert_eq!(resp.controls.len(), 2, "{:?}", resp.controls);
+    assert!(resp.controls.contains(&Control::Kill {
+        job_id: "gone".into(),
+        attempt: 3
+    }));
+}
+
+#[tokio::test]
+async fn agents_are_listed_and_go_offline_when_polls_stop() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let agent = register(&server, "lister", json!({"gpu": "a100"})).await;
+    poll(&agent, &[], 0).await;
+    let (_, v) = c.get("/v1/agents").await;
+    let list: AgentList = serde_json::from_value(v).unwrap();
+    assert_eq!(list.agents.len(), 1);
+    assert_eq!(
+        (list.agents[0].name.as_str(), list.agents[0].status.as_str()),
+        ("lister", "online")
+    );
+    assert_eq!(list.agents[0].queues, ["default"]);
+    // The test server's lease TTL is 3 s; wait it out by watching the status flip.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = c.get("/v1/agents").await;
+        if v["agents"][0]["status"] == json!("offline") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent never went offline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_agent_s_job_is_retried_on_another_agent() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c
+        .submit(json!({"exec": {"kind": "shell", "command": "x"}, "max_attempts": 2}))
+        .await;
+    let dead = register(&server, "dead", json!({})).await;
+    poll(&dead, &[], 0).await;
+    dead.post(&format!("/v1/jobs/{}/attempts/1/start", job.id), json!({}))
+        .await;
+    // `dead` never polls again; the reaper expires its lease after the 3 s TTL.
+    let alive = register(&server, "alive", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lease = loop {
+        let mut resp = poll(&alive, &[], 5_000).await;
+        if let Some(l) = resp.leases.pop() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "job was never re-leased");
+    };
+    assert_eq!((lease.job_id.as_str(), lease.attempt), (job.id.as_str(), 2));
+    let (status, v) = dead
+        .post(
+            &format!("/v1/jobs/{}/attempts/1/finish", job.id),
+            json!({"outcome": "succeeded"}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt")
+    );
+    let got = c.job(&job.id).await;
+    assert_eq!(got.attempts[0].state, AttemptState::Lost);
+}
+
+#[tokio::test]
+async fn ops_endpoints_and_openapi_cover_every_route() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    c.submit(shell("true")).await;
+    let (status, metrics) = c.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    for name in [
+        "drover_jobs{queue=\"default\",state=\"queued\"} 1",
+        "drover_agents_online 0",
+        "drover_submit_to_start_seconds_bucket",
+        "drover_job_duration_seconds",
+        "drover_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"201\"} 1",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let (status, doc) = reqwest::get(format!("{}/openapi.json", server.url))
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = doc.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    // Keep in step with api::router: 18 paths, 21 operations.
+    assert_eq!(
+        (paths.len(), ops),
+        (20, 21),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for schema in [
+        "SubmitRequest",
+        "Job",
+        "Lease",
+        "PollRequest",
+        "Control",
+        "LogRecord",
+        "ErrorBody",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema} missing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_tells_waiting_polls_to_reconnect() {
+    let mut server = TestServer::start().await;
+    let agent = register(&server, "w", json!({})).await;
+    let waiting = tokio::spawn(async move { poll(&agent, &[], 30_000).await });
+    let c = Client::new(&server, &server.admin_token);
+    let started = Instant::now();
+    loop {
+        let (_, text) = c.get("/metrics").await;
+        if text
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "drover_polls_waiting 1")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::task::yield_now().await;
+    }
+    server.stop().await;
+    let resp = waiting.await.unwrap();
+    assert_eq!(resp.controls, [Control::Reconnect]);
+    assert!(started.elapsed() < Duration::from_secs(25));
+}
