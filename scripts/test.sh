@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. On a fresh machine with only the Rust toolchain it
+# first installs what the tests need (PostgreSQL's server binaries for the store suite,
+# python3 for script jobs) with apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v bash >/dev/null 2>&1 || need+=(bash)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]} (needed by the tests) with apt-get"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "==> cargo test --workspace"
+cargo test --workspace --all-targets "$@"
