@@ -1,1 +1,175 @@
-//! placeholder
+//! drover's agent: registers with a server, keeps one long-poll open, runs leased jobs
+//! (shell, process, script) in their own workspaces and process groups, spools and ships
+//! their output line by line, and reports how they ended.
+//!
+//! Entry point: [`run`] with an [`AgentConfig`] and [`AgentSignals`]; the CLI installs
+//! the real signal handlers with [`install_signal_handlers`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+mod agent;
+mod attempt;
+mod client;
+mod host;
+mod output;
+mod process;
+mod spool;
+
+pub use client::CallError;
+
+/// Resolved agent configuration (the CLI fills it from flags, env and file).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:7070`.
+    pub server: String,
+    /// Join token used to register.
+    pub token: String,
+    /// Name shown in `drover agents`.
+    pub name: String,
+    /// Labels beyond the automatic `os` and `arch`.
+    pub labels: drover_core::labels::Labels,
+    /// Queues to take jobs from; empty means `default`.
+    pub queues: Vec<String>,
+    /// Most jobs run at once.
+    pub slots: u32,
+    /// Holds workspaces (`workspaces/`) and log spools (`spool/`).
+    pub work_dir: PathBuf,
+    /// How long running jobs may go on after SIGTERM before they are canceled.
+    pub shutdown_timeout: Duration,
+    /// Exit once the first leased job(s) finished.
+    pub exit_after_job: bool,
+    /// Keep each job's workspace after it ended.
+    pub keep_workspaces: bool,
+    /// Most unshipped log bytes kept on disk per attempt before lines are dropped.
+    pub spool_limit_bytes: u64,
+    /// Most output bytes kept per attempt; later output is discarded (the job runs on).
+    pub output_cap_bytes: u64,
+}
+
+impl AgentConfig {
+    /// Defaults: name = host name, slots = CPU count, shutdown 5 min, spool 1 GiB,
+    /// output cap 4 GiB, queue `default`.
+    pub fn new(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        AgentConfig {
+            server: server.into(),
+            token: token.into(),
+            name: host::hostname(),
+            labels: Default::default(),
+            queues: Vec::new(),
+            slots: host::cpu_count(),
+            work_dir: work_dir.into(),
+            shutdown_timeout: Duration::from_secs(300),
+            exit_after_job: false,
+            keep_workspaces: false,
+            spool_limit_bytes: 1 << 30,
+            output_cap_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Requests to wind the agent down, usually from signals.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSignals {
+    /// SIGTERM/SIGINT: stop leasing, let jobs finish up to `shutdown_timeout`, then cancel
+    /// them (outcome `canceled`, error `agent shutdown`).
+    pub drain: CancellationToken,
+    /// SIGUSR1: stop leasing, let current jobs finish, exit.
+    pub finish: CancellationToken,
+    /// A second SIGTERM/SIGINT: kill every job now and report it `failed` with `force-stop`.
+    pub force: CancellationToken,
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Every job finished on its own (drain or SIGUSR1). Exit code 0.
+    Drained,
+    /// The shutdown timeout passed and running jobs were canceled. Exit code 2.
+    ShutdownCanceledJobs,
+    /// `exit_after_job` and the job finished. Exit code 0.
+    FinishedAfterJob,
+    /// Force-stopped; running jobs were killed. Exit code 3.
+    ForceStopped,
+}
+
+impl AgentExit {
+    /// The process exit code: 0 for `Drained` and `FinishedAfterJob`, 2 for
+    /// `ShutdownCanceledJobs`, 3 for `ForceStopped`.
+    pub fn code(&self) -> i32 {
+        match self {
+            AgentExit::Drained | AgentExit::FinishedAfterJob => 0,
+            AgentExit::ShutdownCanceledJobs => 2,
+            AgentExit::ForceStopped => 3,
+        }
+    }
+}
+
+/// Why the agent could not run at all (network trouble is retried, never an error).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The work directory could not be prepared.
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server refused registration (e.g. a wrong join token).
+    #[error("the server refused to register this agent: {0}")]
+    Register(#[source] CallError),
+}
+
+/// Runs the agent until `signals` end it; see [`AgentExit`] for how it can end.
+pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
+    agent::run(config, signals).await
+}
+
+/// Maps the first SIGTERM/SIGINT to `drain`, the second to `force`, and SIGUSR1 to
+/// `finish`. Call it inside a tokio runtime; a handler that cannot be installed is logged.
+pub fn install_signal_handlers() -> AgentSignals {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = AgentSignals::default();
+    let s = signals.clone();
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    let usr1 = signal(SignalKind::user_defined1());
+    tokio::spawn(async move {
+        let (mut term, mut int, mut usr1) = match (term, int, usr1) {
+            (Ok(t), Ok(i), Ok(u)) => (t, i, u),
+            (t, i, u) => {
+                let err = [t.err(), i.err(), u.err()].into_iter().flatten().next();
+                tracing::error!(error = ?err, "cannot install signal handlers");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: finishing current jobs, then exiting");
+                    s.finish.cancel();
+                    continue;
+                }
+            }
+            if s.drain.is_cancelled() {
+                tracing::warn!("second signal: force-stop");
+                s.force.cancel();
+                return;
+            }
+            tracing::info!("signal: draining");
+            s.drain.cancel();
+        }
+    });
+    signals
+}

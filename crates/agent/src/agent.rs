@@ -1,0 +1,394 @@
+//! The agent session: register, keep one long-poll open, start attempts for leases, act
+//! on controls, and run the shutdown protocol (drain, finish, force).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_core::api::{
+    Control, PollRequest, PollResponse, RegisterRequest, RegisterResponse, RunningAttempt,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::attempt::{self, AttemptCtx, AttemptEnd};
+use crate::client::{CallError, Client, RetryBackoff};
+use crate::host::{self, StatsSampler};
+use crate::process::{StopReason, Stopper};
+use crate::spool::SpoolLimits;
+use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
+
+/// Longest a poll is held open.
+const MAX_WAIT_MS: u64 = 25_000;
+/// After force-stop, server calls are retried this long before the agent gives up.
+const FORCE_REPORT_LIMIT: Duration = Duration::from_secs(10);
+
+/// An attempt the agent holds.
+struct Held {
+    stopper: Stopper,
+}
+
+/// What the one outstanding server call (register or poll) came back with.
+enum CallResult {
+    Registered(Result<RegisterResponse, CallError>),
+    Polled(Result<PollResponse, CallError>),
+}
+
+type Call = Pin<Box<dyn Future<Output = CallResult> + Send>>;
+
+/// How the agent is winding down, if it is.
+#[derive(Debug, Default)]
+struct Winding {
+    /// SIGTERM/SIGINT: the moment running jobs get canceled.
+    drain_deadline: Option<Instant>,
+    deadline_passed: bool,
+    /// SIGUSR1.
+    finishing: bool,
+    /// `exit_after_job` and a lease arrived.
+    after_job: bool,
+    forced: bool,
+    canceled_jobs: bool,
+}
+
+impl Winding {
+    fn taking_work(&self) -> bool {
+        self.drain_deadline.is_none() && !self.finishing && !self.after_job && !self.forced
+    }
+
+    fn exit(&self) -> AgentExit {
+        if self.forced {
+            AgentExit::ForceStopped
+        } else if self.canceled_jobs {
+            AgentExit::ShutdownCanceledJobs
+        } else if self.after_job {
+            AgentExit::FinishedAfterJob
+        } else {
+            AgentExit::Drained
+        }
+    }
+}
+
+/// Runs the agent until a signal ends it.
+pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
+    let client = Arc::new(Client::new(&config.server).map_err(AgentError::Client)?);
+    prepare_work_dir(&config).await?;
+    let register = register_request(&config);
+    let mut backoff = RetryBackoff::default();
+    let registered = loop {
+        if signals.force.is_cancelled() {
+            return Ok(AgentExit::ForceStopped);
+        }
+        if signals.drain.is_cancelled() || signals.finish.is_cancelled() {
+            return Ok(AgentExit::Drained);
+        }
+        match client.register(&config.token, &register).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot register yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = signals.drain.cancelled() => {}
+                    _ = signals.finish.cancelled() => {}
+                    _ = signals.force.cancelled() => {}
+                }
+            }
+            Err(e) => return Err(AgentError::Register(e)),
+        }
+    };
+    let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
+    tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, "registered");
+    Session::new(config, client, register, registered, signals)
+        .run()
+        .instrument(span)
+        .await
+}
+
+async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
+    let spool = config.work_dir.join("spool");
+    // Spools of an earlier run belong to attempts the server has given up on.
+    let _ = tokio::fs::remove_dir_all(&spool).await;
+    for dir in [config.work_dir.join("workspaces"), spool] {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| AgentError::WorkDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn register_request(config: &AgentConfig) -> RegisterRequest {
+    RegisterRequest {
+        name: config.name.clone(),
+        labels: host::auto_labels(&config.labels),
+        queues: config.queues.clone(),
+        slots: config.slots,
+        host: host::host_info(),
+    }
+}
+
+/// One registered agent session and everything it holds.
+struct Session {
+    config: AgentConfig,
+    client: Arc<Client>,
+    register: RegisterRequest,
+    signals: AgentSignals,
+    wait_ms: u64,
+    held: HashMap<RunningAttempt, Held>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    done_tx: mpsc::UnboundedSender<(RunningAttempt, AttemptEnd)>,
+    done_rx: mpsc::UnboundedReceiver<(RunningAttempt, AttemptEnd)>,
+    abandon: CancellationToken,
+    stats: StatsSampler,
+    backoff: RetryBackoff,
+    winding: Winding,
+}
+
+impl Session {
+    fn new(
+        config: AgentConfig,
+        client: Arc<Client>,
+        register: RegisterRequest,
+        registered: RegisterResponse,
+        signals: AgentSignals,
+    ) -> Session {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Session {
+            slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+            wait_ms: wait_ms(registered.lease_ttl_ms),
+            config,
+            client,
+            register,
+            signals,
+            held: HashMap::new(),
+            tracker: TaskTracker::new(),
+            done_tx,
+            done_rx,
+            abandon: CancellationToken::new(),
+            stats: StatsSampler::default(),
+            backoff: RetryBackoff::default(),
+            winding: Winding::default(),
+        }
+    }
+
+    async fn run(mut self) -> Result<AgentExit, AgentError> {
+        let mut call: Option<Call> = None;
+        let mut delay = Duration::ZERO;
+        let mut need_register = false;
+        loop {
+            if !self.winding.taking_work() && self.held.is_empty() {
+                break;
+            }
+            let pending = call.get_or_insert_with(|| {
+                let d = std::mem::take(&mut delay);
+                if need_register {
+                    self.register_call(d)
+                } else {
+                    self.poll_call(d)
+                }
+            });
+            let deadline = self
+                .winding
+                .drain_deadline
+                .filter(|_| !self.winding.deadline_passed);
+            tokio::select! {
+                biased;
+                _ = self.signals.force.cancelled(), if !self.winding.forced => self.force_stop(),
+                _ = self.signals.drain.cancelled(), if self.winding.drain_deadline.is_none() => {
+                    tracing::info!(timeout_s = self.config.shutdown_timeout.as_secs(), "draining: no new work; running jobs may finish");
+                    self.winding.drain_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+                    call = None;
+                }
+                _ = self.signals.finish.cancelled(), if !self.winding.finishing => {
+                    tracing::info!("finishing current jobs, then exiting");
+                    self.winding.finishing = true;
+                    call = None;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.winding.deadline_passed = true;
+                    if !self.held.is_empty() {
+                        tracing::warn!(jobs = self.held.len(), "shutdown timeout passed: canceling running jobs");
+                        self.winding.canceled_jobs = true;
+                    }
+                    for h in self.held.values() {
+                        h.stopper.stop(StopReason::Shutdown);
+                    }
+                }
+                Some((key, end)) = self.done_rx.recv() => {
+                    tracing::debug!(job_id = %key.job_id, attempt = key.attempt, outcome = ?end.outcome, "attempt done");
+                    self.held.remove(&key);
+                }
+                result = pending => {
+                    call = None;
+                    match result {
+                        CallResult::Registered(Ok(r)) => {
+                            tracing::info!(agent_id = %r.agent_id, "registered again");
+                            self.wait_ms = wait_ms(r.lease_ttl_ms);
+                            self.backoff.reset();
+                            need_register = false;
+                        }
+                        CallResult::Registered(Err(e)) => {
+                            delay = self.backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
+                        }
+                        CallResult::Polled(Ok(resp)) => {
+                            self.backoff.reset();
+                            if self.handle(resp) {
+                                delay = self.backoff.next_delay();
+                            }
+                        }
+                        CallResult::Polled(Err(CallError::Unauthorized(msg))) => {
+                            tracing::warn!(%msg, "session token refused: registering again");
+                            need_register = true;
+                        }
+                        CallResult::Polled(Err(e)) => {
+                            delay = self.backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed");
+                        }
+                    }
+                }
+            }
+        }
+        drop(call);
+        self.tracker.close();
+        self.tracker.wait().await;
+        let exit = self.winding.exit();
+        tracing::info!(?exit, "agent stopped");
+        Ok(exit)
+    }
+
+    fn force_stop(&mut self) {
+        tracing::warn!(jobs = self.held.len(), "force-stop: killing every job now");
+        self.winding.forced = true;
+        for h in self.held.values() {
+            h.stopper.stop(StopReason::ForceStop);
+        }
+        let abandon = self.abandon.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(FORCE_REPORT_LIMIT).await;
+            abandon.cancel();
+        });
+    }
+
+    /// Acts on a poll answer; true when the server asked us to back off.
+    fn handle(&mut self, resp: PollResponse) -> bool {
+        let mut reconnect = false;
+        for control in resp.controls {
+            match control {
+                Control::Cancel { job_id, attempt } => {
+                    if let Some(h) = self.held.get(&RunningAttempt { job_id, attempt }) {
+                        h.stopper.stop(StopReason::Canceled);
+                    }
+                }
+                Control::Kill { job_id, attempt } => {
+                    if let Some(h) = self.held.get(&RunningAttempt {
+                        job_id: job_id.clone(),
+                        attempt,
+                    }) {
+                        tracing::warn!(%job_id, attempt, "server says the attempt is not current: killing it");
+                        h.stopper.stop(StopReason::Stale);
+                    }
+                }
+                Control::Reconnect => reconnect = true,
+            }
+        }
+        for lease in resp.leases {
+            let key = RunningAttempt {
+                job_id: lease.job_id.clone(),
+                attempt: lease.attempt,
+            };
+            if self.held.contains_key(&key) {
+                continue;
+            }
+            if self.config.exit_after_job {
+                self.winding.after_job = true;
+            }
+            let stopper = Stopper::default();
+            if self.winding.forced {
+                stopper.stop(StopReason::ForceStop);
+            } else if self.winding.deadline_passed {
+                stopper.stop(StopReason::Shutdown);
+            }
+            tracing::info!(job_id = %key.job_id, attempt = key.attempt, name = %lease.name, "leased");
+            let ctx = AttemptCtx {
+                client: self.client.clone(),
+                lease,
+                work_dir: self.config.work_dir.clone(),
+                keep_workspace: self.config.keep_workspaces,
+                limits: SpoolLimits {
+                    unshipped_bytes: self.config.spool_limit_bytes,
+                    output_bytes: self.config.output_cap_bytes,
+                },
+                stopper: stopper.clone(),
+                slots: self.slots.clone(),
+                abandon: self.abandon.clone(),
+            };
+            self.held.insert(key.clone(), Held { stopper });
+            let done = self.done_tx.clone();
+            self.tracker.spawn(
+                async move {
+                    let end = attempt::run(ctx).await;
+                    let _ = done.send((key, end));
+                }
+                .in_current_span(),
+            );
+        }
+        reconnect
+    }
+
+    fn poll_call(&mut self, delay: Duration) -> Call {
+        let req = PollRequest {
+            running: self.held.keys().cloned().collect(),
+            wait_ms: self.wait_ms,
+            draining: !self.winding.taking_work(),
+            stats: self.stats.sample(),
+        };
+        let client = self.client.clone();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            CallResult::Polled(client.poll(&req).await)
+        })
+    }
+
+    fn register_call(&mut self, delay: Duration) -> Call {
+        let client = self.client.clone();
+        let token = self.config.token.clone();
+        let req = self.register.clone();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            CallResult::Registered(client.register(&token, &req).await)
+        })
+    }
+}
+
+/// `min(25 s, ttl / 3)`: polls come often enough to renew leases.
+fn wait_ms(lease_ttl_ms: u64) -> u64 {
+    (lease_ttl_ms / 3).clamp(100, MAX_WAIT_MS)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_renew_leases_often_enough() {
+        assert_eq!(wait_ms(3_000), 1_000);
+        assert_eq!(wait_ms(300_000), 25_000);
+        assert_eq!(wait_ms(0), 100);
+    }
+}

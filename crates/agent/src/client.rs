@@ -1,0 +1,257 @@
+//! The agent's HTTP client: typed calls to the agent routes, and retry with backoff.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use drover_core::api::{
+    ErrorBody, FinishRequest, LogBatch, PollRequest, PollResponse, ProgressUpdate, RegisterRequest,
+    RegisterResponse,
+};
+use rand::Rng;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// 409 `stale_attempt` (or 404): the attempt is not ours any more; kill it.
+    #[error("attempt is no longer current: {0}")]
+    Stale(String),
+    /// 401: the token is not accepted (re-register for polls).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Another 4xx: retrying the same request will not help.
+    #[error("server refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+    /// 5xx, a timeout or a connection error: retry later.
+    #[error("server unreachable or failing: {0}")]
+    Transient(String),
+}
+
+impl CallError {
+    /// Whether the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Transient(_))
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 5 s.
+#[derive(Debug, Clone, Default)]
+pub struct RetryBackoff {
+    failures: u32,
+}
+
+impl RetryBackoff {
+    const BASE_MS: u64 = 100;
+    const CAP_MS: u64 = 5_000;
+
+    /// The delay before the next try; each call grows the next one.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = Self::BASE_MS.saturating_mul(1 << exp).min(Self::CAP_MS);
+        let half = ceiling / 2;
+        let ms = half + rand::thread_rng().gen_range(0..=ceiling - half);
+        Duration::from_millis(ms)
+    }
+
+    /// Forget earlier failures after a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Talks to one drover server with the agent's session token.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    session: RwLock<String>,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(base: &str) -> Result<Client, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            session: RwLock::new(String::new()),
+        })
+    }
+
+    fn session_token(&self) -> String {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Registers with the join token and keeps the session token for later calls.
+    pub async fn register(
+        &self,
+        join_token: &str,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, CallError> {
+        let url = format!("{}/v1/agents/register", self.base);
+        let resp: RegisterResponse = self
+            .send(&url, join_token, req, Duration::from_secs(30))
+            .await?
+            .ok_or_else(|| CallError::Transient("register answered without a body".into()))?;
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = resp.token.clone();
+        Ok(resp)
+    }
+
+    /// One long-poll; the HTTP timeout leaves room beyond `wait_ms`.
+    pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, CallError> {
+        let url = format!("{}/v1/agents/poll", self.base);
+        let timeout = Duration::from_millis(req.wait_ms) + Duration::from_secs(15);
+        self.send(&url, &self.session_token(), req, timeout)
+            .await?
+            .ok_or_else(|| CallError::Transient("poll answered without a body".into()))
+    }
+
+    fn attempt_url(&self, job_id: &str, attempt: u32, verb: &str) -> String {
+        format!("{}/v1/jobs/{job_id}/attempts/{attempt}/{verb}", self.base)
+    }
+
+    /// `POST .../start`.
+    pub async fn start(&self, job_id: &str, attempt: u32) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, "start");
+        self.send::<_, serde_json::Value>(
+            &url,
+            &self.session_token(),
+            &serde_json::json!({}),
+            Self::WRITE_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST .../logs`.
+    pub async fn logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        batch: &LogBatch,
+    ) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, "logs");
+        self.send::<_, serde_json::Value>(&url, &self.session_token(), batch, Self::WRITE_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// `POST .../progress`.
+    pub async fn progress(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        update: &ProgressUpdate,
+    ) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, "progress");
+        self.send::<_, serde_json::Value>(&url, &self.session_token(), update, Self::WRITE_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// `POST .../finish`.
+    pub async fn finish(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        req: &FinishRequest,
+    ) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, "finish");
+        self.send::<_, serde_json::Value>(&url, &self.session_token(), req, Self::WRITE_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        token: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Option<T>, CallError> {
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| CallError::Transient(error_chain(&e)))?;
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CallError::Transient(format!("unreadable answer from {url}: {e}")));
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => (String::new(), text),
+        };
+        Err(match status {
+            StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(if code.is_empty() {
+                message
+            } else {
+                format!("{code}: {message}")
+            }),
+            StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+                CallError::Transient(format!("{status}: {message}"))
+            }
+            s if s.is_server_error() => CallError::Transient(format!("{status}: {message}")),
+            s => CallError::Refused {
+                status: s.as_u16(),
+                message,
+            },
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = RetryBackoff::default();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(5));
+        }
+        assert!(b.next_delay() >= Duration::from_millis(2_500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

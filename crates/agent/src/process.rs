@@ -1,0 +1,319 @@
+//! One struct owns each child process: it spawns the job in its own process group and
+//! supervises it (exit, timeout, stop requests), escalating SIGTERM → grace → SIGKILL to
+//! the whole group, and always kills the group at the end so no grandchild survives.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::watch;
+
+/// Why the agent stopped a job before it exited on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The job's timeout passed.
+    TimedOut,
+    /// A user canceled the job.
+    Canceled,
+    /// The agent's shutdown timeout passed while draining.
+    Shutdown,
+    /// The agent was told to stop at once.
+    ForceStop,
+    /// The server says the attempt is not current any more.
+    Stale,
+}
+
+impl StopReason {
+    /// Reasons that skip the grace period and kill at once.
+    pub fn is_immediate(self) -> bool {
+        matches!(self, StopReason::ForceStop | StopReason::Stale)
+    }
+}
+
+/// The sending side of an attempt's stop request; the first reason wins unless a later
+/// one is immediate (force-stop, stale) and the first was not.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    tx: Arc<watch::Sender<Option<StopReason>>>,
+}
+
+impl Default for Stopper {
+    fn default() -> Self {
+        Stopper {
+            tx: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+impl Stopper {
+    /// Asks the attempt to stop for `reason`.
+    pub fn stop(&self, reason: StopReason) {
+        self.tx.send_if_modified(|cur| match cur {
+            None => {
+                *cur = Some(reason);
+                true
+            }
+            Some(old) if reason.is_immediate() && !old.is_immediate() => {
+                *cur = Some(reason);
+                true
+            }
+            Some(_) => false,
+        });
+    }
+
+    /// The reason asked for so far, if any.
+    pub fn current(&self) -> Option<StopReason> {
+        *self.tx.borrow()
+    }
+
+    /// A receiver for [`wait_stop`].
+    pub fn subscribe(&self) -> watch::Receiver<Option<StopReason>> {
+        self.tx.subscribe()
+    }
+}
+
+/// Resolves when a stop is requested that `accept` takes; never if none comes.
+pub async fn wait_stop(
+    rx: &mut watch::Receiver<Option<StopReason>>,
+    accept: impl Fn(StopReason) -> bool,
+) -> StopReason {
+    loop {
+        if let Some(r) = *rx.borrow_and_update() {
+            if accept(r) {
+                return r;
+            }
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What to start: a program, its arguments, where, and with which extra environment.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub workspace: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// A spawn that failed, with a message for the job's error field.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start {program:?}: {reason}")]
+pub struct SpawnError {
+    pub program: String,
+    pub reason: String,
+}
+
+/// How supervision ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// The main process's exit status (None if waiting for it failed).
+    pub status: Option<ExitStatus>,
+    /// Set when the agent stopped the job.
+    pub stopped: Option<StopReason>,
+}
+
+/// A running job process and its process group.
+pub struct JobProcess {
+    child: Child,
+    pgid: Pid,
+}
+
+impl JobProcess {
+    /// Spawns `spec` (on a blocking thread) in a new process group with stdin closed and
+    /// stdout/stderr piped.
+    pub async fn spawn(
+        spec: SpawnSpec,
+    ) -> Result<(JobProcess, ChildStdout, ChildStderr), SpawnError> {
+        let program = spec.program.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(&spec.program);
+            cmd.args(&spec.args)
+                .current_dir(&spec.workspace)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            cmd.spawn()
+        })
+        .await;
+        let mut child = match spawned {
+            Ok(Ok(child)) => child,
+            Ok(Err(e)) => {
+                let reason = match e.raw_os_error() {
+                    Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+                    None => e.to_string(),
+                };
+                return Err(SpawnError { program, reason });
+            }
+            Err(e) => {
+                return Err(SpawnError {
+                    program,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let pid = child.id().unwrap_or_default() as i32;
+        let stdout = child.stdout.take().ok_or_else(|| SpawnError {
+            program: program.clone(),
+            reason: "stdout was not piped".into(),
+        })?;
+        let stderr = child.stderr.take().ok_or_else(|| SpawnError {
+            program: program.clone(),
+            reason: "stderr was not piped".into(),
+        })?;
+        Ok((
+            JobProcess {
+                child,
+                pgid: Pid::from_raw(pid),
+            },
+            stdout,
+            stderr,
+        ))
+    }
+
+    /// The process id of the main process (also the process group id).
+    pub fn pid(&self) -> i32 {
+        self.pgid.as_raw()
+    }
+
+    /// Sends `signal` to the whole process group; a group that is gone is fine.
+    pub fn signal_group(&self, signal: Signal) {
+        if self.pgid.as_raw() <= 0 {
+            return;
+        }
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid = self.pgid.as_raw(), %signal, error = %e, "killpg failed")
+            }
+        }
+    }
+
+    /// Waits for the job to exit, time out or be stopped; stops it with SIGTERM, `grace`,
+    /// SIGKILL (or SIGKILL at once for immediate reasons); always kills the group at the end.
+    pub async fn supervise(
+        &mut self,
+        timeout: Option<Duration>,
+        grace: Duration,
+        stop: &mut watch::Receiver<Option<StopReason>>,
+    ) -> Ended {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let reason = tokio::select! {
+            status = self.child.wait() => {
+                self.signal_group(Signal::SIGKILL);
+                return Ended { status: status.ok(), stopped: None };
+            }
+            _ = sleep_until_opt(deadline) => StopReason::TimedOut,
+            r = wait_stop(stop, |_| true) => r,
+        };
+        let mut reason = reason;
+        if reason.is_immediate() {
+            self.signal_group(Signal::SIGKILL);
+        } else {
+            tracing::info!(
+                ?reason,
+                grace_ms = grace.as_millis() as u64,
+                "stopping job: SIGTERM to its process group"
+            );
+            self.signal_group(Signal::SIGTERM);
+            tokio::select! {
+                _ = self.child.wait() => {}
+                _ = tokio::time::sleep(grace) => {
+                    tracing::info!("grace period over: SIGKILL to the process group");
+                }
+                r = wait_stop(stop, StopReason::is_immediate) => reason = r,
+            }
+            self.signal_group(Signal::SIGKILL);
+        }
+        let status = self.child.wait().await.ok();
+        self.signal_group(Signal::SIGKILL);
+        if let Some(later) = *stop.borrow() {
+            if later.is_immediate() {
+                reason = later;
+            }
+        }
+        Ended {
+            status,
+            stopped: Some(reason),
+        }
+    }
+}
+
+impl Drop for JobProcess {
+    fn drop(&mut self) {
+        // Whatever happened to the supervisor, leave no process of this job behind.
+        self.signal_group(Signal::SIGKILL);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Finds `bash` on PATH, else `sh`.
+pub fn shell_program() -> String {
+    let has_bash = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("bash").is_file()));
+    if has_bash { "bash" } else { "sh" }.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(program: &str, args: &[&str]) -> SpawnSpec {
+        SpawnSpec {
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            workspace: std::env::temp_dir(),
+            env: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_programs_give_a_clear_error() {
+        let err = JobProcess::spawn(spec("drover-no-such-program", &[]))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot start \"drover-no-such-program\": No such file or directory"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_requests_terminate_the_group() {
+        let (mut p, _o, _e) = JobProcess::spawn(spec("sh", &["-c", "sleep 1000 & sleep 1000"]))
+            .await
+            .unwrap();
+        let stopper = Stopper::default();
+        let mut rx = stopper.subscribe();
+        stopper.stop(StopReason::Canceled);
+        stopper.stop(StopReason::TimedOut);
+        let ended = p.supervise(None, Duration::from_secs(5), &mut rx).await;
+        assert_eq!(ended.stopped, Some(StopReason::Canceled));
+        assert!(!ended.status.unwrap().success());
+    }
+
+    #[tokio::test]
+    async fn immediate_reasons_override_earlier_ones() {
+        let s = Stopper::default();
+        s.stop(StopReason::Canceled);
+        s.stop(StopReason::ForceStop);
+        s.stop(StopReason::Stale);
+        assert_eq!(s.current(), Some(StopReason::ForceStop));
+    }
+}

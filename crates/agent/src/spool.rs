@@ -1,0 +1,375 @@
+//! The per-attempt on-disk log spool: records are appended as JSON lines by one writer
+//! (on a blocking thread) and read back in batches by the shipper, which advances an
+//! acknowledged offset. Bounded: past `limit` unshipped bytes records are dropped and a
+//! `system` marker says how many; past the output cap further output is discarded.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::Utc;
+use drover_core::api::{LogRecord, Stream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
+use tokio::sync::Notify;
+
+/// A shipped-everything spool larger than this is truncated back to empty.
+const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Limits of one spool.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolLimits {
+    /// Most unshipped bytes kept on disk before records are dropped.
+    pub unshipped_bytes: u64,
+    /// Most stdout/stderr text bytes accepted for the whole attempt.
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct SpoolState {
+    /// End of the flushed records.
+    written: u64,
+    /// End of the records the server acknowledged.
+    acked: u64,
+    /// Bumped when the file is truncated, so stale acks are ignored.
+    generation: u64,
+    closed: bool,
+}
+
+/// State shared by the writer and the reader of one spool.
+#[derive(Debug)]
+pub struct SpoolShared {
+    path: PathBuf,
+    state: Mutex<SpoolState>,
+    notify: Notify,
+}
+
+impl SpoolShared {
+    fn lock(&self) -> MutexGuard<'_, SpoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Appends records; owned by one blocking thread.
+pub struct SpoolWriter {
+    shared: Arc<SpoolShared>,
+    file: BufWriter<File>,
+    offset: u64,
+    next_seq: u64,
+    limits: SpoolLimits,
+    output_bytes: u64,
+    truncated: bool,
+    dropped: u64,
+}
+
+/// Creates a fresh spool file at `path`, returning its writer and reader.
+pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter, SpoolReader)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let read = std::fs::File::open(path)?;
+    let shared = Arc::new(SpoolShared {
+        path: path.to_path_buf(),
+        state: Mutex::new(SpoolState::default()),
+        notify: Notify::new(),
+    });
+    let writer = SpoolWriter {
+        shared: shared.clone(),
+        file: BufWriter::with_capacity(64 * 1024, file),
+        offset: 0,
+        next_seq: 1,
+        limits,
+        output_bytes: 0,
+        truncated: false,
+        dropped: 0,
+    };
+    let reader = SpoolReader {
+        shared,
+        file: tokio::fs::File::from_std(read),
+    };
+    Ok((writer, reader))
+}
+
+impl SpoolWriter {
+    /// Appends a line of job output, unless the output cap or the spool limit says no.
+    pub fn append_output(&mut self, stream: Stream, text: String) -> std::io::Result<()> {
+        if self.truncated {
+            return Ok(());
+        }
+        self.output_bytes += text.len() as u64 + 1;
+        if self.output_bytes > self.limits.output_bytes {
+            self.truncated = true;
+            let msg = format!(
+                "[drover] output exceeded {} bytes; further output of this attempt is discarded",
+                self.limits.output_bytes
+            );
+            return self.append_system(msg);
+        }
+        let unshipped = self.offset.saturating_sub(self.shared.lock().acked);
+        if unshipped + text.len() as u64 > self.limits.unshipped_bytes {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.write_drop_marker()?;
+        self.write(stream, text)
+    }
+
+    /// Appends a `system` record (always kept).
+    pub fn append_system(&mut self, text: String) -> std::io::Result<()> {
+        self.write_drop_marker()?;
+        self.write(Stream::System, text)
+    }
+
+    fn write_drop_marker(&mut self) -> std::io::Result<()> {
+        if self.dropped == 0 {
+            return Ok(());
+        }
+        let n = std::mem::take(&mut self.dropped);
+        let text = format!(
+            "[drover] log spool full (server unreachable?): dropped {n} lines of output here"
+        );
+        self.write(Stream::System, text)
+    }
+
+    fn write(&mut self, stream: Stream, text: String) -> std::io::Result<()> {
+        let record = LogRecord {
+            seq: self.next_seq,
+            ts: Utc::now(),
+            stream,
+            text,
+        };
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.offset += line.len() as u64;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Makes everything appended so far visible to the reader.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        {
+            let mut st = self.shared.lock();
+            if st.acked == self.offset && self.offset > COMPACT_BYTES {
+                self.file.get_mut().set_len(0)?;
+                self.file.get_mut().seek(SeekFrom::Start(0))?;
+                self.offset = 0;
+                st.acked = 0;
+                st.generation += 1;
+            }
+            st.written = self.offset;
+        }
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Writes a pending drop marker, flushes, and tells the reader no more will come.
+    pub fn close(mut self) -> std::io::Result<()> {
+        let result = self.write_drop_marker().and_then(|()| self.flush());
+        self.shared.lock().closed = true;
+        self.shared.notify.notify_one();
+        result
+    }
+}
+
+/// Records read from the spool and not yet acknowledged.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records, in seq order.
+    pub records: Vec<LogRecord>,
+    /// Whether the batch stopped at a size limit (more may be waiting).
+    pub full: bool,
+    end: u64,
+    generation: u64,
+}
+
+/// Reads batches for the shipper.
+pub struct SpoolReader {
+    shared: Arc<SpoolShared>,
+    file: tokio::fs::File,
+}
+
+impl SpoolReader {
+    /// Up to `max_records` records or about `max_bytes` of JSON that are not acknowledged
+    /// yet; an empty batch when nothing is waiting.
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Batch> {
+        let (start, end, generation) = {
+            let st = self.shared.lock();
+            (st.acked, st.written, st.generation)
+        };
+        let mut batch = Batch {
+            records: Vec::new(),
+            full: false,
+            end: start,
+            generation,
+        };
+        if end <= start {
+            return Ok(batch);
+        }
+        self.file.seek(SeekFrom::Start(start)).await?;
+        let mut reader = tokio::io::BufReader::new((&mut self.file).take(end - start));
+        let mut line = String::new();
+        let mut bytes = 0usize;
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).await?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            let record: LogRecord = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            batch.records.push(record);
+            batch.end += n as u64;
+            bytes += n;
+            if batch.records.len() >= max_records || bytes >= max_bytes {
+                batch.full = batch.end < end;
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Marks `batch` as stored by the server.
+    pub fn ack(&self, batch: &Batch) {
+        let mut st = self.shared.lock();
+        if st.generation == batch.generation && batch.end > st.acked {
+            st.acked = batch.end;
+        }
+    }
+
+    /// The writer closed the spool and every record was acknowledged.
+    pub fn is_done(&self) -> bool {
+        let st = self.shared.lock();
+        st.closed && st.acked >= st.written
+    }
+
+    /// Waits until the writer flushes or closes (or a short while passes).
+    pub async fn changed(&self) {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            self.shared.notify.notified(),
+        )
+        .await;
+    }
+
+    /// Path of the spool file (removed by the attempt when it ends).
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(unshipped: u64, output: u64) -> SpoolLimits {
+        SpoolLimits {
+            unshipped_bytes: unshipped,
+            output_bytes: output,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_numbered_and_read_back_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(&dir.path().join("a.jsonl"), limits(1 << 30, 1 << 30)).unwrap();
+        w.append_system("$ cmd".into()).unwrap();
+        for i in 0..10 {
+            w.append_output(Stream::Stdout, format!("line {i}"))
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let b = r.next_batch(4, 1 << 20).await.unwrap();
+        assert_eq!(b.records.len(), 4);
+        assert!(b.full);
+        assert_eq!(b.records[0].seq, 1);
+        assert_eq!(b.records[0].stream, Stream::System);
+        // Not acknowledged: the same records come again.
+        let again = r.next_batch(4, 1 << 20).await.unwrap();
+        assert_eq!(again.records, b.records);
+        r.ack(&again);
+        let rest = r.next_batch(100, 1 << 20).await.unwrap();
+        assert_eq!(rest.records.first().unwrap().seq, 5);
+        assert_eq!(rest.records.last().unwrap().seq, 11);
+        assert!(!rest.full);
+        r.ack(&rest);
+        assert!(!r.is_done());
+        w.close().unwrap();
+        assert!(r.is_done());
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_drops_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(&dir.path().join("b.jsonl"), limits(500, 1 << 30)).unwrap();
+        for i in 0..100 {
+            w.append_output(Stream::Stdout, format!("line {i}"))
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let b = r.next_batch(1000, 1 << 20).await.unwrap();
+        let kept = b.records.len();
+        assert!(kept < 100 && kept > 0);
+        r.ack(&b);
+        w.append_output(Stream::Stdout, "after".into()).unwrap();
+        w.close().unwrap();
+        let b2 = r.next_batch(1000, 1 << 20).await.unwrap();
+        assert_eq!(b2.records.len(), 2);
+        assert_eq!(b2.records[0].stream, Stream::System);
+        assert!(b2.records[0]
+            .text
+            .contains(&format!("dropped {} lines", 100 - kept)));
+        assert_eq!(b2.records[0].seq, kept as u64 + 1);
+        assert_eq!(b2.records[1].text, "after");
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_discarded_with_one_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(&dir.path().join("c.jsonl"), limits(1 << 30, 20)).unwrap();
+        for _ in 0..10 {
+            w.append_output(Stream::Stderr, "12345".into()).unwrap();
+        }
+        w.close().unwrap();
+        let b = r.next_batch(1000, 1 << 20).await.unwrap();
+        let texts: Vec<&str> = b.records.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts.len(), 4);
+        assert!(texts[3].contains("output exceeded 20 bytes"));
+    }
+
+    #[tokio::test]
+    async fn a_shipped_spool_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let (mut w, mut r) = create(&path, limits(1 << 30, 1 << 40)).unwrap();
+        let big = "x".repeat(60_000);
+        let mut last_seq = 0;
+        for _ in 0..3 {
+            for _ in 0..150 {
+                w.append_output(Stream::Stdout, big.clone()).unwrap();
+            }
+            w.flush().unwrap();
+            loop {
+                let b = r.next_batch(5000, 1 << 20).await.unwrap();
+                if b.records.is_empty() {
+                    break;
+                }
+                assert_eq!(b.records[0].seq, last_seq + 1);
+                last_seq = b.records.last().unwrap().seq;
+                r.ack(&b);
+            }
+            w.flush().unwrap();
+        }
+        assert_eq!(last_seq, 450);
+        assert!(std::fs::metadata(&path).unwrap().len() < COMPACT_BYTES);
+    }
+}
