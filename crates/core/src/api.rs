@@ -408,3 +408,75 @@ pub struct Agent {
 pub struct AgentList {
     pub agents: Vec<Agent>,
 }
+
+/// `POST /v1/tokens` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// `read`, `submit`, `admin`, `join` (agents register) or `bootstrap` (one agent, once).
+    pub scope: String,
+    /// Lifetime in seconds; none: no expiry. Bootstrap tokens default to 15 minutes, at most a day.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// Bootstrap tokens only: labels the agent that uses it gets.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A token as the API shows it; the secret only once, at creation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// The secret: shown this once, stored only as a hash.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `token:<name>` of whoever did it.
+    pub actor: String,
+    /// e.g. `job.submit`, `job.cancel`, `job.retry`, `token.create`, `token.revoke`, `agent.register`, `agent.remove`.
+    pub action: String,
+    /// The id of the job, token or agent.
+    pub target: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for older entries; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only entries older than this id.
+    pub before: Option<i64>,
+    /// Page size, 1..=1000, default 100.
+    pub limit: Option<u32>,
+}

@@ -22,6 +22,15 @@ pub struct ServerConfig {
     pub bootstrap_tokens: Vec<BootstrapToken>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM certificate chain and private key for HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A token the server creates at start if it does not exist yet.
@@ -32,9 +41,11 @@ pub struct BootstrapToken {
     pub secret: String,
 }
 
-/// What a client token may do. `Join` tokens may only register agents.
+/// What a client token may do. `Join` tokens may only register agents; `Bootstrap`
+/// tokens register one agent, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
+    Bootstrap,
     Join,
     Read,
     Submit,
@@ -52,6 +63,7 @@ impl ServerConfig {
             public_metrics: false,
             bootstrap_tokens: Vec::new(),
             max_body_bytes: 8 * 1024 * 1024,
+            tls: None,
         }
     }
 }

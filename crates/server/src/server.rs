@@ -20,6 +20,7 @@ pub struct Server {
     state: AppState,
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -34,11 +35,32 @@ pub enum ServerError {
     },
     #[error("server stopped: {0}")]
     Serve(std::io::Error),
+    #[error("cannot load the TLS certificate {cert} / key {key}: {source}")]
+    Tls {
+        cert: String,
+        key: String,
+        source: std::io::Error,
+    },
 }
 
 impl Server {
     /// Opens the store, runs migrations, makes sure bootstrap tokens exist, binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => {
+                // One process-wide crypto provider; a second install is harmless.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let loaded =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                        .await;
+                Some(loaded.map_err(|source| ServerError::Tls {
+                    cert: files.cert.display().to_string(),
+                    key: files.key.display().to_string(),
+                    source,
+                })?)
+            }
+        };
         let store = Store::open(&config.data_dir, config.database_url.as_deref()).await?;
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
@@ -68,6 +90,7 @@ impl Server {
             state,
             listener,
             addr,
+            tls,
         })
     }
 
@@ -91,11 +114,33 @@ impl Server {
             }
         };
         tasks.spawn(watcher);
-        tracing::info!(addr = %self.addr, "drover server listening");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(url = %format!("{scheme}://{}", self.addr), "drover server listening");
         let app = api::router(state.clone());
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { inner.cancelled().await })
-            .await;
+        let result = match self.tls {
+            None => {
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(async move { inner.cancelled().await })
+                    .await
+            }
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tasks.spawn(async move {
+                    inner.cancelled().await;
+                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+                });
+                match self.listener.into_std() {
+                    Ok(std_listener) => {
+                        axum_server::from_tcp_rustls(std_listener, tls)
+                            .handle(handle)
+                            .serve(app.into_make_service())
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
         state.shutdown.cancel();
         tasks.close();
         tasks.wait().await;

@@ -95,7 +95,7 @@ async fn agent(
         host: HostInfo::default(),
     };
     let id = store
-        .register_agent(&new, &format!("hash-{name}-{}", uuid_like()), t0())
+        .register_agent(&new, &format!("hash-{name}-{}", uuid_like()), "test", t0())
         .await
         .unwrap();
     AgentAuth {
@@ -114,7 +114,7 @@ fn uuid_like() -> u64 {
 async fn enqueue(store: &Store, reqs: Vec<SubmitRequest>, now: DateTime<Utc>) -> Vec<String> {
     let jobs = reqs.into_iter().map(|r| valid(r, now)).collect();
     store
-        .enqueue(jobs, now)
+        .enqueue(jobs, "test", now)
         .await
         .unwrap()
         .into_iter()
@@ -288,14 +288,14 @@ async fn idempotency_key_returns_the_same_job(fx: Fx) {
     r.idempotency_key = Some("deploy-42".into());
     let first = fx
         .store
-        .enqueue(vec![valid(r.clone(), now)], now)
+        .enqueue(vec![valid(r.clone(), now)], "test", now)
         .await
         .unwrap()
         .pop()
         .unwrap();
     let second = fx
         .store
-        .enqueue(vec![valid(r, now)], now)
+        .enqueue(vec![valid(r, now)], "test", now)
         .await
         .unwrap()
         .pop()

@@ -85,5 +85,18 @@ CREATE TABLE tokens (
     hash TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL,
     expires_at BIGINT,
-    revoked_at BIGINT
+    revoked_at BIGINT,
+    -- Bootstrap tokens: labels forced onto the agent that uses it, and when it was used.
+    labels TEXT,
+    used_at BIGINT
 );
+
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_at ON audit (id);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
@@ -12,7 +12,7 @@ use drover_core::api::{
 };
 use drover_core::Outcome;
 
-use super::auth::{hash_token, new_token, require, require_agent};
+use super::auth::{hash_token, new_token, AgentCaller, Client, JOIN, READ};
 use super::{ApiError, ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::NewAgent;
@@ -30,10 +30,9 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
     security(("token" = [])))]
 pub async fn register(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(caller): Client<JOIN>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    require(&state, &headers, Scope::Join).await?;
     if req.slots == 0 || req.slots > 4096 {
         return Err(ApiError::BadRequest(format!(
             "slots must be between 1 and 4096, not {}",
@@ -48,17 +47,31 @@ pub async fn register(
     } else {
         req.queues
     };
+    let mut labels = req.labels;
+    if caller.scope == Scope::Bootstrap {
+        if !state
+            .store
+            .consume_bootstrap(&caller.token.id, Utc::now())
+            .await?
+        {
+            return Err(ApiError::Unauthorized(
+                "this bootstrap token was already used; bootstrap tokens work once".into(),
+            ));
+        }
+        // A provisioned agent gets the labels its bootstrap token was made for.
+        labels.extend(caller.token.labels.clone());
+    }
     let token = new_token("dra_");
     let agent = NewAgent {
         name: req.name,
-        labels: req.labels,
+        labels,
         queues,
         slots: req.slots,
         host: req.host,
     };
     let agent_id = state
         .store
-        .register_agent(&agent, &hash_token(&token), Utc::now())
+        .register_agent(&agent, &hash_token(&token), &caller.actor, Utc::now())
         .await?;
     tracing::info!(agent = %agent_id, name = %agent.name, slots = agent.slots, "agent registered");
     Ok((
@@ -76,11 +89,10 @@ pub async fn register(
     security(("token" = [])))]
 pub async fn poll(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AgentCaller(agent): AgentCaller,
     ApiJson(req): ApiJson<PollRequest>,
 ) -> Result<Json<PollResponse>, ApiError> {
     let received = Utc::now();
-    let agent = require_agent(&state, &headers).await?;
     let ttl = state.config.lease_ttl;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
@@ -155,10 +167,9 @@ pub async fn poll(
     security(("token" = [])))]
 pub async fn start(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
 ) -> Result<Json<Job>, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
     let w = state
         .store
         .start(&agent.id, &id, attempt, Utc::now())
@@ -176,11 +187,10 @@ pub async fn start(
     security(("token" = [])))]
 pub async fn logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
     if batch.records.len() > MAX_LOG_RECORDS {
         return Err(ApiError::TooLarge(format!(
             "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
@@ -216,11 +226,10 @@ pub async fn logs(
     security(("token" = [])))]
 pub async fn progress(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiJson(p): ApiJson<ProgressUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
     if !p.percent.is_finite() {
         return Err(ApiError::BadRequest(
             "percent must be a number between 0 and 100".into(),
@@ -240,11 +249,10 @@ pub async fn progress(
     security(("token" = [])))]
 pub async fn finish(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiJson(req): ApiJson<FinishRequest>,
 ) -> Result<Json<Job>, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
     let jitter = rand::random::<f64>();
     let w = state
         .store
@@ -273,9 +281,8 @@ pub async fn finish(
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
 ) -> Result<Json<AgentList>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     Ok(Json(AgentList {
         agents: state
             .store

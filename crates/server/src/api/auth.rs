@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use crate::state::AppState;
-use crate::store::AgentAuth;
+use crate::store::{AgentAuth, TokenInfo};
 use crate::Scope;
 
 /// Hex SHA-256 of a token; only this is stored.
@@ -24,6 +24,7 @@ pub fn new_token(prefix: &str) -> String {
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
+            Scope::Bootstrap => "bootstrap",
             Scope::Join => "join",
             Scope::Read => "read",
             Scope::Submit => "submit",
@@ -33,6 +34,7 @@ impl Scope {
 
     pub fn parse(s: &str) -> Option<Scope> {
         Some(match s {
+            "bootstrap" => Scope::Bootstrap,
             "join" => Scope::Join,
             "read" => Scope::Read,
             "submit" => Scope::Submit,
@@ -44,7 +46,8 @@ impl Scope {
     /// Whether a token of this scope may do what `needed` allows.
     fn covers(self, needed: Scope) -> bool {
         match needed {
-            Scope::Join => matches!(self, Scope::Join | Scope::Admin),
+            Scope::Bootstrap => self == Scope::Bootstrap,
+            Scope::Join => matches!(self, Scope::Join | Scope::Bootstrap | Scope::Admin),
             Scope::Read => matches!(self, Scope::Read | Scope::Submit | Scope::Admin),
             Scope::Submit => matches!(self, Scope::Submit | Scope::Admin),
             Scope::Admin => self == Scope::Admin,
@@ -71,12 +74,21 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-/// Checks a client token for `needed`; returns the actor name for the audit trail.
+/// An authenticated client.
+#[derive(Debug)]
+pub struct Caller {
+    /// `token:<name>`, as the audit trail and job events name it.
+    pub actor: String,
+    pub scope: Scope,
+    pub token: TokenInfo,
+}
+
+/// Checks a client token for `needed`.
 pub async fn require(
     state: &AppState,
     headers: &HeaderMap,
     needed: Scope,
-) -> Result<String, ApiError> {
+) -> Result<Caller, ApiError> {
     let secret = bearer(headers)?;
     let token = state
         .store
@@ -98,7 +110,16 @@ pub async fn require(
             needed.as_str()
         )));
     }
-    Ok(format!("token:{}", token.name))
+    if scope == Scope::Bootstrap && token.used_at.is_some() {
+        return Err(ApiError::Unauthorized(
+            "this bootstrap token was already used; bootstrap tokens work once".into(),
+        ));
+    }
+    Ok(Caller {
+        actor: format!("token:{}", token.name),
+        scope,
+        token,
+    })
 }
 
 /// Checks an agent session token.
@@ -109,4 +130,45 @@ pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<Agen
         .agent_by_token(&hash_token(secret))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown agent session token; register again".into()))
+}
+
+/// Scope a [`Client`] extractor demands (const generic values).
+pub const READ: u8 = 0;
+pub const SUBMIT: u8 = 1;
+pub const ADMIN: u8 = 2;
+pub const JOIN: u8 = 3;
+
+/// Extractor: a client token with scope `S`. Runs before any body is parsed, so a
+/// request without the right token gets 401/403, never a 400 about its body.
+pub struct Client<const S: u8>(pub Caller);
+
+impl<const S: u8> axum::extract::FromRequestParts<AppState> for Client<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let needed = match S {
+            READ => Scope::Read,
+            SUBMIT => Scope::Submit,
+            ADMIN => Scope::Admin,
+            _ => Scope::Join,
+        };
+        require(state, &parts.headers, needed).await.map(Client)
+    }
+}
+
+/// Extractor: an agent session token.
+pub struct AgentCaller(pub AgentAuth);
+
+impl axum::extract::FromRequestParts<AppState> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        require_agent(state, &parts.headers).await.map(AgentCaller)
+    }
 }

@@ -1,7 +1,7 @@
 //! Client endpoints for jobs: submit, batch submit, list, get, cancel, retry, events.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
@@ -10,10 +10,9 @@ use drover_core::api::{
 use drover_core::spec::FieldError;
 use drover_core::{JobState, SubmitRequest};
 
-use super::auth::require;
+use super::auth::{Client, READ, SUBMIT};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
-use crate::Scope;
 
 /// Most jobs in one batch request.
 pub const MAX_BATCH: usize = 10_000;
@@ -27,15 +26,14 @@ pub const MAX_BATCH: usize = 10_000;
     security(("token" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(caller): Client<SUBMIT>,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     let now = Utc::now();
     let valid = req.validate(now).map_err(ApiError::InvalidSpec)?;
     let (job, created) = state
         .store
-        .enqueue(vec![valid], now)
+        .enqueue(vec![valid], &caller.actor, now)
         .await?
         .pop()
         .expect("one job in, one out");
@@ -58,10 +56,9 @@ pub async fn submit(
     security(("token" = [])))]
 pub async fn submit_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(caller): Client<SUBMIT>,
     ApiJson(req): ApiJson<BatchSubmit>,
 ) -> Result<(StatusCode, Json<BatchSubmitted>), ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     if req.jobs.len() > MAX_BATCH {
         return Err(ApiError::TooLarge(format!(
             "a batch holds at most {MAX_BATCH} jobs; this one has {}",
@@ -86,7 +83,7 @@ pub async fn submit_batch(
     if !errors.is_empty() {
         return Err(ApiError::InvalidSpec(errors));
     }
-    let jobs = state.store.enqueue(valid, now).await?;
+    let jobs = state.store.enqueue(valid, &caller.actor, now).await?;
     state.hub.work_available();
     Ok((
         StatusCode::CREATED,
@@ -101,10 +98,9 @@ pub async fn submit_batch(
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
     ApiQuery(q): ApiQuery<ListJobsQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let job_state = q
         .state
         .as_deref()
@@ -139,10 +135,9 @@ pub async fn list(
     security(("token" = [])))]
 pub async fn get(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     Ok(Json(state.store.job(&id).await?))
 }
 
@@ -153,11 +148,10 @@ pub async fn get(
     security(("token" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let actor = require(&state, &headers, Scope::Submit).await?;
-    let (job, agent) = state.store.cancel(&id, &actor, Utc::now()).await?;
+    let (job, agent) = state.store.cancel(&id, &caller.actor, Utc::now()).await?;
     if let Some(agent) = agent {
         state.hub.wake_agent(&agent);
     }
@@ -172,11 +166,10 @@ pub async fn cancel(
     security(("token" = [])))]
 pub async fn retry(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let actor = require(&state, &headers, Scope::Submit).await?;
-    let job = state.store.retry(&id, &actor, Utc::now()).await?;
+    let job = state.store.retry(&id, &caller.actor, Utc::now()).await?;
     state.hub.work_available();
     Ok(Json(job))
 }
@@ -186,10 +179,9 @@ pub async fn retry(
     security(("token" = [])))]
 pub async fn events(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobEvents>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     Ok(Json(JobEvents {
         events: state.store.events(&id).await?,
     }))

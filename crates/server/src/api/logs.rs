@@ -13,10 +13,9 @@ use axum::Json;
 use drover_core::api::{ErrorBody, LogPage, LogQuery, LogRecord, Stream};
 use futures::Stream as FutStream;
 
-use super::auth::require;
+use super::auth::{Client, READ};
 use super::{ApiError, ApiPath, ApiQuery};
 use crate::state::AppState;
-use crate::Scope;
 
 const PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
@@ -62,11 +61,10 @@ async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved,
     security(("token" = [])))]
 pub async fn page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let limit = q.limit.unwrap_or(PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -105,11 +103,11 @@ pub async fn page(
     security(("token" = [])))]
 pub async fn follow(
     State(state): State<AppState>,
+    Client(_caller): Client<READ>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(mut q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     // A resuming EventSource sends the last id it saw.
     if let Some(last) = headers
         .get("last-event-id")
@@ -216,11 +214,10 @@ where
     security(("token" = [])))]
 pub async fn text(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Client(_caller): Client<READ>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let r = resolve(&state, id, &q).await?;
     let body = futures::stream::unfold(Some(r), move |cursor| {
         let state = state.clone();

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, the OpenAPI document, operational endpoints, request metrics.
 
+mod admin;
 mod agents;
 pub mod auth;
 mod error;
@@ -29,6 +30,7 @@ use crate::Scope;
         jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::cancel, jobs::retry, jobs::events,
         logs::page, logs::follow, logs::text,
         agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::list,
+        admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
     ),
     modifiers(&TokenScheme),
@@ -77,6 +79,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/register", post(agents::register))
         .route("/v1/agents/poll", post(agents::poll))
+        .route(
+            "/v1/agents/{id}",
+            axum::routing::delete(admin::remove_agent),
+        )
+        .route(
+            "/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(admin::revoke_token),
+        )
+        .route("/v1/audit", get(admin::audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -145,7 +160,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .into_response())
 }
 
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "This document")))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "This document"), (status = 401, body = drover_core::api::ErrorBody)), security(("token" = [])))]
+async fn openapi_json(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<utoipa::openapi::OpenApi>, ApiError> {
+    auth::require(&state, &headers, Scope::Read).await?;
+    Ok(Json(ApiDoc::openapi()))
 }

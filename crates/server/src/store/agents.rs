@@ -7,6 +7,7 @@ use drover_core::api::{Agent, AgentStats, HostInfo};
 use drover_core::labels::Labels;
 use sqlx::Row;
 
+use super::audit::audit_in_tx;
 use super::{from_ms, json_col, ms, to_json, Result, Store};
 
 /// What an agent registers with.
@@ -35,9 +36,11 @@ impl Store {
         &self,
         agent: &NewAgent,
         token_hash: &str,
+        actor: &str,
         now: DateTime<Utc>,
     ) -> Result<String> {
         let id = format!("a-{}", uuid::Uuid::now_v7().simple());
+        let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO agents (id, name, token_hash, labels, queues, slots, host, stats, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
@@ -50,9 +53,53 @@ impl Store {
         .bind(to_json(&agent.host))
         .bind(to_json(&AgentStats::default()))
         .bind(ms(now))
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        audit_in_tx(
+            &mut tx,
+            actor,
+            "agent.register",
+            &id,
+            Some(&agent.name),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
         Ok(id)
+    }
+
+    /// Removes an agent: its session token stops working and the attempts it held are
+    /// lost (retried where attempts remain).
+    pub async fn remove_agent(
+        &self,
+        agent_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(super::StoreError::NotFound(format!(
+                "no agent with id {agent_id:?}"
+            )));
+        }
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
+        )
+        .bind(agent_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for job in held {
+            self.lose(&mut tx, &job, "the agent was removed", now)
+                .await?;
+        }
+        audit_in_tx(&mut tx, actor, "agent.remove", agent_id, None, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The agent whose session token hashes to `token_hash`.

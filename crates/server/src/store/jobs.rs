@@ -7,13 +7,14 @@ use drover_core::{transition, Event, JobState, ValidJob};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use super::audit::audit_in_tx;
 use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
 
 /// Columns `job_from_row` reads.
 pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
-    let secrets: std::collections::BTreeMap<String, String> = json_col(row, "secrets")?;
+    let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
     let progress = row
         .try_get::<Option<f64>, _>("progress_pct")?
         .map(|percent| -> Result<Progress> {
@@ -49,7 +50,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
             cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
         },
         env: json_col(row, "env")?,
-        secret_names: secrets.into_keys().collect(),
+        secret_names: secrets.names,
         metadata: json_col(row, "metadata")?,
         idempotency_key: row.try_get("idempotency_key")?,
         attempts_used: row.try_get::<i64, _>("attempts_used")? as u32,
@@ -119,6 +120,7 @@ impl Store {
     pub async fn enqueue(
         &self,
         jobs: Vec<ValidJob>,
+        actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.write.begin().await?;
@@ -155,7 +157,7 @@ impl Store {
             .bind(job.backoff.base_ms.min(i64::MAX as u64) as i64)
             .bind(job.backoff.cap_ms.min(i64::MAX as u64) as i64)
             .bind(to_json(&job.env))
-            .bind(to_json(&job.secrets))
+            .bind(self.sealer.seal(&job.secrets))
             .bind(to_json(&job.metadata))
             .bind(&job.idempotency_key)
             .bind(ms(now))
@@ -171,12 +173,13 @@ impl Store {
                     from: None,
                     to: JobState::Queued,
                     attempt: None,
-                    actor: "user",
+                    actor,
                     reason: None,
                 },
                 now,
             )
             .await?;
+            audit_in_tx(&mut tx, actor, "job.submit", &id, Some(&job.name), now).await?;
             out.push((job_in_tx(&mut tx, &id).await?, true));
         }
         tx.commit().await?;
@@ -349,6 +352,7 @@ impl Store {
             )
             .await?;
         }
+        audit_in_tx(&mut tx, actor, "job.cancel", id, None, now).await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
         let agent = if job.state.is_active() { agent } else { None };
@@ -385,6 +389,7 @@ impl Store {
             now,
         )
         .await?;
+        audit_in_tx(&mut tx, actor, "job.retry", id, None, now).await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)

@@ -202,7 +202,7 @@ impl Store {
                 name: row.try_get("name")?,
                 exec: super::json_col(&row, "exec")?,
                 env: super::json_col(&row, "env")?,
-                secrets: super::json_col(&row, "secrets")?,
+                secrets: self.sealer.open(&row.try_get::<String, _>("secrets")?)?,
                 timeout_ms: row
                     .try_get::<Option<i64>, _>("timeout_ms")?
                     .map(|v| v as u64),
@@ -415,7 +415,7 @@ impl Store {
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
     /// `agent_lost`; a job with a pending cancel becomes canceled.
-    async fn lose(
+    pub(crate) async fn lose(
         &self,
         tx: &mut Transaction<'_, Any>,
         job_id: &str,

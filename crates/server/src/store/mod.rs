@@ -8,10 +8,12 @@
 //! `FOR UPDATE SKIP LOCKED` so several servers can share one database.
 
 mod agents;
+mod audit;
 mod jobs;
 mod leases;
 mod logs;
 mod migrate;
+mod seal;
 mod tokens;
 
 use std::path::Path;
@@ -22,8 +24,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentAuth, NewAgent};
+pub use audit::AuditEntry;
 pub use leases::{AttemptWrite, PollOutcome};
-pub use tokens::TokenInfo;
+pub use seal::Sealer;
+pub use tokens::{NewToken, TokenInfo};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,8 @@ pub struct Store {
     /// Log records: a separate SQLite file so a chatty job never blocks the queue's writer.
     logs_write: AnyPool,
     logs_read: AnyPool,
+    /// Seals job secrets before they are written.
+    sealer: Sealer,
 }
 
 impl Store {
@@ -71,6 +77,13 @@ impl Store {
     /// SQLite files `drover.db` and `logs.db` in `data_dir`.
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Conflict(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let sealer = Sealer::load_or_create(&data_dir.join("secrets.key"))?;
         let store = match database_url {
             Some(url) => {
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -88,15 +101,10 @@ impl Store {
                     read: pool.clone(),
                     logs_write: pool.clone(),
                     logs_read: pool,
+                    sealer,
                 }
             }
             None => {
-                std::fs::create_dir_all(data_dir).map_err(|e| {
-                    StoreError::Conflict(format!(
-                        "cannot create data directory {}: {e}",
-                        data_dir.display()
-                    ))
-                })?;
                 let main = data_dir.join("drover.db");
                 let logs = data_dir.join("logs.db");
                 Store {
@@ -105,6 +113,7 @@ impl Store {
                     read: sqlite_pool(&main, 4).await?,
                     logs_write: sqlite_pool(&logs, 1).await?,
                     logs_read: sqlite_pool(&logs, 4).await?,
+                    sealer,
                 }
             }
         };
