@@ -1,0 +1,231 @@
+//! Executors against a real server and real child processes: shell features, argv,
+//! scripts, big interleaved output, timeouts and cancels that leave no process behind,
+//! progress, results, secrets, spawn failures.
+
+mod common;
+
+use common::{server_and_agent, texts, wait_gone};
+use drover_core::api::Stream;
+use drover_core::{Exec, JobState, SubmitRequest};
+
+fn process(argv: &[&str]) -> SubmitRequest {
+    let mut req = SubmitRequest::shell("unused");
+    req.exec = Exec::Process {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+    };
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_jobs_get_pipes_home_globs_and_and() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let cmd = "echo test | grep test && echo \"home=$HOME\" && touch b.txt a.txt && echo *.txt && echo \"ws=$DROVER_WORKSPACE\" && pwd";
+    let job = api.submit(SubmitRequest::shell(cmd)).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.exit_code, Some(0));
+    let logs = api.wait_log(&job.id, |l| l.len() >= 6).await;
+    assert_eq!(logs[0].stream, Stream::System);
+    assert_eq!(logs[0].text, format!("$ {cmd}"));
+    let out = texts(&logs, Stream::Stdout);
+    assert_eq!(out[0], "test");
+    assert_eq!(
+        out[1],
+        format!("home={}", std::env::var("HOME").unwrap_or_default())
+    );
+    assert_eq!(out[2], "a.txt b.txt");
+    let ws = out[3].strip_prefix("ws=").unwrap();
+    assert_eq!(out[4], ws, "the job runs in its workspace");
+    assert!(
+        !std::path::Path::new(ws).exists(),
+        "workspace removed after the job"
+    );
+    let seqs: Vec<u64> = logs.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=logs.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_argv_reaches_the_program_unchanged() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let args = ["a b", "it's \"quoted\"", "$HOME", "*", ""];
+    let mut argv = vec!["printf", "<%s>\\n"];
+    argv.extend(args);
+    let job = api.submit(process(&argv)).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    let expected: Vec<String> = args.iter().map(|a| format!("<{a}>")).collect();
+    assert_eq!(texts(&logs, Stream::Stdout), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_scripts_run_and_report_progress_and_results() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let body = r#"
+import json, os, sys, time
+print("hello from", sys.argv[0].rsplit("/", 1)[-1])
+with open(os.environ["DROVER_PROGRESS"], "a") as f:
+    f.write("50 half way\n")
+time.sleep(0.5)
+print("::progress 90 almost", flush=True)
+time.sleep(0.3)
+with open(os.environ["DROVER_RESULT"], "w") as f:
+    json.dump({"answer": 42, "attempt": os.environ["DROVER_ATTEMPT"]}, f)
+"#;
+    let mut req = SubmitRequest::shell("unused");
+    req.exec = Exec::Script {
+        interpreter: "python3".into(),
+        body: body.into(),
+    };
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(
+        done.result,
+        Some(serde_json::json!({"answer": 42, "attempt": "1"}))
+    );
+    let progress = done.progress.expect("progress reached the server");
+    assert_eq!(
+        (progress.percent, progress.message.as_str()),
+        (90.0, "almost")
+    );
+    let logs = api.logs(&job.id).await;
+    assert_eq!(logs[0].text, "$ python3 <script>");
+    assert_eq!(
+        texts(&logs, Stream::Stdout),
+        ["hello from script", "::progress 90 almost"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_result_file_is_reported_not_dropped() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let job = api
+        .submit(SubmitRequest::shell(
+            "echo '{not json' > \"$DROVER_RESULT\"",
+        ))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert!(done.result.is_none());
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.starts_with("result file is not valid JSON: "),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_interleaved_lines_arrive_complete_and_in_order() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let n = 50_000;
+    let cmd =
+        format!("for i in $(seq 1 {n}); do echo \"out $i\"; echo \"err $i\" >&2; done; exit 3");
+    let job = api.submit(SubmitRequest::shell(cmd)).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(done.error.as_deref(), Some("exit code 3"));
+    let logs = api.logs(&job.id).await;
+    let seqs_ok = logs.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1);
+    assert!(seqs_ok, "seq numbers run from 1 without gaps");
+    let out = texts(&logs, Stream::Stdout);
+    let err = texts(&logs, Stream::Stderr);
+    assert_eq!(out.len(), n);
+    assert_eq!(err.len(), n);
+    for i in 0..n {
+        assert_eq!(out[i], format!("out {}", i + 1));
+        assert_eq!(err[i], format!("err {}", i + 1));
+    }
+    let system = texts(&logs, Stream::System);
+    assert_eq!(
+        system.last().map(String::as_str),
+        Some("[drover] exit code 3")
+    );
+}
+
+/// Reads `$$` and `$!` that the job echoed first.
+async fn job_pids(api: &common::Api, id: &str) -> Vec<i32> {
+    let logs = api
+        .wait_log(id, |l| texts(l, Stream::Stdout).len() >= 2)
+        .await;
+    texts(&logs, Stream::Stdout)
+        .iter()
+        .take(2)
+        .map(|t| t.parse().expect("a pid"))
+        .collect()
+}
+
+const SLEEPERS: &str = "sleep 1000 & echo $$; echo $!; sleep 1000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_process_group() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let mut req = SubmitRequest::shell(SLEEPERS);
+    req.timeout_ms = Some(1_000);
+    req.grace_ms = Some(500);
+    let job = api.submit(req).await;
+    let pids = job_pids(&api, &job.id).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::TimedOut, "{done:#?}");
+    assert_eq!(done.error.as_deref(), Some("timed out after 1s"));
+    wait_gone(&pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_kills_the_whole_process_group() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let mut req = SubmitRequest::shell(SLEEPERS);
+    req.grace_ms = Some(500);
+    let job = api.submit(req).await;
+    let pids = job_pids(&api, &job.id).await;
+    api.cancel(&job.id).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Canceled, "{done:#?}");
+    assert_eq!(done.error.as_deref(), Some("canceled by user"));
+    wait_gone(&pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_stored_log() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let secret = "s3cr3t-Value-42";
+    let mut req = SubmitRequest::shell(
+        "echo \"token is $TOKEN\"; echo \"$TOKEN\" >&2; echo \"::progress 10 $TOKEN\"",
+    );
+    req.secrets.insert("TOKEN".into(), secret.into());
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    assert!(logs.iter().all(|r| !r.text.contains(secret)), "{logs:#?}");
+    assert_eq!(texts(&logs, Stream::Stdout)[0], "token is ***");
+    assert_eq!(texts(&logs, Stream::Stderr), ["***"]);
+    assert_eq!(done.progress.map(|p| p.message), Some("***".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_program_fails_with_a_clear_error() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let job = api.submit(process(&["drover-no-such-program", "x"])).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(
+        done.error.as_deref(),
+        Some("cannot start \"drover-no-such-program\": No such file or directory")
+    );
+    assert!(
+        done.started_at.is_none(),
+        "start is not sent for a job that did not start"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_and_exit_codes_map_to_outcomes() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let job = api.submit(SubmitRequest::shell("kill -9 $$")).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.exit_code, Some(137));
+    assert_eq!(done.error.as_deref(), Some("killed by signal SIGKILL"));
+}
