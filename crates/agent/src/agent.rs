@@ -52,6 +52,8 @@ struct Winding {
     /// `exit_after_job` and a lease arrived.
     after_job: bool,
     forced: bool,
+    /// After force-stop: when to stop retrying reports to the server.
+    give_up_at: Option<Instant>,
     canceled_jobs: bool,
 }
 
@@ -199,6 +201,7 @@ impl Session {
                 .winding
                 .drain_deadline
                 .filter(|_| !self.winding.deadline_passed);
+            let give_up = self.winding.give_up_at;
             tokio::select! {
                 biased;
                 _ = self.signals.force.cancelled(), if !self.winding.forced => self.force_stop(),
@@ -221,6 +224,10 @@ impl Session {
                     for h in self.held.values() {
                         h.stopper.stop(StopReason::Shutdown);
                     }
+                }
+                _ = sleep_until_opt(give_up), if !self.abandon.is_cancelled() => {
+                    tracing::warn!(jobs = self.held.len(), "server unreachable after force-stop: giving up on reports");
+                    self.abandon.cancel();
                 }
                 Some((key, end)) = self.done_rx.recv() => {
                     tracing::debug!(job_id = %key.job_id, attempt = key.attempt, outcome = ?end.outcome, "attempt done");
@@ -271,11 +278,7 @@ impl Session {
         for h in self.held.values() {
             h.stopper.stop(StopReason::ForceStop);
         }
-        let abandon = self.abandon.clone();
-        self.tracker.spawn(async move {
-            tokio::time::sleep(FORCE_REPORT_LIMIT).await;
-            abandon.cancel();
-        });
+        self.winding.give_up_at = Some(Instant::now() + FORCE_REPORT_LIMIT);
     }
 
     /// Acts on a poll answer; true when the server asked us to back off.

@@ -1,0 +1,169 @@
+//! Agent life: capacity, a server outage in the middle of a job, and the shutdown
+//! protocol (drain, shutdown timeout, force-stop, exit-after-job, finish) driven through
+//! the `AgentSignals` tokens in-process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{agent_with, texts, Api};
+use drover_agent::AgentExit;
+use drover_core::api::Stream;
+use drover_core::{JobState, SubmitRequest};
+use drover_server::testing::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_never_run_more_than_two_jobs_at_once() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let _agent = agent_with(&server, |c| c.slots = 2);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let cmd = format!(
+            "echo \"start $(date +%s%N)\" >> {t}; sleep 0.4; echo \"end $(date +%s%N)\" >> {t}",
+            t = trace.display()
+        );
+        ids.push(api.submit(SubmitRequest::shell(cmd)).await.id);
+    }
+    for id in &ids {
+        let done = api.wait_done(id).await;
+        assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    }
+    let mut events: Vec<(u128, i32)> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (kind, ts) = l.split_once(' ').unwrap();
+            (ts.parse().unwrap(), if kind == "start" { 1 } else { -1 })
+        })
+        .collect();
+    assert_eq!(events.len(), 10);
+    // Ends sort before starts at the same instant.
+    events.sort();
+    let mut running = 0;
+    let mut most = 0;
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    assert!(most <= 2, "{most} jobs ran at once");
+    assert_eq!(most, 2, "both slots were used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_outage_loses_no_line_and_stores_none_twice() {
+    // The outage is 5 s here (not minutes) to keep the suite short; the lease TTL is
+    // raised so the lease outlives it, as it would in production (30 s TTL).
+    let data = tempfile::tempdir().unwrap();
+    let mut config = TestServer::config(data.path().to_path_buf(), 0);
+    config.lease_ttl = Duration::from_secs(30);
+    let mut server = TestServer::start_with(config).await;
+    let api = Api::new(&server);
+    let _agent = agent_with(&server, |_| {});
+    let lines = 800;
+    let cmd = format!("for i in $(seq 1 {lines}); do echo \"line $i\"; sleep 0.01; done");
+    let job = api.submit(SubmitRequest::shell(cmd)).await;
+    api.wait_log(&job.id, |l| texts(l, Stream::Stdout).len() >= 20)
+        .await;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // the outage itself, not an assertion
+    let mut config = TestServer::config(data.path().to_path_buf(), server.port);
+    config.lease_ttl = Duration::from_secs(30);
+    let _server = TestServer::start_with(config).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    let expected: Vec<String> = (1..=lines).map(|i| format!("line {i}")).collect();
+    assert_eq!(texts(&logs, Stream::Stdout), expected);
+    let seqs_ok = logs.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1);
+    assert!(seqs_ok, "every record stored once, seq without gaps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_running_jobs_finish_and_takes_no_new_work() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let agent = agent_with(&server, |_| {});
+    let job = api
+        .submit(SubmitRequest::shell("echo started; sleep 1; echo done"))
+        .await;
+    api.wait_log(&job.id, |l| texts(l, Stream::Stdout).len() == 1)
+        .await;
+    agent.signals.drain.cancel();
+    let exit = agent.exit().await;
+    assert_eq!(exit, AgentExit::Drained);
+    assert_eq!(exit.code(), 0);
+    let done = api.job(&job.id).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let later = api.submit(SubmitRequest::shell("true")).await;
+    let later = api.job(&later.id).await.unwrap();
+    assert_eq!(later.state, JobState::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cancels_jobs_after_the_shutdown_timeout() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let agent = agent_with(&server, |c| c.shutdown_timeout = Duration::from_millis(500));
+    let mut req = SubmitRequest::shell("sleep 1000");
+    req.grace_ms = Some(200);
+    let job = api.submit(req).await;
+    api.wait_running(&job.id).await;
+    agent.signals.drain.cancel();
+    let exit = agent.exit().await;
+    assert_eq!(exit, AgentExit::ShutdownCanceledJobs);
+    assert_eq!(exit.code(), 2);
+    let done = api.job(&job.id).await.unwrap();
+    assert_eq!(done.state, JobState::Canceled, "{done:#?}");
+    assert_eq!(done.error.as_deref(), Some("agent shutdown"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_stop_kills_at_once_and_reports_failed() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let agent = agent_with(&server, |_| {});
+    let mut req = SubmitRequest::shell("trap '' TERM; sleep 1000");
+    req.grace_ms = Some(60_000);
+    let job = api.submit(req).await;
+    api.wait_running(&job.id).await;
+    agent.signals.drain.cancel();
+    agent.signals.force.cancel();
+    let exit = agent.exit().await;
+    assert_eq!(exit, AgentExit::ForceStopped);
+    assert_eq!(exit.code(), 3);
+    let done = api.job(&job.id).await.unwrap();
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.error.as_deref(), Some("force-stop"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_after_job_runs_one_job_and_exits() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let first = api.submit(SubmitRequest::shell("echo one")).await;
+    let agent = agent_with(&server, |c| {
+        c.slots = 1;
+        c.exit_after_job = true;
+    });
+    let done = api.wait_done(&first.id).await;
+    let second = api.submit(SubmitRequest::shell("echo two")).await;
+    let exit = agent.exit().await;
+    assert_eq!(exit, AgentExit::FinishedAfterJob);
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(api.job(&second.id).await.unwrap().state, JobState::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_signal_lets_current_jobs_end_then_exits() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let agent = agent_with(&server, |_| {});
+    let job = api.submit(SubmitRequest::shell("sleep 0.5; echo ok")).await;
+    api.wait_running(&job.id).await;
+    agent.signals.finish.cancel();
+    assert_eq!(agent.exit().await, AgentExit::Drained);
+    assert_eq!(api.job(&job.id).await.unwrap().state, JobState::Succeeded);
+}
