@@ -61,6 +61,7 @@ both!(
     failed_attempt_is_retried_after_a_backoff,
     cancel_queued_running_and_finished_jobs,
     poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases,
+    claim_looks_past_jobs_the_agent_cannot_run,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -597,4 +598,24 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
         "a lease the agent does not know goes back"
     );
     assert_eq!(fx.store.job(&ids[0]).await.unwrap().state, JobState::Leased);
+}
+
+async fn claim_looks_past_jobs_the_agent_cannot_run(fx: Fx) {
+    let now = t0();
+    let mut reqs: Vec<SubmitRequest> = (0..300)
+        .map(|_| {
+            let mut r = shell("needs a gpu");
+            r.labels.insert("gpu".into(), "a100".into());
+            r
+        })
+        .collect();
+    reqs.push(shell("plain"));
+    let ids = enqueue(&fx.store, reqs, now).await;
+    let plain = agent(&fx.store, "plain", 1, &[], &["default"]).await;
+    let got = fx.store.claim(&plain, now, TTL).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].job_id, ids[300],
+        "the one job it can run, behind 300 it cannot"
+    );
 }

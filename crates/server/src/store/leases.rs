@@ -15,9 +15,10 @@ use super::agents::AgentAuth;
 use super::jobs::{job_in_tx, not_found, record_event, NewEvent};
 use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreError};
 
-/// How many queued jobs a claim looks at per poll; jobs whose labels no agent has are
-/// skipped, and more than this many unmatched ones ahead of a match hide it.
-const CLAIM_SCAN: i64 = 512;
+/// How many queued jobs a claim looks at per poll at most; jobs whose labels this agent
+/// lacks are skipped, and more than this many unmatched ones ahead of a match hide it
+/// from this poll.
+const CLAIM_SCAN: i64 = 4096;
 
 /// What the server must tell an agent after reconciling its poll.
 #[derive(Debug, Default)]
@@ -131,29 +132,48 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let sql = format!(
-            "SELECT id, required FROM jobs WHERE state = 'queued' AND queue IN ({}) AND run_at <= ${} ORDER BY priority DESC, num LIMIT ${}{skip_locked}",
-            placeholders(0, agent.queues.len()),
-            agent.queues.len() + 1,
-            agent.queues.len() + 2,
-        );
-        let mut query = sqlx::query(&sql);
-        for q in &agent.queues {
-            query = query.bind(q.clone());
-        }
-        let rows = query
-            .bind(ms(now))
-            .bind(CLAIM_SCAN)
-            .fetch_all(&mut *tx)
-            .await?;
+        // Walk the queue in priority/FIFO order in small pages, skipping jobs whose
+        // labels this agent lacks, until the free slots are filled.
+        let page = (free * 2).clamp(8, 256);
+        let nq = agent.queues.len();
         let mut chosen = Vec::new();
-        for row in rows {
-            let required: Labels = super::json_col(&row, "required")?;
-            if satisfies(&agent.labels, &required) {
-                chosen.push(row.try_get::<String, _>("id")?);
-                if chosen.len() as i64 == free {
-                    break;
+        let mut after: Option<(i64, i64)> = None;
+        let mut scanned = 0;
+        loop {
+            let cursor = if after.is_some() {
+                format!(
+                    " AND (priority < ${a} OR (priority = ${a} AND num > ${b}))",
+                    a = nq + 3,
+                    b = nq + 4
+                )
+            } else {
+                String::new()
+            };
+            let sql = format!(
+                "SELECT id, required, priority, num FROM jobs WHERE state = 'queued' AND queue IN ({}) AND run_at <= ${}{cursor} ORDER BY priority DESC, num LIMIT ${}{skip_locked}",
+                placeholders(0, nq),
+                nq + 1,
+                nq + 2,
+            );
+            let mut query = sqlx::query(&sql);
+            for q in &agent.queues {
+                query = query.bind(q.clone());
+            }
+            query = query.bind(ms(now)).bind(page);
+            if let Some((p, n)) = after {
+                query = query.bind(p).bind(n);
+            }
+            let rows = query.fetch_all(&mut *tx).await?;
+            for row in &rows {
+                after = Some((row.try_get("priority")?, row.try_get("num")?));
+                let required: Labels = super::json_col(row, "required")?;
+                if satisfies(&agent.labels, &required) && (chosen.len() as i64) < free {
+                    chosen.push(row.try_get::<String, _>("id")?);
                 }
+            }
+            scanned += rows.len() as i64;
+            if chosen.len() as i64 == free || (rows.len() as i64) < page || scanned >= CLAIM_SCAN {
+                break;
             }
         }
         let next = transition(JobState::Queued, Event::Lease).expect("queued jobs can be leased");

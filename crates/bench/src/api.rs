@@ -1,0 +1,168 @@
+//! The benchmark's HTTP client: what a user or a synthetic agent sends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use drover_core::api::{
+    BatchSubmitted, FinishRequest, Job, LogPage, PollResponse, RegisterResponse,
+};
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    pub url: String,
+    token: String,
+}
+
+impl Api {
+    pub fn new(url: &str, token: &str) -> Api {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("http client");
+        Api {
+            http,
+            url: url.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.bearer_auth(&self.token).send().await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            bail!("{status}: {}", resp.text().await.unwrap_or_default());
+        }
+        Ok(resp)
+    }
+
+    pub async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(self.http.post(format!("{}{path}", self.url)).json(&body))
+            .await?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(serde_json::from_value(Value::Null)?);
+        }
+        Ok(resp.json().await?)
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(self
+            .send(self.http.get(format!("{}{path}", self.url)))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Submits `specs` in batches of `batch`.
+    pub async fn submit_all(&self, specs: &[Value], batch: usize) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(specs.len());
+        for chunk in specs.chunks(batch) {
+            let got: BatchSubmitted = self
+                .post("/v1/jobs/batch", json!({ "jobs": chunk }))
+                .await?;
+            ids.extend(got.jobs.into_iter().map(|j| j.id));
+        }
+        Ok(ids)
+    }
+
+    pub async fn job(&self, id: &str) -> anyhow::Result<Job> {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// Count of jobs in `state`, from the server's own metrics.
+    pub async fn count(&self, state: &str) -> anyhow::Result<u64> {
+        let text = self
+            .send(self.http.get(format!("{}/metrics", self.url)))
+            .await?
+            .text()
+            .await?;
+        let prefix = "drover_jobs{";
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(&format!("state=\"{state}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// Waits until `n` jobs are in `state`.
+    pub async fn wait_count(&self, state: &str, n: u64, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.count(state).await? >= n {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "only {} of {n} jobs reached {state} within {limit:?}",
+                    self.count(state).await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until a job ended; returns it.
+    pub async fn wait_done(&self, id: &str, limit: Duration) -> anyhow::Result<Job> {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+            if start.elapsed() > limit {
+                bail!("job {id} still {} after {limit:?}", job.state);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub async fn logs(&self, id: &str) -> anyhow::Result<LogPage> {
+        self.get(&format!("/v1/jobs/{id}/logs")).await
+    }
+
+    pub async fn register(&self, name: &str, slots: u32) -> anyhow::Result<Api> {
+        let r: RegisterResponse = self
+            .post("/v1/agents/register", json!({"name": name, "slots": slots, "host": {"hostname": "bench", "os": "linux", "arch": "x86_64", "cpus": 1, "memory_bytes": 1, "version": "bench"}}))
+            .await
+            .context("register synthetic agent")?;
+        Ok(Api::new(&self.url, &r.token))
+    }
+
+    pub async fn poll(
+        &self,
+        running: &[(String, u32)],
+        wait_ms: u64,
+    ) -> anyhow::Result<PollResponse> {
+        let running: Vec<Value> = running
+            .iter()
+            .map(|(j, a)| json!({"job_id": j, "attempt": a}))
+            .collect();
+        self.post(
+            "/v1/agents/poll",
+            json!({"running": running, "wait_ms": wait_ms}),
+        )
+        .await
+    }
+
+    pub async fn finish(&self, id: &str, attempt: u32) -> anyhow::Result<()> {
+        let body = FinishRequest {
+            outcome: drover_core::Outcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            result: None,
+        };
+        let _: Value = self
+            .post(
+                &format!("/v1/jobs/{id}/attempts/{attempt}/finish"),
+                serde_json::to_value(body)?,
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! The scenarios. Each returns rows of figures; every process it starts is stopped
+//! before it returns.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::report::{Row, Target};
+use crate::roles::{self, Proc, ADMIN};
+use crate::Size;
+
+const LONG: Duration = Duration::from_secs(1800);
+
+pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    match name {
+        "dispatch" => dispatch(size, runs).await,
+        "latency" => latency(size, runs).await,
+        "queue" => queue(size, runs).await,
+        "logs" => logs(size, runs).await,
+        "memory" => memory(size).await,
+        other => bail!("unknown scenario {other:?}"),
+    }
+}
+
+/// A server and one agent in a fresh temp dir.
+struct System {
+    server: Proc,
+    agent: Option<Proc>,
+    api: Api,
+    _dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(slots: Option<u32>, database: Option<&str>) -> anyhow::Result<System> {
+        let dir = tempfile::tempdir()?;
+        let (server, url) = roles::start_server(&dir.path().join("server"), database)?;
+        let api = Api::new(&url, ADMIN);
+        let agent = match slots {
+            Some(n) => Some(roles::start_agent(&url, n, &dir.path().join("agent"))?),
+            None => None,
+        };
+        if agent.is_some() {
+            // Wait until the agent has registered and polls.
+            let start = Instant::now();
+            loop {
+                let v: Value = api.get("/v1/agents").await?;
+                if v["agents"].as_array().is_some_and(|a| !a.is_empty()) {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    bail!("the agent did not register within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(System {
+            server,
+            agent,
+            api,
+            _dir: dir,
+        })
+    }
+
+    fn stop(self) {
+        if let Some(a) = self.agent {
+            a.stop();
+        }
+        self.server.stop();
+    }
+}
+
+fn process(argv: &[&str]) -> Value {
+    json!({"exec": {"kind": "process", "argv": argv}})
+}
+
+fn timed_shell(script: &str) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let status = Command::new("bash").args(["-c", script]).status()?;
+    if !status.success() {
+        bail!("baseline `{script}` failed: {status}");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+async fn dispatch(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let n = if size == Size::Tiny { 50 } else { 10_000 };
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..runs {
+        base.push(n as f64 / timed_shell(&format!("seq {n} | xargs -P8 -n1 true"))?);
+        let sys = System::start(Some(8), None).await?;
+        let specs = vec![process(&["true"]); n];
+        let start = Instant::now();
+        sys.api.submit_all(&specs, 1000).await?;
+        sys.api.wait_count("succeeded", n as u64, LONG).await?;
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+        sys.stop();
+    }
+    Ok(vec![Row::new(
+        "dispatch",
+        &format!("{n} `true` jobs, 1 agent × 8 slots"),
+        "jobs/s",
+        &ours,
+        Some(&base),
+        Target::RatioAtLeast(0.6),
+    )])
+}
+
+fn now_ns() -> i128 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as i128
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let (jobs, cancels) = if size == Size::Tiny { (5, 1) } else { (200, 5) };
+    let (mut p50, mut p99, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let sys = System::start(Some(2), None).await?;
+        let mut samples = Vec::new();
+        for _ in 0..jobs {
+            let submitted = now_ns();
+            let job: drover_core::api::Job = sys
+                .api
+                .post("/v1/jobs", process(&["date", "+%s%N"]))
+                .await?;
+            sys.api.wait_done(&job.id, Duration::from_secs(30)).await?;
+            let page = sys.api.logs(&job.id).await?;
+            let started: i128 = page
+                .records
+                .iter()
+                .find(|r| r.stream == drover_core::api::Stream::Stdout)
+                .context("no output from date")?
+                .text
+                .trim()
+                .parse()?;
+            samples.push((started - submitted) as f64 / 1e6);
+        }
+        p50.push(percentile(&samples, 0.5));
+        p99.push(percentile(&samples, 0.99));
+        for _ in 0..cancels {
+            let job: drover_core::api::Job = sys
+                .api
+                .post(
+                    "/v1/jobs",
+                    process(&["sh", "-c", "echo $$; exec sleep 1000"]),
+                )
+                .await?;
+            let pid = wait_for_pid(&sys.api, &job.id).await?;
+            let start = Instant::now();
+            let _: Value = sys
+                .api
+                .post(&format!("/v1/jobs/{}/cancel", job.id), json!({}))
+                .await?;
+            while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                if start.elapsed() > Duration::from_secs(30) {
+                    bail!("canceled process {pid} still runs after 30 s");
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            gone.push(start.elapsed().as_secs_f64() * 1000.0);
+            sys.api.wait_done(&job.id, Duration::from_secs(30)).await?;
+        }
+        sys.stop();
+    }
+    Ok(vec![
+        Row::new(
+            "latency",
+            "submit → process start, p50",
+            "ms",
+            &p50,
+            None,
+            Target::AtMost(2.0),
+        ),
+        Row::new(
+            "latency",
+            "submit → process start, p99",
+            "ms",
+            &p99,
+            None,
+            Target::AtMost(10.0),
+        ),
+        Row::new(
+            "latency",
+            "cancel → process gone",
+            "ms",
+            &gone,
+            None,
+            Target::AtMost(1000.0),
+        ),
+    ])
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+async fn wait_for_pid(api: &Api, id: &str) -> anyhow::Result<u32> {
+    let start = Instant::now();
+    loop {
+        let page = api.logs(id).await?;
+        if let Some(r) = page
+            .records
+            .iter()
+            .find(|r| r.stream == drover_core::api::Stream::Stdout)
+        {
+            return Ok(r.text.trim().parse()?);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("job {id} printed no pid within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A synthetic agent that finishes every lease at once, until `n` jobs were finished.
+async fn drain_synthetic(agent: &Api, n: usize) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < n {
+        let resp = agent.poll(&[], 1000).await?;
+        let finishes = resp
+            .leases
+            .iter()
+            .map(|l| agent.finish(&l.job_id, l.attempt));
+        for r in futures::future::join_all(finishes).await {
+            r?;
+        }
+        done += resp.leases.len();
+    }
+    Ok(())
+}
+
+async fn queue(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let (n, shallow, deep) = if size == Size::Tiny {
+        (200, 100, 1_000)
+    } else {
+        (20_000, 1_000, 1_000_000)
+    };
+    let mut rows = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            let db = if backend == "postgres" {
+                Some(drover_server::testing_pg::fresh_database().await)
+            } else {
+                None
+            };
+            let sys = System::start(None, db.as_deref()).await?;
+            let agent = sys.api.register("synthetic", 1000).await?;
+            let specs = vec![process(&["true"]); n];
+            let start = Instant::now();
+            let submit = sys.api.submit_all(&specs, 1000);
+            let drain = drain_synthetic(&agent, n);
+            let (s, d) = tokio::join!(submit, drain);
+            s?;
+            d?;
+            rates.push(n as f64 / start.elapsed().as_secs_f64());
+            sys.stop();
+        }
+        rows.push(Row::new(
+            "queue",
+            &format!("{backend}: submit + lease + finish, batches of 1000"),
+            "jobs/s",
+            &rates,
+            None,
+            Target::AtLeast(10_000.0),
+        ));
+
+        let db = if backend == "postgres" {
+            Some(drover_server::testing_pg::fresh_database().await)
+        } else {
+            None
+        };
+        let sys = System::start(None, db.as_deref()).await?;
+        let agent = sys.api.register("synthetic", 1).await?;
+        let mut queued = 0;
+        let mut medians = Vec::new();
+        for depth in [shallow, deep] {
+            eprintln!("    {backend}: filling the queue to {depth} jobs");
+            let specs = vec![process(&["true"]); depth - queued];
+            sys.api.submit_all(&specs, 5000).await?;
+            queued = depth;
+            let mut samples = Vec::new();
+            for _ in 0..200 {
+                let start = Instant::now();
+                let resp = agent.poll(&[], 0).await?;
+                samples.push(start.elapsed().as_secs_f64() * 1000.0);
+                let lease = resp.leases.first().context("no lease with a full queue")?;
+                agent.finish(&lease.job_id, lease.attempt).await?;
+                // Keep the depth constant.
+                sys.api.submit_all(&[process(&["true"])], 1).await?;
+            }
+            medians.push(samples.clone());
+        }
+        let shallow_median =
+            crate::report::Row::new("", "", "", &medians[0], None, Target::None).median;
+        rows.push(Row::new(
+            "queue",
+            &format!("{backend}: lease latency, {shallow} queued"),
+            "ms",
+            &medians[0],
+            None,
+            Target::None,
+        ));
+        rows.push(Row::new(
+            "queue",
+            &format!("{backend}: lease latency, {deep} queued"),
+            "ms",
+            &medians[1],
+            Some(&[shallow_median]),
+            Target::RatioAtMost(2.0),
+        ));
+        sys.stop();
+    }
+    Ok(rows)
+}
+
+async fn logs(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let bytes: u64 = if size == Size::Tiny { 8 << 20 } else { 1 << 30 };
+    let line = "x".repeat(99);
+    let producer = format!("yes '{line}' | head -c {bytes}");
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let tmp = tempfile::tempdir()?;
+        let out = tmp.path().join("out");
+        base.push(bytes as f64 / 1e6 / timed_shell(&format!("{producer} > {}", out.display()))?);
+        drop(tmp);
+        let sys = System::start(Some(1), None).await?;
+        let start = Instant::now();
+        let job: drover_core::api::Job = sys
+            .api
+            .post(
+                "/v1/jobs",
+                json!({"exec": {"kind": "shell", "command": producer}}),
+            )
+            .await?;
+        let done = sys.api.wait_done(&job.id, LONG).await?;
+        if done.state != drover_core::JobState::Succeeded {
+            bail!("log job ended {}: {:?}", done.state, done.error);
+        }
+        ours.push(bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
+        rss.push(sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().1));
+        sys.stop();
+    }
+    Ok(vec![
+        Row::new(
+            "logs",
+            &format!("{} MiB in 100-byte lines into the store", bytes >> 20),
+            "MB/s",
+            &ours,
+            Some(&base),
+            Target::RatioAtLeast(0.5),
+        ),
+        Row::new(
+            "logs",
+            "peak agent RSS while streaming",
+            "MiB",
+            &rss,
+            None,
+            Target::AtMost(64.0),
+        ),
+    ])
+}
+
+async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
+    let n = if size == Size::Tiny { 100 } else { 100_000 };
+    let sys = System::start(Some(8), None).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let server_idle = sys.server.rss_mib().0;
+    let agent_idle = sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().0);
+    let specs = vec![process(&["true"]); n];
+    sys.api.submit_all(&specs, 1000).await?;
+    sys.api.wait_count("succeeded", n as u64, LONG).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server_after = sys.server.rss_mib().0;
+    let agent_after = sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().0);
+    sys.stop();
+    Ok(vec![
+        Row::new(
+            "memory",
+            "server idle RSS",
+            "MiB",
+            &[server_idle],
+            None,
+            Target::AtMost(40.0),
+        ),
+        Row::new(
+            "memory",
+            "agent idle RSS",
+            "MiB",
+            &[agent_idle],
+            None,
+            Target::AtMost(10.0),
+        ),
+        Row::new(
+            "memory",
+            &format!("server RSS after {n} jobs"),
+            "MiB",
+            &[server_after],
+            None,
+            Target::None,
+        ),
+        Row::new(
+            "memory",
+            &format!("agent RSS after {n} jobs"),
+            "MiB",
+            &[agent_after],
+            None,
+            Target::None,
+        ),
+    ])
+}
