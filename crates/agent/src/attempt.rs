@@ -342,12 +342,15 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     drop(proc);
 
     // The group is dead; the pipes close unless something escaped the group.
+    let (mut out_pump, mut err_pump) = (out_pump, err_pump);
     let pumps = async {
-        let _ = out_pump.await;
-        let _ = err_pump.await;
+        let _ = (&mut out_pump).await;
+        let _ = (&mut err_pump).await;
     };
     if tokio::time::timeout(PIPE_DRAIN_LIMIT, pumps).await.is_err() {
         tracing::warn!("output pipes still open after the job ended; giving up on them");
+        out_pump.abort();
+        err_pump.abort();
         let _ = line_tx
             .send(SpoolLine::System("[drover] output pipes were still open after the job ended; the rest of its output is lost".into()))
             .await;

@@ -229,3 +229,45 @@ async fn signals_and_exit_codes_map_to_outcomes() {
     assert_eq!(done.exit_code, Some(137));
     assert_eq!(done.error.as_deref(), Some("killed by signal SIGKILL"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_escapes_the_group_does_not_hang_the_attempt() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let job = api
+        .submit(SubmitRequest::shell("setsid sleep 30 & echo $!; echo bye"))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    let out = texts(&logs, Stream::Stdout);
+    assert_eq!(out[1], "bye");
+    let system = texts(&logs, Stream::System);
+    assert!(
+        system.iter().any(|t| t.contains("pipes were still open")),
+        "{system:#?}"
+    );
+    let escaped: i32 = out[0].parse().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(escaped),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_join_token_is_an_error_not_a_retry_loop() {
+    let server = drover_server::testing::TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut config = common::agent_config(&server, work.path());
+    config.token = "not-a-token".into();
+    let result = tokio::time::timeout(
+        common::DEADLINE,
+        drover_agent::run(config, drover_agent::AgentSignals::default()),
+    )
+    .await
+    .expect("returns at once");
+    let err = result.expect_err("registration is refused");
+    assert!(
+        matches!(err, drover_agent::AgentError::Register(_)),
+        "{err}"
+    );
+}

@@ -40,9 +40,15 @@ async fn half_a_gibibyte_of_output_is_capped_and_memory_stays_bounded() {
     assert!(grew < 64 * 1024 * 1024, "agent grew by {} MiB", grew >> 20);
     let logs = api.logs(&job.id).await;
     let system = texts(&logs, Stream::System);
-    let markers: Vec<&String> = system.iter().filter(|t| t.contains("output exceeded")).collect();
+    let markers: Vec<&String> = system
+        .iter()
+        .filter(|t| t.contains("output exceeded"))
+        .collect();
     assert_eq!(markers.len(), 1, "{system:#?}");
-    assert!(texts(&logs, Stream::Stderr).is_empty(), "output after the cap is discarded");
+    assert!(
+        texts(&logs, Stream::Stderr).is_empty(),
+        "output after the cap is discarded"
+    );
     let kept: usize = logs
         .iter()
         .filter(|r| r.stream == Stream::Stdout)
