@@ -150,6 +150,26 @@ impl Api {
         .await
     }
 
+    /// Finishes many attempts as succeeded in one request.
+    pub async fn finish_many(&self, leases: &[(String, u32)]) -> anyhow::Result<()> {
+        let finishes: Vec<Value> = leases
+            .iter()
+            .map(
+                |(j, a)| json!({"job_id": j, "attempt": a, "outcome": "succeeded", "exit_code": 0}),
+            )
+            .collect();
+        let v: Value = self
+            .post("/v1/agents/finish", json!({ "finishes": finishes }))
+            .await?;
+        if let Some(bad) = v["results"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["status"] != "ok"))
+        {
+            bail!("finish refused: {bad}");
+        }
+        Ok(())
+    }
+
     pub async fn finish(&self, id: &str, attempt: u32) -> anyhow::Result<()> {
         let body = FinishRequest {
             outcome: drover_core::Outcome::Succeeded,

@@ -480,3 +480,33 @@ pub struct AuditQuery {
     /// Page size, 1..=1000, default 100.
     pub limit: Option<u32>,
 }
+
+/// `POST /v1/agents/finish`: several attempts of this agent ended (one transaction).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishBatch {
+    pub finishes: Vec<FinishItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishItem {
+    pub job_id: String,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub finish: FinishRequest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishBatchResult {
+    /// One per item, in order.
+    pub results: Vec<FinishItemResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinishItemResult {
+    pub job_id: String,
+    pub attempt: u32,
+    /// `ok`, or why it was refused: `stale_attempt` (kill it), `forbidden`, `not_found`, `conflict`.
+    pub status: String,
+    /// The job's state after an `ok`.
+    pub state: Option<JobState>,
+}

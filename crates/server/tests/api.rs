@@ -697,7 +697,7 @@ async fn ops_endpoints_and_openapi_cover_every_route() {
     // Keep in step with api::router (tests/security.rs checks each one's access rules).
     assert_eq!(
         (paths.len(), ops),
-        (24, 26),
+        (25, 27),
         "{:?}",
         paths.keys().collect::<Vec<_>>()
     );
@@ -741,4 +741,46 @@ async fn shutdown_tells_waiting_polls_to_reconnect() {
     let resp = waiting.await.unwrap();
     assert_eq!(resp.controls, [Control::Reconnect]);
     assert!(started.elapsed() < Duration::from_secs(25));
+}
+
+#[tokio::test]
+async fn finish_batch_ends_many_attempts_and_refuses_stale_ones_individually() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let (status, _) = c
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [shell("a"), shell("b"), shell("c")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let agent = register(&server, "batcher", json!({})).await;
+    let other = register(&server, "other", json!({})).await;
+    let leases = poll(&agent, &[], 1000).await.leases;
+    assert_eq!(leases.len(), 3);
+    let item = |l: &Lease, outcome: &str| json!({"job_id": l.job_id, "attempt": l.attempt, "outcome": outcome, "exit_code": 0});
+    let mut finishes = vec![item(&leases[0], "succeeded"), item(&leases[1], "failed")];
+    finishes.push(json!({"job_id": leases[2].job_id, "attempt": 9, "outcome": "succeeded"}));
+    let (status, v) = other
+        .post(
+            "/v1/agents/finish",
+            json!({"finishes": [item(&leases[2], "succeeded")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["results"][0]["status"], json!("forbidden"));
+    let (status, v) = agent
+        .post("/v1/agents/finish", json!({"finishes": finishes}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let got: FinishBatchResult = serde_json::from_value(v).unwrap();
+    let statuses: Vec<&str> = got.results.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["ok", "ok", "stale_attempt"]);
+    assert_eq!(got.results[0].state, Some(JobState::Succeeded));
+    assert_eq!(c.job(&leases[1].job_id).await.state, JobState::Failed);
+    assert_eq!(
+        c.job(&leases[2].job_id).await.state,
+        JobState::Leased,
+        "the refused item changed nothing"
+    );
 }

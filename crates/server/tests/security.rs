@@ -123,7 +123,7 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
         | ("delete", "/v1/tokens/{id}" | "/v1/agents/{id}")
         | ("get", "/v1/audit") => Needs::Admin,
         ("post", "/v1/agents/register") => Needs::Join,
-        ("post", "/v1/agents/poll") => Needs::Agent,
+        ("post", "/v1/agents/poll" | "/v1/agents/finish") => Needs::Agent,
         ("post", p) if p.starts_with("/v1/jobs/{id}/attempts/{attempt}/") => Needs::OwnAttempt,
         _ => return None,
     })
@@ -169,6 +169,7 @@ fn body_for(method: &str, path: &str, job: &str) -> Option<Value> {
             json!({"name": "m", "slots": 1, "host": {"hostname": "h", "os": "l", "arch": "a", "cpus": 1, "memory_bytes": 1, "version": "v"}})
         }
         "/v1/agents/poll" => json!({"running": [{"job_id": job, "attempt": 1}], "wait_ms": 0}),
+        "/v1/agents/finish" => json!({"finishes": []}),
         p if p.ends_with("/logs") => json!({"records": []}),
         p if p.ends_with("/progress") => json!({"percent": 5.0}),
         p if p.ends_with("/finish") => json!({"outcome": "failed", "error": "matrix"}),

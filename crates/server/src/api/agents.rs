@@ -7,15 +7,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
-    AgentList, Control, ErrorBody, FinishRequest, Job, LogBatch, PollRequest, PollResponse,
-    ProgressUpdate, RegisterRequest, RegisterResponse,
+    AgentList, Control, ErrorBody, FinishBatch, FinishBatchResult, FinishItemResult, FinishRequest,
+    Job, LogBatch, PollRequest, PollResponse, ProgressUpdate, RegisterRequest, RegisterResponse,
 };
 use drover_core::Outcome;
 
 use super::auth::{hash_token, new_token, AgentCaller, Client, JOIN, READ};
 use super::{ApiError, ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::store::NewAgent;
+use crate::store::{NewAgent, StoreError};
 use crate::Scope;
 
 /// Longest a poll is held open.
@@ -305,4 +305,68 @@ impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Most attempts in one finish batch.
+pub const MAX_FINISH_BATCH: usize = 10_000;
+
+#[utoipa::path(post, path = "/v1/agents/finish", tag = "agents", request_body = FinishBatch,
+    responses((status = 200, description = "One result per item; refused items say why", body = FinishBatchResult), (status = 413, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn finish_batch(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    ApiJson(batch): ApiJson<FinishBatch>,
+) -> Result<Json<FinishBatchResult>, ApiError> {
+    if batch.finishes.len() > MAX_FINISH_BATCH {
+        return Err(ApiError::TooLarge(format!(
+            "a finish batch holds at most {MAX_FINISH_BATCH} items"
+        )));
+    }
+    let items: Vec<(String, u32, FinishRequest)> = batch
+        .finishes
+        .into_iter()
+        .map(|f| (f.job_id, f.attempt, f.finish))
+        .collect();
+    let jitters: Vec<f64> = items.iter().map(|_| rand::random()).collect();
+    let got = state
+        .store
+        .finish_many(&agent.id, &items, Utc::now(), &jitters)
+        .await?;
+    let mut requeued = false;
+    let results = items
+        .iter()
+        .zip(got)
+        .map(|((job_id, attempt, req), r)| {
+            let (status, st) = match r {
+                Ok((next, ran)) => {
+                    if let Some(ran) = ran {
+                        state
+                            .metrics
+                            .job_duration
+                            .with_label_values(&[req.outcome.as_str()])
+                            .observe(ran.as_secs_f64());
+                    }
+                    requeued |= next == drover_core::JobState::Queued;
+                    state.hub.job_changed(job_id);
+                    ("ok", Some(next))
+                }
+                Err(StoreError::StaleAttempt { .. }) => ("stale_attempt", None),
+                Err(StoreError::NotYourAttempt { .. }) => ("forbidden", None),
+                Err(StoreError::NotFound(_)) => ("not_found", None),
+                Err(_) => ("conflict", None),
+            };
+            FinishItemResult {
+                job_id: job_id.clone(),
+                attempt: *attempt,
+                status: status.into(),
+                state: st,
+            }
+        })
+        .collect();
+    if requeued {
+        state.hub.work_available();
+    }
+    state.hub.wake_agent(&agent.id);
+    Ok(Json(FinishBatchResult { results }))
 }

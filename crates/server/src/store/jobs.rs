@@ -110,6 +110,41 @@ pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result
     job_from_row(&row)
 }
 
+/// How a job just enqueued looks, without reading it back.
+fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
+    // Stored timestamps have millisecond precision; show the same.
+    let trunc = |t: DateTime<Utc>| from_ms(ms(t));
+    Job {
+        id,
+        name: job.name,
+        queue: job.queue,
+        priority: job.priority.0,
+        state: JobState::Queued,
+        cancel_requested: false,
+        exec: job.exec,
+        labels: job.labels,
+        timeout_ms: job.timeout_ms,
+        grace_ms: job.grace_ms,
+        max_attempts: job.max_attempts,
+        backoff: job.backoff,
+        env: job.env,
+        secret_names: job.secrets.into_keys().collect(),
+        metadata: job.metadata,
+        idempotency_key: job.idempotency_key,
+        attempts_used: 0,
+        current_attempt: 0,
+        progress: None,
+        result: None,
+        exit_code: None,
+        error: None,
+        created_at: trunc(now),
+        run_at: trunc(job.run_at),
+        started_at: None,
+        finished_at: None,
+        attempts: Vec::new(),
+    }
+}
+
 pub(crate) fn not_found(id: &str) -> StoreError {
     StoreError::NotFound(format!("no job with id {id:?}"))
 }
@@ -180,7 +215,7 @@ impl Store {
             )
             .await?;
             audit_in_tx(&mut tx, actor, "job.submit", &id, Some(&job.name), now).await?;
-            out.push((job_in_tx(&mut tx, &id).await?, true));
+            out.push((new_job_view(id, job, now), true));
         }
         tx.commit().await?;
         Ok(out)

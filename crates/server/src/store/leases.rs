@@ -346,7 +346,54 @@ impl Store {
         jitter: f64,
     ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
-        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let (_, elapsed) = self
+            .finish_in_tx(&mut tx, agent_id, job_id, attempt, req, now, jitter)
+            .await?;
+        let job = job_in_tx(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(AttemptWrite { job, elapsed })
+    }
+
+    /// Ends many attempts of one agent in one transaction; each item gets its own result
+    /// (`Ok` with the job's new state, or the fencing error that refused it).
+    pub async fn finish_many(
+        &self,
+        agent_id: &str,
+        items: &[(String, u32, FinishRequest)],
+        now: DateTime<Utc>,
+        jitters: &[f64],
+    ) -> Result<Vec<std::result::Result<(JobState, Option<Duration>), StoreError>>> {
+        let mut tx = self.write.begin().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for ((job_id, attempt, req), jitter) in items
+            .iter()
+            .zip(jitters.iter().chain(std::iter::repeat(&0.5)))
+        {
+            // Fencing refusals happen before any write, so the transaction stays usable.
+            match self
+                .finish_in_tx(&mut tx, agent_id, job_id, *attempt, req, now, *jitter)
+                .await
+            {
+                Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
+                other => out.push(other),
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_in_tx(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        req: &FinishRequest,
+        now: DateTime<Utc>,
+        jitter: f64,
+    ) -> Result<(JobState, Option<Duration>)> {
+        let held = self.fence(tx, agent_id, job_id, attempt).await?;
         // An attempt that ended before it reported a start still used up an attempt.
         let used = held.attempts_used + u32::from(held.state == JobState::Leased);
         let failed = matches!(req.outcome, Outcome::Failed | Outcome::TimedOut);
@@ -363,7 +410,7 @@ impl Store {
             sqlx::query_scalar("SELECT started_at FROM attempts WHERE job_id = $1 AND number = $2")
                 .bind(job_id)
                 .bind(i64::from(attempt))
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await?;
         let elapsed = started.and_then(|s| (now - from_ms(s)).to_std().ok());
         let result = req.result.as_ref().map(super::to_json);
@@ -381,7 +428,7 @@ impl Store {
                 .bind(&req.error)
                 .bind(ms(now))
                 .bind(job_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         } else {
             sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, exit_code = $3, error = $4, result = $5, finished_at = $6, updated_at = $6 WHERE id = $7")
@@ -392,7 +439,7 @@ impl Store {
                 .bind(result)
                 .bind(ms(now))
                 .bind(job_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         sqlx::query("UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4 WHERE job_id = $5 AND number = $6")
@@ -402,7 +449,7 @@ impl Store {
             .bind(&req.error)
             .bind(job_id)
             .bind(i64::from(attempt))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let actor = format!("agent:{agent_id}");
         let kind = if next == JobState::Queued {
@@ -415,7 +462,7 @@ impl Store {
             .clone()
             .unwrap_or_else(|| req.outcome.as_str().to_string());
         record_event(
-            &mut tx,
+            tx,
             NewEvent {
                 job_id,
                 kind,
@@ -428,9 +475,7 @@ impl Store {
             now,
         )
         .await?;
-        let job = job_in_tx(&mut tx, job_id).await?;
-        tx.commit().await?;
-        Ok(AttemptWrite { job, elapsed })
+        Ok((next, elapsed))
     }
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
