@@ -18,6 +18,8 @@ use crate::output::{self, LineReader, Masker, MAX_LINE_BYTES};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
 use crate::spool::{self, SpoolLimits, SpoolReader, SpoolWriter};
 
+/// Lines in flight between the pumps and the spool writer (each at most 64 KiB).
+const LINE_CHANNEL: usize = 256;
 /// Largest result file accepted.
 const MAX_RESULT_BYTES: u64 = 1024 * 1024;
 /// Ship a batch at this many records …
@@ -238,7 +240,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
             return finish_without_logs(ctx, format!("cannot create the log spool: {e}")).await
         }
     };
-    let (line_tx, line_rx) = mpsc::channel::<SpoolLine>(1024);
+    let (line_tx, line_rx) = mpsc::channel::<SpoolLine>(LINE_CHANNEL);
     let writer_task = tokio::task::spawn_blocking(move || write_spool(writer, line_rx));
     let shipper = tokio::spawn(
         ship_logs(
@@ -250,8 +252,11 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         )
         .in_current_span(),
     );
+    let masker = Arc::new(Masker::new(lease.secrets.values()));
     let _ = line_tx
-        .send(SpoolLine::System(format!("$ {}", lease.exec.display())))
+        .send(SpoolLine::System(
+            masker.mask(format!("$ {}", lease.exec.display())),
+        ))
         .await;
 
     let spawned = match prepare_dirs(names).await {
@@ -269,7 +274,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         Err(error) => {
             tracing::warn!(%error, "job did not start");
             let _ = line_tx
-                .send(SpoolLine::System(format!("[drover] {error}")))
+                .send(SpoolLine::System(masker.mask(format!("[drover] {error}"))))
                 .await;
             drop(line_tx);
             let _ = writer_task.await;
@@ -298,7 +303,6 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         .in_current_span(),
     );
 
-    let masker = Arc::new(Masker::new(lease.secrets.values()));
     let (progress_tx, progress_rx) = watch::channel::<Option<ProgressUpdate>>(None);
     let progress_tx = Arc::new(progress_tx);
     let progress_sender = tokio::spawn(
@@ -360,7 +364,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     let (outcome, exit_code, mut error) = outcome_of(&ended, lease);
     if let Some(e) = &error {
         let _ = line_tx
-            .send(SpoolLine::System(format!("[drover] {e}")))
+            .send(SpoolLine::System(masker.mask(format!("[drover] {e}"))))
             .await;
     }
     drop(line_tx);
@@ -633,14 +637,32 @@ async fn watch_progress_file(
     }
 }
 
-/// Calls `f` until it succeeds; transient failures are retried with backoff. Gives up
-/// (Err) when the attempt turns stale, the agent abandons it, or the server refuses.
+/// Why [`with_retry`] gave up.
+#[derive(Debug)]
+enum GaveUp {
+    /// The attempt is stale, or the agent stopped reporting (after force-stop).
+    Abandoned,
+    /// The server refused this request (a 4xx other than 401/403/404/409); retrying it
+    /// cannot help, but the attempt goes on.
+    Refused,
+}
+
+impl From<GaveUp> for Abandoned {
+    fn from(_: GaveUp) -> Self {
+        Abandoned
+    }
+}
+
+/// Calls `f` until it succeeds; transient failures are retried with backoff (100 ms
+/// doubling to 5 s, jittered), for as long as it takes. Gives up when the attempt turns
+/// stale (409, 404, or 403 not-your-attempt: the job is killed), when the agent abandons
+/// it, or when the server refuses the request.
 async fn with_retry<F, Fut>(
     what: &str,
     stopper: &Stopper,
     abandon: &CancellationToken,
     mut f: F,
-) -> Result<(), Abandoned>
+) -> Result<(), GaveUp>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), CallError>>,
@@ -649,53 +671,69 @@ where
     let mut stop_rx = stopper.subscribe();
     loop {
         if abandon.is_cancelled() || stopper.current() == Some(StopReason::Stale) {
-            return Err(Abandoned);
+            return Err(GaveUp::Abandoned);
         }
         match f().await {
             Ok(()) => return Ok(()),
-            Err(CallError::Stale(msg)) => {
-                tracing::warn!(what, %msg, "server says the attempt is not current: killing it");
+            Err(CallError::Stale(msg))
+            | Err(CallError::Refused {
+                status: 403,
+                message: msg,
+            }) => {
+                tracing::warn!(what, %msg, "server says the attempt is not ours any more: killing it");
                 stopper.stop(StopReason::Stale);
-                return Err(Abandoned);
+                return Err(GaveUp::Abandoned);
             }
             Err(e @ CallError::Refused { .. }) => {
-                tracing::error!(what, error = %e, "server refused; not retrying");
-                return Err(Abandoned);
+                tracing::error!(what, error = %e, "server refused the request; not retrying it");
+                return Err(GaveUp::Refused);
             }
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "server call failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = abandon.cancelled() => return Err(Abandoned),
-                    _ = process::wait_stop(&mut stop_rx, |r| r == StopReason::Stale) => return Err(Abandoned),
+                    _ = abandon.cancelled() => return Err(GaveUp::Abandoned),
+                    _ = process::wait_stop(&mut stop_rx, |r| r == StopReason::Stale) => return Err(GaveUp::Abandoned),
                 }
             }
         }
     }
 }
 
+/// `start`; a refused start is logged and the attempt goes on (finish will tell).
 async fn send_start(
     client: Arc<Client>,
     lease: Lease,
     stopper: Stopper,
     abandon: CancellationToken,
 ) -> Result<(), Abandoned> {
-    with_retry("start", &stopper, &abandon, || {
+    match with_retry("start", &stopper, &abandon, || {
         client.start(&lease.job_id, lease.attempt)
     })
     .await
+    {
+        Ok(()) | Err(GaveUp::Refused) => Ok(()),
+        Err(GaveUp::Abandoned) => Err(Abandoned),
+    }
 }
 
 async fn send_finish(ctx: &AttemptCtx, req: &FinishRequest) -> Result<(), Abandoned> {
     let lease = &ctx.lease;
+    let masker = Masker::new(lease.secrets.values());
+    let req = FinishRequest {
+        error: req.error.clone().map(|e| masker.mask(e)),
+        ..req.clone()
+    };
     with_retry("finish", &ctx.stopper, &ctx.abandon, || {
-        ctx.client.finish(&lease.job_id, lease.attempt, req)
+        ctx.client.finish(&lease.job_id, lease.attempt, &req)
     })
     .await
+    .map_err(Abandoned::from)
 }
 
 /// Ships spooled records in batches until the spool is closed and fully acknowledged.
+/// A batch the server refuses is skipped (and logged) rather than blocking the rest.
 async fn ship_logs(
     mut reader: SpoolReader,
     client: Arc<Client>,
@@ -707,8 +745,8 @@ async fn ship_logs(
         let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool");
-                return Err(Abandoned);
+                tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
+                return Ok(());
             }
         };
         if batch.records.is_empty() {
@@ -721,10 +759,25 @@ async fn ship_logs(
         let body = LogBatch {
             records: std::mem::take(&mut batch.records),
         };
-        with_retry("logs", &stopper, &abandon, || {
+        match with_retry("logs", &stopper, &abandon, || {
             client.logs(&lease.job_id, lease.attempt, &body)
         })
-        .await?;
+        .await
+        {
+            Ok(()) => {}
+            Err(GaveUp::Refused) => {
+                let (first, last) = (
+                    body.records[0].seq,
+                    body.records[body.records.len() - 1].seq,
+                );
+                tracing::error!(
+                    first,
+                    last,
+                    "log records refused by the server; skipping them"
+                );
+            }
+            Err(GaveUp::Abandoned) => return Err(Abandoned),
+        }
         reader.ack(&batch);
         if !batch.full && !reader.is_done() {
             tokio::time::sleep(BATCH_INTERVAL).await;

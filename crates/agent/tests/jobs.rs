@@ -191,7 +191,7 @@ async fn secrets_never_reach_the_stored_log() {
     let (_server, api, _agent) = server_and_agent().await;
     let secret = "s3cr3t-Value-42";
     let mut req = SubmitRequest::shell(
-        "echo \"token is $TOKEN\"; echo \"$TOKEN\" >&2; echo \"::progress 10 $TOKEN\"",
+        "echo \"token is $TOKEN\"; echo \"$TOKEN\" >&2; echo \"::progress 10 $TOKEN\"; true s3cr3t-Value-42",
     );
     req.secrets.insert("TOKEN".into(), secret.into());
     let job = api.submit(req).await;
@@ -200,6 +200,10 @@ async fn secrets_never_reach_the_stored_log() {
     let logs = api.logs(&job.id).await;
     assert!(logs.iter().all(|r| !r.text.contains(secret)), "{logs:#?}");
     assert_eq!(texts(&logs, Stream::Stdout)[0], "token is ***");
+    assert!(
+        logs[0].text.ends_with("true ***"),
+        "the command header is masked too"
+    );
     assert_eq!(texts(&logs, Stream::Stderr), ["***"]);
     assert_eq!(done.progress.map(|p| p.message), Some("***".to_string()));
 }
