@@ -231,14 +231,15 @@ async fn drain_synthetic(agent: &Api, n: usize) -> anyhow::Result<()> {
     let mut done = 0;
     while done < n {
         let resp = agent.poll(&[], 1000).await?;
-        let finishes = resp
+        let leases: Vec<(String, u32)> = resp
             .leases
             .iter()
-            .map(|l| agent.finish(&l.job_id, l.attempt));
-        for r in futures::future::join_all(finishes).await {
-            r?;
+            .map(|l| (l.job_id.clone(), l.attempt))
+            .collect();
+        if !leases.is_empty() {
+            agent.finish_many(&leases).await?;
         }
-        done += resp.leases.len();
+        done += leases.len();
     }
     Ok(())
 }
