@@ -167,3 +167,55 @@ async fn finish_signal_lets_current_jobs_end_then_exits() {
     assert_eq!(agent.exit().await, AgentExit::Drained);
     assert_eq!(api.job(&job.id).await.unwrap().state, JobState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_lines_and_says_how_many() {
+    // A tiny spool limit and a 3 s outage: the agent must drop, and say so in the log.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = TestServer::config(data.path().to_path_buf(), 0);
+    config.lease_ttl = Duration::from_secs(30);
+    let mut server = TestServer::start_with(config).await;
+    let api = Api::new(&server);
+    let _agent = agent_with(&server, |c| c.spool_limit_bytes = 4096);
+    let lines = 400;
+    let cmd = format!("for i in $(seq 1 {lines}); do echo \"line $i\"; sleep 0.01; done");
+    let job = api.submit(SubmitRequest::shell(cmd)).await;
+    api.wait_log(&job.id, |l| texts(l, Stream::Stdout).len() >= 20)
+        .await;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not an assertion
+    let mut config = TestServer::config(data.path().to_path_buf(), server.port);
+    config.lease_ttl = Duration::from_secs(30);
+    let _server = TestServer::start_with(config).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    let dropped: usize = texts(&logs, Stream::System)
+        .iter()
+        .filter_map(|t| t.split("dropped ").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(dropped > 0, "the outage overflowed the spool");
+    let out = texts(&logs, Stream::Stdout);
+    assert_eq!(
+        out.len() + dropped,
+        lines,
+        "every line is either stored or counted as dropped"
+    );
+    let numbers: Vec<usize> = out
+        .iter()
+        .map(|t| t.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "kept lines stay in order"
+    );
+    let seqs_ok = logs.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1);
+    assert!(seqs_ok);
+}
