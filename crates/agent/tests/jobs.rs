@@ -61,14 +61,19 @@ async fn process_argv_reaches_the_program_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_scripts_run_and_report_progress_and_results() {
     let (_server, api, _agent) = server_and_agent().await;
+    // The script waits for the test to see the file progress before it prints a marker,
+    // so the two progress sources cannot race.
     let body = r#"
 import json, os, sys, time
-print("hello from", sys.argv[0].rsplit("/", 1)[-1])
+print("hello from", sys.argv[0].rsplit("/", 1)[-1], flush=True)
 with open(os.environ["DROVER_PROGRESS"], "a") as f:
     f.write("50 half way\n")
-time.sleep(0.5)
+go = os.path.join(os.environ["DROVER_WORKSPACE"], "go")
+print(go, flush=True)
+deadline = time.time() + 30
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.02)
 print("::progress 90 almost", flush=True)
-time.sleep(0.3)
 with open(os.environ["DROVER_RESULT"], "w") as f:
     json.dump({"answer": 42, "attempt": os.environ["DROVER_ATTEMPT"]}, f)
 "#;
@@ -78,6 +83,16 @@ with open(os.environ["DROVER_RESULT"], "w") as f:
         body: body.into(),
     };
     let job = api.submit(req).await;
+    let half = api
+        .wait_for(&job.id, "progress 50", |j| {
+            j.progress.as_ref().is_some_and(|p| p.percent == 50.0)
+        })
+        .await;
+    assert_eq!(half.progress.unwrap().message, "half way");
+    let logs = api
+        .wait_log(&job.id, |l| texts(l, Stream::Stdout).len() >= 2)
+        .await;
+    std::fs::write(&texts(&logs, Stream::Stdout)[1], "").unwrap();
     let done = api.wait_done(&job.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     assert_eq!(
@@ -91,10 +106,9 @@ with open(os.environ["DROVER_RESULT"], "w") as f:
     );
     let logs = api.logs(&job.id).await;
     assert_eq!(logs[0].text, "$ python3 <script>");
-    assert_eq!(
-        texts(&logs, Stream::Stdout),
-        ["hello from script", "::progress 90 almost"]
-    );
+    let out = texts(&logs, Stream::Stdout);
+    assert_eq!(out[0], "hello from script");
+    assert_eq!(out[2], "::progress 90 almost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
