@@ -1,39 +1,26 @@
-//! Runs one leased attempt end to end: workspace, spawn, `start`, output pumps into the
-//! spool, the log shipper, progress, result file, outcome, `finish`, and clean-up.
+//! Runs one leased attempt end to end: workspace, spawn, `start`, supervision, logs and
+//! progress (see `pipeline`), result file, outcome, `finish`, and clean-up.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_core::api::{FinishRequest, Lease, LogBatch, ProgressUpdate, Stream};
+use drover_core::api::{FinishRequest, Lease};
 use drover_core::{Exec, Outcome};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::client::{CallError, Client, RetryBackoff};
-use crate::output::{self, LineReader, Masker, MAX_LINE_BYTES};
+use crate::client::Client;
+use crate::output::Masker;
+use crate::pipeline::{LogPipeline, OutputTasks};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
-use crate::spool::{self, SpoolLimits, SpoolReader, SpoolWriter};
+use crate::report::{Abandoned, Reporter};
+use crate::spool::SpoolLimits;
 
-/// Lines in flight between the pumps and the spool writer (each at most 64 KiB).
-const LINE_CHANNEL: usize = 256;
 /// Largest result file accepted.
 const MAX_RESULT_BYTES: u64 = 1024 * 1024;
-/// Ship a batch at this many records …
-const BATCH_RECORDS: usize = 5000;
-/// … or this many bytes of JSON …
-const BATCH_BYTES: usize = 1024 * 1024;
-/// … or after this long.
-const BATCH_INTERVAL: Duration = Duration::from_millis(50);
-/// At most this often a progress update is sent.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
-/// How often the progress file is read.
-const PROGRESS_POLL: Duration = Duration::from_millis(100);
-/// How long the pipes may stay open after the process group was killed.
-const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Everything an attempt needs from the agent.
 pub struct AttemptCtx {
@@ -56,16 +43,6 @@ pub struct AttemptEnd {
     /// The agent stopped the job (and why).
     pub stopped: Option<StopReason>,
 }
-
-/// A line of output for the spool writer.
-enum SpoolLine {
-    Output(Stream, String),
-    System(String),
-}
-
-/// Things that end an attempt without a finish report.
-#[derive(Debug)]
-struct Abandoned;
 
 /// Runs the attempt; never fails (problems end up in the finish report or the log).
 pub async fn run(ctx: AttemptCtx) -> AttemptEnd {
@@ -118,10 +95,23 @@ async fn report_unstarted(ctx: &AttemptCtx, outcome: Outcome, error: String) -> 
         error: Some(error),
         result: None,
     };
-    let reported = send_finish(ctx, &req).await.is_ok();
+    let masker = Arc::new(Masker::new(ctx.lease.secrets.values()));
+    let reported = ctx.reporter(masker).finish(req).await.is_ok();
     AttemptEnd {
         outcome: reported.then_some(outcome),
         stopped: None,
+    }
+}
+
+impl AttemptCtx {
+    fn reporter(&self, masker: Arc<Masker>) -> Reporter {
+        Reporter::new(
+            self.client.clone(),
+            &self.lease,
+            self.stopper.clone(),
+            self.abandon.clone(),
+            masker,
+        )
     }
 }
 
@@ -228,64 +218,30 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
 async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let spool_path = names.spool.clone();
-    let limits = ctx.limits;
-    let spool = tokio::task::spawn_blocking(move || spool::create(&spool_path, limits)).await;
-    let (writer, reader) = match spool {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            return finish_without_logs(ctx, format!("cannot create the log spool: {e}")).await
-        }
-        Err(e) => {
-            return finish_without_logs(ctx, format!("cannot create the log spool: {e}")).await
-        }
-    };
-    let (line_tx, line_rx) = mpsc::channel::<SpoolLine>(LINE_CHANNEL);
-    let writer_task = tokio::task::spawn_blocking(move || write_spool(writer, line_rx));
-    let shipper = tokio::spawn(
-        ship_logs(
-            reader,
-            ctx.client.clone(),
-            lease.clone(),
-            ctx.stopper.clone(),
-            ctx.abandon.clone(),
-        )
-        .in_current_span(),
-    );
     let masker = Arc::new(Masker::new(lease.secrets.values()));
-    let _ = line_tx
-        .send(SpoolLine::System(
-            masker.mask(format!("$ {}", lease.exec.display())),
-        ))
-        .await;
-
-    let spawned = match prepare_dirs(names).await {
-        Ok(()) => match spawn_spec(lease, names).await {
-            Ok(spec) => JobProcess::spawn(spec).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(format!(
-            "cannot create the workspace {}: {e}",
-            names.workspace.display()
-        )),
+    let reporter = ctx.reporter(masker.clone());
+    let opened = LogPipeline::open(names.spool.clone(), ctx.limits, reporter.clone(), masker).await;
+    let mut logs = match opened {
+        Ok(logs) => logs,
+        Err(e) => {
+            let error = format!("cannot create the log spool: {e}");
+            tracing::error!(%error, "attempt cannot run");
+            reporter.finish(failed(error)).await?;
+            return Ok(AttemptEnd {
+                outcome: Some(Outcome::Failed),
+                stopped: None,
+            });
+        }
     };
-    let (mut proc, stdout, stderr) = match spawned {
+    logs.system(&format!("$ {}", lease.exec.display())).await;
+
+    let (mut proc, stdout, stderr) = match spawn(lease, names).await {
         Ok(parts) => parts,
         Err(error) => {
             tracing::warn!(%error, "job did not start");
-            let _ = line_tx
-                .send(SpoolLine::System(masker.mask(format!("[drover] {error}"))))
-                .await;
-            drop(line_tx);
-            let _ = writer_task.await;
-            await_ship(shipper).await?;
-            let req = FinishRequest {
-                outcome: Outcome::Failed,
-                exit_code: None,
-                error: Some(error),
-                result: None,
-            };
-            send_finish(ctx, &req).await?;
+            logs.system(&format!("[drover] {error}")).await;
+            logs.shipped().await?;
+            reporter.finish(failed(error)).await?;
             return Ok(AttemptEnd {
                 outcome: Some(Outcome::Failed),
                 stopped: None,
@@ -293,99 +249,30 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         }
     };
     tracing::info!(pid = proc.pid(), "job process started");
-    let started = tokio::spawn(
-        send_start(
-            ctx.client.clone(),
-            lease.clone(),
-            ctx.stopper.clone(),
-            ctx.abandon.clone(),
-        )
-        .in_current_span(),
-    );
-
-    let (progress_tx, progress_rx) = watch::channel::<Option<ProgressUpdate>>(None);
-    let progress_tx = Arc::new(progress_tx);
-    let progress_sender = tokio::spawn(
-        send_progress(
-            progress_rx,
-            ctx.client.clone(),
-            lease.clone(),
-            ctx.stopper.clone(),
-            ctx.abandon.clone(),
-        )
-        .in_current_span(),
-    );
-    let watcher_done = CancellationToken::new();
-    let watcher = tokio::spawn(watch_progress_file(
-        names.progress(),
-        progress_tx.clone(),
-        masker.clone(),
-        watcher_done.clone(),
-    ));
-    let out_pump = tokio::spawn(pump(
-        stdout,
-        Stream::Stdout,
-        line_tx.clone(),
-        masker.clone(),
-        Some(progress_tx.clone()),
-    ));
-    let err_pump = tokio::spawn(pump(
-        stderr,
-        Stream::Stderr,
-        line_tx.clone(),
-        masker.clone(),
-        None,
-    ));
-    drop(progress_tx);
+    let start_reporter = reporter.clone();
+    let started = tokio::spawn(async move { start_reporter.start().await }.in_current_span());
+    let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
 
     let mut stop_rx = ctx.stopper.subscribe();
     let timeout = lease.timeout_ms.map(Duration::from_millis);
-    let ended = proc
-        .supervise(timeout, Duration::from_millis(lease.grace_ms), &mut stop_rx)
-        .await;
+    let grace = Duration::from_millis(lease.grace_ms);
+    let ended = proc.supervise(timeout, grace, &mut stop_rx).await;
     drop(proc);
 
-    // The group is dead; the pipes close unless something escaped the group.
-    let (mut out_pump, mut err_pump) = (out_pump, err_pump);
-    let pumps = async {
-        let _ = (&mut out_pump).await;
-        let _ = (&mut err_pump).await;
-    };
-    if tokio::time::timeout(PIPE_DRAIN_LIMIT, pumps).await.is_err() {
-        tracing::warn!("output pipes still open after the job ended; giving up on them");
-        out_pump.abort();
-        err_pump.abort();
-        let _ = line_tx
-            .send(SpoolLine::System("[drover] output pipes were still open after the job ended; the rest of its output is lost".into()))
-            .await;
-    }
-    watcher_done.cancel();
-    let _ = watcher.await;
+    output.settle(&logs).await;
     let (outcome, exit_code, mut error) = outcome_of(&ended, lease);
     if let Some(e) = &error {
-        let _ = line_tx
-            .send(SpoolLine::System(masker.mask(format!("[drover] {e}"))))
-            .await;
+        logs.system(&format!("[drover] {e}")).await;
     }
-    drop(line_tx);
-    let _ = writer_task.await;
-    if ended.stopped == Some(StopReason::Stale) || ctx.stopper.current() == Some(StopReason::Stale)
-    {
-        started.abort();
-        shipper.abort();
-        progress_sender.abort();
+    logs.close().await;
+    let stale = ctx.stopper.current() == Some(StopReason::Stale);
+    if stale || !matches!(started.await, Ok(Ok(()))) {
+        output.abort();
+        logs.abort();
         return Err(Abandoned);
     }
-    match started.await {
-        Ok(Ok(())) => {}
-        _ => {
-            shipper.abort();
-            progress_sender.abort();
-            return Err(Abandoned);
-        }
-    }
-    await_ship(shipper).await?;
-    let _ = progress_sender.await;
+    logs.shipped().await?;
+    output.progress_sent().await;
     let (result, result_error) = read_result(&names.result()).await;
     if let Some(re) = result_error {
         error = Some(match error {
@@ -399,34 +286,41 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         error,
         result,
     };
-    send_finish(ctx, &req).await?;
+    reporter.finish(req).await?;
     Ok(AttemptEnd {
         outcome: Some(outcome),
         stopped: ended.stopped,
     })
 }
 
-async fn finish_without_logs(ctx: &AttemptCtx, error: String) -> Result<AttemptEnd, Abandoned> {
-    tracing::error!(%error, "attempt cannot run");
-    let req = FinishRequest {
+/// Prepares the workspace and spawns the job; the error is the job's error message.
+async fn spawn(
+    lease: &Lease,
+    names: &Names,
+) -> Result<
+    (
+        JobProcess,
+        tokio::process::ChildStdout,
+        tokio::process::ChildStderr,
+    ),
+    String,
+> {
+    prepare_dirs(names).await.map_err(|e| {
+        format!(
+            "cannot create the workspace {}: {e}",
+            names.workspace.display()
+        )
+    })?;
+    let spec = spawn_spec(lease, names).await?;
+    JobProcess::spawn(spec).await.map_err(|e| e.to_string())
+}
+
+fn failed(error: String) -> FinishRequest {
+    FinishRequest {
         outcome: Outcome::Failed,
         exit_code: None,
         error: Some(error),
         result: None,
-    };
-    send_finish(ctx, &req).await?;
-    Ok(AttemptEnd {
-        outcome: Some(Outcome::Failed),
-        stopped: None,
-    })
-}
-
-async fn await_ship(
-    shipper: tokio::task::JoinHandle<Result<(), Abandoned>>,
-) -> Result<(), Abandoned> {
-    match shipper.await {
-        Ok(r) => r,
-        Err(_) => Err(Abandoned),
     }
 }
 
@@ -510,301 +404,6 @@ async fn read_result(path: &Path) -> (Option<serde_json::Value>, Option<String>)
             Err(e) => (None, Some(format!("result file is not valid JSON: {e}"))),
         },
         Err(e) => (None, Some(format!("result file cannot be read: {e}"))),
-    }
-}
-
-/// Owns the spool writer on a blocking thread; flushes after each burst of lines.
-fn write_spool(mut writer: SpoolWriter, mut rx: mpsc::Receiver<SpoolLine>) {
-    let mut failed = false;
-    let append = |w: &mut SpoolWriter, line: SpoolLine, failed: &mut bool| {
-        let r = match line {
-            SpoolLine::Output(stream, text) => w.append_output(stream, text),
-            SpoolLine::System(text) => w.append_system(text),
-        };
-        if let Err(e) = r {
-            if !*failed {
-                tracing::error!(error = %e, "cannot write the log spool; output is lost");
-            }
-            *failed = true;
-        }
-    };
-    while let Some(line) = rx.blocking_recv() {
-        append(&mut writer, line, &mut failed);
-        for _ in 0..4096 {
-            match rx.try_recv() {
-                Ok(line) => append(&mut writer, line, &mut failed),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = writer.flush() {
-            tracing::error!(error = %e, "cannot flush the log spool");
-        }
-    }
-    if let Err(e) = writer.close() {
-        tracing::error!(error = %e, "cannot close the log spool");
-    }
-}
-
-/// Reads one output stream line by line into the spool channel.
-async fn pump(
-    pipe: impl AsyncRead + Unpin,
-    stream: Stream,
-    tx: mpsc::Sender<SpoolLine>,
-    masker: Arc<Masker>,
-    progress: Option<Arc<watch::Sender<Option<ProgressUpdate>>>>,
-) {
-    let mut lines = LineReader::new(
-        tokio::io::BufReader::with_capacity(64 * 1024, pipe),
-        MAX_LINE_BYTES,
-    );
-    loop {
-        let bytes = match lines.next_line().await {
-            Ok(Some(b)) => b,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(?stream, error = %e, "reading job output failed");
-                break;
-            }
-        };
-        let text = masker.mask(String::from_utf8_lossy(&bytes).into_owned());
-        if let Some(p) = progress
-            .as_ref()
-            .and_then(|tx| output::parse_progress_marker(&text).map(|u| (tx, u)))
-        {
-            p.0.send_replace(Some(p.1));
-        }
-        if tx.send(SpoolLine::Output(stream, text)).await.is_err() {
-            break;
-        }
-    }
-}
-
-/// Reads lines appended to the progress file every [`PROGRESS_POLL`], until `done`.
-async fn watch_progress_file(
-    path: PathBuf,
-    tx: Arc<watch::Sender<Option<ProgressUpdate>>>,
-    masker: Arc<Masker>,
-    done: CancellationToken,
-) {
-    const MAX_PARTIAL: usize = 4096;
-    const MAX_PER_TICK: u64 = 1024 * 1024;
-    let mut offset = 0u64;
-    let mut partial: Vec<u8> = Vec::new();
-    loop {
-        let last = tokio::select! {
-            _ = tokio::time::sleep(PROGRESS_POLL) => false,
-            _ = done.cancelled() => true,
-        };
-        if let Ok(mut file) = tokio::fs::File::open(&path).await {
-            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            if len < offset {
-                offset = 0;
-                partial.clear();
-            }
-            if len > offset && file.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                let mut chunk = Vec::new();
-                let n = (&mut file)
-                    .take(MAX_PER_TICK)
-                    .read_to_end(&mut chunk)
-                    .await
-                    .unwrap_or(0);
-                offset += n as u64;
-                for piece in chunk.split_inclusive(|b| *b == b'\n') {
-                    if partial.len() < MAX_PARTIAL {
-                        partial.extend_from_slice(
-                            &piece[..piece.len().min(MAX_PARTIAL - partial.len())],
-                        );
-                    }
-                    if piece.ends_with(b"\n") {
-                        let line = masker.mask(String::from_utf8_lossy(&partial).into_owned());
-                        partial.clear();
-                        if let Some(update) = output::parse_progress(&line) {
-                            tx.send_replace(Some(update));
-                        }
-                    }
-                }
-            }
-        }
-        if last {
-            if !partial.is_empty() {
-                let line = masker.mask(String::from_utf8_lossy(&partial).into_owned());
-                if let Some(update) = output::parse_progress(&line) {
-                    tx.send_replace(Some(update));
-                }
-            }
-            return;
-        }
-    }
-}
-
-/// Why [`with_retry`] gave up.
-#[derive(Debug)]
-enum GaveUp {
-    /// The attempt is stale, or the agent stopped reporting (after force-stop).
-    Abandoned,
-    /// The server refused this request (a 4xx other than 401/403/404/409); retrying it
-    /// cannot help, but the attempt goes on.
-    Refused,
-}
-
-impl From<GaveUp> for Abandoned {
-    fn from(_: GaveUp) -> Self {
-        Abandoned
-    }
-}
-
-/// Calls `f` until it succeeds; transient failures are retried with backoff (100 ms
-/// doubling to 5 s, jittered), for as long as it takes. Gives up when the attempt turns
-/// stale (409, 404, or 403 not-your-attempt: the job is killed), when the agent abandons
-/// it, or when the server refuses the request.
-async fn with_retry<F, Fut>(
-    what: &str,
-    stopper: &Stopper,
-    abandon: &CancellationToken,
-    mut f: F,
-) -> Result<(), GaveUp>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), CallError>>,
-{
-    let mut backoff = RetryBackoff::default();
-    let mut stop_rx = stopper.subscribe();
-    loop {
-        if abandon.is_cancelled() || stopper.current() == Some(StopReason::Stale) {
-            return Err(GaveUp::Abandoned);
-        }
-        match f().await {
-            Ok(()) => return Ok(()),
-            Err(CallError::Stale(msg))
-            | Err(CallError::Refused {
-                status: 403,
-                message: msg,
-            }) => {
-                tracing::warn!(what, %msg, "server says the attempt is not ours any more: killing it");
-                stopper.stop(StopReason::Stale);
-                return Err(GaveUp::Abandoned);
-            }
-            Err(e @ CallError::Refused { .. }) => {
-                tracing::error!(what, error = %e, "server refused the request; not retrying it");
-                return Err(GaveUp::Refused);
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "server call failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = abandon.cancelled() => return Err(GaveUp::Abandoned),
-                    _ = process::wait_stop(&mut stop_rx, |r| r == StopReason::Stale) => return Err(GaveUp::Abandoned),
-                }
-            }
-        }
-    }
-}
-
-/// `start`; a refused start is logged and the attempt goes on (finish will tell).
-async fn send_start(
-    client: Arc<Client>,
-    lease: Lease,
-    stopper: Stopper,
-    abandon: CancellationToken,
-) -> Result<(), Abandoned> {
-    match with_retry("start", &stopper, &abandon, || {
-        client.start(&lease.job_id, lease.attempt)
-    })
-    .await
-    {
-        Ok(()) | Err(GaveUp::Refused) => Ok(()),
-        Err(GaveUp::Abandoned) => Err(Abandoned),
-    }
-}
-
-async fn send_finish(ctx: &AttemptCtx, req: &FinishRequest) -> Result<(), Abandoned> {
-    let lease = &ctx.lease;
-    let masker = Masker::new(lease.secrets.values());
-    let req = FinishRequest {
-        error: req.error.clone().map(|e| masker.mask(e)),
-        ..req.clone()
-    };
-    with_retry("finish", &ctx.stopper, &ctx.abandon, || {
-        ctx.client.finish(&lease.job_id, lease.attempt, &req)
-    })
-    .await
-    .map_err(Abandoned::from)
-}
-
-/// Ships spooled records in batches until the spool is closed and fully acknowledged.
-/// A batch the server refuses is skipped (and logged) rather than blocking the rest.
-async fn ship_logs(
-    mut reader: SpoolReader,
-    client: Arc<Client>,
-    lease: Lease,
-    stopper: Stopper,
-    abandon: CancellationToken,
-) -> Result<(), Abandoned> {
-    loop {
-        let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
-                return Ok(());
-            }
-        };
-        if batch.records.is_empty() {
-            if reader.is_done() {
-                return Ok(());
-            }
-            reader.changed().await;
-            continue;
-        }
-        let body = LogBatch {
-            records: std::mem::take(&mut batch.records),
-        };
-        match with_retry("logs", &stopper, &abandon, || {
-            client.logs(&lease.job_id, lease.attempt, &body)
-        })
-        .await
-        {
-            Ok(()) => {}
-            Err(GaveUp::Refused) => {
-                let (first, last) = (
-                    body.records[0].seq,
-                    body.records[body.records.len() - 1].seq,
-                );
-                tracing::error!(
-                    first,
-                    last,
-                    "log records refused by the server; skipping them"
-                );
-            }
-            Err(GaveUp::Abandoned) => return Err(Abandoned),
-        }
-        reader.ack(&batch);
-        if !batch.full && !reader.is_done() {
-            tokio::time::sleep(BATCH_INTERVAL).await;
-        }
-    }
-}
-
-/// Sends progress updates, at most one per [`PROGRESS_INTERVAL`], always the last one.
-async fn send_progress(
-    mut rx: watch::Receiver<Option<ProgressUpdate>>,
-    client: Arc<Client>,
-    lease: Lease,
-    stopper: Stopper,
-    abandon: CancellationToken,
-) {
-    while rx.changed().await.is_ok() {
-        let Some(update) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        let sent = with_retry("progress", &stopper, &abandon, || {
-            client.progress(&lease.job_id, lease.attempt, &update)
-        })
-        .await;
-        if sent.is_err() {
-            return;
-        }
-        tokio::time::sleep(PROGRESS_INTERVAL).await;
     }
 }
 

@@ -15,7 +15,9 @@ mod attempt;
 mod client;
 mod host;
 mod output;
+mod pipeline;
 mod process;
+mod report;
 mod spool;
 
 pub use client::CallError;

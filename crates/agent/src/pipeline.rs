@@ -1,0 +1,350 @@
+//! The IO tasks around one job process: output pumps → spool writer (a blocking thread)
+//! → log shipper; progress from `::progress` markers and the progress file → a throttled
+//! progress sender.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_core::api::{LogBatch, ProgressUpdate, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::process::{ChildStderr, ChildStdout};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::output::{self, LineReader, Masker, MAX_LINE_BYTES};
+use crate::report::{Abandoned, GaveUp, Reporter};
+use crate::spool::{self, SpoolLimits, SpoolReader, SpoolWriter};
+
+/// Lines in flight between the pumps and the spool writer (each at most 64 KiB).
+const LINE_CHANNEL: usize = 256;
+/// Ship a batch at this many records …
+const BATCH_RECORDS: usize = 5000;
+/// … or this many bytes of JSON …
+const BATCH_BYTES: usize = 1024 * 1024;
+/// … or after this long.
+const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// At most this often a progress update is sent.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the progress file is read.
+const PROGRESS_POLL: Duration = Duration::from_millis(100);
+/// How long the pipes may stay open after the process group was killed.
+const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// A line for the spool writer.
+enum SpoolLine {
+    Output(Stream, String),
+    System(String),
+}
+
+type Progress = Arc<watch::Sender<Option<ProgressUpdate>>>;
+
+/// An attempt's log path: a channel into the spool writer, and the shipper behind it.
+pub struct LogPipeline {
+    tx: Option<mpsc::Sender<SpoolLine>>,
+    writer: Option<JoinHandle<()>>,
+    shipper: JoinHandle<Result<(), Abandoned>>,
+    masker: Arc<Masker>,
+}
+
+impl LogPipeline {
+    /// Creates the spool at `path` and starts its writer and shipper.
+    pub async fn open(
+        path: PathBuf,
+        limits: SpoolLimits,
+        reporter: Reporter,
+        masker: Arc<Masker>,
+    ) -> std::io::Result<LogPipeline> {
+        let (writer, reader) = tokio::task::spawn_blocking(move || spool::create(&path, limits))
+            .await
+            .map_err(std::io::Error::other)??;
+        let (tx, rx) = mpsc::channel(LINE_CHANNEL);
+        let writer = tokio::task::spawn_blocking(move || write_spool(writer, rx));
+        let shipper = tokio::spawn(ship_logs(reader, reporter).in_current_span());
+        Ok(LogPipeline {
+            tx: Some(tx),
+            writer: Some(writer),
+            shipper,
+            masker,
+        })
+    }
+
+    /// Appends a `system` record (secrets masked).
+    pub async fn system(&self, text: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx
+                .send(SpoolLine::System(self.masker.mask(text.to_string())))
+                .await;
+        }
+    }
+
+    /// No more lines: closes the spool once the writer has written everything.
+    pub async fn close(&mut self) {
+        self.tx = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.await;
+        }
+    }
+
+    /// Waits until every record was acknowledged (call after [`LogPipeline::close`]).
+    pub async fn shipped(mut self) -> Result<(), Abandoned> {
+        self.close().await;
+        (&mut self.shipper).await.unwrap_or(Err(Abandoned))
+    }
+
+    /// Stops shipping at once (the attempt is stale).
+    pub fn abort(self) {
+        self.shipper.abort();
+    }
+}
+
+/// The tasks that read a running job's output and progress, and send its progress.
+pub struct OutputTasks {
+    out_pump: JoinHandle<()>,
+    err_pump: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+    watcher_done: CancellationToken,
+    progress_sender: JoinHandle<()>,
+}
+
+impl OutputTasks {
+    /// Starts pumping `stdout`/`stderr` into `logs` and watching `progress_file`.
+    pub fn start(
+        stdout: ChildStdout,
+        stderr: ChildStderr,
+        logs: &LogPipeline,
+        progress_file: PathBuf,
+        reporter: Reporter,
+    ) -> OutputTasks {
+        let (progress_tx, progress_rx) = watch::channel(None);
+        let progress_tx = Arc::new(progress_tx);
+        let masker = logs.masker.clone();
+        let tx = logs.tx.clone().expect("the pipeline is open");
+        let watcher_done = CancellationToken::new();
+        OutputTasks {
+            out_pump: tokio::spawn(pump(
+                stdout,
+                Stream::Stdout,
+                tx.clone(),
+                masker.clone(),
+                Some(progress_tx.clone()),
+            )),
+            err_pump: tokio::spawn(pump(stderr, Stream::Stderr, tx, masker.clone(), None)),
+            watcher: tokio::spawn(watch_progress_file(
+                progress_file,
+                progress_tx,
+                masker,
+                watcher_done.clone(),
+            )),
+            watcher_done,
+            progress_sender: tokio::spawn(send_progress(progress_rx, reporter).in_current_span()),
+        }
+    }
+
+    /// After the job's group is dead: waits (bounded) for the pipes to close, and reads
+    /// the progress file one last time.
+    pub async fn settle(&mut self, logs: &LogPipeline) {
+        let pumps = async {
+            let _ = (&mut self.out_pump).await;
+            let _ = (&mut self.err_pump).await;
+        };
+        if tokio::time::timeout(PIPE_DRAIN_LIMIT, pumps).await.is_err() {
+            tracing::warn!("output pipes still open after the job ended; giving up on them");
+            self.out_pump.abort();
+            self.err_pump.abort();
+            logs.system("[drover] output pipes were still open after the job ended; the rest of its output is lost")
+                .await;
+        }
+        self.watcher_done.cancel();
+        let _ = (&mut self.watcher).await;
+    }
+
+    /// Waits until the last progress update was sent (call after [`OutputTasks::settle`]).
+    pub async fn progress_sent(self) {
+        let _ = self.progress_sender.await;
+    }
+
+    /// Stops everything at once.
+    pub fn abort(self) {
+        self.out_pump.abort();
+        self.err_pump.abort();
+        self.watcher.abort();
+        self.progress_sender.abort();
+    }
+}
+
+/// Owns the spool writer on a blocking thread; flushes after each burst of lines.
+fn write_spool(mut writer: SpoolWriter, mut rx: mpsc::Receiver<SpoolLine>) {
+    let mut failed = false;
+    let append = |w: &mut SpoolWriter, line: SpoolLine, failed: &mut bool| {
+        let r = match line {
+            SpoolLine::Output(stream, text) => w.append_output(stream, text),
+            SpoolLine::System(text) => w.append_system(text),
+        };
+        if let Err(e) = r {
+            if !*failed {
+                tracing::error!(error = %e, "cannot write the log spool; output is lost");
+            }
+            *failed = true;
+        }
+    };
+    while let Some(line) = rx.blocking_recv() {
+        append(&mut writer, line, &mut failed);
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(line) => append(&mut writer, line, &mut failed),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = writer.flush() {
+            tracing::error!(error = %e, "cannot flush the log spool");
+        }
+    }
+    if let Err(e) = writer.close() {
+        tracing::error!(error = %e, "cannot close the log spool");
+    }
+}
+
+/// Reads one output stream line by line into the spool channel.
+async fn pump(
+    pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    tx: mpsc::Sender<SpoolLine>,
+    masker: Arc<Masker>,
+    progress: Option<Progress>,
+) {
+    let mut lines = LineReader::new(
+        tokio::io::BufReader::with_capacity(64 * 1024, pipe),
+        MAX_LINE_BYTES,
+    );
+    loop {
+        let bytes = match lines.next_line().await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(?stream, error = %e, "reading job output failed");
+                break;
+            }
+        };
+        let text = masker.mask(String::from_utf8_lossy(&bytes).into_owned());
+        if let Some(progress) = &progress {
+            if let Some(update) = output::parse_progress_marker(&text) {
+                progress.send_replace(Some(update));
+            }
+        }
+        if tx.send(SpoolLine::Output(stream, text)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads lines appended to the progress file every [`PROGRESS_POLL`], until `done`.
+async fn watch_progress_file(
+    path: PathBuf,
+    tx: Progress,
+    masker: Arc<Masker>,
+    done: CancellationToken,
+) {
+    const MAX_PARTIAL: usize = 4096;
+    const MAX_PER_TICK: u64 = 1024 * 1024;
+    let mut offset = 0u64;
+    let mut partial: Vec<u8> = Vec::new();
+    let publish = |partial: &mut Vec<u8>| {
+        let line = masker.mask(String::from_utf8_lossy(partial).into_owned());
+        partial.clear();
+        if let Some(update) = output::parse_progress(&line) {
+            tx.send_replace(Some(update));
+        }
+    };
+    loop {
+        let last = tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_POLL) => false,
+            _ = done.cancelled() => true,
+        };
+        if let Ok(mut file) = tokio::fs::File::open(&path).await {
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                offset = 0;
+                partial.clear();
+            }
+            if len > offset && file.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                let mut chunk = Vec::new();
+                let n = (&mut file)
+                    .take(MAX_PER_TICK)
+                    .read_to_end(&mut chunk)
+                    .await
+                    .unwrap_or(0);
+                offset += n as u64;
+                for piece in chunk.split_inclusive(|b| *b == b'\n') {
+                    let room = MAX_PARTIAL.saturating_sub(partial.len());
+                    partial.extend_from_slice(&piece[..piece.len().min(room)]);
+                    if piece.ends_with(b"\n") {
+                        publish(&mut partial);
+                    }
+                }
+            }
+        }
+        if last {
+            if !partial.is_empty() {
+                publish(&mut partial);
+            }
+            return;
+        }
+    }
+}
+
+/// Ships spooled records in batches until the spool is closed and fully acknowledged.
+/// A batch the server refuses is skipped (and logged) rather than blocking the rest.
+async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Abandoned> {
+    loop {
+        let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
+                return Ok(());
+            }
+        };
+        if batch.records.is_empty() {
+            if reader.is_done() {
+                return Ok(());
+            }
+            reader.changed().await;
+            continue;
+        }
+        let body = LogBatch {
+            records: std::mem::take(&mut batch.records),
+        };
+        match reporter.logs(&body).await {
+            Ok(()) => {}
+            Err(GaveUp::Refused) => {
+                let first = body.records.first().map_or(0, |r| r.seq);
+                let last = body.records.last().map_or(0, |r| r.seq);
+                tracing::error!(
+                    first,
+                    last,
+                    "log records refused by the server; skipping them"
+                );
+            }
+            Err(GaveUp::Abandoned) => return Err(Abandoned),
+        }
+        reader.ack(&batch);
+        if !batch.full && !reader.is_done() {
+            tokio::time::sleep(BATCH_INTERVAL).await;
+        }
+    }
+}
+
+/// Sends progress updates, at most one per [`PROGRESS_INTERVAL`], always the last one.
+async fn send_progress(mut rx: watch::Receiver<Option<ProgressUpdate>>, reporter: Reporter) {
+    while rx.changed().await.is_ok() {
+        let Some(update) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if let Err(GaveUp::Abandoned) = reporter.progress(&update).await {
+            return;
+        }
+        tokio::time::sleep(PROGRESS_INTERVAL).await;
+    }
+}
