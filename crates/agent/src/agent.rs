@@ -25,6 +25,8 @@ use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
 
 /// Longest a poll is held open.
 const MAX_WAIT_MS: u64 = 25_000;
+/// An empty poll answer that came back sooner than this delays the next poll to it.
+const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
 /// After force-stop, server calls are retried this long before the agent gives up.
 const FORCE_REPORT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -36,7 +38,8 @@ struct Held {
 /// What the one outstanding server call (register or poll) came back with.
 enum CallResult {
     Registered(Result<RegisterResponse, CallError>),
-    Polled(Result<PollResponse, CallError>),
+    /// The answer and how long the server held the poll.
+    Polled(Result<PollResponse, CallError>, Duration),
 }
 
 type Call = Pin<Box<dyn Future<Output = CallResult> + Send>>;
@@ -246,17 +249,21 @@ impl Session {
                             delay = self.backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
                         }
-                        CallResult::Polled(Ok(resp)) => {
+                        CallResult::Polled(Ok(resp), held_for) => {
                             self.backoff.reset();
+                            let empty = resp.leases.is_empty() && resp.controls.is_empty();
                             if self.handle(resp) {
                                 delay = self.backoff.next_delay();
+                            } else if empty {
+                                // A server that answers empty polls at once must not make us spin.
+                                delay = MIN_EMPTY_POLL.saturating_sub(held_for);
                             }
                         }
-                        CallResult::Polled(Err(CallError::Unauthorized(msg))) => {
+                        CallResult::Polled(Err(CallError::Unauthorized(msg)), _) => {
                             tracing::warn!(%msg, "session token refused: registering again");
                             need_register = true;
                         }
-                        CallResult::Polled(Err(e)) => {
+                        CallResult::Polled(Err(e), _) => {
                             delay = self.backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed");
                         }
@@ -357,7 +364,9 @@ impl Session {
         let client = self.client.clone();
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            CallResult::Polled(client.poll(&req).await)
+            let sent = Instant::now();
+            let answer = client.poll(&req).await;
+            CallResult::Polled(answer, sent.elapsed())
         })
     }
 

@@ -37,7 +37,8 @@ pub struct AgentConfig {
     pub queues: Vec<String>,
     /// Most jobs run at once.
     pub slots: u32,
-    /// Holds workspaces (`workspaces/`) and log spools (`spool/`).
+    /// Holds workspaces (`workspaces/`) and log spools (`spool/`); one agent per work dir
+    /// (spools left by an earlier run are deleted at start).
     pub work_dir: PathBuf,
     /// How long running jobs may go on after SIGTERM before they are canceled.
     pub shutdown_timeout: Duration,
