@@ -248,12 +248,16 @@ async fn signals_and_exit_codes_map_to_outcomes() {
     assert_eq!(done.error.as_deref(), Some("killed by signal SIGKILL"));
 }
 
+/// Starts `sleep` in a new session and waits until it really left the job's session
+/// (so the group kill at the end cannot reach it), then exits.
+const ESCAPE: &str = "setsid sleep 30 & pid=$!; \
+    while [ \"$(cut -d' ' -f6 /proc/$pid/stat)\" = \"$(cut -d' ' -f6 /proc/$$/stat)\" ]; do sleep 0.01; done; \
+    echo $pid; echo bye";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_escapes_the_group_does_not_hang_the_attempt() {
     let (_server, api, _agent) = server_and_agent().await;
-    let job = api
-        .submit(SubmitRequest::shell("setsid sleep 30 & echo $!; echo bye"))
-        .await;
+    let job = api.submit(SubmitRequest::shell(ESCAPE)).await;
     let done = api.wait_done(&job.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
     let logs = api.logs(&job.id).await;

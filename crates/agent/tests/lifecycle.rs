@@ -22,7 +22,7 @@ async fn two_slots_never_run_more_than_two_jobs_at_once() {
     let mut ids = Vec::new();
     for _ in 0..5 {
         let cmd = format!(
-            "echo \"start $(date +%s%N)\" >> {t}; sleep 0.4; echo \"end $(date +%s%N)\" >> {t}",
+            "echo \"start $(date +%s%N)\" >> {t}; sleep 0.8; echo \"end $(date +%s%N)\" >> {t}",
             t = trace.display()
         );
         ids.push(api.submit(SubmitRequest::shell(cmd)).await.id);
