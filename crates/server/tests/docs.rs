@@ -25,8 +25,14 @@ fn architecture_names_only_paths_that_exist() {
         if chunk.starts_with("crates/") && !chunk.contains("/src") {
             crate_dir = Some(path.to_string());
         }
-        assert!(root.join(path).exists(), "ARCHITECTURE.md names {path}, which does not exist");
+        assert!(
+            root.join(path).exists(),
+            "ARCHITECTURE.md names {path}, which does not exist"
+        );
         named += 1;
     }
-    assert!(named > 10, "expected ARCHITECTURE.md to name the code's paths");
+    assert!(
+        named > 10,
+        "expected ARCHITECTURE.md to name the code's paths"
+    );
 }

@@ -8,7 +8,14 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::audit::audit_in_tx;
-use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
+use std::collections::HashMap;
+
+use super::{
+    from_ms, json_col, ms, opt_time, parse_col, to_json, values, Result, Store, StoreError,
+};
+
+/// Jobs per multi-row INSERT (20 parameters each; below SQLite's 32766 and PostgreSQL's 65535).
+const JOB_ROWS_PER_INSERT: usize = 500;
 
 /// Columns `job_from_row` reads.
 pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
@@ -158,67 +165,114 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Job, bool)>> {
+        enum Slot {
+            Existing(Job),
+            Fresh(usize),
+            /// A repeat of a key first seen earlier in this same batch.
+            Repeat(usize),
+        }
         let mut tx = self.write.begin().await?;
-        let mut out = Vec::with_capacity(jobs.len());
+        let mut slots = Vec::with_capacity(jobs.len());
+        let mut fresh: Vec<(String, ValidJob)> = Vec::with_capacity(jobs.len());
+        let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
         for job in jobs {
             if let Some(key) = &job.idempotency_key {
+                if let Some(&i) = keys_in_batch.get(key) {
+                    slots.push(Slot::Repeat(i));
+                    continue;
+                }
                 let existing: Option<String> =
                     sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
                         .bind(key)
                         .fetch_optional(&mut *tx)
                         .await?;
                 if let Some(id) = existing {
-                    out.push((job_in_tx(&mut tx, &id).await?, false));
+                    slots.push(Slot::Existing(job_in_tx(&mut tx, &id).await?));
                     continue;
                 }
+                keys_in_batch.insert(key.clone(), fresh.len());
             }
-            let id = uuid::Uuid::now_v7().to_string();
-            let mut required = job.labels.clone();
-            required.extend(job.exec.implied_labels());
-            sqlx::query(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, created_at, run_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-            )
-            .bind(&id)
-            .bind(&job.name)
-            .bind(&job.queue)
-            .bind(i64::from(job.priority.0))
-            .bind(JobState::Queued.as_str())
-            .bind(to_json(&job.exec))
-            .bind(to_json(&job.labels))
-            .bind(to_json(&required))
-            .bind(job.timeout_ms.map(|v| v.min(i64::MAX as u64) as i64))
-            .bind(job.grace_ms.min(i64::MAX as u64) as i64)
-            .bind(i64::from(job.max_attempts))
-            .bind(job.backoff.base_ms.min(i64::MAX as u64) as i64)
-            .bind(job.backoff.cap_ms.min(i64::MAX as u64) as i64)
-            .bind(to_json(&job.env))
-            .bind(self.sealer.seal(&job.secrets))
-            .bind(to_json(&job.metadata))
-            .bind(&job.idempotency_key)
-            .bind(ms(now))
-            .bind(ms(job.run_at))
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-            record_event(
-                &mut tx,
-                NewEvent {
-                    job_id: &id,
-                    kind: "submitted",
-                    from: None,
-                    to: JobState::Queued,
-                    attempt: None,
-                    actor,
-                    reason: None,
-                },
-                now,
-            )
-            .await?;
-            audit_in_tx(&mut tx, actor, "job.submit", &id, Some(&job.name), now).await?;
-            out.push((new_job_view(id, job, now), true));
+            slots.push(Slot::Fresh(fresh.len()));
+            fresh.push((uuid::Uuid::now_v7().to_string(), job));
+        }
+        // Multi-row statements: one round trip per chunk instead of three per job.
+        for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, created_at, run_at, updated_at) VALUES {}",
+                values(chunk.len(), 20)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, job) in chunk {
+                let mut required = job.labels.clone();
+                required.extend(job.exec.implied_labels());
+                q = q
+                    .bind(id.clone())
+                    .bind(job.name.clone())
+                    .bind(job.queue.clone())
+                    .bind(i64::from(job.priority.0))
+                    .bind(JobState::Queued.as_str())
+                    .bind(to_json(&job.exec))
+                    .bind(to_json(&job.labels))
+                    .bind(to_json(&required))
+                    .bind(job.timeout_ms.map(|v| v.min(i64::MAX as u64) as i64))
+                    .bind(job.grace_ms.min(i64::MAX as u64) as i64)
+                    .bind(i64::from(job.max_attempts))
+                    .bind(job.backoff.base_ms.min(i64::MAX as u64) as i64)
+                    .bind(job.backoff.cap_ms.min(i64::MAX as u64) as i64)
+                    .bind(to_json(&job.env))
+                    .bind(self.sealer.seal(&job.secrets))
+                    .bind(to_json(&job.metadata))
+                    .bind(job.idempotency_key.clone())
+                    .bind(ms(now))
+                    .bind(ms(job.run_at))
+                    .bind(ms(now));
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
+                values(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, _) in chunk {
+                q = q
+                    .bind(id.clone())
+                    .bind(ms(now))
+                    .bind("submitted")
+                    .bind(None::<String>)
+                    .bind(JobState::Queued.as_str())
+                    .bind(None::<i64>)
+                    .bind(actor.to_string())
+                    .bind(None::<String>);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES {}",
+                values(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, job) in chunk {
+                q = q
+                    .bind(ms(now))
+                    .bind(actor.to_string())
+                    .bind("job.submit")
+                    .bind(id.clone())
+                    .bind(Some(job.name.clone()));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(out)
+        let views: Vec<Job> = fresh
+            .into_iter()
+            .map(|(id, job)| new_job_view(id, job, now))
+            .collect();
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Existing(job) => (job, false),
+                Slot::Fresh(i) => (views[i].clone(), true),
+                Slot::Repeat(i) => (views[i].clone(), false),
+            })
+            .collect())
     }
 
     /// One job with its attempts.

@@ -1,7 +1,7 @@
 //! Lease verbs for agents: claim work, start, progress, finish, renew on poll, and the
 //! reaper's expiry of leases that were not renewed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -178,57 +178,80 @@ impl Store {
         }
         let next = transition(JobState::Queued, Event::Lease).expect("queued jobs can be leased");
         let expires = ms(now) + ttl.as_millis() as i64;
-        let mut leases = Vec::with_capacity(chosen.len());
-        for id in chosen {
-            let row = sqlx::query(
-                "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE id = $5 AND state = 'queued' RETURNING current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata",
-            )
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
+        // if another server took one in between (PostgreSQL without the row lock).
+        let sql = format!(
+            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata",
+            placeholders(4, chosen.len())
+        );
+        let mut q = sqlx::query(&sql)
             .bind(next.as_str())
             .bind(&agent.id)
             .bind(expires)
-            .bind(ms(now))
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let attempt = row.try_get::<i64, _>("current_attempt")? as u32;
-            sqlx::query(
-                "INSERT INTO attempts (job_id, number, agent_id, state, leased_at) VALUES ($1, $2, $3, 'leased', $4)",
-            )
-            .bind(&id)
-            .bind(i64::from(attempt))
-            .bind(&agent.id)
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await?;
-            let actor = format!("agent:{}", agent.id);
-            record_event(
-                &mut tx,
-                NewEvent {
-                    job_id: &id,
-                    kind: "leased",
-                    from: Some(JobState::Queued),
-                    to: next,
-                    attempt: Some(attempt),
-                    actor: &actor,
-                    reason: None,
-                },
-                now,
-            )
-            .await?;
-            leases.push(Lease {
-                job_id: id,
-                attempt,
+            .bind(ms(now));
+        for id in &chosen {
+            q = q.bind(id.clone());
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
+        let mut by_id = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let lease = Lease {
+                job_id: id.clone(),
+                attempt: row.try_get::<i64, _>("current_attempt")? as u32,
                 name: row.try_get("name")?,
-                exec: super::json_col(&row, "exec")?,
-                env: super::json_col(&row, "env")?,
+                exec: super::json_col(row, "exec")?,
+                env: super::json_col(row, "env")?,
                 secrets: self.sealer.open(&row.try_get::<String, _>("secrets")?)?,
                 timeout_ms: row
                     .try_get::<Option<i64>, _>("timeout_ms")?
                     .map(|v| v as u64),
                 grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
-                metadata: super::json_col(&row, "metadata")?,
-            });
+                metadata: super::json_col(row, "metadata")?,
+            };
+            by_id.insert(id, lease);
+        }
+        // Hand leases out in queue order.
+        let leases: Vec<Lease> = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
+        if leases.is_empty() {
+            return Ok(leases);
+        }
+        for chunk in leases.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO attempts (job_id, number, agent_id, state, leased_at) VALUES {}",
+                super::values(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q
+                    .bind(l.job_id.clone())
+                    .bind(i64::from(l.attempt))
+                    .bind(agent.id.clone())
+                    .bind("leased")
+                    .bind(ms(now));
+            }
+            q.execute(&mut *tx).await?;
+            let actor = format!("agent:{}", agent.id);
+            let sql = format!(
+            "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
+            super::values(chunk.len(), 8)
+        );
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q
+                    .bind(l.job_id.clone())
+                    .bind(ms(now))
+                    .bind("leased")
+                    .bind(Some(JobState::Queued.as_str()))
+                    .bind(next.as_str())
+                    .bind(Some(i64::from(l.attempt)))
+                    .bind(actor.clone())
+                    .bind(None::<String>);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(leases)

@@ -195,3 +195,11 @@ pub(crate) fn placeholders(offset: usize, n: usize) -> String {
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serializes")
 }
+
+/// `($1, …, $cols), ($cols+1, …)` for a multi-row INSERT of `rows` rows.
+pub(crate) fn values(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * cols, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
