@@ -1,0 +1,105 @@
+//! The typed HTTP client of the CLI; maps every HTTP failure to a `CliError`.
+
+use drover_core::api::ErrorBody;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::ClientConfig;
+use crate::error::{CliError, Result};
+
+/// A client bound to one server and token.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(cfg: &ClientConfig) -> Result<Client> {
+        let token = cfg.token.clone().ok_or_else(|| {
+            CliError::Auth(format!(
+                "no token for {}: pass --token or set DROVER_TOKEN (drover up prints one and saves it for local use)",
+                cfg.server
+            ))
+        })?;
+        if !cfg.server.starts_with("http://") && !cfg.server.starts_with("https://") {
+            return Err(CliError::Usage(format!("server URL {:?} must start with http:// or https://", cfg.server)));
+        }
+        let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| CliError::Usage(format!("cannot read CA file {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| CliError::Usage(format!("CA file {} is not a PEM certificate: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
+        Ok(Client { http, base: cfg.server.clone(), token })
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    /// Sends and maps failures; returns the successful response.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.connect_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.http_error(resp).await)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.send(self.request(Method::GET, path)).await?;
+        resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self.send(self.request(Method::POST, path).json(body)).await?;
+        resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let resp = self.send(self.request(Method::DELETE, path)).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        resp.json().await.map(Some).map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+    }
+
+    pub fn connect_error(&self, e: reqwest::Error) -> CliError {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            reason = s.to_string();
+            source = s.source();
+        }
+        CliError::Connect(format!(
+            "cannot reach the drover server at {} ({reason}); is it running? start one with `drover up`",
+            self.base
+        ))
+    }
+
+    async fn http_error(&self, resp: reqwest::Response) -> CliError {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let (message, details) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => {
+                let details: Vec<String> = body.error.details.iter().map(|d| format!("  {}: {}", d.field, d.message)).collect();
+                (body.error.message, details)
+            }
+            Err(_) => (format!("{status}: {}", text.trim()), Vec::new()),
+        };
+        let full = if details.is_empty() { message.clone() } else { format!("{message}\n{}", details.join("\n")) };
+        match status {
+            StatusCode::UNAUTHORIZED => CliError::Auth(format!("the server refused the token: {message}; pass --token or set DROVER_TOKEN")),
+            StatusCode::FORBIDDEN => CliError::Auth(format!("not allowed: {message}")),
+            StatusCode::NOT_FOUND => CliError::NotFound(message),
+            StatusCode::CONFLICT => CliError::Conflict(message),
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => CliError::Invalid(full),
+            _ => CliError::Other(format!("server error: {message}")),
+        }
+    }
+}

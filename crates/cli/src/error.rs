@@ -1,0 +1,46 @@
+//! What can go wrong in the CLI, and the exit code each failure gets.
+//!
+//! Exit codes: 0 ok · 1 the job failed, or another error · 2 usage (bad flags) ·
+//! 3 not found · 4 cannot connect, or the token was refused · 5 conflict (e.g. cancel of a
+//! finished job) · 6 the server rejected the input (400/413). `submit --wait` and `wait`
+//! exit with the job's own exit code, 124 when it timed out and 130 when it was canceled.
+
+/// A failure with the message to print and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Other(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::NotFound(_) => 3,
+            CliError::Connect(_) | CliError::Auth(_) => 4,
+            CliError::Conflict(_) => 5,
+            CliError::Invalid(_) => 6,
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Other(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CliError>;

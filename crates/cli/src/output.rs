@@ -1,0 +1,111 @@
+//! Output for people (aligned tables, states coloured on a terminal) and for scripts (JSON).
+
+use std::io::IsTerminal;
+
+use drover_core::JobState;
+
+/// Whether stdout is a terminal (colours, progress bars).
+pub fn stdout_is_tty() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+pub fn stderr_is_tty() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// A state name, coloured when `color`.
+pub fn state(s: JobState, color: bool) -> String {
+    if !color {
+        return s.to_string();
+    }
+    let code = match s {
+        JobState::Queued => "33",
+        JobState::Leased | JobState::Running => "36",
+        JobState::Succeeded => "32",
+        JobState::Failed | JobState::TimedOut => "31",
+        JobState::Canceled => "90",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
+}
+
+/// Prints rows as columns padded to the widest cell (ANSI colour codes do not count).
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let visible = |s: &str| strip_ansi(s).chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(visible(cell));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            out += cell;
+            if i + 1 < cells.len() {
+                out += &" ".repeat(widths[i] - visible(cell) + 2);
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Prints any API value as pretty JSON.
+pub fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("API values serialize"));
+}
+
+/// `1h02m`, `3m05s`, `4.2s`.
+pub fn elapsed(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds().max(0);
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{}s", s, (ms % 1000) / 100)
+    }
+}
+
+/// A 20-character progress bar.
+pub fn bar(percent: f64) -> String {
+    let filled = ((percent.clamp(0.0, 100.0) / 5.0).round()) as usize;
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_do_not_count_towards_width() {
+        assert_eq!(strip_ansi(&state(JobState::Failed, true)), "failed");
+        assert_eq!(state(JobState::Failed, false), "failed");
+    }
+
+    #[test]
+    fn elapsed_and_bar() {
+        assert_eq!(elapsed(chrono::Duration::milliseconds(4200)), "4.2s");
+        assert_eq!(elapsed(chrono::Duration::seconds(185)), "3m05s");
+        assert_eq!(elapsed(chrono::Duration::seconds(3720)), "1h02m");
+        assert_eq!(bar(50.0), "[##########----------]");
+    }
+}
