@@ -25,21 +25,39 @@ impl Client {
             ))
         })?;
         if !cfg.server.starts_with("http://") && !cfg.server.starts_with("https://") {
-            return Err(CliError::Usage(format!("server URL {:?} must start with http:// or https://", cfg.server)));
+            return Err(CliError::Usage(format!(
+                "server URL {:?} must start with http:// or https://",
+                cfg.server
+            )));
         }
-        let mut builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| CliError::Usage(format!("cannot read CA file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| CliError::Usage(format!("CA file {} is not a PEM certificate: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                CliError::Usage(format!("cannot read CA file {}: {e}", ca.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                CliError::Usage(format!(
+                    "CA file {} is not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
-        Ok(Client { http, base: cfg.server.clone(), token })
+        let http = builder
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
+        Ok(Client {
+            http,
+            base: cfg.server.clone(),
+            token,
+        })
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
     /// Sends and maps failures; returns the successful response.
@@ -53,12 +71,18 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.request(Method::GET, path)).await?;
-        resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let resp = self.send(self.request(Method::POST, path).json(body)).await?;
-        resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+        let resp = self
+            .send(self.request(Method::POST, path).json(body))
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
@@ -66,7 +90,10 @@ impl Client {
         if resp.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        resp.json().await.map(Some).map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
     pub fn connect_error(&self, e: reqwest::Error) -> CliError {
@@ -87,14 +114,25 @@ impl Client {
         let text = resp.text().await.unwrap_or_default();
         let (message, details) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => {
-                let details: Vec<String> = body.error.details.iter().map(|d| format!("  {}: {}", d.field, d.message)).collect();
+                let details: Vec<String> = body
+                    .error
+                    .details
+                    .iter()
+                    .map(|d| format!("  {}: {}", d.field, d.message))
+                    .collect();
                 (body.error.message, details)
             }
             Err(_) => (format!("{status}: {}", text.trim()), Vec::new()),
         };
-        let full = if details.is_empty() { message.clone() } else { format!("{message}\n{}", details.join("\n")) };
+        let full = if details.is_empty() {
+            message.clone()
+        } else {
+            format!("{message}\n{}", details.join("\n"))
+        };
         match status {
-            StatusCode::UNAUTHORIZED => CliError::Auth(format!("the server refused the token: {message}; pass --token or set DROVER_TOKEN")),
+            StatusCode::UNAUTHORIZED => CliError::Auth(format!(
+                "the server refused the token: {message}; pass --token or set DROVER_TOKEN"
+            )),
             StatusCode::FORBIDDEN => CliError::Auth(format!("not allowed: {message}")),
             StatusCode::NOT_FOUND => CliError::NotFound(message),
             StatusCode::CONFLICT => CliError::Conflict(message),

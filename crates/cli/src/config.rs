@@ -15,7 +15,13 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "DROVER_SERVER", hide_env = true)]
     pub server: Option<String>,
     /// API token [env: DROVER_TOKEN] (default: the context `drover up` wrote).
-    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env = true, hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// CA certificate (PEM) to trust for an https:// server [env: DROVER_CA_FILE].
     #[arg(long, global = true, env = "DROVER_CA_FILE", hide_env = true)]
@@ -49,7 +55,9 @@ pub fn context_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
         return PathBuf::from(dir).join("drover");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".config").join("drover")
 }
 
@@ -60,7 +68,8 @@ pub fn read_context() -> Option<Context> {
 
 pub fn write_context(ctx: &Context) -> Result<PathBuf> {
     let dir = context_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join("context.toml");
     write_private(&path, &toml::to_string(ctx).expect("context serializes"))?;
     Ok(path)
@@ -99,8 +108,16 @@ impl ClientArgs {
             .or_else(|| ctx.as_ref().map(|c| c.server.clone()))
             .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
         // A context token only belongs to the context's server.
-        let token = self.token.clone().or_else(|| ctx.filter(|c| c.server == server).map(|c| c.token));
-        ClientConfig { server: server.trim_end_matches('/').to_string(), token, ca_file: self.ca_file.clone(), output: self.output }
+        let token = self
+            .token
+            .clone()
+            .or_else(|| ctx.filter(|c| c.server == server).map(|c| c.token));
+        ClientConfig {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            ca_file: self.ca_file.clone(),
+            output: self.output,
+        }
     }
 }
 
@@ -143,10 +160,14 @@ pub struct AgentFile {
 
 impl FileConfig {
     pub fn load(path: Option<&Path>) -> Result<FileConfig> {
-        let Some(path) = path else { return Ok(FileConfig::default()) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::Usage(format!("cannot read config file {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| CliError::Usage(format!("config file {} is invalid: {e}", path.display())))
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| CliError::Usage(format!("config file {} is invalid: {e}", path.display())))
     }
 }
 
@@ -155,7 +176,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 5m, 1h30m"))
+    humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 5m, 1h30m"))
 }
 
 #[cfg(test)]

@@ -40,25 +40,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a server, local agents and a client context on this machine (like `nomad agent -dev`).
-    #[command(after_help = "Examples:\n  drover up\n  drover up --port 8080 --data /tmp/drover --agents 2")]
+    #[command(
+        after_help = "Examples:\n  drover up\n  drover up --port 8080 --data /tmp/drover --agents 2"
+    )]
     Up(commands::run::UpArgs),
     /// Run the control plane: queue, leases, logs and the HTTP API.
-    #[command(after_help = "Examples:\n  drover server --listen 0.0.0.0:7070 --data /var/lib/drover\n  drover server --database postgres://drover@db/drover --config /etc/drover.toml")]
+    #[command(
+        after_help = "Examples:\n  drover server --listen 0.0.0.0:7070 --data /var/lib/drover\n  drover server --database postgres://drover@db/drover --config /etc/drover.toml"
+    )]
     Server(commands::run::ServerArgs),
     /// Run an agent that leases and runs jobs.
-    #[command(after_help = "Examples:\n  drover agent --server http://queue:7070 --token $JOIN_TOKEN --labels gpu=a100 --slots 4\n  DROVER_SERVER=http://queue:7070 DROVER_TOKEN=... drover agent --exit-after-job")]
+    #[command(
+        after_help = "Examples:\n  drover agent --server http://queue:7070 --token $JOIN_TOKEN --labels gpu=a100 --slots 4\n  DROVER_SERVER=http://queue:7070 DROVER_TOKEN=... drover agent --exit-after-job"
+    )]
     Agent(commands::run::AgentArgs),
     /// Submit a job; the words after `--` are one shell command line (run with `bash -c`).
-    #[command(after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi")]
+    #[command(
+        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi"
+    )]
     Submit(commands::jobs::SubmitArgs),
     /// Show one job.
-    #[command(after_help = "Examples:\n  drover status 01932f...\n  drover status -o json 01932f... | jq .state")]
+    #[command(
+        after_help = "Examples:\n  drover status 01932f...\n  drover status -o json 01932f... | jq .state"
+    )]
     Status { job: String },
     /// List jobs, newest first.
-    #[command(after_help = "Examples:\n  drover ls\n  drover ls --state failed --queue gpu --limit 20")]
+    #[command(
+        after_help = "Examples:\n  drover ls\n  drover ls --state failed --queue gpu --limit 20"
+    )]
     Ls(commands::jobs::LsArgs),
     /// Print a job's output (stdout records to stdout, stderr and drover's own lines to stderr).
-    #[command(after_help = "Examples:\n  drover logs JOB\n  drover logs -f JOB\n  drover logs --attempt 1 --stream stderr JOB")]
+    #[command(
+        after_help = "Examples:\n  drover logs JOB\n  drover logs -f JOB\n  drover logs --attempt 1 --stream stderr JOB"
+    )]
     Logs(commands::jobs::LogsArgs),
     /// Cancel a job (a running one is stopped: SIGTERM, grace period, SIGKILL).
     #[command(after_help = "Example:\n  drover cancel JOB")]
@@ -97,7 +111,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -69,7 +69,10 @@ fn strip_ansi(s: &str) -> String {
 
 /// Prints any API value as pretty JSON.
 pub fn json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("API values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("API values serialize")
+    );
 }
 
 /// `1h02m`, `3m05s`, `4.2s`.

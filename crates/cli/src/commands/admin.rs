@@ -25,20 +25,37 @@ pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
                 a.name.clone(),
                 a.status.clone(),
                 format!("{}/{}", a.running, a.slots),
-                a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                a.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 format!("{:.0}%", a.stats.cpu_percent),
                 format!("{} ago", output::elapsed(now - a.last_seen_at)),
             ]
         })
         .collect();
-    output::table(&["ID", "NAME", "STATUS", "RUNNING", "LABELS", "CPU", "LAST SEEN"], &rows);
+    output::table(
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "RUNNING",
+            "LABELS",
+            "CPU",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once.
-    #[command(after_help = "Examples:\n  drover token create --scope submit --name ci --expires 30d\n  drover token create --scope bootstrap --name burst-1 --label pool=burst")]
+    #[command(
+        after_help = "Examples:\n  drover token create --scope submit --name ci --expires 30d\n  drover token create --scope bootstrap --name burst-1 --label pool=burst"
+    )]
     Create {
         #[arg(long)]
         name: String,
@@ -59,25 +76,47 @@ pub enum TokenCommand {
 }
 
 fn token_rows(tokens: &[TokenView]) -> Vec<Vec<String>> {
-    let t = |v: Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
+    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
+        v.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default()
+    };
     tokens
         .iter()
-        .map(|tok| vec![tok.id.clone(), tok.name.clone(), tok.scope.clone(), t(Some(tok.created_at)), t(tok.expires_at), t(tok.revoked_at), t(tok.used_at)])
+        .map(|tok| {
+            vec![
+                tok.id.clone(),
+                tok.name.clone(),
+                tok.scope.clone(),
+                t(Some(tok.created_at)),
+                t(tok.expires_at),
+                t(tok.revoked_at),
+                t(tok.used_at),
+            ]
+        })
         .collect()
 }
 
 pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
     let client = Client::new(cfg)?;
     match cmd {
-        TokenCommand::Create { name, scope, expires, labels } => {
-            let labels = drover_core::labels::parse(&labels).map_err(crate::error::CliError::Usage)?;
+        TokenCommand::Create {
+            name,
+            scope,
+            expires,
+            labels,
+        } => {
+            let labels =
+                drover_core::labels::parse(&labels).map_err(crate::error::CliError::Usage)?;
             let body = serde_json::json!({"name": name, "scope": scope, "expires_in_secs": expires.map(|d| d.as_secs().max(1)), "labels": labels});
             let created: CreatedToken = client.post("/v1/tokens", &body).await?;
             match cfg.output {
                 OutputFormat::Json => output::json(&created),
                 OutputFormat::Table => {
                     println!("{}", created.token);
-                    eprintln!("token {} ({}) created; the secret above is shown only now", created.info.id, created.info.scope);
+                    eprintln!(
+                        "token {} ({}) created; the secret above is shown only now",
+                        created.info.id, created.info.scope
+                    );
                 }
             }
         }
@@ -85,7 +124,12 @@ pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
             let list: TokenList = client.get("/v1/tokens").await?;
             match cfg.output {
                 OutputFormat::Json => output::json(&list),
-                OutputFormat::Table => output::table(&["ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED", "USED"], &token_rows(&list.tokens)),
+                OutputFormat::Table => output::table(
+                    &[
+                        "ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "REVOKED", "USED",
+                    ],
+                    &token_rows(&list.tokens),
+                ),
             }
         }
         TokenCommand::Revoke { id } => {
@@ -101,7 +145,9 @@ pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
 
 pub async fn audit(cfg: &ClientConfig, limit: u32) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let page: AuditPage = client.get(&format!("/v1/audit?limit={}", limit.clamp(1, 1000))).await?;
+    let page: AuditPage = client
+        .get(&format!("/v1/audit?limit={}", limit.clamp(1, 1000)))
+        .await?;
     if cfg.output == OutputFormat::Json {
         output::json(&page);
         return Ok(0);
@@ -109,7 +155,15 @@ pub async fn audit(cfg: &ClientConfig, limit: u32) -> Result<i32> {
     let rows: Vec<Vec<String>> = page
         .entries
         .iter()
-        .map(|e| vec![e.at.format("%Y-%m-%d %H:%M:%S").to_string(), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.clone().unwrap_or_default()])
+        .map(|e| {
+            vec![
+                e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.detail.clone().unwrap_or_default(),
+            ]
+        })
         .collect();
     output::table(&["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"], &rows);
     Ok(0)

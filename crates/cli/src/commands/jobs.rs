@@ -21,7 +21,9 @@ fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
 }
 
 fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("{s:?} has an empty key"));
     }
@@ -95,24 +97,35 @@ pub struct SubmitArgs {
 impl SubmitArgs {
     fn exec(&self) -> Result<Exec> {
         if let Some(path) = &self.script {
-            let body = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("cannot read script {}: {e}", path.display())))?;
+            let body = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!("cannot read script {}: {e}", path.display()))
+            })?;
             let interpreter = self.interpreter.clone().unwrap_or_default();
             return Ok(Exec::Script { interpreter, body });
         }
         if let Some(image) = &self.image {
-            let command = (!self.command.is_empty()).then(|| DockerCommand::Argv(self.command.clone()));
+            let command =
+                (!self.command.is_empty()).then(|| DockerCommand::Argv(self.command.clone()));
             // Built through serde so fields added to the spec keep their defaults.
-            let spec: DockerSpec = serde_json::from_value(serde_json::json!({ "image": image, "command": command }))
-                .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
+            let spec: DockerSpec =
+                serde_json::from_value(serde_json::json!({ "image": image, "command": command }))
+                    .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
             return Ok(Exec::Docker(Box::new(spec)));
         }
         if self.command.is_empty() {
-            return Err(CliError::Usage("nothing to run: give the command after `--`, e.g. `drover submit -- echo hello`".into()));
+            return Err(CliError::Usage(
+                "nothing to run: give the command after `--`, e.g. `drover submit -- echo hello`"
+                    .into(),
+            ));
         }
         if self.no_shell {
-            return Ok(Exec::Process { argv: self.command.clone() });
+            return Ok(Exec::Process {
+                argv: self.command.clone(),
+            });
         }
-        Ok(Exec::Shell { command: self.command.join(" ") })
+        Ok(Exec::Shell {
+            command: self.command.join(" "),
+        })
     }
 
     fn request(&self) -> Result<SubmitRequest> {
@@ -175,7 +188,16 @@ fn report_end(cfg: &ClientConfig, job: &Job) -> i32 {
         OutputFormat::Json => output::json(job),
         OutputFormat::Table if job.state != JobState::Succeeded => {
             let why = job.error.clone().unwrap_or_default();
-            eprintln!("job {} {}{}", job.id, job.state, if why.is_empty() { String::new() } else { format!(": {why}") });
+            eprintln!(
+                "job {} {}{}",
+                job.id,
+                job.state,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            );
         }
         OutputFormat::Table => {}
     }
@@ -205,9 +227,16 @@ async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
         if live {
             let since = job.started_at.unwrap_or(job.created_at);
             let pct = job.progress.as_ref().map_or(0.0, |p| p.percent);
-            let msg = job.progress.as_ref().map_or(String::new(), |p| p.message.clone());
+            let msg = job
+                .progress
+                .as_ref()
+                .map_or(String::new(), |p| p.message.clone());
             let state = output::state(job.state, true);
-            eprint!("\r\x1b[2K{state} {} {pct:>3.0}% {msg} {}", output::bar(pct), output::elapsed(chrono::Utc::now() - since));
+            eprint!(
+                "\r\x1b[2K{state} {} {pct:>3.0}% {msg} {}",
+                output::bar(pct),
+                output::elapsed(chrono::Utc::now() - since)
+            );
             let _ = std::io::stderr().flush();
         }
         if job.state.is_terminal() {
@@ -234,10 +263,20 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
         return Ok(0);
     }
     let color = output::stdout_is_tty();
-    let t = |v: Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
+        v.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+    };
     println!("id:        {}", job.id);
     println!("name:      {}", job.name);
-    println!("state:     {}{}", output::state(job.state, color), if job.cancel_requested { " (cancel requested)" } else { "" });
+    println!(
+        "state:     {}{}",
+        output::state(job.state, color),
+        if job.cancel_requested {
+            " (cancel requested)"
+        } else {
+            ""
+        }
+    );
     println!("command:   {}", job.exec.display());
     println!("queue:     {} (priority {})", job.queue, job.priority);
     println!("attempts:  {} of {}", job.attempts_used, job.max_attempts);
@@ -261,7 +300,15 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
         let rows: Vec<Vec<String>> = job
             .attempts
             .iter()
-            .map(|a| vec![a.number.to_string(), a.state.as_str().to_string(), a.agent_id.clone(), a.exit_code.map(|c| c.to_string()).unwrap_or_default(), a.error.clone().unwrap_or_default()])
+            .map(|a| {
+                vec![
+                    a.number.to_string(),
+                    a.state.as_str().to_string(),
+                    a.agent_id.clone(),
+                    a.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    a.error.clone().unwrap_or_default(),
+                ]
+            })
             .collect();
         output::table(&["ATTEMPT", "STATE", "AGENT", "EXIT", "ERROR"], &rows);
     }
@@ -311,7 +358,12 @@ pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
             ]
         })
         .collect();
-    output::table(&["ID", "NAME", "STATE", "QUEUE", "ATTEMPTS", "EXIT", "CREATED"], &rows);
+    output::table(
+        &[
+            "ID", "NAME", "STATE", "QUEUE", "ATTEMPTS", "EXIT", "CREATED",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -326,7 +378,9 @@ fn truncate(s: &str, n: usize) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -361,7 +415,14 @@ pub async fn logs(cfg: &ClientConfig, args: LogsArgs) -> Result<i32> {
     let client = Client::new(cfg)?;
     let json = cfg.output == OutputFormat::Json;
     if args.follow {
-        follow_logs_as(&client, &args.job, args.attempt, args.stream.as_deref(), json).await?;
+        follow_logs_as(
+            &client,
+            &args.job,
+            args.attempt,
+            args.stream.as_deref(),
+            json,
+        )
+        .await?;
         return Ok(0);
     }
     let mut after = 0;
@@ -384,13 +445,24 @@ pub async fn logs(cfg: &ClientConfig, args: LogsArgs) -> Result<i32> {
     }
 }
 
-async fn follow_logs(client: &Client, id: &str, attempt: Option<u32>, stream: Option<&str>) -> Result<()> {
+async fn follow_logs(
+    client: &Client,
+    id: &str,
+    attempt: Option<u32>,
+    stream: Option<&str>,
+) -> Result<()> {
     follow_logs_as(client, id, attempt, stream, false).await
 }
 
 /// Streams the log over SSE until its `end` event; after a dropped connection it resumes
 /// after the last `seq` printed, so no line is repeated or lost.
-async fn follow_logs_as(client: &Client, id: &str, attempt: Option<u32>, stream: Option<&str>, json: bool) -> Result<()> {
+async fn follow_logs_as(
+    client: &Client,
+    id: &str,
+    attempt: Option<u32>,
+    stream: Option<&str>,
+    json: bool,
+) -> Result<()> {
     let mut after = 0u64;
     let mut attempt = attempt;
     let mut failures = 0;
@@ -424,7 +496,13 @@ async fn follow_logs_as(client: &Client, id: &str, attempt: Option<u32>, stream:
                 let (mut kind, mut data) = ("message", String::new());
                 for line in event.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
-                        kind = if v.trim() == "end" { "end" } else if v.trim() == "record" { "record" } else { "other" };
+                        kind = if v.trim() == "end" {
+                            "end"
+                        } else if v.trim() == "record" {
+                            "record"
+                        } else {
+                            "other"
+                        };
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     }
@@ -461,10 +539,14 @@ async fn follow_logs_as(client: &Client, id: &str, attempt: Option<u32>, stream:
 
 pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let job: Job = client.post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({})).await?;
+    let job: Job = client
+        .post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+        .await?;
     match cfg.output {
         OutputFormat::Json => output::json(&job),
-        OutputFormat::Table if job.cancel_requested => println!("{}: cancel requested; the agent is stopping it", job.id),
+        OutputFormat::Table if job.cancel_requested => {
+            println!("{}: cancel requested; the agent is stopping it", job.id)
+        }
         OutputFormat::Table => println!("{}: {}", job.id, job.state),
     }
     Ok(0)
@@ -472,7 +554,9 @@ pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
 
 pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let job: Job = client.post(&format!("/v1/jobs/{id}/retry"), &serde_json::json!({})).await?;
+    let job: Job = client
+        .post(&format!("/v1/jobs/{id}/retry"), &serde_json::json!({}))
+        .await?;
     match cfg.output {
         OutputFormat::Json => output::json(&job),
         OutputFormat::Table => println!("{}: queued again", job.id),
@@ -494,13 +578,22 @@ pub async fn events(cfg: &ClientConfig, id: &str) -> Result<i32> {
             vec![
                 e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
                 e.kind.clone(),
-                format!("{} → {}", e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()), e.to_state),
+                format!(
+                    "{} → {}",
+                    e.from_state
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    e.to_state
+                ),
                 e.attempt.map(|a| a.to_string()).unwrap_or_default(),
                 e.actor.clone(),
                 e.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    output::table(&["AT", "EVENT", "STATE", "ATTEMPT", "ACTOR", "REASON"], &rows);
+    output::table(
+        &["AT", "EVENT", "STATE", "ATTEMPT", "ACTOR", "REASON"],
+        &rows,
+    );
     Ok(0)
 }

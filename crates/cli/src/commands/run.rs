@@ -41,10 +41,20 @@ pub struct ServerArgs {
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
     /// Admin token to accept (default: generated once, kept in DATA/tokens.toml).
-    #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DROVER_ADMIN_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
     /// Join token agents register with (default: generated once, kept in DATA/tokens.toml).
-    #[arg(long, env = "DROVER_JOIN_TOKEN", hide_env = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DROVER_JOIN_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
     join_token: Option<String>,
 }
 
@@ -60,36 +70,67 @@ struct Tokens {
 fn random_token(prefix: &str) -> String {
     use rand::Rng;
     let bytes: [u8; 24] = rand::thread_rng().gen();
-    format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "{prefix}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// Loads DATA/tokens.toml, creating it on first start. Returns the tokens and whether they are new.
 fn local_tokens(data: &Path) -> Result<(Tokens, bool)> {
     let path = data.join("tokens.toml");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let t = toml::from_str(&text).map_err(|e| CliError::Other(format!("{} is damaged ({e}); remove it to make new tokens", path.display())))?;
+        let t = toml::from_str(&text).map_err(|e| {
+            CliError::Other(format!(
+                "{} is damaged ({e}); remove it to make new tokens",
+                path.display()
+            ))
+        })?;
         return Ok((t, false));
     }
-    std::fs::create_dir_all(data).map_err(|e| CliError::Other(format!("cannot create data directory {}: {e}", data.display())))?;
-    let t = Tokens { admin: random_token("drc_"), join: random_token("drj_") };
+    std::fs::create_dir_all(data).map_err(|e| {
+        CliError::Other(format!(
+            "cannot create data directory {}: {e}",
+            data.display()
+        ))
+    })?;
+    let t = Tokens {
+        admin: random_token("drc_"),
+        join: random_token("drj_"),
+    };
     config::write_private(&path, &toml::to_string(&t).expect("tokens serialize"))?;
     Ok((t, true))
 }
 
 fn init_tracing(format: &str, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn server_config(args: &ServerArgs, file: &FileConfig) -> Result<ServerConfig> {
     let f = &file.server;
-    let data = args.data.clone().or_else(|| f.data.clone()).unwrap_or_else(crate::default_data_dir);
+    let data = args
+        .data
+        .clone()
+        .or_else(|| f.data.clone())
+        .unwrap_or_else(crate::default_data_dir);
     let mut cfg = ServerConfig::new(data);
     if let Some(listen) = args.listen {
         cfg.listen = listen;
     } else if let Some(l) = &f.listen {
-        cfg.listen = l.parse().map_err(|_| CliError::Usage(format!("listen address {l:?} in the config file is not host:port")))?;
+        cfg.listen = l.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "listen address {l:?} in the config file is not host:port"
+            ))
+        })?;
     }
     cfg.database_url = args.database.clone().or_else(|| f.database.clone());
     if let Some(ttl) = args.lease_ttl {
@@ -101,17 +142,26 @@ fn server_config(args: &ServerArgs, file: &FileConfig) -> Result<ServerConfig> {
         return Err(CliError::Usage("lease TTL must be at least 1s".into()));
     }
     cfg.public_metrics = args.public_metrics || f.public_metrics.unwrap_or(false);
-    match (args.tls_cert.clone().or_else(|| f.tls_cert.clone()), args.tls_key.clone().or_else(|| f.tls_key.clone())) {
+    match (
+        args.tls_cert.clone().or_else(|| f.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| f.tls_key.clone()),
+    ) {
         (Some(cert), Some(key)) => cfg.tls = Some(TlsFiles { cert, key }),
         (None, None) => {}
-        _ => return Err(CliError::Usage("give both a TLS certificate and a key".into())),
+        _ => {
+            return Err(CliError::Usage(
+                "give both a TLS certificate and a key".into(),
+            ))
+        }
     }
     Ok(cfg)
 }
 
 async fn wait_for_signal(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -121,7 +171,11 @@ async fn wait_for_signal(token: CancellationToken) {
 
 pub async fn server(args: ServerArgs) -> Result<i32> {
     let file = FileConfig::load(args.config.as_deref())?;
-    let format = args.log_format.clone().or_else(|| file.server.log_format.clone()).unwrap_or_else(|| "text".into());
+    let format = args
+        .log_format
+        .clone()
+        .or_else(|| file.server.log_format.clone())
+        .unwrap_or_else(|| "text".into());
     init_tracing(&format, "info");
     let mut cfg = server_config(&args, &file)?;
     let (admin, join) = match (&args.admin_token, &args.join_token) {
@@ -129,19 +183,40 @@ pub async fn server(args: ServerArgs) -> Result<i32> {
         _ => {
             let (t, new) = local_tokens(&cfg.data_dir)?;
             if new {
-                eprintln!("created tokens (kept in {}):\n  admin: {}\n  join:  {}", cfg.data_dir.join("tokens.toml").display(), t.admin, t.join);
+                eprintln!(
+                    "created tokens (kept in {}):\n  admin: {}\n  join:  {}",
+                    cfg.data_dir.join("tokens.toml").display(),
+                    t.admin,
+                    t.join
+                );
             }
-            (args.admin_token.clone().unwrap_or(t.admin), args.join_token.clone().unwrap_or(t.join))
+            (
+                args.admin_token.clone().unwrap_or(t.admin),
+                args.join_token.clone().unwrap_or(t.join),
+            )
         }
     };
     cfg.bootstrap_tokens = vec![
-        BootstrapToken { name: "admin".into(), scope: Scope::Admin, secret: admin },
-        BootstrapToken { name: "join".into(), scope: Scope::Join, secret: join },
+        BootstrapToken {
+            name: "admin".into(),
+            scope: Scope::Admin,
+            secret: admin,
+        },
+        BootstrapToken {
+            name: "join".into(),
+            scope: Scope::Join,
+            secret: join,
+        },
     ];
-    let server = Server::bind(cfg).await.map_err(|e| CliError::Other(e.to_string()))?;
+    let server = Server::bind(cfg)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    server.serve(shutdown).await.map_err(|e| CliError::Other(e.to_string()))?;
+    server
+        .serve(shutdown)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
     Ok(0)
 }
 
@@ -188,16 +263,34 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
     init_tracing(&args.log_format, "info");
     let file = FileConfig::load(args.config.as_deref())?;
     let f = &file.agent;
-    let server = args.server.clone().or_else(|| f.server.clone()).ok_or_else(|| CliError::Usage("no server: pass --server URL or set DROVER_SERVER".into()))?;
+    let server = args
+        .server
+        .clone()
+        .or_else(|| f.server.clone())
+        .ok_or_else(|| {
+            CliError::Usage("no server: pass --server URL or set DROVER_SERVER".into())
+        })?;
     let token = args.token.clone().or_else(|| f.token.clone()).ok_or_else(|| CliError::Usage("no join token: pass --token or set DROVER_TOKEN (the server prints one at first start)".into()))?;
-    let work_dir = args.work_dir.clone().or_else(|| f.work_dir.clone()).unwrap_or_else(|| PathBuf::from(".drover-agent"));
+    let work_dir = args
+        .work_dir
+        .clone()
+        .or_else(|| f.work_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(".drover-agent"));
     let mut cfg = drover_agent::AgentConfig::new(server, token, work_dir);
     if let Some(n) = args.name.clone().or_else(|| f.name.clone()) {
         cfg.name = n;
     }
-    let label_items = if args.labels.is_empty() { f.labels.clone().unwrap_or_default() } else { args.labels.clone() };
+    let label_items = if args.labels.is_empty() {
+        f.labels.clone().unwrap_or_default()
+    } else {
+        args.labels.clone()
+    };
     cfg.labels = drover_core::labels::parse(&label_items).map_err(CliError::Usage)?;
-    cfg.queues = if args.queues.is_empty() { f.queues.clone().unwrap_or_default() } else { args.queues.clone() };
+    cfg.queues = if args.queues.is_empty() {
+        f.queues.clone().unwrap_or_default()
+    } else {
+        args.queues.clone()
+    };
     if let Some(s) = args.slots.or(f.slots) {
         if s == 0 {
             return Err(CliError::Usage("--slots must be at least 1".into()));
@@ -212,7 +305,9 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
     cfg.exit_after_job = args.exit_after_job;
     cfg.keep_workspaces = args.keep_workspaces || f.keep_workspaces.unwrap_or(false);
     let signals = drover_agent::install_signal_handlers();
-    let exit = drover_agent::run(cfg, signals).await.map_err(|e| CliError::Other(e.to_string()))?;
+    let exit = drover_agent::run(cfg, signals)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
     Ok(exit.code())
 }
 
@@ -235,11 +330,21 @@ pub async fn up(args: UpArgs) -> Result<i32> {
     let mut cfg = ServerConfig::new(args.data.join("server"));
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], args.port));
     cfg.bootstrap_tokens = vec![
-        BootstrapToken { name: "admin".into(), scope: Scope::Admin, secret: tokens.admin.clone() },
-        BootstrapToken { name: "join".into(), scope: Scope::Join, secret: tokens.join.clone() },
+        BootstrapToken {
+            name: "admin".into(),
+            scope: Scope::Admin,
+            secret: tokens.admin.clone(),
+        },
+        BootstrapToken {
+            name: "join".into(),
+            scope: Scope::Join,
+            secret: tokens.join.clone(),
+        },
     ];
     let server = Server::bind(cfg).await.map_err(|e| match e {
-        drover_server::ServerError::Bind { .. } => CliError::Other(format!("{e}; is another drover running? pick another port with --port")),
+        drover_server::ServerError::Bind { .. } => CliError::Other(format!(
+            "{e}; is another drover running? pick another port with --port"
+        )),
         other => CliError::Other(other.to_string()),
     })?;
     let url = format!("http://{}", server.local_addr());
@@ -249,17 +354,30 @@ pub async fn up(args: UpArgs) -> Result<i32> {
     let signals = drover_agent::AgentSignals::default();
     let mut agents = Vec::new();
     for i in 0..args.agents {
-        let mut a = drover_agent::AgentConfig::new(url.clone(), tokens.join.clone(), args.data.join("agents").join(i.to_string()));
+        let mut a = drover_agent::AgentConfig::new(
+            url.clone(),
+            tokens.join.clone(),
+            args.data.join("agents").join(i.to_string()),
+        );
         a.name = format!("{}-{i}", a.name);
         a.shutdown_timeout = Duration::from_secs(10);
         agents.push(tokio::spawn(drover_agent::run(a, signals.clone())));
     }
-    let ctx_path = config::write_context(&config::Context { server: url.clone(), token: tokens.admin.clone() })?;
+    let ctx_path = config::write_context(&config::Context {
+        server: url.clone(),
+        token: tokens.admin.clone(),
+    })?;
     println!("drover is up at {url}");
     println!("  data:        {}", args.data.display());
     println!("  admin token: {}", tokens.admin);
-    println!("  join token:  {}  (for agents on other machines)", tokens.join);
-    println!("  context:     {} (drover commands here need no flags)", ctx_path.display());
+    println!(
+        "  join token:  {}  (for agents on other machines)",
+        tokens.join
+    );
+    println!(
+        "  context:     {} (drover commands here need no flags)",
+        ctx_path.display()
+    );
     println!();
     println!("try:  drover submit --follow -- 'for i in 1 2 3; do echo step $i; sleep 1; done'");
     println!("stop: Ctrl-C (twice to stop running jobs at once)");

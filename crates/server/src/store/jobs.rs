@@ -166,7 +166,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<(Job, bool)>> {
         enum Slot {
-            Existing(Job),
+            Existing(Box<Job>),
             Fresh(usize),
             /// A repeat of a key first seen earlier in this same batch.
             Repeat(usize),
@@ -187,7 +187,7 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 if let Some(id) = existing {
-                    slots.push(Slot::Existing(job_in_tx(&mut tx, &id).await?));
+                    slots.push(Slot::Existing(Box::new(job_in_tx(&mut tx, &id).await?)));
                     continue;
                 }
                 keys_in_batch.insert(key.clone(), fresh.len());
@@ -268,7 +268,7 @@ impl Store {
         Ok(slots
             .into_iter()
             .map(|slot| match slot {
-                Slot::Existing(job) => (job, false),
+                Slot::Existing(job) => (*job, false),
                 Slot::Fresh(i) => (views[i].clone(), true),
                 Slot::Repeat(i) => (views[i].clone(), false),
             })
