@@ -331,7 +331,14 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
         }
         reader.ack(&batch);
         if !batch.full && !reader.is_done() {
-            tokio::time::sleep(BATCH_INTERVAL).await;
+            // Gather lines for a moment, but not once the job's output has ended: the
+            // finish report waits for the last batch.
+            let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
+            while !reader.is_closed() {
+                if tokio::time::timeout_at(deadline, reader.changed()).await.is_err() {
+                    break;
+                }
+            }
         }
     }
 }

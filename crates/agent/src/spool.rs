@@ -246,6 +246,11 @@ impl SpoolReader {
         }
     }
 
+    /// The writer closed the spool: no more records will come.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
     /// The writer closed the spool and every record was acknowledged.
     pub fn is_done(&self) -> bool {
         let st = self.shared.lock();
