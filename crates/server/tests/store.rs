@@ -581,7 +581,7 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
     ];
     let out = fx
         .store
-        .renew(&a.id, &running, later, later, TTL)
+        .renew(&a.id, &running, &Default::default(), later, later, TTL)
         .await
         .unwrap();
     assert_eq!(

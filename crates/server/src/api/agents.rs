@@ -96,7 +96,6 @@ pub async fn poll(
     let ttl = state.config.lease_ttl;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
-    state.store.agent_stats(&agent.id, &req.stats).await?;
     let wake = state.hub.agent(&agent.id);
     let mut first = true;
     loop {
@@ -114,7 +113,7 @@ pub async fn poll(
             first = false;
             let outcome = state
                 .store
-                .renew(&agent.id, &req.running, now, received, ttl)
+                .renew(&agent.id, &req.running, &req.stats, now, received, ttl)
                 .await?;
             resp.controls
                 .extend(outcome.kill.into_iter().map(|r| Control::Kill {

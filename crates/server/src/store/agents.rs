@@ -121,16 +121,6 @@ impl Store {
         .transpose()
     }
 
-    /// Records the resource use an agent reported on its poll.
-    pub async fn agent_stats(&self, agent_id: &str, stats: &AgentStats) -> Result<()> {
-        sqlx::query("UPDATE agents SET stats = $1 WHERE id = $2")
-            .bind(to_json(stats))
-            .bind(agent_id)
-            .execute(&self.write)
-            .await?;
-        Ok(())
-    }
-
     /// Every agent seen within the last day, newest first; `online` when it polled within `ttl`.
     pub async fn list_agents(&self, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Agent>> {
         let since = ms(now) - 86_400_000;

@@ -47,6 +47,9 @@ struct Held {
     max_attempts: u32,
     base_ms: u64,
     cap_ms: u64,
+    run_at: DateTime<Utc>,
+    /// Start of the current attempt's process, once it started.
+    started_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -59,7 +62,7 @@ impl Store {
 
     async fn held(&self, tx: &mut Transaction<'_, Any>, job_id: &str) -> Result<Option<Held>> {
         let sql = format!(
-            "SELECT state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms FROM jobs WHERE id = $1{}",
+            "SELECT state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at FROM jobs WHERE id = $1{}",
             self.lock_clause()
         );
         let Some(row) = sqlx::query(&sql)
@@ -79,6 +82,8 @@ impl Store {
             max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
             base_ms: row.try_get::<i64, _>("backoff_base_ms")? as u64,
             cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
+            run_at: from_ms(row.try_get("run_at")?),
+            started_at: opt_time(&row, "started_at")?,
         }))
     }
 
@@ -270,11 +275,7 @@ impl Store {
         let mut elapsed = None;
         if held.state == JobState::Leased {
             let next = transition(held.state, Event::Start).expect("leased jobs can start");
-            let run_at: i64 = sqlx::query_scalar("SELECT run_at FROM jobs WHERE id = $1")
-                .bind(job_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            elapsed = (now - from_ms(run_at)).to_std().ok();
+            elapsed = (now - held.run_at).to_std().ok();
             sqlx::query("UPDATE jobs SET state = $1, attempts_used = attempts_used + 1, started_at = $2, updated_at = $2 WHERE id = $3")
                 .bind(next.as_str())
                 .bind(ms(now))
@@ -429,13 +430,9 @@ impl Store {
             },
         )
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        let started: Option<i64> =
-            sqlx::query_scalar("SELECT started_at FROM attempts WHERE job_id = $1 AND number = $2")
-                .bind(job_id)
-                .bind(i64::from(attempt))
-                .fetch_one(&mut **tx)
-                .await?;
-        let elapsed = started.and_then(|s| (now - from_ms(s)).to_std().ok());
+        // jobs.started_at belongs to the current attempt only once it is running.
+        let started = held.started_at.filter(|_| held.state == JobState::Running);
+        let elapsed = started.and_then(|s| (now - s).to_std().ok());
         let result = req.result.as_ref().map(super::to_json);
         if next == JobState::Queued {
             let backoff = drover_core::backoff::Backoff {
@@ -592,13 +589,15 @@ impl Store {
         &self,
         agent_id: &str,
         running: &[RunningAttempt],
+        stats: &drover_core::api::AgentStats,
         now: DateTime<Utc>,
         poll_received: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<PollOutcome> {
         let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
+        sqlx::query("UPDATE agents SET last_seen_at = $1, stats = $2 WHERE id = $3")
             .bind(ms(now))
+            .bind(super::to_json(stats))
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
