@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::attempt::{self, AttemptCtx, AttemptEnd};
+use crate::attempt::{self, AttemptCtx, AttemptEnd, DockerCtx};
 use crate::client::{CallError, Client, RetryBackoff};
+use crate::docker::Engine;
 use crate::host::{self, StatsSampler};
 use crate::process::{StopReason, Stopper};
 use crate::spool::SpoolLimits;
@@ -82,7 +83,13 @@ impl Winding {
 pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
     let client = Arc::new(Client::new(&config.server).map_err(AgentError::Client)?);
     prepare_work_dir(&config).await?;
-    let register = register_request(&config);
+    let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
+    let docker_version = probe_docker(&engine, &config).await;
+    let mut register = register_request(&config);
+    if let Some(version) = docker_version {
+        register.labels.insert("docker".into(), "true".into());
+        register.labels.insert("docker_version".into(), version);
+    }
     let mut backoff = RetryBackoff::default();
     let registered = loop {
         if signals.force.is_cancelled() {
@@ -108,7 +115,7 @@ pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit
     };
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
     tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, "registered");
-    Session::new(config, client, register, registered, signals)
+    Session::new(config, client, register, registered, signals, engine)
         .run()
         .instrument(span)
         .await
@@ -127,6 +134,28 @@ async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
             })?;
     }
     Ok(())
+}
+
+/// The engine's version when it answers; then removes this agent's orphaned containers
+/// (at start the agent runs nothing, so every container labelled with its name is one).
+async fn probe_docker(engine: &Engine, config: &AgentConfig) -> Option<String> {
+    let version = match engine.version().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(error = %e, "no Docker engine: docker jobs will not be offered to this agent");
+            return None;
+        }
+    };
+    tracing::info!(version = %version, socket = %engine.socket().display(), "Docker engine found");
+    match engine
+        .remove_orphans(&config.name, config.keep_containers)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(containers = n, "removed orphaned containers of this agent"),
+        Err(e) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
+    }
+    Some(version)
 }
 
 fn register_request(config: &AgentConfig) -> RegisterRequest {
@@ -155,6 +184,7 @@ struct Session {
     stats: StatsSampler,
     backoff: RetryBackoff,
     winding: Winding,
+    engine: Arc<Engine>,
 }
 
 impl Session {
@@ -164,6 +194,7 @@ impl Session {
         register: RegisterRequest,
         registered: RegisterResponse,
         signals: AgentSignals,
+        engine: Arc<Engine>,
     ) -> Session {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Session {
@@ -181,6 +212,7 @@ impl Session {
             stats: StatsSampler::default(),
             backoff: RetryBackoff::default(),
             winding: Winding::default(),
+            engine,
         }
     }
 
@@ -340,6 +372,13 @@ impl Session {
                 stopper: stopper.clone(),
                 slots: self.slots.clone(),
                 abandon: self.abandon.clone(),
+                docker: DockerCtx {
+                    engine: self.engine.clone(),
+                    agent: self.config.name.clone(),
+                    mounts: self.config.docker_mounts.clone(),
+                    keep_containers: self.config.keep_containers,
+                },
+                job_log_dir: self.config.job_log_dir.clone(),
             };
             self.held.insert(key.clone(), Held { stopper });
             let done = self.done_tx.clone();

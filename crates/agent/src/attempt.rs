@@ -1,5 +1,6 @@
 //! Runs one leased attempt end to end: workspace, spawn, `start`, supervision, logs and
-//! progress (see `pipeline`), result file, outcome, `finish`, and clean-up.
+//! progress (see `pipeline`), result file, outcome, `finish`, and clean-up. Docker jobs
+//! take the same path with a container (see `docker`) in place of the process group.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -7,12 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_core::api::{FinishRequest, Lease};
+use drover_core::spec::DockerSpec;
 use drover_core::{Exec, Outcome};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::Client;
+use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
@@ -33,6 +37,19 @@ pub struct AttemptCtx {
     pub slots: Arc<Semaphore>,
     /// Cancelled when the agent stops retrying server calls (some time after force-stop).
     pub abandon: CancellationToken,
+    pub docker: DockerCtx,
+    /// Mirror the job's log to `<dir>/jobs/<job_id>/logs/<job_id>.log`.
+    pub job_log_dir: Option<PathBuf>,
+}
+
+/// What docker attempts need from the agent.
+pub struct DockerCtx {
+    pub engine: Arc<Engine>,
+    /// The agent's name, put on its containers' `drover.agent` label.
+    pub agent: String,
+    /// Default mounts for every container.
+    pub mounts: Vec<String>,
+    pub keep_containers: bool,
 }
 
 /// How an attempt ended, as the agent needs to know it.
@@ -70,12 +87,11 @@ async fn run_inner(ctx: &AttemptCtx) -> AttemptEnd {
             return AttemptEnd { stopped: Some(r), ..report_unstarted(ctx, outcome, error).await };
         }
     };
-    if let Exec::Docker(_) = ctx.lease.exec {
-        let error = "docker jobs are not supported by this agent yet".to_string();
-        return report_unstarted(ctx, Outcome::Failed, error).await;
-    }
-    let names = Names::new(&ctx.work_dir, &ctx.lease);
-    let result = execute(ctx, &names).await;
+    let names = Names::new(&ctx.work_dir, &ctx.lease, ctx.job_log_dir.as_deref());
+    let result = match &ctx.lease.exec {
+        Exec::Docker(spec) => execute_docker(ctx, &names, spec).await,
+        _ => execute(ctx, &names).await,
+    };
     cleanup(ctx, &names).await;
     match result {
         Ok(end) => end,
@@ -120,10 +136,12 @@ struct Names {
     workspace: PathBuf,
     meta: PathBuf,
     spool: PathBuf,
+    /// `<job_log_dir>/jobs/<job_id>/logs/<job_id>.log`
+    mirror: Option<PathBuf>,
 }
 
 impl Names {
-    fn new(work_dir: &Path, lease: &Lease) -> Names {
+    fn new(work_dir: &Path, lease: &Lease, job_log_dir: Option<&Path>) -> Names {
         let safe: String = lease
             .job_id
             .chars()
@@ -137,7 +155,14 @@ impl Names {
             .collect();
         let stem = format!("{safe}-{}", lease.attempt);
         let workspace = work_dir.join("workspaces").join(&stem);
+        let mirror = job_log_dir.map(|d| {
+            d.join("jobs")
+                .join(&safe)
+                .join("logs")
+                .join(format!("{safe}.log"))
+        });
         Names {
+            mirror,
             meta: workspace.join(".drover"),
             workspace,
             spool: work_dir.join("spool").join(format!("{stem}.jsonl")),
@@ -173,7 +198,7 @@ async fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
             args.push(path.to_string_lossy().into_owned());
             (program, args)
         }
-        Exec::Docker(_) => return Err("docker jobs are not supported by this agent yet".into()),
+        Exec::Docker(_) => return Err("docker jobs run in containers, not processes".into()),
     };
     let mut env: Vec<(String, String)> = lease
         .env
@@ -218,35 +243,15 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
 async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let masker = Arc::new(Masker::new(lease.secrets.values()));
-    let reporter = ctx.reporter(masker.clone());
-    let opened = LogPipeline::open(names.spool.clone(), ctx.limits, reporter.clone(), masker).await;
-    let mut logs = match opened {
-        Ok(logs) => logs,
-        Err(e) => {
-            let error = format!("cannot create the log spool: {e}");
-            tracing::error!(%error, "attempt cannot run");
-            reporter.finish(failed(error)).await?;
-            return Ok(AttemptEnd {
-                outcome: Some(Outcome::Failed),
-                stopped: None,
-            });
-        }
+    let (reporter, logs) = match open_logs(ctx, names).await? {
+        Opened::Logs(r, l) => (r, l),
+        Opened::Failed(end) => return Ok(end),
     };
     logs.system(&format!("$ {}", lease.exec.display())).await;
 
     let (mut proc, stdout, stderr) = match spawn(lease, names).await {
         Ok(parts) => parts,
-        Err(error) => {
-            tracing::warn!(%error, "job did not start");
-            logs.system(&format!("[drover] {error}")).await;
-            logs.shipped().await?;
-            reporter.finish(failed(error)).await?;
-            return Ok(AttemptEnd {
-                outcome: Some(Outcome::Failed),
-                stopped: None,
-            });
-        }
+        Err(error) => return not_started(&reporter, logs, error).await,
     };
     tracing::info!(pid = proc.pid(), "job process started");
     let start_reporter = reporter.clone();
@@ -260,7 +265,58 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     drop(proc);
 
     output.settle(&logs).await;
-    let (outcome, exit_code, mut error) = outcome_of(&ended, lease);
+    let (outcome, exit_code, error) = outcome_of(&ended, lease);
+    let ending = Ending {
+        outcome,
+        exit_code,
+        error,
+        stopped: ended.stopped,
+    };
+    let parts = Running {
+        reporter,
+        logs,
+        output,
+        started,
+    };
+    conclude(ctx, parts, ending, Some(&names.result())).await
+}
+
+/// How a started job ended, before the result file is read.
+struct Ending {
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    stopped: Option<StopReason>,
+}
+
+/// The reporting side of a started job.
+struct Running {
+    reporter: Reporter,
+    logs: LogPipeline,
+    output: OutputTasks,
+    started: JoinHandle<Result<(), Abandoned>>,
+}
+
+/// After the job's output settled: logs the error, ships the log, reads the result file
+/// and reports `finish` (or nothing, when the attempt is stale or never got started).
+async fn conclude(
+    ctx: &AttemptCtx,
+    parts: Running,
+    ending: Ending,
+    result_file: Option<&Path>,
+) -> Result<AttemptEnd, Abandoned> {
+    let Running {
+        reporter,
+        mut logs,
+        output,
+        started,
+    } = parts;
+    let Ending {
+        outcome,
+        exit_code,
+        mut error,
+        stopped,
+    } = ending;
     if let Some(e) = &error {
         logs.system(&format!("[drover] {e}")).await;
     }
@@ -273,7 +329,10 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     }
     logs.shipped().await?;
     output.progress_sent().await;
-    let (result, result_error) = read_result(&names.result()).await;
+    let (result, result_error) = match result_file {
+        Some(path) => read_result(path).await,
+        None => (None, None),
+    };
     if let Some(re) = result_error {
         error = Some(match error {
             Some(e) => format!("{e}; {re}"),
@@ -289,8 +348,155 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     reporter.finish(req).await?;
     Ok(AttemptEnd {
         outcome: Some(outcome),
-        stopped: ended.stopped,
+        stopped,
     })
+}
+
+/// The log pipeline of an attempt, or how the attempt ended when it cannot be opened.
+enum Opened {
+    Logs(Reporter, LogPipeline),
+    Failed(AttemptEnd),
+}
+
+async fn open_logs(ctx: &AttemptCtx, names: &Names) -> Result<Opened, Abandoned> {
+    let masker = Arc::new(Masker::new(ctx.lease.secrets.values()));
+    let reporter = ctx.reporter(masker.clone());
+    let opened = LogPipeline::open(
+        names.spool.clone(),
+        ctx.limits,
+        reporter.clone(),
+        masker,
+        names.mirror.clone(),
+    )
+    .await;
+    match opened {
+        Ok(logs) => Ok(Opened::Logs(reporter, logs)),
+        Err(e) => {
+            let error = format!("cannot create the log spool: {e}");
+            tracing::error!(%error, "attempt cannot run");
+            reporter.finish(failed(error)).await?;
+            Ok(Opened::Failed(AttemptEnd {
+                outcome: Some(Outcome::Failed),
+                stopped: None,
+            }))
+        }
+    }
+}
+
+/// Reports a job that could not be started: the error goes to the log and to `finish`.
+async fn not_started(
+    reporter: &Reporter,
+    logs: LogPipeline,
+    error: String,
+) -> Result<AttemptEnd, Abandoned> {
+    tracing::warn!(%error, "job did not start");
+    logs.system(&format!("[drover] {error}")).await;
+    logs.shipped().await?;
+    reporter.finish(failed(error)).await?;
+    Ok(AttemptEnd {
+        outcome: Some(Outcome::Failed),
+        stopped: None,
+    })
+}
+
+/// A docker job: pull policy, create and start the container, follow its output,
+/// supervise it, remove it, report.
+async fn execute_docker(
+    ctx: &AttemptCtx,
+    names: &Names,
+    spec: &DockerSpec,
+) -> Result<AttemptEnd, Abandoned> {
+    let lease = &ctx.lease;
+    let (reporter, logs) = match open_logs(ctx, names).await? {
+        Opened::Logs(r, l) => (r, l),
+        Opened::Failed(end) => return Ok(end),
+    };
+    let docker = &ctx.docker;
+    let cspec = ContainerSpec::new(lease, spec, &docker.agent, &docker.mounts);
+    logs.system(&format!("$ {}", cspec.display(spec))).await;
+
+    // Pulling can take long: a stop request meanwhile ends the attempt.
+    let mut stop_rx = ctx.stopper.subscribe();
+    let created = tokio::select! {
+        s = docker.engine.create_and_start(&cspec) => s,
+        r = process::wait_stop(&mut stop_rx, |_| true) => {
+            docker.engine.remove_container(&cspec.name).await;
+            if r == StopReason::Stale {
+                logs.abort();
+                return Err(Abandoned);
+            }
+            let (outcome, error) = stopped_outcome(r, lease);
+            logs.system(&format!("[drover] {error}")).await;
+            logs.shipped().await?;
+            reporter.finish(FinishRequest { outcome, exit_code: None, error: Some(error), result: None }).await?;
+            return Ok(AttemptEnd { outcome: Some(outcome), stopped: Some(r) });
+        }
+    };
+    let Started { container, notes } = match created {
+        Ok(s) => s,
+        Err(error) => return not_started(&reporter, logs, error).await,
+    };
+    tracing::info!(container = %container.name, "container started");
+    for note in &notes {
+        logs.system(note).await;
+    }
+    let start_reporter = reporter.clone();
+    let started = tokio::spawn(async move { start_reporter.start().await }.in_current_span());
+    let (stdout, stderr, follower) = container.follow_output();
+    let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
+
+    let timeout = lease.timeout_ms.map(Duration::from_millis);
+    let grace = Duration::from_millis(lease.grace_ms);
+    let ended = container.supervise(timeout, grace, &mut stop_rx).await;
+    output.settle(&logs).await;
+    follower.abort();
+    if !docker.keep_containers {
+        container.remove().await;
+    }
+    let ending = docker_ending(&ended, lease, spec);
+    let parts = Running {
+        reporter,
+        logs,
+        output,
+        started,
+    };
+    conclude(ctx, parts, ending, None).await
+}
+
+/// Outcome, exit code and error for how a container ended.
+fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> Ending {
+    let exit_code = ended
+        .exit_code
+        .map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+    let (outcome, error) = match (ended.stopped, exit_code) {
+        (Some(reason), _) => {
+            let (o, e) = stopped_outcome(reason, lease);
+            (o, Some(e))
+        }
+        _ if ended.oom_killed => {
+            let limit = spec
+                .memory
+                .map_or_else(String::new, |m| format!(" of {m} bytes"));
+            (
+                Outcome::Failed,
+                Some(format!(
+                    "out of memory (container exceeded its memory limit{limit})"
+                )),
+            )
+        }
+        (None, Some(0)) => (Outcome::Succeeded, None),
+        (None, Some(code)) => (Outcome::Failed, Some(format!("exit code {code}"))),
+        (None, None) => (
+            Outcome::Failed,
+            Some("lost track of the container".to_string()),
+        ),
+    };
+    Ending {
+        outcome,
+        exit_code,
+        error,
+        stopped: ended.stopped,
+    }
 }
 
 /// Prepares the workspace and spawns the job; the error is the job's error message.

@@ -1,5 +1,6 @@
 //! drover's agent: registers with a server, keeps one long-poll open, runs leased jobs
-//! (shell, process, script) in their own workspaces and process groups, spools and ships
+//! (shell, process, script) in their own workspaces and process groups (docker jobs in
+//! containers through the Docker Engine API), spools and ships
 //! their output line by line, and reports how they ended.
 //!
 //! Entry point: [`run`] with an [`AgentConfig`] and [`AgentSignals`]; the CLI installs
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 mod agent;
 mod attempt;
 mod client;
+mod docker;
 mod host;
 mod output;
 mod pipeline;
@@ -50,11 +52,22 @@ pub struct AgentConfig {
     pub spool_limit_bytes: u64,
     /// Most output bytes kept per attempt; later output is discarded (the job runs on).
     pub output_cap_bytes: u64,
+    /// Mounts (`host:container[:ro]`) added to every docker job's container.
+    pub docker_mounts: Vec<String>,
+    /// When set, each job's log lines are also appended to
+    /// `<dir>/jobs/<job_id>/logs/<job_id>.log`.
+    pub job_log_dir: Option<PathBuf>,
+    /// Keep docker jobs' containers after they ended (for debugging).
+    pub keep_containers: bool,
+    /// The Docker engine's unix socket; None means `/var/run/docker.sock`. (The CLI
+    /// resolves `DOCKER_HOST`; this crate does not read the environment.)
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl AgentConfig {
     /// Defaults: name = host name, slots = CPU count, shutdown 5 min, spool 1 GiB,
-    /// output cap 4 GiB, queue `default`.
+    /// output cap 4 GiB, queue `default`, Docker at `/var/run/docker.sock` with no default
+    /// mounts, containers removed after their job, no job log mirror.
     pub fn new(
         server: impl Into<String>,
         token: impl Into<String>,
@@ -73,6 +86,10 @@ impl AgentConfig {
             keep_workspaces: false,
             spool_limit_bytes: 1 << 30,
             output_cap_bytes: 4 << 30,
+            docker_mounts: Vec::new(),
+            job_log_dir: None,
+            keep_containers: false,
+            docker_socket: None,
         }
     }
 }

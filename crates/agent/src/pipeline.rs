@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use drover_core::api::{LogBatch, ProgressUpdate, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
-use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,18 +49,24 @@ pub struct LogPipeline {
 }
 
 impl LogPipeline {
-    /// Creates the spool at `path` and starts its writer and shipper.
+    /// Creates the spool at `path` and starts its writer and shipper; with `mirror`, each
+    /// line is also appended to that file (its folder is created).
     pub async fn open(
         path: PathBuf,
         limits: SpoolLimits,
         reporter: Reporter,
         masker: Arc<Masker>,
+        mirror: Option<PathBuf>,
     ) -> std::io::Result<LogPipeline> {
-        let (writer, reader) = tokio::task::spawn_blocking(move || spool::create(&path, limits))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (writer, reader, mirror) = tokio::task::spawn_blocking(move || {
+            let (writer, reader) = spool::create(&path, limits)?;
+            let mirror = mirror.and_then(open_mirror);
+            Ok::<_, std::io::Error>((writer, reader, mirror))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         let (tx, rx) = mpsc::channel(LINE_CHANNEL);
-        let writer = tokio::task::spawn_blocking(move || write_spool(writer, rx));
+        let writer = tokio::task::spawn_blocking(move || write_spool(writer, mirror, rx));
         let shipper = tokio::spawn(ship_logs(reader, reporter).in_current_span());
         Ok(LogPipeline {
             tx: Some(tx),
@@ -112,8 +117,8 @@ pub struct OutputTasks {
 impl OutputTasks {
     /// Starts pumping `stdout`/`stderr` into `logs` and watching `progress_file`.
     pub fn start(
-        stdout: ChildStdout,
-        stderr: ChildStderr,
+        stdout: impl AsyncRead + Unpin + Send + 'static,
+        stderr: impl AsyncRead + Unpin + Send + 'static,
         logs: &LogPipeline,
         progress_file: PathBuf,
         reporter: Reporter,
@@ -175,31 +180,95 @@ impl OutputTasks {
     }
 }
 
-/// Owns the spool writer on a blocking thread; flushes after each burst of lines.
-fn write_spool(mut writer: SpoolWriter, mut rx: mpsc::Receiver<SpoolLine>) {
-    let mut failed = false;
-    let append = |w: &mut SpoolWriter, line: SpoolLine, failed: &mut bool| {
-        let r = match line {
-            SpoolLine::Output(stream, text) => w.append_output(stream, text),
-            SpoolLine::System(text) => w.append_system(text),
-        };
-        if let Err(e) = r {
-            if !*failed {
-                tracing::error!(error = %e, "cannot write the log spool; output is lost");
-            }
-            *failed = true;
+/// Opens (appending) the job log mirror; a failure is logged and the mirror skipped.
+fn open_mirror(path: PathBuf) -> Option<Mirror> {
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        });
+    match opened {
+        Ok(f) => Some(Mirror {
+            out: std::io::BufWriter::new(f),
+            path,
+            failed: false,
+        }),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open the job log mirror");
+            None
         }
-    };
+    }
+}
+
+/// A plain-text copy of the job's log lines.
+struct Mirror {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    failed: bool,
+}
+
+impl Mirror {
+    fn line(&mut self, text: &str) {
+        use std::io::Write;
+        if self.failed {
+            return;
+        }
+        if let Err(e) = writeln!(self.out, "{text}") {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the job log mirror");
+            self.failed = true;
+        }
+    }
+
+    fn flush(&mut self) {
+        use std::io::Write;
+        if !self.failed && self.out.flush().is_err() {
+            self.failed = true;
+        }
+    }
+}
+
+/// Owns the spool writer on a blocking thread; flushes after each burst of lines.
+fn write_spool(
+    mut writer: SpoolWriter,
+    mut mirror: Option<Mirror>,
+    mut rx: mpsc::Receiver<SpoolLine>,
+) {
+    let mut failed = false;
+    let append =
+        |w: &mut SpoolWriter, mirror: &mut Option<Mirror>, line: SpoolLine, failed: &mut bool| {
+            if let Some(m) = mirror.as_mut() {
+                match &line {
+                    SpoolLine::Output(_, text) | SpoolLine::System(text) => m.line(text),
+                }
+            }
+            let r = match line {
+                SpoolLine::Output(stream, text) => w.append_output(stream, text),
+                SpoolLine::System(text) => w.append_system(text),
+            };
+            if let Err(e) = r {
+                if !*failed {
+                    tracing::error!(error = %e, "cannot write the log spool; output is lost");
+                }
+                *failed = true;
+            }
+        };
     while let Some(line) = rx.blocking_recv() {
-        append(&mut writer, line, &mut failed);
+        append(&mut writer, &mut mirror, line, &mut failed);
         for _ in 0..4096 {
             match rx.try_recv() {
-                Ok(line) => append(&mut writer, line, &mut failed),
+                Ok(line) => append(&mut writer, &mut mirror, line, &mut failed),
                 Err(_) => break,
             }
         }
         if let Err(e) = writer.flush() {
             tracing::error!(error = %e, "cannot flush the log spool");
+        }
+        if let Some(m) = mirror.as_mut() {
+            m.flush();
         }
     }
     if let Err(e) = writer.close() {
@@ -335,7 +404,10 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
             // finish report waits for the last batch.
             let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
             while !reader.is_closed() {
-                if tokio::time::timeout_at(deadline, reader.changed()).await.is_err() {
+                if tokio::time::timeout_at(deadline, reader.changed())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -293,23 +293,3 @@ async fn a_wrong_join_token_is_an_error_not_a_retry_loop() {
         "{err}"
     );
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_jobs_fail_at_once_with_a_clear_error() {
-    let server = drover_server::testing::TestServer::start().await;
-    let api = common::Api::new(&server);
-    let _agent = common::agent_with(&server, |c| {
-        c.labels.insert("docker".into(), "true".into());
-    });
-    let req: SubmitRequest = serde_json::from_value(serde_json::json!({
-        "exec": {"kind": "docker", "image": "busybox", "command": "echo hi"}
-    }))
-    .unwrap();
-    let job = api.submit(req).await;
-    let done = api.wait_done(&job.id).await;
-    assert_eq!(done.state, JobState::Failed, "{done:#?}");
-    assert_eq!(
-        done.error.as_deref(),
-        Some("docker jobs are not supported by this agent yet")
-    );
-}

@@ -84,6 +84,9 @@ pub struct DockerSpec {
     /// A count, or `"all"`.
     #[serde(default)]
     pub gpus: Option<serde_json::Value>,
+    /// Fail rather than run without GPUs when the engine cannot provide them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpus_required: bool,
     /// `if-not-present` (default), `always` or `never`.
     #[serde(default)]
     pub pull: Option<String>,
