@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine with only the Rust toolchain it
 # first installs what the tests need (PostgreSQL's server binaries for the store suite,
-# python3 for script jobs) with apt-get.
+# python3 for script jobs, busybox-static for the Docker tests' image) with apt-get.
+# The Docker tests need a reachable Docker engine; DROVER_SKIP_DOCKER_TESTS=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
 fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v bash >/dev/null 2>&1 || need+=(bash)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (needed by the tests) with apt-get"
   sudo=""
