@@ -1,7 +1,7 @@
 //! Fencing from the agent's side, against a scripted fake server (the real one cannot be
 //! made to answer 409 or `kill` on cue): a write answered 409 `stale_attempt`, or a
-//! `kill` control, kills the job's process group at once, drops its spool, and no
-//! finish is ever sent.
+//! `kill` control, kills the job's process group (or a docker job's container: stopped
+//! and removed) at once, drops its spool, and no finish is ever sent.
 
 mod common;
 
@@ -32,6 +32,7 @@ struct Seen {
 
 struct Fake {
     mode: Mode,
+    lease: Lease,
     seen: Mutex<Seen>,
 }
 
@@ -48,16 +49,16 @@ impl Fake {
                 let mut resp = PollResponse::default();
                 if !seen.leased {
                     seen.leased = true;
-                    resp.leases.push(lease());
+                    resp.leases.push(self.lease.clone());
                 } else if self.mode == Mode::KillControl && seen.pid.is_some() {
                     resp.controls.push(Control::Kill {
-                        job_id: "j1".into(),
+                        job_id: self.lease.job_id.clone(),
                         attempt: 1,
                     });
                 }
                 (200, serde_json::to_string(&resp).unwrap())
             }
-            "/v1/jobs/j1/attempts/1/logs" => {
+            p if p == format!("/v1/jobs/{}/attempts/1/logs", self.lease.job_id) => {
                 let batch: LogBatch = serde_json::from_slice(body).unwrap();
                 let first = seen.pid.is_none();
                 if let Some(pid) = batch
@@ -77,14 +78,14 @@ impl Fake {
     }
 }
 
-fn lease() -> Lease {
+const TICKER: &str = "echo pid $$; sleep 1000 & while true; do echo tick; sleep 0.05; done";
+
+fn lease(job_id: &str, exec: Exec) -> Lease {
     Lease {
-        job_id: "j1".into(),
+        job_id: job_id.into(),
         attempt: 1,
         name: "ticker".into(),
-        exec: Exec::Shell {
-            command: "echo pid $$; sleep 1000 & while true; do echo tick; sleep 0.05; done".into(),
-        },
+        exec,
         env: BTreeMap::new(),
         secrets: BTreeMap::new(),
         timeout_ms: None,
@@ -144,17 +145,30 @@ async fn serve(listener: TcpListener, fake: Arc<Fake>) {
     }
 }
 
-async fn stale_attempt_is_killed_without_finish(mode: Mode) {
+fn shell() -> Lease {
+    lease(
+        "j1",
+        Exec::Shell {
+            command: TICKER.into(),
+        },
+    )
+}
+
+async fn stale_attempt_is_killed_without_finish(mode: Mode, lease: Lease) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let docker = matches!(lease.exec, Exec::Docker(_));
+    let container = format!("drover-{}-1", lease.job_id);
     let fake = Arc::new(Fake {
         mode,
+        lease,
         seen: Mutex::new(Seen::default()),
     });
     let server = tokio::spawn(serve(listener, fake.clone()));
     let work = tempfile::tempdir().unwrap();
     let mut config = AgentConfig::new(url, "join", work.path());
     config.slots = 1;
+    config.name = common::docker::unique_name("stale");
     let signals = AgentSignals::default();
     let agent = tokio::spawn(drover_agent::run(config, signals.clone()));
 
@@ -169,7 +183,11 @@ async fn stale_attempt_is_killed_without_finish(mode: Mode) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    common::wait_gone(&[pid]).await;
+    if docker {
+        common::docker::wait_containers(&container, "removed", |n| n.is_empty()).await;
+    } else {
+        common::wait_gone(&[pid]).await;
+    }
     let spool = work.path().join("spool");
     loop {
         let files = std::fs::read_dir(&spool).unwrap().count();
@@ -201,10 +219,23 @@ async fn stale_attempt_is_killed_without_finish(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_409_on_a_log_write_kills_the_job_and_reports_nothing() {
-    stale_attempt_is_killed_without_finish(Mode::ConflictOnLogs).await;
+    stale_attempt_is_killed_without_finish(Mode::ConflictOnLogs, shell()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_control_kills_the_job_and_reports_nothing() {
-    stale_attempt_is_killed_without_finish(Mode::KillControl).await;
+    stale_attempt_is_killed_without_finish(Mode::KillControl, shell()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_control_stops_and_removes_a_docker_jobs_container() {
+    if !common::docker::docker_ready() {
+        return;
+    }
+    let exec = serde_json::from_value(serde_json::json!({
+        "kind": "docker", "image": common::docker::IMAGE, "command": TICKER,
+    }))
+    .unwrap();
+    let lease = lease(&format!("stale-{}", std::process::id()), exec);
+    stale_attempt_is_killed_without_finish(Mode::KillControl, lease).await;
 }

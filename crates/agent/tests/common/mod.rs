@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::time::Duration;
 
 use drover_agent::{AgentConfig, AgentExit, AgentSignals};
