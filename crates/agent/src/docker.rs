@@ -687,6 +687,16 @@ mod tests {
         assert_eq!(m.target.as_deref(), Some("/cache"));
     }
 
+    #[tokio::test]
+    async fn a_missing_engine_is_named_with_its_socket() {
+        let engine = Engine::new(Some(Path::new("/drover-nowhere/docker.sock")));
+        let err = engine.version().await.unwrap_err();
+        assert!(
+            err.starts_with("cannot reach the Docker engine at /drover-nowhere/docker.sock: "),
+            "{err}"
+        );
+    }
+
     #[test]
     fn container_names_are_safe() {
         assert_eq!(container_name("01J/x y", 2), "drover-01J_x_y-2");

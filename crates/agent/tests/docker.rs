@@ -354,6 +354,48 @@ async fn gpu_requests_fall_back_to_cpu_unless_required() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_containers_stay_after_the_job_and_after_an_agent_restart() {
+    if !docker_ready() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let name = unique_name("keep");
+    let agent = agent_with(&server, |c| {
+        c.name = name.clone();
+        c.keep_containers = true;
+    });
+    let job = api
+        .submit(docker_job(
+            serde_json::json!({"image": IMAGE, "command": "echo kept"}),
+        ))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let kept = format!("drover-{}-1", job.id);
+    assert_eq!(containers(&kept), vec![kept.clone()]);
+    agent.signals.drain.cancel();
+    agent.exit().await;
+    // A restarted agent that keeps containers leaves exited ones for debugging.
+    let again = agent_with(&server, |c| {
+        c.name = name.clone();
+        c.keep_containers = true;
+    });
+    let job2 = api
+        .submit(docker_job(
+            serde_json::json!({"image": IMAGE, "command": "true"}),
+        ))
+        .await;
+    api.wait_done(&job2.id).await;
+    assert_eq!(containers(&kept), vec![kept.clone()]);
+    drop(again);
+    // One that does not keep them removes them as orphans.
+    let _cleaner = agent_with(&server, |c| c.name = name.clone());
+    wait_containers(&kept, "removed", |n| n.is_empty()).await;
+    wait_containers(&format!("drover-{}", job2.id), "removed", |n| n.is_empty()).await;
+}
+
 /// Needs no engine: an agent told it has Docker whose socket is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_engine_fails_docker_jobs_clearly_and_the_agent_keeps_working() {

@@ -167,6 +167,14 @@ pub fn agent_config(server: &TestServer, work_dir: &std::path::Path) -> AgentCon
     c.name = "test-agent".into();
     c.slots = 2;
     c.shutdown_timeout = Duration::from_secs(10);
+    // The engine the `docker` CLI of the docker tests talks to (the CLI crate resolves
+    // DOCKER_HOST for real agents).
+    if let Some(path) = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+    {
+        c.docker_socket = Some(path.into());
+    }
     c
 }
 
