@@ -103,7 +103,7 @@ impl Api {
                     self.count(state).await?
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
