@@ -184,6 +184,10 @@ impl Store {
         let next = transition(JobState::Queued, Event::Lease).expect("queued jobs can be leased");
         let expires = ms(now) + ttl.as_millis() as i64;
         if chosen.is_empty() {
+            // End the transaction now: a dropped one is rolled back only when its
+            // connection is next used, and until then its row locks hide jobs from
+            // other claimers (SKIP LOCKED).
+            tx.rollback().await?;
             return Ok(Vec::new());
         }
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
@@ -222,6 +226,7 @@ impl Store {
         // Hand leases out in queue order.
         let leases: Vec<Lease> = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
         if leases.is_empty() {
+            tx.rollback().await?;
             return Ok(leases);
         }
         for chunk in leases.chunks(1000) {
