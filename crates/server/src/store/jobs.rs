@@ -10,9 +10,7 @@ use sqlx::{Any, Row, Transaction};
 use super::audit::audit_in_tx;
 use std::collections::HashMap;
 
-use super::{
-    from_ms, json_col, ms, opt_time, parse_col, to_json, values, Result, Store, StoreError,
-};
+use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
 
 /// Jobs per multi-row INSERT (20 parameters each; below SQLite's 32766 and PostgreSQL's 65535).
 const JOB_ROWS_PER_INSERT: usize = 500;
@@ -199,7 +197,7 @@ impl Store {
         for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, created_at, run_at, updated_at) VALUES {}",
-                values(chunk.len(), 20)
+                self.values(chunk.len(), 20)
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {
@@ -230,7 +228,7 @@ impl Store {
             q.execute(&mut *tx).await?;
             let sql = format!(
                 "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-                values(chunk.len(), 8)
+                self.values(chunk.len(), 8)
             );
             let mut q = sqlx::query(&sql);
             for (id, _) in chunk {
@@ -247,7 +245,7 @@ impl Store {
             q.execute(&mut *tx).await?;
             let sql = format!(
                 "INSERT INTO audit (at, actor, action, target, detail) VALUES {}",
-                values(chunk.len(), 5)
+                self.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {

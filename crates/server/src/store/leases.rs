@@ -232,7 +232,7 @@ impl Store {
         for chunk in leases.chunks(1000) {
             let sql = format!(
                 "INSERT INTO attempts (job_id, number, agent_id, state, leased_at) VALUES {}",
-                super::values(chunk.len(), 5)
+                self.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
             for l in chunk {
@@ -247,7 +247,7 @@ impl Store {
             let actor = format!("agent:{}", agent.id);
             let sql = format!(
             "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-            super::values(chunk.len(), 8)
+            self.values(chunk.len(), 8)
         );
             let mut q = sqlx::query(&sql);
             for l in chunk {

@@ -18,21 +18,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.logs_write.begin().await?;
         for chunk in records.chunks(ROWS_PER_INSERT) {
-            let values = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = self.values(chunk.len(), 6);
             let sql = format!(
                 "INSERT INTO log_records (job_id, attempt, seq, ts, stream, text) VALUES {values} ON CONFLICT (job_id, attempt, seq) DO NOTHING"
             );

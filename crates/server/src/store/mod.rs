@@ -187,7 +187,11 @@ where
         .map_err(|e: T::Err| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
-/// `$1, $2, …` placeholders starting after `offset` existing ones.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
+
+/// `$k` placeholders for `n` parameters following `offset` earlier ones.
 pub(crate) fn placeholders(offset: usize, n: usize) -> String {
     (1..=n)
         .map(|i| format!("${}", offset + i))
@@ -195,14 +199,16 @@ pub(crate) fn placeholders(offset: usize, n: usize) -> String {
         .join(", ")
 }
 
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain data serializes")
-}
-
-/// `($1, …, $cols), ($cols+1, …)` for a multi-row INSERT of `rows` rows.
-pub(crate) fn values(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", placeholders(r * cols, cols)))
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Store {
+    /// `(…), (…)` placeholders for a multi-row INSERT of `rows` rows of `cols` columns
+    /// that has no other parameters: `$k` on PostgreSQL, plain `?` on SQLite, where
+    /// binding a named (`$k`) parameter walks the list of all names, which made large
+    /// multi-row statements quadratic.
+    pub(crate) fn values(&self, rows: usize, cols: usize) -> String {
+        let row = |r: usize| match self.backend {
+            Backend::Postgres => format!("({})", placeholders(r * cols, cols)),
+            Backend::Sqlite => format!("({})", vec!["?"; cols].join(", ")),
+        };
+        (0..rows).map(row).collect::<Vec<_>>().join(", ")
+    }
 }
