@@ -28,6 +28,8 @@ use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
 const MAX_WAIT_MS: u64 = 25_000;
 /// An empty poll answer that came back sooner than this delays the next poll to it.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
+/// Longest the agent spends removing orphaned containers before it registers.
+const ORPHAN_CLEANUP_LIMIT: Duration = Duration::from_secs(30);
 /// After force-stop, server calls are retried this long before the agent gives up.
 const FORCE_REPORT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -147,13 +149,12 @@ async fn probe_docker(engine: &Engine, config: &AgentConfig) -> Option<String> {
         }
     };
     tracing::info!(version = %version, socket = %engine.socket().display(), "Docker engine found");
-    match engine
-        .remove_orphans(&config.name, config.keep_containers)
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(containers = n, "removed orphaned containers of this agent"),
-        Err(e) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
+    let cleanup = engine.remove_orphans(&config.name, config.keep_containers);
+    match tokio::time::timeout(ORPHAN_CLEANUP_LIMIT, cleanup).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::warn!(containers = n, "removed orphaned containers of this agent"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
+        Err(_) => tracing::warn!("the Docker engine is slow: orphaned containers may be left"),
     }
     Some(version)
 }
