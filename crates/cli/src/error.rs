@@ -8,23 +8,31 @@
 /// A failure with the message to print and its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Bad flags or config (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// No such job, agent or token (exit 3).
     #[error("{0}")]
     NotFound(String),
+    /// The server cannot be reached (exit 4).
     #[error("{0}")]
     Connect(String),
+    /// No token, or the server refused it: 401/403 (exit 4).
     #[error("{0}")]
     Auth(String),
+    /// The request conflicts with the job's state: 409 (exit 5).
     #[error("{0}")]
     Conflict(String),
+    /// The server rejected the input: 400/413 (exit 6).
     #[error("{0}")]
     Invalid(String),
+    /// Anything else (exit 1).
     #[error("{0}")]
     Other(String),
 }
 
 impl CliError {
+    /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Other(_) => 1,
@@ -43,4 +51,5 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// The CLI's result type.
 pub type Result<T> = std::result::Result<T, CliError>;

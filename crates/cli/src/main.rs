@@ -1,107 +1,25 @@
 //! `drover`: one binary that is server, agent, `drover up` (both on one machine) and the
-//! client. This file holds the command line; the work is in `commands/`.
+//! client. This file only parses the command line and dispatches; the command line is in
+//! `cli`, the work in `commands/` and `up`.
+//!
+//! Exit codes: see [`cli::EXIT_CODES`] (and `error.rs`); failures print one line on stderr.
 
+mod cli;
 mod client;
 mod commands;
 mod config;
 mod error;
 mod output;
+mod up;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 
-use crate::config::ClientArgs;
+use crate::cli::{Cli, Command};
+use crate::commands::{admin, jobs, logs, submit};
+use crate::config::{AgentSetup, Env, ServerSetup, UpSetup};
 use crate::error::CliError;
-
-const EXIT_CODES: &str = "Exit codes:
-  0  success          1  the job failed, or another error
-  2  usage error      3  not found
-  4  cannot connect, or the token was refused
-  5  conflict (e.g. cancel of a finished job)
-  6  the server rejected the input
-  submit --wait / wait: the job's exit code; 124 timed out; 130 canceled";
-
-#[derive(Parser)]
-#[command(
-    name = "drover",
-    version,
-    about = "Run jobs on many machines: server, agent and client in one binary",
-    after_help = format!("Examples:\n  drover up                                   # server + local agent in ./.drover\n  drover submit --follow -- echo hello        # run a job, stream its log\n  drover ls --state running\n  drover logs -f JOB\n\n{EXIT_CODES}")
-)]
-struct Cli {
-    #[command(flatten)]
-    client: ClientArgs,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Start a server, local agents and a client context on this machine (like `nomad agent -dev`).
-    #[command(
-        after_help = "Examples:\n  drover up\n  drover up --port 8080 --data /tmp/drover --agents 2"
-    )]
-    Up(commands::run::UpArgs),
-    /// Run the control plane: queue, leases, logs and the HTTP API.
-    #[command(
-        after_help = "Examples:\n  drover server --listen 0.0.0.0:7070 --data /var/lib/drover\n  drover server --database postgres://drover@db/drover --config /etc/drover.toml"
-    )]
-    Server(commands::run::ServerArgs),
-    /// Run an agent that leases and runs jobs.
-    #[command(
-        after_help = "Examples:\n  drover agent --server http://queue:7070 --token $JOIN_TOKEN --labels gpu=a100 --slots 4\n  DROVER_SERVER=http://queue:7070 DROVER_TOKEN=... drover agent --exit-after-job"
-    )]
-    Agent(commands::run::AgentArgs),
-    /// Submit a job; the words after `--` are one shell command line (run with `bash -c`).
-    #[command(
-        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi"
-    )]
-    Submit(commands::jobs::SubmitArgs),
-    /// Show one job.
-    #[command(
-        after_help = "Examples:\n  drover status 01932f...\n  drover status -o json 01932f... | jq .state"
-    )]
-    Status { job: String },
-    /// List jobs, newest first.
-    #[command(
-        after_help = "Examples:\n  drover ls\n  drover ls --state failed --queue gpu --limit 20"
-    )]
-    Ls(commands::jobs::LsArgs),
-    /// Print a job's output (stdout records to stdout, stderr and drover's own lines to stderr).
-    #[command(
-        after_help = "Examples:\n  drover logs JOB\n  drover logs -f JOB\n  drover logs --attempt 1 --stream stderr JOB"
-    )]
-    Logs(commands::jobs::LogsArgs),
-    /// Cancel a job (a running one is stopped: SIGTERM, grace period, SIGKILL).
-    #[command(after_help = "Example:\n  drover cancel JOB")]
-    Cancel { job: String },
-    /// Run a finished job again.
-    #[command(after_help = "Example:\n  drover retry JOB")]
-    Retry { job: String },
-    /// Wait for a job to end; exits with its exit code.
-    #[command(after_help = "Example:\n  drover wait JOB && echo done")]
-    Wait { job: String },
-    /// A job's timeline: every transition with time, actor and reason.
-    #[command(after_help = "Example:\n  drover events JOB")]
-    Events { job: String },
-    /// List agents.
-    #[command(after_help = "Example:\n  drover agents -o json")]
-    Agents,
-    /// Manage API tokens (admin).
-    #[command(subcommand)]
-    Token(commands::admin::TokenCommand),
-    /// Show the audit trail (admin).
-    #[command(after_help = "Example:\n  drover audit --limit 50")]
-    Audit {
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Print shell completions.
-    #[command(after_help = "Example:\n  drover completions bash > /etc/bash_completion.d/drover")]
-    Completions { shell: clap_complete::Shell },
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -121,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, Env::capture())) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");
@@ -130,23 +48,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<i32, CliError> {
-    let client = cli.client;
+async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
+    let client = cli.client.resolve(&env);
     match cli.command {
-        Command::Up(args) => commands::run::up(args).await,
-        Command::Server(args) => commands::run::server(args).await,
-        Command::Agent(args) => commands::run::agent(args).await,
-        Command::Submit(args) => commands::jobs::submit(&client.resolve(), args).await,
-        Command::Status { job } => commands::jobs::status(&client.resolve(), &job).await,
-        Command::Ls(args) => commands::jobs::ls(&client.resolve(), args).await,
-        Command::Logs(args) => commands::jobs::logs(&client.resolve(), args).await,
-        Command::Cancel { job } => commands::jobs::cancel(&client.resolve(), &job).await,
-        Command::Retry { job } => commands::jobs::retry(&client.resolve(), &job).await,
-        Command::Wait { job } => commands::jobs::wait(&client.resolve(), &job).await,
-        Command::Events { job } => commands::jobs::events(&client.resolve(), &job).await,
-        Command::Agents => commands::admin::agents(&client.resolve()).await,
-        Command::Token(cmd) => commands::admin::token(&client.resolve(), cmd).await,
-        Command::Audit { limit } => commands::admin::audit(&client.resolve(), limit).await,
+        Command::Up(args) => up::run(UpSetup::resolve(&args, &env)?).await,
+        Command::Server(args) => commands::server::run(ServerSetup::resolve(&args, &env)?).await,
+        Command::Agent(args) => commands::agent::run(AgentSetup::resolve(&args, &env)?).await,
+        Command::Submit(args) => submit::submit(&client, args).await,
+        Command::Wait { job } => submit::wait(&client, &job).await,
+        Command::Status { job } => jobs::status(&client, &job).await,
+        Command::Ls(args) => jobs::ls(&client, args).await,
+        Command::Logs(args) => logs::logs(&client, args).await,
+        Command::Cancel { job } => jobs::cancel(&client, &job).await,
+        Command::Retry { job } => jobs::retry(&client, &job).await,
+        Command::Events { job } => jobs::events(&client, &job).await,
+        Command::Agents => admin::agents(&client).await,
+        Command::Token(cmd) => admin::token(&client, cmd).await,
+        Command::Audit { limit } => admin::audit(&client, limit).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(0)
@@ -154,7 +72,44 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
-/// Used by `up` to find its default data directory.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from(".drover")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        for sub in Cli::command().get_subcommands() {
+            if sub.get_name() == "token" {
+                continue; // a group; its subcommands carry the examples
+            }
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example"),
+                "`drover {}` has no examples",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors() {
+        for argv in [
+            &["drover", "submit", "--priority", "urgent", "--", "true"][..],
+            &["drover", "submit", "--timeout", "xyz", "--", "true"],
+            &["drover", "submit", "--env", "NOEQUALS", "--", "true"],
+            &["drover", "ls", "--limit", "0"],
+            &["drover", "agent", "--slots", "0"],
+        ] {
+            let err = Cli::try_parse_from(argv).err().expect("refused");
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use drover_core::api::Job;
 use drover_core::JobState;
 
 /// Whether stdout is a terminal (colours, progress bars).
@@ -9,11 +10,12 @@ pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
 
+/// Whether stderr is a terminal (live status lines).
 pub fn stderr_is_tty() -> bool {
     std::io::stderr().is_terminal()
 }
 
-/// A state name, coloured when `color`.
+/// A state name, coloured when `color` (green ok, red failed, cyan running, yellow queued).
 pub fn state(s: JobState, color: bool) -> String {
     if !color {
         return s.to_string();
@@ -67,6 +69,26 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The live status line of `--wait`: coloured state, progress bar, percent, message,
+/// elapsed time (since the job started, or since it was submitted while it waits).
+pub fn status_line(job: &Job, now: chrono::DateTime<chrono::Utc>) -> String {
+    let since = job.started_at.unwrap_or(job.created_at);
+    let end = job.finished_at.unwrap_or(now);
+    let pct = job.progress.as_ref().map_or(0.0, |p| p.percent);
+    let msg = job.progress.as_ref().map_or("", |p| p.message.as_str());
+    let mut line = format!(
+        "{} {} {pct:>3.0}% {}",
+        state(job.state, true),
+        bar(pct),
+        elapsed(end - since)
+    );
+    if !msg.is_empty() {
+        line += "  ";
+        line += &msg.chars().take(60).collect::<String>();
+    }
+    line
+}
+
 /// Prints any API value as pretty JSON.
 pub fn json<T: serde::Serialize>(v: &T) {
     println!(
@@ -110,5 +132,29 @@ mod tests {
         assert_eq!(elapsed(chrono::Duration::seconds(185)), "3m05s");
         assert_eq!(elapsed(chrono::Duration::seconds(3720)), "1h02m");
         assert_eq!(bar(50.0), "[##########----------]");
+        assert_eq!(bar(250.0), "[####################]");
+    }
+
+    #[test]
+    fn the_status_line_shows_state_progress_and_elapsed_time() {
+        let t0 = chrono::Utc::now();
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "id": "j1", "name": "n", "queue": "default", "priority": 0, "state": "running",
+            "cancel_requested": false, "exec": {"kind": "shell", "command": "true"},
+            "labels": {}, "timeout_ms": null, "grace_ms": 10000, "max_attempts": 1,
+            "backoff": {},
+            "env": {}, "secret_names": [], "metadata": null, "idempotency_key": null,
+            "attempts_used": 1, "current_attempt": 1, "progress": null, "result": null,
+            "exit_code": null, "error": null, "created_at": t0, "run_at": t0,
+            "started_at": t0, "finished_at": null, "attempts": []
+        }))
+        .unwrap_or_else(|e| panic!("the Job JSON in this test is out of date: {e}"));
+        let line = strip_ansi(&status_line(&job, t0 + chrono::Duration::seconds(65)));
+        assert_eq!(line, "running [--------------------]   0% 1m05s");
+        job.progress =
+            serde_json::from_value(serde_json::json!({"percent": 40.0, "message": "epoch 2/5"}))
+                .ok();
+        let line = strip_ansi(&status_line(&job, t0 + chrono::Duration::seconds(3)));
+        assert_eq!(line, "running [########------------]  40% 3.0s  epoch 2/5");
     }
 }

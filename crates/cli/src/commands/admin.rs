@@ -8,6 +8,7 @@ use crate::config::{parse_duration, ClientConfig, OutputFormat};
 use crate::error::Result;
 use crate::output;
 
+/// `drover agents`: the fleet as a table or the AgentList JSON.
 pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
     let client = Client::new(cfg)?;
     let list: AgentList = client.get("/v1/agents").await?;
@@ -50,6 +51,7 @@ pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover token …`.
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once.
@@ -57,6 +59,7 @@ pub enum TokenCommand {
         after_help = "Examples:\n  drover token create --scope submit --name ci --expires 30d\n  drover token create --scope bootstrap --name burst-1 --label pool=burst"
     )]
     Create {
+        /// A name to recognise it by.
         #[arg(long)]
         name: String,
         /// read, submit, admin, join (agents register) or bootstrap (one agent, once).
@@ -70,9 +73,14 @@ pub enum TokenCommand {
         labels: Vec<String>,
     },
     /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  drover token ls -o json")]
     Ls,
     /// Revoke a token by id; it fails on its next request.
-    Revoke { id: String },
+    #[command(after_help = "Example:\n  drover token revoke tok_01...")]
+    Revoke {
+        /// The token's id (from `drover token ls`).
+        id: String,
+    },
 }
 
 fn token_rows(tokens: &[TokenView]) -> Vec<Vec<String>> {
@@ -96,6 +104,7 @@ fn token_rows(tokens: &[TokenView]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Runs a `drover token` subcommand.
 pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
     let client = Client::new(cfg)?;
     match cmd {
@@ -143,6 +152,7 @@ pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover audit`: the newest audit entries.
 pub async fn audit(cfg: &ClientConfig, limit: u32) -> Result<i32> {
     let client = Client::new(cfg)?;
     let page: AuditPage = client

@@ -1,260 +1,14 @@
-//! Client commands about jobs: submit, status, ls, logs, cancel, retry, wait, events.
+//! Client commands about one job or many: status, ls, cancel, retry, events.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
-
-use drover_core::api::{Job, JobEvents, JobPage, LogPage, LogRecord, Stream};
-use drover_core::spec::{DockerCommand, DockerSpec};
-use drover_core::{Exec, JobState, Priority, SubmitRequest};
-use futures::StreamExt;
-use reqwest::Method;
+use drover_core::api::{Job, JobEvents, JobPage};
+use drover_core::JobState;
 
 use crate::client::Client;
-use crate::config::{parse_duration, ClientConfig, OutputFormat};
-use crate::error::{CliError, Result};
+use crate::config::{ClientConfig, OutputFormat};
+use crate::error::Result;
 use crate::output;
 
-fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
-    s.parse()
-}
-
-fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
-    if k.is_empty() {
-        return Err(format!("{s:?} has an empty key"));
-    }
-    Ok((k.to_string(), v.to_string()))
-}
-
-fn parse_json(s: &str) -> std::result::Result<serde_json::Value, String> {
-    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
-}
-
-#[derive(clap::Args)]
-pub struct SubmitArgs {
-    /// A name shown in lists (default: the command line).
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long)]
-    queue: Option<String>,
-    /// low, normal, high, critical or an integer; higher runs first.
-    #[arg(long, value_parser = parse_priority)]
-    priority: Option<Priority>,
-    /// Kill the job after this long, e.g. 30s, 10m.
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Time between SIGTERM and SIGKILL when stopping it (default 10s).
-    #[arg(long, value_parser = parse_duration)]
-    grace: Option<Duration>,
-    /// Attempts in all, the first included.
-    #[arg(long)]
-    attempts: Option<u32>,
-    /// Do not start before this much time has passed.
-    #[arg(long, value_parser = parse_duration)]
-    delay: Option<Duration>,
-    /// Environment variable for the job (repeatable).
-    #[arg(long = "env", value_parser = parse_kv, value_name = "K=V")]
-    env: Vec<(String, String)>,
-    /// Like --env, but never shown by the API and masked in the log.
-    #[arg(long = "secret", value_parser = parse_kv, value_name = "K=V")]
-    secret: Vec<(String, String)>,
-    /// Label an agent must have (repeatable).
-    #[arg(long = "label", value_parser = parse_kv, value_name = "k=v")]
-    label: Vec<(String, String)>,
-    /// Free JSON metadata.
-    #[arg(long, value_parser = parse_json)]
-    metadata: Option<serde_json::Value>,
-    /// Submitting again with the same key returns the same job.
-    #[arg(long)]
-    idempotency_key: Option<String>,
-    /// Run the words as a program and its arguments, without a shell.
-    #[arg(long, conflicts_with_all = ["script", "image"])]
-    no_shell: bool,
-    /// Send this script file; run it with --interpreter.
-    #[arg(long, requires = "interpreter", conflicts_with = "image")]
-    script: Option<PathBuf>,
-    /// Interpreter for --script, e.g. python3, bash.
-    #[arg(long)]
-    interpreter: Option<String>,
-    /// Run in a Docker container of this image; the words are its command.
-    #[arg(long)]
-    image: Option<String>,
-    /// Wait for the job to end, showing its state; exit with its exit code.
-    #[arg(long)]
-    wait: bool,
-    /// Stream the job's log until it ends; exit with its exit code.
-    #[arg(long, conflicts_with = "wait")]
-    follow: bool,
-    /// The command.
-    #[arg(last = true)]
-    command: Vec<String>,
-}
-
-impl SubmitArgs {
-    fn exec(&self) -> Result<Exec> {
-        if let Some(path) = &self.script {
-            let body = std::fs::read_to_string(path).map_err(|e| {
-                CliError::Usage(format!("cannot read script {}: {e}", path.display()))
-            })?;
-            let interpreter = self.interpreter.clone().unwrap_or_default();
-            return Ok(Exec::Script { interpreter, body });
-        }
-        if let Some(image) = &self.image {
-            let command =
-                (!self.command.is_empty()).then(|| DockerCommand::Argv(self.command.clone()));
-            // Built through serde so fields added to the spec keep their defaults.
-            let spec: DockerSpec =
-                serde_json::from_value(serde_json::json!({ "image": image, "command": command }))
-                    .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
-            return Ok(Exec::Docker(Box::new(spec)));
-        }
-        if self.command.is_empty() {
-            return Err(CliError::Usage(
-                "nothing to run: give the command after `--`, e.g. `drover submit -- echo hello`"
-                    .into(),
-            ));
-        }
-        if self.no_shell {
-            return Ok(Exec::Process {
-                argv: self.command.clone(),
-            });
-        }
-        Ok(Exec::Shell {
-            command: self.command.join(" "),
-        })
-    }
-
-    fn request(&self) -> Result<SubmitRequest> {
-        let map = |v: &[(String, String)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
-        let mut req = SubmitRequest::shell("");
-        req.exec = self.exec()?;
-        req.name = self.name.clone();
-        req.queue = self.queue.clone();
-        req.priority = self.priority;
-        req.labels = map(&self.label);
-        req.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
-        req.grace_ms = self.grace.map(|d| d.as_millis() as u64);
-        req.max_attempts = self.attempts;
-        req.delay_ms = self.delay.map(|d| d.as_millis() as u64);
-        req.env = map(&self.env);
-        req.secrets = map(&self.secret);
-        req.metadata = self.metadata.clone();
-        req.idempotency_key = self.idempotency_key.clone();
-        Ok(req)
-    }
-}
-
-pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
-    let req = args.request()?;
-    let client = Client::new(cfg)?;
-    let job: Job = client.post("/v1/jobs", &req).await?;
-    if args.follow {
-        eprintln!("submitted {}", job.id);
-        follow_logs(&client, &job.id, None, None).await?;
-        let done = wait_done(&client, &job.id, false).await?;
-        return Ok(report_end(cfg, &done));
-    }
-    if args.wait {
-        if cfg.output == OutputFormat::Table {
-            eprintln!("submitted {}", job.id);
-        }
-        let done = wait_done(&client, &job.id, output::stderr_is_tty()).await?;
-        return Ok(report_end(cfg, &done));
-    }
-    match cfg.output {
-        OutputFormat::Json => output::json(&job),
-        OutputFormat::Table => println!("{}", job.id),
-    }
-    Ok(0)
-}
-
-/// The exit code that stands for how a job ended.
-pub fn job_exit_code(job: &Job) -> i32 {
-    match job.state {
-        JobState::Succeeded => 0,
-        JobState::TimedOut => 124,
-        JobState::Canceled => 130,
-        JobState::Failed => job.exit_code.filter(|c| (1..=255).contains(c)).unwrap_or(1),
-        _ => 1,
-    }
-}
-
-fn report_end(cfg: &ClientConfig, job: &Job) -> i32 {
-    match cfg.output {
-        OutputFormat::Json => output::json(job),
-        OutputFormat::Table if job.state != JobState::Succeeded => {
-            let why = job.error.clone().unwrap_or_default();
-            eprintln!(
-                "job {} {}{}",
-                job.id,
-                job.state,
-                if why.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {why}")
-                }
-            );
-        }
-        OutputFormat::Table => {}
-    }
-    job_exit_code(job)
-}
-
-/// Polls the job until it ends; on a terminal, keeps one status line up to date.
-async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
-    let mut failures = 0;
-    loop {
-        let job: Job = match client.get(&format!("/v1/jobs/{id}")).await {
-            Ok(job) => {
-                failures = 0;
-                job
-            }
-            // A server restart is not the job's end: keep waiting a while.
-            Err(CliError::Connect(msg)) if failures < 60 => {
-                failures += 1;
-                if live {
-                    eprint!("\r\x1b[2K(server unreachable, retrying) {msg}");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if live {
-            let since = job.started_at.unwrap_or(job.created_at);
-            let pct = job.progress.as_ref().map_or(0.0, |p| p.percent);
-            let msg = job
-                .progress
-                .as_ref()
-                .map_or(String::new(), |p| p.message.clone());
-            let state = output::state(job.state, true);
-            eprint!(
-                "\r\x1b[2K{state} {} {pct:>3.0}% {msg} {}",
-                output::bar(pct),
-                output::elapsed(chrono::Utc::now() - since)
-            );
-            let _ = std::io::stderr().flush();
-        }
-        if job.state.is_terminal() {
-            if live {
-                eprintln!();
-            }
-            return Ok(job);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-pub async fn wait(cfg: &ClientConfig, id: &str) -> Result<i32> {
-    let client = Client::new(cfg)?;
-    let job = wait_done(&client, id, output::stderr_is_tty()).await?;
-    Ok(report_end(cfg, &job))
-}
-
+/// `drover status`: one job, as fields or JSON.
 pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let job: Job = client.get(&format!("/v1/jobs/{id}")).await?;
@@ -315,11 +69,13 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// Flags of `drover ls`.
 #[derive(clap::Args)]
 pub struct LsArgs {
     /// Only jobs in this state (queued, leased, running, succeeded, failed, canceled, timed_out).
     #[arg(long, value_parser = |s: &str| s.parse::<JobState>())]
     state: Option<JobState>,
+    /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
     /// How many jobs to show (1-1000).
@@ -327,6 +83,7 @@ pub struct LsArgs {
     limit: u32,
 }
 
+/// `drover ls`: a table of jobs, newest first, or the JobPage JSON.
 pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
     let client = Client::new(cfg)?;
     let mut path = format!("/v1/jobs?limit={}", args.limit);
@@ -386,157 +143,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[derive(clap::Args)]
-pub struct LogsArgs {
-    job: String,
-    /// Keep printing new lines until the job ends.
-    #[arg(short, long)]
-    follow: bool,
-    /// Which attempt (default: the latest).
-    #[arg(long)]
-    attempt: Option<u32>,
-    /// Only this stream.
-    #[arg(long, value_parser = ["stdout", "stderr"])]
-    stream: Option<String>,
-}
-
-fn print_record(r: &LogRecord, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(r).expect("records serialize"));
-        return;
-    }
-    match r.stream {
-        Stream::Stdout => println!("{}", r.text),
-        Stream::Stderr | Stream::System => eprintln!("{}", r.text),
-    }
-}
-
-pub async fn logs(cfg: &ClientConfig, args: LogsArgs) -> Result<i32> {
-    let client = Client::new(cfg)?;
-    let json = cfg.output == OutputFormat::Json;
-    if args.follow {
-        follow_logs_as(
-            &client,
-            &args.job,
-            args.attempt,
-            args.stream.as_deref(),
-            json,
-        )
-        .await?;
-        return Ok(0);
-    }
-    let mut after = 0;
-    loop {
-        let mut path = format!("/v1/jobs/{}/logs?after={after}&limit=10000", args.job);
-        if let Some(a) = args.attempt {
-            path += &format!("&attempt={a}");
-        }
-        if let Some(s) = &args.stream {
-            path += &format!("&stream={s}");
-        }
-        let page: LogPage = client.get(&path).await?;
-        for r in &page.records {
-            print_record(r, json);
-        }
-        if page.records.is_empty() || page.complete {
-            return Ok(0);
-        }
-        after = page.last_seq;
-    }
-}
-
-async fn follow_logs(
-    client: &Client,
-    id: &str,
-    attempt: Option<u32>,
-    stream: Option<&str>,
-) -> Result<()> {
-    follow_logs_as(client, id, attempt, stream, false).await
-}
-
-/// Streams the log over SSE until its `end` event; after a dropped connection it resumes
-/// after the last `seq` printed, so no line is repeated or lost.
-async fn follow_logs_as(
-    client: &Client,
-    id: &str,
-    attempt: Option<u32>,
-    stream: Option<&str>,
-    json: bool,
-) -> Result<()> {
-    let mut after = 0u64;
-    let mut attempt = attempt;
-    let mut failures = 0;
-    loop {
-        let mut path = format!("/v1/jobs/{id}/logs/stream?after={after}");
-        if let Some(a) = attempt {
-            path += &format!("&attempt={a}");
-        }
-        if let Some(s) = stream {
-            path += &format!("&stream={s}");
-        }
-        let resp = match client.send(client.request(Method::GET, &path)).await {
-            Ok(r) => r,
-            Err(CliError::Connect(msg)) if failures < 60 => {
-                failures += 1;
-                eprintln!("(log stream interrupted: {msg}; retrying)");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        failures = 0;
-        let mut body = resp.bytes_stream();
-        let mut buf = String::new();
-        let mut ended = false;
-        'stream: while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(pos) = buf.find("\n\n") {
-                let event: String = buf.drain(..pos + 2).collect();
-                let (mut kind, mut data) = ("message", String::new());
-                for line in event.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        kind = if v.trim() == "end" {
-                            "end"
-                        } else if v.trim() == "record" {
-                            "record"
-                        } else {
-                            "other"
-                        };
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                match kind {
-                    "record" => {
-                        if let Ok(r) = serde_json::from_str::<LogRecord>(&data) {
-                            if r.seq > after {
-                                after = r.seq;
-                                print_record(&r, json);
-                            }
-                        }
-                    }
-                    "end" => {
-                        // The attempt the server followed; pin it so a resume cannot jump to a retry.
-                        if let Ok(n) = data.trim().parse() {
-                            attempt.get_or_insert(n);
-                        }
-                        ended = true;
-                        break 'stream;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let _ = std::io::stdout().flush();
-        if ended {
-            return Ok(());
-        }
-        // The connection dropped before the end: resume after the last line printed.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
+/// `drover cancel`: a queued job ends at once, a running one when its agent stopped it.
 pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let job: Job = client
@@ -552,6 +159,7 @@ pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover retry`: queues a finished job again.
 pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let job: Job = client
@@ -564,6 +172,7 @@ pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover events`: the job's timeline.
 pub async fn events(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let ev: JobEvents = client.get(&format!("/v1/jobs/{id}/events")).await?;

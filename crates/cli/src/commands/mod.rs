@@ -1,5 +1,49 @@
-//! The commands: `run` (server, agent, up), `jobs` (submit and friends), `admin`.
+//! The commands, one file per group: `server`, `agent`, `submit` (and wait), `jobs`
+//! (status, ls, cancel, retry, events), `logs`, `admin` (agents, tokens, audit).
 
 pub mod admin;
+pub mod agent;
 pub mod jobs;
-pub mod run;
+pub mod logs;
+pub mod server;
+pub mod submit;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LogConfig;
+
+/// Sets up `tracing` on stderr with the resolved format and filter.
+pub fn init_tracing(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: log filter {:?} is invalid ({e}); using info",
+            log.filter
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if log.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Cancels `token` on the next Ctrl-C (SIGINT) or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    token.cancel();
+}

@@ -1,5 +1,14 @@
-//! Configuration: file < environment < flags, resolved once. The only module that reads
-//! the environment (through clap's `env` attributes declared here, and the context path).
+//! Configuration: config file < environment < flags, resolved once at start-up into
+//! `drover_server::ServerConfig`, `drover_agent::AgentConfig` or a [`ClientConfig`].
+//!
+//! This is the only module that reads the environment: the `DROVER_*` variables through
+//! the clap `env` attributes of the argument structs declared in its submodules, and
+//! `RUST_LOG`, `DOCKER_HOST` and the context directory through [`Env`].
+
+mod agent;
+mod client;
+mod server;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,115 +17,90 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
 
-/// Where the client finds the server and its token: flags, env, then the context file.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ClientArgs {
-    /// Server URL [env: DROVER_SERVER] (default: the context `drover up` wrote, else http://127.0.0.1:7070).
-    #[arg(long, global = true, env = "DROVER_SERVER", hide_env = true)]
-    pub server: Option<String>,
-    /// API token [env: DROVER_TOKEN] (default: the context `drover up` wrote).
-    #[arg(
-        long,
-        global = true,
-        env = "DROVER_TOKEN",
-        hide_env = true,
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// CA certificate (PEM) to trust for an https:// server [env: DROVER_CA_FILE].
-    #[arg(long, global = true, env = "DROVER_CA_FILE", hide_env = true)]
-    pub ca_file: Option<PathBuf>,
-    /// `table` for people, `json` for scripts.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+pub use agent::{AgentArgs, AgentSetup};
+pub use client::{write_context, ClientArgs, ClientConfig, Context, OutputFormat};
+pub use server::{ServerArgs, ServerSetup};
+pub use up::{UpArgs, UpSetup};
+
+/// The environment variables drover reads besides the `DROVER_*` flag variables,
+/// captured once so that resolution itself is pure and testable.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `RUST_LOG`: a tracing filter, overridden by `--log-level`.
+    pub rust_log: Option<String>,
+    /// `DOCKER_HOST` (only `unix://PATH` is supported): the agents' Docker engine.
+    pub docker_host: Option<String>,
+    /// `DROVER_CONFIG_DIR`: where the client context lives.
+    pub config_dir: Option<PathBuf>,
+    /// `XDG_CONFIG_HOME`.
+    pub xdg_config_home: Option<PathBuf>,
+    /// `HOME`.
+    pub home: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OutputFormat {
-    #[default]
-    Table,
-    Json,
-}
-
-/// The client context `drover up` writes, so local commands need no flags.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Context {
-    pub server: String,
-    pub token: String,
-}
-
-/// The directory of the client context: `$DROVER_CONFIG_DIR`, else
-/// `$XDG_CONFIG_HOME/drover`, else `~/.config/drover`.
-pub fn context_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DROVER_CONFIG_DIR") {
-        return PathBuf::from(dir);
+impl Env {
+    /// Reads the variables from the process environment.
+    pub fn capture() -> Env {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let path = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Env {
+            rust_log: var("RUST_LOG"),
+            docker_host: var("DOCKER_HOST"),
+            config_dir: path("DROVER_CONFIG_DIR"),
+            xdg_config_home: path("XDG_CONFIG_HOME"),
+            home: path("HOME"),
+        }
     }
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(dir).join("drover");
+
+    /// The directory of the client context: `$DROVER_CONFIG_DIR`, else
+    /// `$XDG_CONFIG_HOME/drover`, else `~/.config/drover`.
+    pub fn context_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.config_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = &self.xdg_config_home {
+            return dir.join("drover");
+        }
+        let home = self.home.clone().unwrap_or_else(|| PathBuf::from("."));
+        home.join(".config").join("drover")
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".config").join("drover")
+
+    /// The Docker engine socket from `DOCKER_HOST=unix://PATH`; other schemes are refused.
+    pub fn docker_socket(&self) -> Result<Option<PathBuf>> {
+        let Some(host) = &self.docker_host else {
+            return Ok(None);
+        };
+        match host.strip_prefix("unix://") {
+            Some(path) => Ok(Some(PathBuf::from(path))),
+            None => Err(CliError::Usage(format!(
+                "DOCKER_HOST={host:?} is not supported: agents talk to Docker over a unix:// socket"
+            ))),
+        }
+    }
 }
 
-pub fn read_context() -> Option<Context> {
-    let text = std::fs::read_to_string(context_dir().join("context.toml")).ok()?;
-    toml::from_str(&text).ok()
+/// How the long-running roles log: format and tracing filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Lines as JSON objects instead of text.
+    pub json: bool,
+    /// A tracing filter such as `info` or `drover_server=debug,info`.
+    pub filter: String,
 }
 
-pub fn write_context(ctx: &Context) -> Result<PathBuf> {
-    let dir = context_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::Other(format!("cannot create {}: {e}", dir.display())))?;
-    let path = dir.join("context.toml");
-    write_private(&path, &toml::to_string(ctx).expect("context serializes"))?;
-    Ok(path)
-}
-
-/// Writes a file only its owner can read (tokens live in it).
-pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-/// A resolved client configuration.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    pub server: String,
-    pub token: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub output: OutputFormat,
-}
-
-impl ClientArgs {
-    pub fn resolve(&self) -> ClientConfig {
-        let ctx = read_context();
-        let server = self
-            .server
-            .clone()
-            .or_else(|| ctx.as_ref().map(|c| c.server.clone()))
-            .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
-        // A context token only belongs to the context's server.
-        let token = self
-            .token
-            .clone()
-            .or_else(|| ctx.filter(|c| c.server == server).map(|c| c.token));
-        ClientConfig {
-            server: server.trim_end_matches('/').to_string(),
-            token,
-            ca_file: self.ca_file.clone(),
-            output: self.output,
+impl LogConfig {
+    /// `--log-level` beats `RUST_LOG`, which beats `default_level`.
+    pub fn resolve(format: Option<&str>, level: Option<&str>, env: &Env, default: &str) -> Self {
+        LogConfig {
+            json: format == Some("json"),
+            filter: level
+                .map(str::to_string)
+                .or_else(|| env.rust_log.clone())
+                .unwrap_or_else(|| default.to_string()),
         }
     }
 }
@@ -125,40 +109,76 @@ impl ClientArgs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// The `[server]` table.
     #[serde(default)]
     pub server: ServerFile,
+    /// The `[agent]` table.
     #[serde(default)]
     pub agent: AgentFile,
 }
 
+/// The `[server]` table of the config file; every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
+    /// Address to listen on.
     pub listen: Option<String>,
+    /// Data directory.
     pub data: Option<PathBuf>,
+    /// PostgreSQL URL.
     pub database: Option<String>,
+    /// Lease time-to-live, e.g. `30s`.
     pub lease_ttl: Option<String>,
+    /// Serve /metrics without a token.
     pub public_metrics: Option<bool>,
+    /// PEM certificate for HTTPS.
     pub tls_cert: Option<PathBuf>,
+    /// PEM key for HTTPS.
     pub tls_key: Option<PathBuf>,
+    /// `text` or `json`.
     pub log_format: Option<String>,
+    /// A tracing filter, e.g. `info`.
+    pub log_level: Option<String>,
 }
 
+/// The `[agent]` table of the config file; every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
+    /// Server URL.
     pub server: Option<String>,
+    /// Join or bootstrap token.
     pub token: Option<String>,
+    /// Agent name.
     pub name: Option<String>,
+    /// Labels, `k=v` each.
     pub labels: Option<Vec<String>>,
+    /// Queues to take jobs from.
     pub queues: Option<Vec<String>>,
+    /// Jobs at once.
     pub slots: Option<u32>,
+    /// Workspaces and spools.
     pub work_dir: Option<PathBuf>,
+    /// How long jobs may finish after SIGTERM, e.g. `5m`.
     pub shutdown_timeout: Option<String>,
+    /// Keep workspaces after jobs end.
     pub keep_workspaces: Option<bool>,
+    /// Bound of the on-disk log spool, e.g. `1GiB`.
+    pub spool_limit: Option<String>,
+    /// Most output one job may write, e.g. `4GiB`.
+    pub output_cap: Option<String>,
+    /// Host paths mounted into every docker job, `HOST:CONTAINER[:ro]`.
+    pub docker_mounts: Option<Vec<String>>,
+    /// Keep docker jobs' containers after they end.
+    pub keep_containers: Option<bool>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// A tracing filter, e.g. `info`.
+    pub log_level: Option<String>,
 }
 
 impl FileConfig {
+    /// Reads and checks the file; no path means an empty config.
     pub fn load(path: Option<&Path>) -> Result<FileConfig> {
         let Some(path) = path else {
             return Ok(FileConfig::default());
@@ -166,9 +186,95 @@ impl FileConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             CliError::Usage(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        toml::from_str(&text)
-            .map_err(|e| CliError::Usage(format!("config file {} is invalid: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| {
+            CliError::Usage(format!(
+                "config file {} is invalid: {}",
+                path.display(),
+                e.to_string().trim()
+            ))
+        })
     }
+}
+
+/// Tokens a server creates on its first start, kept (mode 0600) in DATA/tokens.toml so
+/// a restart accepts the same ones. The database holds only their hashes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTokens {
+    /// Admin-scoped API token.
+    pub admin: String,
+    /// Join token agents register with.
+    pub join: String,
+}
+
+impl LocalTokens {
+    /// The file the tokens of a data directory live in.
+    pub fn path(data: &Path) -> PathBuf {
+        data.join("tokens.toml")
+    }
+
+    /// Loads DATA/tokens.toml, creating it on first start. Returns the tokens and
+    /// whether they were just created.
+    pub fn load_or_create(data: &Path) -> Result<(LocalTokens, bool)> {
+        let path = Self::path(data);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let t = toml::from_str(&text).map_err(|e| {
+                    CliError::Other(format!(
+                        "{} is damaged ({}); remove it to make new tokens",
+                        path.display(),
+                        e.to_string().trim()
+                    ))
+                })?;
+                return Ok((t, false));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::Other(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        std::fs::create_dir_all(data).map_err(|e| {
+            CliError::Other(format!(
+                "cannot create data directory {}: {e}",
+                data.display()
+            ))
+        })?;
+        let t = LocalTokens {
+            admin: random_token("drc_"),
+            join: random_token("drj_"),
+        };
+        write_private(&path, &toml::to_string(&t).expect("tokens serialize"))?;
+        Ok((t, true))
+    }
+}
+
+fn random_token(prefix: &str) -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
+/// Writes a file only its owner can read and write (tokens live in it).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| CliError::Other(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    // An existing file keeps its mode on open; make sure it is private.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    Ok(())
 }
 
 /// Parses `30s`, `5m`, `1h30m`, or a bare number of seconds.
@@ -178,6 +284,39 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 5m, 1h30m"))
+}
+
+/// Parses a size: bytes, or a number with K, M, G (powers of 1024; `KiB`, `MB` … alike).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("{s:?} is not a size; use e.g. 512MiB, 4G or a number of bytes");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Applies a duration from a flag or, failing that, the config file.
+fn duration_from(
+    flag: Option<Duration>,
+    file: Option<&str>,
+    key: &str,
+) -> Result<Option<Duration>> {
+    match (flag, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("{key} in the config file: {e}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +330,10 @@ mod tests {
         assert_eq!(cfg.server.listen.as_deref(), Some("127.0.0.1:7070"));
         assert_eq!(cfg.agent.slots, Some(4));
         assert!(parse_duration(cfg.server.lease_ttl.as_deref().unwrap()).is_ok());
+        assert_eq!(
+            parse_size(cfg.agent.spool_limit.as_deref().unwrap()),
+            Ok(1 << 30)
+        );
     }
 
     #[test]
@@ -200,6 +343,7 @@ mod tests {
         std::fs::write(&path, "[server]\nlisten = \"x\"\ncolour = 1\n").unwrap();
         let err = FileConfig::load(Some(&path)).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]
@@ -208,5 +352,79 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("xyz").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn log_level_flag_beats_rust_log_which_beats_the_default() {
+        let env = Env {
+            rust_log: Some("debug".into()),
+            ..Env::default()
+        };
+        assert_eq!(
+            LogConfig::resolve(None, Some("warn"), &env, "info").filter,
+            "warn"
+        );
+        assert_eq!(LogConfig::resolve(None, None, &env, "info").filter, "debug");
+        let plain = LogConfig::resolve(Some("json"), None, &Env::default(), "info");
+        assert_eq!(
+            plain,
+            LogConfig {
+                json: true,
+                filter: "info".into()
+            }
+        );
+    }
+
+    #[test]
+    fn context_dir_prefers_drover_config_dir_then_xdg_then_home() {
+        let mut env = Env {
+            home: Some("/home/u".into()),
+            ..Env::default()
+        };
+        assert_eq!(env.context_dir(), Path::new("/home/u/.config/drover"));
+        env.xdg_config_home = Some("/xdg".into());
+        assert_eq!(env.context_dir(), Path::new("/xdg/drover"));
+        env.config_dir = Some("/ctx".into());
+        assert_eq!(env.context_dir(), Path::new("/ctx"));
+    }
+
+    #[test]
+    fn docker_host_must_be_a_unix_socket() {
+        let mut env = Env::default();
+        assert_eq!(env.docker_socket().unwrap(), None);
+        env.docker_host = Some("unix:///run/user/1/docker.sock".into());
+        assert_eq!(
+            env.docker_socket().unwrap(),
+            Some(PathBuf::from("/run/user/1/docker.sock"))
+        );
+        env.docker_host = Some("tcp://10.0.0.1:2375".into());
+        assert!(env.docker_socket().is_err());
+    }
+
+    #[test]
+    fn local_tokens_are_created_once_private_and_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, new) = LocalTokens::load_or_create(dir.path()).unwrap();
+        assert!(new);
+        assert!(first.admin.starts_with("drc_") && first.join.starts_with("drj_"));
+        let mode = std::fs::metadata(LocalTokens::path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, new) = LocalTokens::load_or_create(dir.path()).unwrap();
+        assert!(!new);
+        assert_eq!(again, first);
     }
 }

@@ -1,0 +1,266 @@
+//! `drover submit` (with `--wait` and `--follow`) and `drover wait`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_core::api::Job;
+use drover_core::spec::{DockerCommand, DockerSpec};
+use drover_core::{Exec, JobState, Priority, SubmitRequest};
+
+use crate::client::Client;
+use crate::commands::logs::{follow_job, Follow};
+use crate::config::{parse_duration, ClientConfig, OutputFormat};
+use crate::error::{CliError, Result};
+use crate::output;
+
+/// Parses `low`, `normal`, `high`, `critical` or an integer.
+fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
+    s.parse()
+}
+
+/// Parses `KEY=VALUE` (the value may be empty or contain `=`).
+fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_json(s: &str) -> std::result::Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// Flags of `drover submit`.
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// A name shown in lists (default: the command line).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    queue: Option<String>,
+    /// low, normal, high, critical or an integer; higher runs first.
+    #[arg(long, value_parser = parse_priority)]
+    priority: Option<Priority>,
+    /// Kill the job after this long, e.g. 30s, 10m.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when stopping it (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    grace: Option<Duration>,
+    /// Attempts in all, the first included.
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// Do not start before this much time has passed.
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    /// Environment variable for the job (repeatable).
+    #[arg(long = "env", value_parser = parse_kv, value_name = "K=V")]
+    env: Vec<(String, String)>,
+    /// Like --env, but never shown by the API and masked in the log.
+    #[arg(long = "secret", value_parser = parse_kv, value_name = "K=V")]
+    secret: Vec<(String, String)>,
+    /// Label an agent must have (repeatable).
+    #[arg(long = "label", value_parser = parse_kv, value_name = "k=v")]
+    label: Vec<(String, String)>,
+    /// Free JSON metadata.
+    #[arg(long, value_parser = parse_json)]
+    metadata: Option<serde_json::Value>,
+    /// Submitting again with the same key returns the same job.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Run the words as a program and its arguments, without a shell.
+    #[arg(long, conflicts_with_all = ["script", "image"])]
+    no_shell: bool,
+    /// Send this script file; run it with --interpreter.
+    #[arg(long, requires = "interpreter", conflicts_with = "image")]
+    script: Option<PathBuf>,
+    /// Interpreter for --script, e.g. python3, bash.
+    #[arg(long)]
+    interpreter: Option<String>,
+    /// Run in a Docker container of this image; the words are its command.
+    #[arg(long)]
+    image: Option<String>,
+    /// Wait for the job to end, showing its state; exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Stream the job's log until it ends; exit with its exit code.
+    #[arg(long, conflicts_with = "wait")]
+    follow: bool,
+    /// The command.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+impl SubmitArgs {
+    fn exec(&self) -> Result<Exec> {
+        if let Some(path) = &self.script {
+            let body = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!("cannot read script {}: {e}", path.display()))
+            })?;
+            let interpreter = self.interpreter.clone().unwrap_or_default();
+            return Ok(Exec::Script { interpreter, body });
+        }
+        if let Some(image) = &self.image {
+            let command =
+                (!self.command.is_empty()).then(|| DockerCommand::Argv(self.command.clone()));
+            // Built through serde so fields added to the spec keep their defaults.
+            let spec: DockerSpec =
+                serde_json::from_value(serde_json::json!({ "image": image, "command": command }))
+                    .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
+            return Ok(Exec::Docker(Box::new(spec)));
+        }
+        if self.command.is_empty() {
+            return Err(CliError::Usage(
+                "nothing to run: give the command after `--`, e.g. `drover submit -- echo hello`"
+                    .into(),
+            ));
+        }
+        if self.no_shell {
+            return Ok(Exec::Process {
+                argv: self.command.clone(),
+            });
+        }
+        Ok(Exec::Shell {
+            command: self.command.join(" "),
+        })
+    }
+
+    fn request(&self) -> Result<SubmitRequest> {
+        let map = |v: &[(String, String)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
+        let mut req = SubmitRequest::shell("");
+        req.exec = self.exec()?;
+        req.name = self.name.clone();
+        req.queue = self.queue.clone();
+        req.priority = self.priority;
+        req.labels = map(&self.label);
+        req.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
+        req.grace_ms = self.grace.map(|d| d.as_millis() as u64);
+        req.max_attempts = self.attempts;
+        req.delay_ms = self.delay.map(|d| d.as_millis() as u64);
+        req.env = map(&self.env);
+        req.secrets = map(&self.secret);
+        req.metadata = self.metadata.clone();
+        req.idempotency_key = self.idempotency_key.clone();
+        Ok(req)
+    }
+}
+
+/// `drover submit`: prints the job id (or the Job JSON); with `--wait`/`--follow` exits
+/// like the job (see [`job_exit_code`]).
+pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
+    let req = args.request()?;
+    let client = Client::new(cfg)?;
+    let job: Job = client.post("/v1/jobs", &req).await?;
+    if args.follow {
+        let json = cfg.output == OutputFormat::Json;
+        if !json {
+            eprintln!("submitted {}", job.id);
+        }
+        let follow = Follow {
+            job: &job.id,
+            attempt: None,
+            stream: None,
+            json,
+        };
+        follow_job(&client, &follow).await?;
+        let done = wait_done(&client, &job.id, false).await?;
+        if json {
+            // One JSON value per line: the records, then the job.
+            println!("{}", serde_json::to_string(&done).expect("jobs serialize"));
+            return Ok(job_exit_code(&done));
+        }
+        return Ok(report_end(cfg, &done));
+    }
+    if args.wait {
+        if cfg.output == OutputFormat::Table {
+            eprintln!("submitted {}", job.id);
+        }
+        let done = wait_done(&client, &job.id, output::stderr_is_tty()).await?;
+        return Ok(report_end(cfg, &done));
+    }
+    match cfg.output {
+        OutputFormat::Json => output::json(&job),
+        OutputFormat::Table => println!("{}", job.id),
+    }
+    Ok(0)
+}
+
+/// The exit code that stands for how a job ended: 0 succeeded; failed: the job's own
+/// exit code when it has one (1-255), else 1; 124 timed out; 130 canceled.
+pub fn job_exit_code(job: &Job) -> i32 {
+    match job.state {
+        JobState::Succeeded => 0,
+        JobState::TimedOut => 124,
+        JobState::Canceled => 130,
+        JobState::Failed => job.exit_code.filter(|c| (1..=255).contains(c)).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// Prints how the job ended (why, when it did not succeed) and returns its exit code.
+fn report_end(cfg: &ClientConfig, job: &Job) -> i32 {
+    match cfg.output {
+        OutputFormat::Json => output::json(job),
+        OutputFormat::Table if job.state != JobState::Succeeded => {
+            let why = job.error.clone().unwrap_or_default();
+            eprintln!(
+                "job {} {}{}",
+                job.id,
+                job.state,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            );
+        }
+        OutputFormat::Table => {}
+    }
+    job_exit_code(job)
+}
+
+/// Polls the job until it ends; on a terminal, keeps one status line up to date.
+async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
+    let mut failures = 0;
+    loop {
+        let job: Job = match client.get(&format!("/v1/jobs/{id}")).await {
+            Ok(job) => {
+                failures = 0;
+                job
+            }
+            // A server restart is not the job's end: keep waiting a while.
+            Err(CliError::Connect(msg)) if failures < 60 => {
+                failures += 1;
+                if live {
+                    eprint!("\r\x1b[2K(server unreachable, retrying) {msg}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if live {
+            eprint!("\r\x1b[2K{}", output::status_line(&job, chrono::Utc::now()));
+            let _ = std::io::stderr().flush();
+        }
+        if job.state.is_terminal() {
+            if live {
+                eprintln!();
+            }
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `drover wait`: exits like the job once it ends.
+pub async fn wait(cfg: &ClientConfig, id: &str) -> Result<i32> {
+    let client = Client::new(cfg)?;
+    let job = wait_done(&client, id, output::stderr_is_tty()).await?;
+    Ok(report_end(cfg, &job))
+}

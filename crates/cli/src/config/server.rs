@@ -1,0 +1,245 @@
+//! `drover server`'s flags and their resolution into a `drover_server::ServerConfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_server::{BootstrapToken, Scope, ServerConfig, TlsFiles};
+
+use super::{duration_from, parse_duration, Env, FileConfig, LocalTokens, LogConfig};
+use crate::error::{CliError, Result};
+
+/// Flags of `drover server`; each also comes from env and the `[server]` table.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServerArgs {
+    /// TOML config file (see drover.example.toml) [env: DROVER_CONFIG].
+    #[arg(long, env = "DROVER_CONFIG", hide_env = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070] [env: DROVER_LISTEN].
+    #[arg(long, env = "DROVER_LISTEN", hide_env = true)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: SQLite database, logs, secrets key, tokens.toml [default: ./.drover] [env: DROVER_DATA].
+    #[arg(long, env = "DROVER_DATA", hide_env = true)]
+    pub data: Option<PathBuf>,
+    /// postgres://… to use PostgreSQL instead of SQLite [env: DROVER_DATABASE].
+    #[arg(long, env = "DROVER_DATABASE", hide_env = true, hide_env_values = true)]
+    pub database: Option<String>,
+    /// Leases not renewed for this long expire, e.g. 30s [default: 30s] [env: DROVER_LEASE_TTL].
+    #[arg(long, env = "DROVER_LEASE_TTL", hide_env = true, value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// Serve /metrics without a token.
+    #[arg(long)]
+    pub public_metrics: bool,
+    /// PEM certificate for HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log format [default: text] [env: DROVER_LOG_FORMAT].
+    #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Tracing filter, e.g. info or drover_server=debug [default: RUST_LOG, else info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Admin token to accept (default: generated once, kept in DATA/tokens.toml) [env: DROVER_ADMIN_TOKEN].
+    #[arg(
+        long,
+        env = "DROVER_ADMIN_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Join token agents register with (default: generated once, kept in DATA/tokens.toml) [env: DROVER_JOIN_TOKEN].
+    #[arg(
+        long,
+        env = "DROVER_JOIN_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+}
+
+/// Everything `drover server` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerSetup {
+    /// The server's configuration, bootstrap tokens included.
+    pub config: ServerConfig,
+    /// How to log.
+    pub log: LogConfig,
+    /// Tokens generated just now (to print once), with the file they were saved in.
+    pub created_tokens: Option<(LocalTokens, PathBuf)>,
+}
+
+impl ServerSetup {
+    /// Merges file < env < flags and finds (or creates) the bootstrap tokens.
+    pub fn resolve(args: &ServerArgs, env: &Env) -> Result<ServerSetup> {
+        let file = FileConfig::load(args.config.as_deref())?;
+        let (mut config, log) = resolve_config(args, &file, env)?;
+        let mut created_tokens = None;
+        let (admin, join) = match (&args.admin_token, &args.join_token) {
+            (Some(a), Some(j)) => (a.clone(), j.clone()),
+            (a, j) => {
+                let (t, new) = LocalTokens::load_or_create(&config.data_dir)?;
+                if new {
+                    created_tokens = Some((t.clone(), LocalTokens::path(&config.data_dir)));
+                }
+                (a.clone().unwrap_or(t.admin), j.clone().unwrap_or(t.join))
+            }
+        };
+        config.bootstrap_tokens = bootstrap_tokens(&admin, &join);
+        Ok(ServerSetup {
+            config,
+            log,
+            created_tokens,
+        })
+    }
+}
+
+/// The admin and join tokens as bootstrap tokens the server makes sure exist.
+pub(super) fn bootstrap_tokens(admin: &str, join: &str) -> Vec<BootstrapToken> {
+    vec![
+        BootstrapToken {
+            name: "admin".into(),
+            scope: Scope::Admin,
+            secret: admin.to_string(),
+        },
+        BootstrapToken {
+            name: "join".into(),
+            scope: Scope::Join,
+            secret: join.to_string(),
+        },
+    ]
+}
+
+fn resolve_config(
+    args: &ServerArgs,
+    file: &FileConfig,
+    env: &Env,
+) -> Result<(ServerConfig, LogConfig)> {
+    let f = &file.server;
+    let data = args
+        .data
+        .clone()
+        .or_else(|| f.data.clone())
+        .unwrap_or_else(|| PathBuf::from(".drover"));
+    let mut cfg = ServerConfig::new(data);
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    } else if let Some(l) = &f.listen {
+        cfg.listen = l.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "listen = {l:?} in the config file is not host:port, e.g. 127.0.0.1:7070"
+            ))
+        })?;
+    }
+    cfg.database_url = args.database.clone().or_else(|| f.database.clone());
+    if let Some(ttl) = duration_from(args.lease_ttl, f.lease_ttl.as_deref(), "lease_ttl")? {
+        cfg.lease_ttl = ttl;
+    }
+    if cfg.lease_ttl < Duration::from_secs(1) {
+        return Err(CliError::Usage("the lease TTL must be at least 1s".into()));
+    }
+    cfg.public_metrics = args.public_metrics || f.public_metrics.unwrap_or(false);
+    match (
+        args.tls_cert.clone().or_else(|| f.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| f.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => cfg.tls = Some(TlsFiles { cert, key }),
+        (None, None) => {}
+        _ => {
+            return Err(CliError::Usage(
+                "give both a TLS certificate and a key (tls_cert and tls_key)".into(),
+            ))
+        }
+    }
+    let format = args.log_format.as_deref().or(f.log_format.as_deref());
+    if let Some(other) = format.filter(|f| !matches!(*f, "text" | "json")) {
+        return Err(CliError::Usage(format!(
+            "log_format = {other:?} in the config file: use \"text\" or \"json\""
+        )));
+    }
+    let level = args.log_level.as_deref().or(f.log_level.as_deref());
+    Ok((cfg, LogConfig::resolve(format, level, env, "info")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(toml_text: &str) -> FileConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let f = file(
+            "[server]\nlisten = \"0.0.0.0:8000\"\ndata = \"/srv/drover\"\nlease_ttl = \"45s\"\nlog_format = \"json\"\n",
+        );
+        let (cfg, log) = resolve_config(&ServerArgs::default(), &f, &Env::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/drover"));
+        assert_eq!(cfg.lease_ttl, Duration::from_secs(45));
+        assert!(log.json);
+
+        let args = ServerArgs {
+            listen: Some("127.0.0.1:9000".parse().unwrap()),
+            lease_ttl: Some(Duration::from_secs(10)),
+            log_format: Some("text".into()),
+            ..ServerArgs::default()
+        };
+        let (cfg, log) = resolve_config(&args, &f, &Env::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/drover"));
+        assert_eq!(cfg.lease_ttl, Duration::from_secs(10));
+        assert!(!log.json);
+
+        let (cfg, _) = resolve_config(
+            &ServerArgs::default(),
+            &FileConfig::default(),
+            &Env::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(cfg.data_dir, PathBuf::from(".drover"));
+    }
+
+    #[test]
+    fn bad_file_values_are_usage_errors() {
+        for text in [
+            "[server]\nlisten = \"nowhere\"\n",
+            "[server]\nlease_ttl = \"soon\"\n",
+            "[server]\nlease_ttl = \"10ms\"\n",
+            "[server]\ntls_cert = \"/c.pem\"\n",
+            "[server]\nlog_format = \"xml\"\n",
+        ] {
+            let err =
+                resolve_config(&ServerArgs::default(), &file(text), &Env::default()).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn generated_tokens_are_kept_and_given_tokens_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServerArgs {
+            data: Some(dir.path().to_path_buf()),
+            ..ServerArgs::default()
+        };
+        let first = ServerSetup::resolve(&args, &Env::default()).unwrap();
+        let (tokens, path) = first.created_tokens.clone().expect("new tokens");
+        assert_eq!(path, dir.path().join("tokens.toml"));
+        assert_eq!(first.config.bootstrap_tokens[0].secret, tokens.admin);
+        let again = ServerSetup::resolve(&args, &Env::default()).unwrap();
+        assert!(again.created_tokens.is_none());
+        assert_eq!(again.config.bootstrap_tokens[1].secret, tokens.join);
+
+        let given = ServerArgs {
+            admin_token: Some("mine".into()),
+            ..args
+        };
+        let setup = ServerSetup::resolve(&given, &Env::default()).unwrap();
+        assert_eq!(setup.config.bootstrap_tokens[0].secret, "mine");
+        assert_eq!(setup.config.bootstrap_tokens[1].secret, tokens.join);
+    }
+}

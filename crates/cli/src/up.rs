@@ -1,0 +1,90 @@
+//! `drover up`: a server, local agents and a client context on one machine, stopped
+//! cleanly by Ctrl-C (agents drain first, then the server).
+
+use drover_server::{Server, ServerError};
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{cancel_on_signal, init_tracing};
+use crate::config::{write_context, Context, UpSetup};
+use crate::error::{CliError, Result};
+
+/// Runs everything until Ctrl-C/SIGTERM; a second signal stops running jobs at once.
+pub async fn run(setup: UpSetup) -> Result<i32> {
+    init_tracing(&setup.log);
+    let port = setup.server.listen.port();
+    let server = Server::bind(setup.server.clone())
+        .await
+        .map_err(|e| match e {
+            ServerError::Bind { .. } => CliError::Other(format!(
+                "{e}; is another drover running on port {port}? pick another with --port"
+            )),
+            other => CliError::Other(other.to_string()),
+        })?;
+    let url = format!("http://{}", server.local_addr());
+    let server_stop = CancellationToken::new();
+    let server_task = tokio::spawn(server.serve(server_stop.clone()));
+
+    let signals = drover_agent::AgentSignals::default();
+    let agents: Vec<_> = setup
+        .agents
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a.server = url.clone();
+            tokio::spawn(drover_agent::run(a, signals.clone()))
+        })
+        .collect();
+    let ctx = Context {
+        server: url.clone(),
+        token: setup.tokens.admin.clone(),
+    };
+    let ctx_path = write_context(&setup.context_dir, &ctx)?;
+    print_banner(&url, &setup, &ctx_path);
+
+    // First Ctrl-C/SIGTERM: agents drain; a second one force-stops them.
+    let first = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(first.clone()));
+    first.cancelled().await;
+    eprintln!("stopping: letting running jobs finish (Ctrl-C again to stop them now)");
+    signals.drain.cancel();
+    let second = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(second.clone()));
+    let force = signals.force.clone();
+    tokio::spawn(async move {
+        second.cancelled().await;
+        force.cancel();
+    });
+    for a in agents {
+        match a.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("an agent stopped with an error: {e}"),
+            Err(e) => eprintln!("an agent task failed: {e}"),
+        }
+    }
+    server_stop.cancel();
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(CliError::Other(e.to_string())),
+        Err(e) => return Err(CliError::Other(e.to_string())),
+    }
+    eprintln!("stopped");
+    Ok(0)
+}
+
+fn print_banner(url: &str, setup: &UpSetup, ctx_path: &std::path::Path) {
+    println!("drover is up at {url}");
+    println!("  data:        {}", setup.data.display());
+    println!("  admin token: {}", setup.tokens.admin);
+    println!(
+        "  join token:  {}  (for agents on other machines)",
+        setup.tokens.join
+    );
+    println!(
+        "  context:     {}  (drover commands here need no flags)",
+        ctx_path.display()
+    );
+    println!("  agents:      {}", setup.agents.len());
+    println!();
+    println!("try:  drover submit --follow -- echo hello");
+    println!("stop: Ctrl-C (twice to stop running jobs at once)");
+}
