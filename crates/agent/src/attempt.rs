@@ -474,15 +474,13 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
             (o, Some(e))
         }
         _ if ended.oom_killed => {
-            let limit = spec
-                .memory
-                .map_or_else(String::new, |m| format!(" of {m} bytes"));
-            (
-                Outcome::Failed,
-                Some(format!(
-                    "out of memory (container exceeded its memory limit{limit})"
-                )),
-            )
+            let error = match spec.memory {
+                Some(m) => {
+                    format!("out of memory (container exceeded its memory limit of {m} bytes)")
+                }
+                None => "out of memory (the kernel's OOM killer stopped the container)".into(),
+            };
+            (Outcome::Failed, Some(error))
         }
         (None, Some(0)) => (Outcome::Succeeded, None),
         (None, Some(code)) => (Outcome::Failed, Some(format!("exit code {code}"))),
