@@ -1,132 +1,12 @@
 //! End to end with the real `drover` binary: `drover up` in a temp dir and the client
 //! commands against it, including each documented error and exit code.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_drover");
-
-struct Up {
-    child: Child,
-    dir: PathBuf,
-    ctx: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Up {
-    fn start(dir: &Path, ctx: &Path, port: u16) -> Up {
-        let child = Command::new(BIN)
-            .args(["up", "--port", &port.to_string(), "--data"])
-            .arg(dir.join("data"))
-            .env("DROVER_CONFIG_DIR", ctx)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let up = Up {
-            child,
-            dir: dir.to_path_buf(),
-            ctx: ctx.to_path_buf(),
-        };
-        // Ready once the context is written and an agent is online.
-        let start = Instant::now();
-        loop {
-            let out = up.drover(&["agents", "-o", "json"]);
-            if out.status.success() {
-                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-                if v["agents"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|a| a["status"] == "online"))
-                {
-                    break;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "drover up did not come up: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        up
-    }
-
-    fn drover(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("DROVER_CONFIG_DIR", &self.ctx)
-            .env_remove("DROVER_SERVER")
-            .env_remove("DROVER_TOKEN")
-            .current_dir(&self.dir)
-            .output()
-            .unwrap()
-    }
-
-    /// Stops it with SIGINT, as Ctrl-C would, and waits for a clean exit.
-    fn stop(mut self) -> String {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                use std::io::Read;
-                let (mut out, mut err) = (String::new(), String::new());
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                assert!(status.success(), "drover up exited with {status}: {err}");
-                return out;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "drover up did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
+use common::{free_port, json, stderr, stdout, Up, BIN};
 
 #[test]
 fn up_submit_logs_cancel_and_resume() {
@@ -154,15 +34,54 @@ fn up_submit_logs_cancel_and_resume() {
         stderr(&failing)
     );
 
-    let id_out = up.drover(&["submit", "--", "printf 'a\\nb\\n'; printf 'c\\n'"]);
+    let id_out = up.drover(&[
+        "submit",
+        "--",
+        "printf 'a\\nb\\n'; sleep 0.3; echo c >&2; sleep 0.3; printf 'd\\n'",
+    ]);
     assert!(id_out.status.success());
     let id = stdout(&id_out).trim().to_string();
     assert_eq!(up.drover(&["wait", &id]).status.code(), Some(0));
     let logs = up.drover(&["logs", &id]);
     assert_eq!(
         stdout(&logs),
-        "a\nb\nc\n",
-        "logs prints exactly the job's output"
+        "a\nb\nc\nd\n",
+        "logs prints exactly the job's output, stdout and stderr in order"
+    );
+    let only_err = up.drover(&["logs", "--stream", "stderr", &id]);
+    assert_eq!(stdout(&only_err), "c\n");
+    let records = stdout(&up.drover(&["logs", "-o", "json", &id]));
+    let records: Vec<serde_json::Value> = records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // drover's own header line (the command) comes first, as a `system` record.
+    assert_eq!(records[0]["stream"], "system");
+    let texts: Vec<&str> = records[1..]
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a", "b", "c", "d"]);
+    assert_eq!(records[3]["stream"], "stderr");
+    assert!(records
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+
+    // A retried job runs again and exits like before; its timeline says so.
+    let failed_id = json(&up.drover(&["ls", "-o", "json", "--state", "failed"]))["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(up.drover(&["retry", &failed_id]).status.success());
+    assert_eq!(up.drover(&["wait", &failed_id]).status.code(), Some(7));
+    let events = json(&up.drover(&["events", "-o", "json", &failed_id]));
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "retried"),
+        "{events}"
     );
 
     let status = json(&up.drover(&["status", "-o", "json", &id]));
@@ -204,28 +123,40 @@ fn up_submit_logs_cancel_and_resume() {
     let sleeper = stdout(&up.drover(&["submit", "--", "sleep 100"]))
         .trim()
         .to_string();
+    common::wait_until("the sleep to run", Duration::from_secs(30), || {
+        json(&up.drover(&["status", "-o", "json", &sleeper]))["state"] == "running"
+    });
     let start = Instant::now();
-    while json(&up.drover(&["status", "-o", "json", &sleeper]))["state"] != "running" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "sleep never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let cancel = up.drover(&["cancel", &sleeper]);
     assert!(cancel.status.success(), "{}", stderr(&cancel));
     assert_eq!(up.drover(&["wait", &sleeper]).status.code(), Some(130));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        start.elapsed()
+    );
     assert_eq!(
         json(&up.drover(&["status", "-o", "json", &sleeper]))["state"],
         "canceled"
     );
 
     let printed = up.stop();
-    assert!(printed.contains("drover is up at"), "{printed}");
+    assert!(
+        printed.contains("drover is up at http://127.0.0.1:"),
+        "{printed}"
+    );
+    assert!(printed.contains("admin token: drc_"), "{printed}");
+    assert!(
+        printed.contains("drover submit --follow -- echo hello"),
+        "{printed}"
+    );
     // A second `drover up` on the same data resumes with the earlier jobs and the same token.
     let up = Up::start(tmp.path(), &ctx, port);
+    // Same tokens: the context written by the first `up` still works as it was.
     let ls = json(&up.drover(&["ls", "-o", "json"]));
     assert_eq!(ls["jobs"].as_array().unwrap().len(), 4);
+    let logs = up.drover(&["logs", &id]);
+    assert_eq!(stdout(&logs), "a\nb\nc\nd\n", "logs survive a restart");
     up.stop();
 }
 
