@@ -12,15 +12,17 @@ use crate::error::{CliError, Result};
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// The server's base URL.
     pub base: String,
     token: String,
 }
 
 impl Client {
+    /// Checks the URL and token and builds the HTTP client.
     pub fn new(cfg: &ClientConfig) -> Result<Client> {
         let token = cfg.token.clone().ok_or_else(|| {
             CliError::Auth(format!(
-                "no token for {}: pass --token or set DROVER_TOKEN (drover up prints one and saves it for local use)",
+                "no token for {}: pass --token or set DROVER_TOKEN (`drover up` prints one and saves it for this machine)",
                 cfg.server
             ))
         })?;
@@ -54,6 +56,7 @@ impl Client {
         })
     }
 
+    /// A request to `path` with the token.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
@@ -69,6 +72,7 @@ impl Client {
         Err(self.http_error(resp).await)
     }
 
+    /// GET `path` and decode its JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.request(Method::GET, path)).await?;
         resp.json()
@@ -76,6 +80,19 @@ impl Client {
             .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
+    /// GET with extra request settings (e.g. a query string).
+    pub async fn get_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        with: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let resp = self.send(with(self.request(Method::GET, path))).await?;
+        resp.json()
+            .await
+            .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+    }
+
+    /// POST a JSON body to `path` and decode the answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self
             .send(self.request(Method::POST, path).json(body))
@@ -85,6 +102,7 @@ impl Client {
             .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
+    /// DELETE `path`; None when the answer is 204.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         let resp = self.send(self.request(Method::DELETE, path)).await?;
         if resp.status() == StatusCode::NO_CONTENT {
@@ -96,6 +114,7 @@ impl Client {
             .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
     }
 
+    /// The one-line message for a server that cannot be reached.
     pub fn connect_error(&self, e: reqwest::Error) -> CliError {
         let mut reason = e.to_string();
         let mut source = std::error::Error::source(&e);

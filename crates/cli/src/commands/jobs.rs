@@ -1,6 +1,6 @@
 //! Client commands about one job or many: status, ls, cancel, retry, events.
 
-use drover_core::api::{Job, JobEvents, JobPage};
+use drover_core::api::{Job, JobEvents, JobPage, ListJobsQuery};
 use drover_core::JobState;
 
 use crate::client::Client;
@@ -78,22 +78,39 @@ pub struct LsArgs {
     /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only jobs that require this label.
+    #[arg(long, value_name = "K=V", value_parser = parse_label)]
+    label: Option<String>,
+    /// Only jobs with this name.
+    #[arg(long)]
+    name: Option<String>,
     /// How many jobs to show (1-1000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
+    /// Continue after a previous page (the `next_cursor` it printed).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+fn parse_label(s: &str) -> std::result::Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} must look like key=value")),
+    }
 }
 
 /// `drover ls`: a table of jobs, newest first, or the JobPage JSON.
 pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let mut path = format!("/v1/jobs?limit={}", args.limit);
-    if let Some(s) = args.state {
-        path += &format!("&state={s}");
-    }
-    if let Some(q) = &args.queue {
-        path += &format!("&queue={}", urlencode(q));
-    }
-    let page: JobPage = client.get(&path).await?;
+    let query = ListJobsQuery {
+        state: args.state.map(|s| s.to_string()),
+        queue: args.queue,
+        label: args.label,
+        name: args.name,
+        limit: Some(args.limit),
+        cursor: args.cursor,
+    };
+    let page: JobPage = client.get_with("/v1/jobs", |r| r.query(&query)).await?;
     if cfg.output == OutputFormat::Json {
         output::json(&page);
         return Ok(0);
@@ -121,6 +138,12 @@ pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
         ],
         &rows,
     );
+    if page.jobs.is_empty() {
+        eprintln!("(no jobs)");
+    }
+    if let Some(next) = &page.next_cursor {
+        eprintln!("(more: drover ls --cursor {next})");
+    }
     Ok(0)
 }
 
@@ -130,17 +153,6 @@ fn truncate(s: &str, n: usize) -> String {
     } else {
         format!("{}…", s.chars().take(n - 1).collect::<String>())
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `drover cancel`: a queued job ends at once, a running one when its agent stopped it.

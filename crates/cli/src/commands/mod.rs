@@ -23,6 +23,7 @@ pub fn init_tracing(log: &LogConfig) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(crate::output::stderr_is_tty())
         .with_writer(std::io::stderr);
     let _ = if log.json {
         builder.json().try_init()
