@@ -172,6 +172,24 @@ fn follow_streams_the_log_and_exits_with_the_job_code() {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stdout(&out), "line 1\nline 2\nline 3\n");
+    // A retried job's log is followed into its next attempt.
+    let out = up.drover(&[
+        "submit",
+        "--follow",
+        "--attempts",
+        "2",
+        "--backoff",
+        "100ms",
+        "--",
+        "echo try; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "try\ntry\n");
+    assert!(
+        stderr(&out).contains("--- attempt 2 ---"),
+        "{}",
+        stderr(&out)
+    );
     let out = up.drover(&["submit", "--wait", "--timeout", "1s", "--", "sleep 30"]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
 }
@@ -238,6 +256,19 @@ fn errors_are_one_clear_line_with_a_distinct_exit_code() {
     let out = up.drover(&["submit", "--env", "1BAD=x", "--", "true"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("env.1BAD"));
+    let out = up.drover(&["logs", "-f", "no-such-job"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let port = up.port.to_string();
+    let out = up.drover(&["up", "--port", &port, "--data", "second"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is another drover running"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["agent", "--server", &dead]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no join token"), "{}", stderr(&out));
     let comp = up.drover(&["completions", "bash"]);
     assert!(comp.status.success() && stdout(&comp).contains("drover"));
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_core::api::Job;
+use drover_core::backoff::Backoff;
 use drover_core::spec::{DockerCommand, DockerSpec};
 use drover_core::{Exec, JobState, Priority, SubmitRequest};
 
@@ -55,6 +56,9 @@ pub struct SubmitArgs {
     /// Attempts in all, the first included.
     #[arg(long)]
     attempts: Option<u32>,
+    /// First delay before a retry, doubling each time (default 1s; up to 5m).
+    #[arg(long, value_parser = parse_duration)]
+    backoff: Option<Duration>,
     /// Do not start before this much time has passed.
     #[arg(long, value_parser = parse_duration)]
     delay: Option<Duration>,
@@ -142,6 +146,13 @@ impl SubmitArgs {
         req.grace_ms = self.grace.map(|d| d.as_millis() as u64);
         req.max_attempts = self.attempts;
         req.delay_ms = self.delay.map(|d| d.as_millis() as u64);
+        req.backoff = self.backoff.map(|d| {
+            let base_ms = (d.as_millis() as u64).max(1);
+            Backoff {
+                base_ms,
+                cap_ms: base_ms.max(300_000),
+            }
+        });
         req.env = map(&self.env);
         req.secrets = map(&self.secret);
         req.metadata = self.metadata.clone();
