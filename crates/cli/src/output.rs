@@ -5,6 +5,33 @@ use std::io::IsTerminal;
 use drover_core::api::Job;
 use drover_core::JobState;
 
+/// `println!` for command output that ends the process quietly (exit 0) when stdout is
+/// a closed pipe, as in `drover logs JOB | head`, instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes one line to stdout; see [`outln`]. A reader that went away is the end of the
+/// command, like SIGPIPE for C programs, so this is the one place that exits directly.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Whether stdout is a terminal (colours, progress bars).
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
@@ -47,7 +74,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out += &" ".repeat(widths[i] - visible(cell) + 2);
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -91,7 +118,7 @@ pub fn status_line(job: &Job, now: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Prints any API value as pretty JSON.
 pub fn json<T: serde::Serialize>(v: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("API values serialize")
     );

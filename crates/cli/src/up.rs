@@ -1,6 +1,7 @@
 //! `drover up`: a server, local agents and a client context on one machine, stopped
 //! cleanly by Ctrl-C (agents drain first, then the server).
 
+use crate::output::outln;
 use drover_server::{Server, ServerError};
 use tokio_util::sync::CancellationToken;
 
@@ -72,19 +73,19 @@ pub async fn run(setup: UpSetup) -> Result<i32> {
 }
 
 fn print_banner(url: &str, setup: &UpSetup, ctx_path: &std::path::Path) {
-    println!("drover is up at {url}");
-    println!("  data:        {}", setup.data.display());
-    println!("  admin token: {}", setup.tokens.admin);
-    println!(
+    outln!("drover is up at {url}");
+    outln!("  data:        {}", setup.data.display());
+    outln!("  admin token: {}", setup.tokens.admin);
+    outln!(
         "  join token:  {}  (for agents on other machines)",
         setup.tokens.join
     );
-    println!(
+    outln!(
         "  context:     {}  (drover commands here need no flags)",
         ctx_path.display()
     );
-    println!("  agents:      {}", setup.agents.len());
-    println!();
-    println!("try:  drover submit --follow -- echo hello");
-    println!("stop: Ctrl-C (twice to stop running jobs at once)");
+    outln!("  agents:      {}", setup.agents.len());
+    outln!();
+    outln!("try:  drover submit --follow -- echo hello");
+    outln!("stop: Ctrl-C (twice to stop running jobs at once)");
 }

@@ -172,6 +172,29 @@ fn follow_streams_the_log_and_exits_with_the_job_code() {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stdout(&out), "line 1\nline 2\nline 3\n");
+    // A reader that goes away early (`drover logs JOB | head -1`) ends it quietly.
+    let big = up.drover(&["submit", "--wait", "--", "seq 1 50000"]);
+    assert_eq!(big.status.code(), Some(0), "{}", stderr(&big));
+    let id = stdout(&up.drover(&["ls", "--limit", "1", "-o", "json"]));
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = id["jobs"][0]["id"].as_str().unwrap().to_string();
+    let mut logs = common::client(&up.ctx, &up.dir)
+        .args(["logs", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(logs.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first, "1\n");
+    let out = logs.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
     // A retried job's log is followed into its next attempt.
     let out = up.drover(&[
         "submit",

@@ -1,5 +1,6 @@
 //! Admin and fleet commands: agents, tokens, audit.
 
+use crate::output::outln;
 use drover_core::api::{AgentList, AuditPage, CreatedToken, TokenList, TokenView};
 use std::time::Duration;
 
@@ -121,7 +122,7 @@ pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
             match cfg.output {
                 OutputFormat::Json => output::json(&created),
                 OutputFormat::Table => {
-                    println!("{}", created.token);
+                    outln!("{}", created.token);
                     eprintln!(
                         "token {} ({}) created; the secret above is shown only now",
                         created.info.id, created.info.scope
@@ -145,7 +146,7 @@ pub async fn token(cfg: &ClientConfig, cmd: TokenCommand) -> Result<i32> {
             let tok: Option<TokenView> = client.delete(&format!("/v1/tokens/{id}")).await?;
             match (cfg.output, tok) {
                 (OutputFormat::Json, Some(t)) => output::json(&t),
-                _ => println!("{id}: revoked"),
+                _ => outln!("{id}: revoked"),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Client commands about one job or many: status, ls, cancel, retry, events.
 
+use crate::output::outln;
 use drover_core::api::{Job, JobEvents, JobPage, ListJobsQuery};
 use drover_core::JobState;
 
@@ -20,9 +21,9 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
         v.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
     };
-    println!("id:        {}", job.id);
-    println!("name:      {}", job.name);
-    println!(
+    outln!("id:        {}", job.id);
+    outln!("name:      {}", job.name);
+    outln!(
         "state:     {}{}",
         output::state(job.state, color),
         if job.cancel_requested {
@@ -31,26 +32,26 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
             ""
         }
     );
-    println!("command:   {}", job.exec.display());
-    println!("queue:     {} (priority {})", job.queue, job.priority);
-    println!("attempts:  {} of {}", job.attempts_used, job.max_attempts);
+    outln!("command:   {}", job.exec.display());
+    outln!("queue:     {} (priority {})", job.queue, job.priority);
+    outln!("attempts:  {} of {}", job.attempts_used, job.max_attempts);
     if let Some(p) = &job.progress {
-        println!("progress:  {:.0}% {}", p.percent, p.message);
+        outln!("progress:  {:.0}% {}", p.percent, p.message);
     }
     if let Some(code) = job.exit_code {
-        println!("exit code: {code}");
+        outln!("exit code: {code}");
     }
     if let Some(e) = &job.error {
-        println!("error:     {e}");
+        outln!("error:     {e}");
     }
     if let Some(r) = &job.result {
-        println!("result:    {r}");
+        outln!("result:    {r}");
     }
-    println!("created:   {}", job.created_at.to_rfc3339());
-    println!("started:   {}", t(job.started_at));
-    println!("finished:  {}", t(job.finished_at));
+    outln!("created:   {}", job.created_at.to_rfc3339());
+    outln!("started:   {}", t(job.started_at));
+    outln!("finished:  {}", t(job.finished_at));
     if !job.attempts.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = job
             .attempts
             .iter()
@@ -164,9 +165,9 @@ pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     match cfg.output {
         OutputFormat::Json => output::json(&job),
         OutputFormat::Table if job.cancel_requested => {
-            println!("{}: cancel requested; the agent is stopping it", job.id)
+            outln!("{}: cancel requested; the agent is stopping it", job.id)
         }
-        OutputFormat::Table => println!("{}: {}", job.id, job.state),
+        OutputFormat::Table => outln!("{}: {}", job.id, job.state),
     }
     Ok(0)
 }
@@ -179,7 +180,7 @@ pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
         .await?;
     match cfg.output {
         OutputFormat::Json => output::json(&job),
-        OutputFormat::Table => println!("{}: queued again", job.id),
+        OutputFormat::Table => outln!("{}: queued again", job.id),
     }
     Ok(0)
 }

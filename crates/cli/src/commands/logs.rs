@@ -6,6 +6,7 @@
 //! a note that lines were dropped) go to stderr. `-o json` prints one LogRecord JSON
 //! object per line.
 
+use crate::output::outln;
 use std::io::Write;
 use std::time::Duration;
 
@@ -49,11 +50,11 @@ pub struct Follow<'a> {
 /// Prints one record where it belongs (see the module docs).
 fn print_record(r: &LogRecord, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).expect("records serialize"));
+        outln!("{}", serde_json::to_string(r).expect("records serialize"));
         return;
     }
     match r.stream {
-        Stream::Stdout | Stream::Stderr => println!("{}", r.text),
+        Stream::Stdout | Stream::Stderr => outln!("{}", r.text),
         Stream::System => eprintln!("{}", r.text),
     }
 }

@@ -1,5 +1,6 @@
 //! `drover submit` (with `--wait` and `--follow`) and `drover wait`.
 
+use crate::output::outln;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -182,7 +183,7 @@ pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
         let done = wait_done(&client, &job.id, false).await?;
         if json {
             // One JSON value per line: the records, then the job.
-            println!("{}", serde_json::to_string(&done).expect("jobs serialize"));
+            outln!("{}", serde_json::to_string(&done).expect("jobs serialize"));
             return Ok(job_exit_code(&done));
         }
         return Ok(report_end(cfg, &done));
@@ -196,7 +197,7 @@ pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
     }
     match cfg.output {
         OutputFormat::Json => output::json(&job),
-        OutputFormat::Table => println!("{}", job.id),
+        OutputFormat::Table => outln!("{}", job.id),
     }
     Ok(0)
 }

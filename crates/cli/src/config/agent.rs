@@ -45,17 +45,23 @@ pub struct AgentArgs {
     /// Keep each job's workspace after it ends [env: DROVER_KEEP_WORKSPACES].
     #[arg(long, env = "DROVER_KEEP_WORKSPACES", hide_env = true, value_parser = BoolishValueParser::new())]
     pub keep_workspaces: bool,
-    /// Keep docker jobs' containers after they end, for debugging.
-    #[arg(long)]
+    /// Keep docker jobs' containers after they end, for debugging [env: DROVER_KEEP_CONTAINERS].
+    #[arg(long, env = "DROVER_KEEP_CONTAINERS", hide_env = true, value_parser = BoolishValueParser::new())]
     pub keep_containers: bool,
-    /// Host path mounted into every docker job, HOST:CONTAINER[:ro] (repeatable).
-    #[arg(long = "docker-mount", value_name = "HOST:CONTAINER[:ro]")]
+    /// Host path mounted into every docker job, HOST:CONTAINER[:ro] (repeatable) [env: DROVER_DOCKER_MOUNTS, comma-separated].
+    #[arg(
+        long = "docker-mount",
+        value_name = "HOST:CONTAINER[:ro]",
+        env = "DROVER_DOCKER_MOUNTS",
+        hide_env = true,
+        value_delimiter = ','
+    )]
     pub docker_mounts: Vec<String>,
-    /// Bound of the on-disk log spool while the server is unreachable [default: 1GiB].
-    #[arg(long, value_parser = parse_size)]
+    /// Bound of the on-disk log spool while the server is unreachable [default: 1GiB] [env: DROVER_SPOOL_LIMIT].
+    #[arg(long, env = "DROVER_SPOOL_LIMIT", hide_env = true, value_parser = parse_size)]
     pub spool_limit: Option<u64>,
-    /// Most output one job may write before it is stopped [default: 4GiB].
-    #[arg(long, value_parser = parse_size)]
+    /// Most output one job may write before it is stopped [default: 4GiB] [env: DROVER_OUTPUT_CAP].
+    #[arg(long, env = "DROVER_OUTPUT_CAP", hide_env = true, value_parser = parse_size)]
     pub output_cap: Option<u64>,
     /// Log format [default: text] [env: DROVER_LOG_FORMAT].
     #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
