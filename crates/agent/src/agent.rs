@@ -83,7 +83,18 @@ impl Winding {
 
 /// Runs the agent until a signal ends it.
 pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
-    let client = Arc::new(Client::new(&config.server).map_err(AgentError::Client)?);
+    let ca = match &config.ca_file {
+        None => None,
+        Some(path) => {
+            let fail = |reason: String| AgentError::CaFile {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            Some(reqwest::Certificate::from_pem(&pem).map_err(|e| fail(e.to_string()))?)
+        }
+    };
+    let client = Arc::new(Client::new(&config.server, ca).map_err(AgentError::Client)?);
     prepare_work_dir(&config).await?;
     let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
     let docker_version = probe_docker(&engine, &config).await;

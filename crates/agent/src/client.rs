@@ -71,10 +71,12 @@ pub struct Client {
 
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str) -> Result<Client, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+    pub fn new(base: &str, ca: Option<reqwest::Certificate>) -> Result<Client, reqwest::Error> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build()?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_string(),

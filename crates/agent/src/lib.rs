@@ -62,6 +62,8 @@ pub struct AgentConfig {
     /// The Docker engine's unix socket; None means `/var/run/docker.sock`. (The CLI
     /// resolves `DOCKER_HOST`; this crate does not read the environment.)
     pub docker_socket: Option<PathBuf>,
+    /// A PEM CA certificate to trust for an `https://` server (besides the system roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -90,6 +92,7 @@ impl AgentConfig {
             job_log_dir: None,
             keep_containers: false,
             docker_socket: None,
+            ca_file: None,
         }
     }
 }
@@ -144,6 +147,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The CA file could not be read or is not a PEM certificate.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
     /// The server refused registration (e.g. a wrong join token).
     #[error("the server refused to register this agent: {0}")]
     Register(#[source] CallError),
