@@ -143,6 +143,23 @@ pub fn bar(percent: f64) -> String {
     format!("[{}{}]", "#".repeat(filled), "-".repeat(20 - filled))
 }
 
+/// A job in `state`, started now, for unit tests.
+#[cfg(test)]
+pub fn sample_job(state: JobState) -> Job {
+    let t0 = chrono::Utc::now();
+    serde_json::from_value(serde_json::json!({
+        "id": "j1", "name": "n", "queue": "default", "priority": 0, "state": state,
+        "cancel_requested": false, "exec": {"kind": "shell", "command": "true"},
+        "labels": {}, "timeout_ms": null, "grace_ms": 10000, "max_attempts": 1,
+        "backoff": {},
+        "env": {}, "secret_names": [], "metadata": null, "idempotency_key": null,
+        "attempts_used": 1, "current_attempt": 1, "progress": null, "result": null,
+        "exit_code": null, "error": null, "created_at": t0, "run_at": t0,
+        "started_at": t0, "finished_at": null, "attempts": []
+    }))
+    .unwrap_or_else(|e| panic!("the Job JSON of sample_job is out of date: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,18 +181,8 @@ mod tests {
 
     #[test]
     fn the_status_line_shows_state_progress_and_elapsed_time() {
-        let t0 = chrono::Utc::now();
-        let mut job: Job = serde_json::from_value(serde_json::json!({
-            "id": "j1", "name": "n", "queue": "default", "priority": 0, "state": "running",
-            "cancel_requested": false, "exec": {"kind": "shell", "command": "true"},
-            "labels": {}, "timeout_ms": null, "grace_ms": 10000, "max_attempts": 1,
-            "backoff": {},
-            "env": {}, "secret_names": [], "metadata": null, "idempotency_key": null,
-            "attempts_used": 1, "current_attempt": 1, "progress": null, "result": null,
-            "exit_code": null, "error": null, "created_at": t0, "run_at": t0,
-            "started_at": t0, "finished_at": null, "attempts": []
-        }))
-        .unwrap_or_else(|e| panic!("the Job JSON in this test is out of date: {e}"));
+        let mut job = sample_job(JobState::Running);
+        let t0 = job.started_at.unwrap();
         let line = strip_ansi(&status_line(&job, t0 + chrono::Duration::seconds(65)));
         assert_eq!(line, "running [--------------------]   0% 1m05s");
         job.progress =

@@ -276,3 +276,84 @@ pub async fn wait(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let job = wait_done(&client, id, output::stderr_is_tty()).await?;
     Ok(report_end(cfg, &job))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Submit {
+        #[command(flatten)]
+        args: SubmitArgs,
+    }
+
+    fn request(argv: &[&str]) -> Result<SubmitRequest> {
+        let argv = std::iter::once("submit").chain(argv.iter().copied());
+        Submit::try_parse_from(argv).unwrap().args.request()
+    }
+
+    #[test]
+    fn the_words_after_dashes_are_one_shell_line() {
+        let req = request(&[
+            "--timeout",
+            "30s",
+            "--attempts",
+            "3",
+            "--env",
+            "A=1=2",
+            "--label",
+            "gpu=a100",
+            "--priority",
+            "high",
+            "--",
+            "echo",
+            "hi",
+            "&&",
+            "make",
+            "test",
+        ])
+        .unwrap();
+        match &req.exec {
+            Exec::Shell { command } => assert_eq!(command, "echo hi && make test"),
+            other => panic!("not a shell job: {other:?}"),
+        }
+        assert_eq!(req.timeout_ms, Some(30_000));
+        assert_eq!(req.max_attempts, Some(3));
+        assert_eq!(req.env.get("A").map(String::as_str), Some("1=2"));
+        assert_eq!(req.labels.get("gpu").map(String::as_str), Some("a100"));
+        assert!(req.priority.is_some());
+    }
+
+    #[test]
+    fn no_shell_script_and_image_pick_the_executor() {
+        let req = request(&["--no-shell", "--", "python3", "-c", "print(1)"]).unwrap();
+        assert!(matches!(req.exec, Exec::Process { ref argv } if argv.len() == 3));
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job.py");
+        std::fs::write(&script, "print(42)\n").unwrap();
+        let path = script.to_str().unwrap();
+        let req = request(&["--script", path, "--interpreter", "python3"]).unwrap();
+        assert!(
+            matches!(req.exec, Exec::Script { ref interpreter, ref body } if interpreter == "python3" && body == "print(42)\n")
+        );
+        let req = request(&["--image", "busybox", "--", "echo", "hi"]).unwrap();
+        assert!(matches!(req.exec, Exec::Docker(_)));
+        let err = request(&[]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "nothing to run: {err}");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_job() {
+        use crate::output::sample_job;
+        assert_eq!(job_exit_code(&sample_job(JobState::Succeeded)), 0);
+        assert_eq!(job_exit_code(&sample_job(JobState::TimedOut)), 124);
+        assert_eq!(job_exit_code(&sample_job(JobState::Canceled)), 130);
+        let mut failed = sample_job(JobState::Failed);
+        assert_eq!(job_exit_code(&failed), 1, "failed without an exit code");
+        failed.exit_code = Some(7);
+        assert_eq!(job_exit_code(&failed), 7);
+        failed.exit_code = Some(-9);
+        assert_eq!(job_exit_code(&failed), 1, "killed by a signal");
+    }
+}
