@@ -59,6 +59,8 @@ enum BenchCommand {
     Logs(BenchArgs),
     /// Idle RSS of server and agent, and after 100,000 jobs.
     Memory(BenchArgs),
+    /// `true` in a container through drover, against `docker run --rm IMAGE true`.
+    Docker(BenchArgs),
     /// Every scenario.
     All(BenchArgs),
 }
@@ -85,7 +87,11 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Queue(a) => (vec!["queue"], a),
                 BenchCommand::Logs(a) => (vec!["logs"], a),
                 BenchCommand::Memory(a) => (vec!["memory"], a),
-                BenchCommand::All(a) => (vec!["dispatch", "latency", "queue", "logs", "memory"], a),
+                BenchCommand::Docker(a) => (vec!["docker"], a),
+                BenchCommand::All(a) => (
+                    vec!["dispatch", "latency", "queue", "logs", "memory", "docker"],
+                    a,
+                ),
             };
             let mut rows = Vec::new();
             for name in names {

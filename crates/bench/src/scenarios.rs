@@ -22,6 +22,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "queue" => queue(size, runs).await,
         "logs" => logs(size, runs).await,
         "memory" => memory(size).await,
+        "docker" => docker(size, runs).await,
         other => bail!("unknown scenario {other:?}"),
     }
 }
@@ -425,4 +426,58 @@ async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
             Target::None,
         ),
     ])
+}
+
+const IMAGE: &str = "drover-test-busybox:latest";
+
+/// Imports a busybox root filesystem as [`IMAGE`] when the engine lacks it (no registry here).
+fn ensure_image() -> anyhow::Result<()> {
+    if Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let script = format!(
+        "set -e; bb=$(command -v busybox || ls /bin/busybox); t=$(mktemp -d); mkdir -p $t/bin $t/tmp; cp $bb $t/bin/busybox; \
+         for a in $($t/bin/busybox --list); do [ $a = busybox ] || ln -s busybox $t/bin/$a; done; \
+         tar -C $t -c . | docker import - {IMAGE} >/dev/null; rm -rf $t"
+    );
+    let status = Command::new("bash").args(["-c", &script]).status()?;
+    if !status.success() {
+        bail!("cannot build {IMAGE}: needs a Docker engine and busybox (`apt-get install busybox-static`)");
+    }
+    Ok(())
+}
+
+async fn docker(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    ensure_image()?;
+    let per_run = if size == Size::Tiny { 1 } else { 10 };
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let sys = System::start(Some(2), None).await?;
+        for _ in 0..per_run {
+            base.push(timed_shell(&format!("docker run --rm {IMAGE} true"))? * 1000.0);
+            let start = Instant::now();
+            let job: drover_core::api::Job = sys
+                .api
+                .post("/v1/jobs", json!({"exec": {"kind": "docker", "image": IMAGE, "command": ["true"], "pull": "never"}}))
+                .await?;
+            let done = sys.api.wait_done(&job.id, Duration::from_secs(120)).await?;
+            if done.state != drover_core::JobState::Succeeded {
+                bail!("docker job ended {}: {:?}", done.state, done.error);
+            }
+            ours.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        sys.stop();
+    }
+    Ok(vec![Row::new(
+        "docker",
+        "`true` in a container, submit → job done",
+        "ms",
+        &ours,
+        Some(&base),
+        Target::RatioAtMost(1.2),
+    )])
 }

@@ -13,7 +13,7 @@ fn every_scenario_runs_at_a_tiny_size() {
     assert!(out.status.success(), "drover-bench failed: {stderr}");
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
     let rows = rows.as_array().expect("an array of rows");
-    for scenario in ["dispatch", "latency", "queue", "logs", "memory"] {
+    for scenario in ["dispatch", "latency", "queue", "logs", "memory", "docker"] {
         let mine: Vec<_> = rows.iter().filter(|r| r["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no rows for {scenario}");
         for r in mine {
