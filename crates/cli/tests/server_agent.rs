@@ -77,7 +77,7 @@ fn a_followed_log_survives_a_server_restart_without_repeating_a_line() {
         "--label",
         "e2e=yes",
         "--",
-        "for i in $(seq 1 30); do echo line $i; sleep 0.1; done",
+        "for i in $(seq 1 60); do echo line $i; sleep 0.1; done",
     ]);
     assert!(submitted.status.success());
     let id = stdout(&submitted).trim().to_string();
@@ -102,7 +102,7 @@ fn a_followed_log_survives_a_server_restart_without_repeating_a_line() {
     assert!(!server.stderr().contains("panicked"));
     let before_restart = follower.stdout();
     assert!(
-        !before_restart.contains("line 30\n"),
+        !before_restart.contains("line 60\n"),
         "the stream must drop mid-job for this test to mean anything: {before_restart}"
     );
     let server = start_server(dir, port, "server2");
@@ -114,7 +114,7 @@ fn a_followed_log_survives_a_server_restart_without_repeating_a_line() {
     let mut follower = follower;
     let status = follower.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "logs -f: {}", follower.stderr());
-    let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
     assert_eq!(follower.stdout(), expected, "every line once, in order");
 
     assert_eq!(
