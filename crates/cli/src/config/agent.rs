@@ -63,6 +63,9 @@ pub struct AgentArgs {
     /// Most output one job may write before it is stopped [default: 4GiB] [env: DROVER_OUTPUT_CAP].
     #[arg(long, env = "DROVER_OUTPUT_CAP", hide_env = true, value_parser = parse_size)]
     pub output_cap: Option<u64>,
+    /// CA certificate (PEM) to trust for an https:// server [env: DROVER_CA_FILE].
+    #[arg(long, env = "DROVER_CA_FILE", hide_env = true)]
+    pub ca_file: Option<PathBuf>,
     /// Log format [default: text] [env: DROVER_LOG_FORMAT].
     #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -134,6 +137,7 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
     cfg.keep_containers = args.keep_containers || f.keep_containers.unwrap_or(false);
     cfg.docker_mounts = pick(&args.docker_mounts, &f.docker_mounts);
     cfg.docker_socket = env.docker_socket()?;
+    cfg.ca_file = args.ca_file.clone().or_else(|| f.ca_file.clone());
     if let Some(n) = size_from(args.spool_limit, f.spool_limit.as_deref(), "spool_limit")? {
         cfg.spool_limit_bytes = n;
     }
@@ -201,6 +205,7 @@ mod tests {
             slots: Some(2),
             shutdown_timeout: Some(Duration::from_secs(5)),
             exit_after_job: true,
+            ca_file: Some("/etc/ca.pem".into()),
             ..AgentArgs::default()
         };
         let c = resolve(&args, &f, &Env::default()).unwrap().config;
@@ -210,6 +215,7 @@ mod tests {
         assert_eq!(c.slots, 2);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert!(c.exit_after_job);
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]

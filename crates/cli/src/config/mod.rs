@@ -171,6 +171,8 @@ pub struct AgentFile {
     pub docker_mounts: Option<Vec<String>>,
     /// Keep docker jobs' containers after they end.
     pub keep_containers: Option<bool>,
+    /// A PEM CA certificate to trust for an https:// server.
+    pub ca_file: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// A tracing filter, e.g. `info`.
