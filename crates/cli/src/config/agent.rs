@@ -66,6 +66,9 @@ pub struct AgentArgs {
     /// CA certificate (PEM) to trust for an https:// server [env: DROVER_CA_FILE].
     #[arg(long, env = "DROVER_CA_FILE", hide_env = true)]
     pub ca_file: Option<PathBuf>,
+    /// Also write each job's log to DIR/jobs/JOB/logs/JOB.log, e.g. on a shared folder [env: DROVER_JOB_LOG_DIR].
+    #[arg(long, env = "DROVER_JOB_LOG_DIR", hide_env = true, value_name = "DIR")]
+    pub job_log_dir: Option<PathBuf>,
     /// Log format [default: text] [env: DROVER_LOG_FORMAT].
     #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -138,6 +141,7 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
     cfg.docker_mounts = pick(&args.docker_mounts, &f.docker_mounts);
     cfg.docker_socket = env.docker_socket()?;
     cfg.ca_file = args.ca_file.clone().or_else(|| f.ca_file.clone());
+    cfg.job_log_dir = args.job_log_dir.clone().or_else(|| f.job_log_dir.clone());
     if let Some(n) = size_from(args.spool_limit, f.spool_limit.as_deref(), "spool_limit")? {
         cfg.spool_limit_bytes = n;
     }

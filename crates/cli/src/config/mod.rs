@@ -173,6 +173,8 @@ pub struct AgentFile {
     pub keep_containers: Option<bool>,
     /// A PEM CA certificate to trust for an https:// server.
     pub ca_file: Option<PathBuf>,
+    /// Also write each job's log to `DIR/jobs/JOB/logs/JOB.log`.
+    pub job_log_dir: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// A tracing filter, e.g. `info`.
