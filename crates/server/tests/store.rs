@@ -462,6 +462,109 @@ async fn resent_log_batches_are_stored_once_and_read_in_order(fx: Fx) {
             .len(),
         2500
     );
+
+    // Batches with gaps, filled later out of order; a resent record keeps its first text.
+    for seqs in [&[1u64, 5][..], &[9, 10], &[2, 3, 4, 5, 6], &[8, 7, 11]] {
+        let batch: Vec<LogRecord> = seqs
+            .iter()
+            .map(|&s| LogRecord {
+                text: format!("take {seqs:?}"),
+                ..rec(s, Stream::Stdout)
+            })
+            .collect();
+        fx.store.append_logs("g", 1, &batch).await.unwrap();
+    }
+    let gaps = fx.store.read_logs("g", 1, 0, None, 100).await.unwrap();
+    assert_eq!(
+        gaps.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(gaps[4].text, "take [1, 5]", "the stored record wins");
+    // Paging through many small chunks in small pages sees every record once.
+    for start in (1..=300).step_by(3) {
+        let batch: Vec<LogRecord> = (start..start + 3).map(|s| rec(s, Stream::Stdout)).collect();
+        fx.store.append_logs("p", 1, &batch).await.unwrap();
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = fx.store.read_logs("p", 1, after, None, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        seen.extend(page.iter().map(|r| r.seq));
+    }
+    assert_eq!(seen, (1..=300).collect::<Vec<_>>());
+}
+
+/// Logs stored by the first schema (a row per record) are still there after the upgrade
+/// to chunks.
+#[tokio::test]
+async fn logs_of_the_first_schema_survive_the_upgrade_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", tmp.path().join("logs.db").display());
+    let v1 = include_str!("../migrations/sqlite/logs_0001_init.sql");
+    logs_survive_the_upgrade(tmp, &url, v1, None).await;
+}
+
+#[tokio::test]
+async fn logs_of_the_first_schema_survive_the_upgrade_postgres() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = drover_server::testing_pg::fresh_database().await;
+    let v1 = include_str!("../migrations/postgres/logs_0001_init.sql");
+    logs_survive_the_upgrade(tmp, &url, v1, Some(&url)).await;
+}
+
+async fn logs_survive_the_upgrade(
+    tmp: tempfile::TempDir,
+    url: &str,
+    v1: &str,
+    database: Option<&str>,
+) {
+    {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+        for sql in [
+            "CREATE TABLE drover_migrations (component TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (component, version))",
+            "INSERT INTO drover_migrations VALUES ('logs', 1)",
+            v1,
+            "INSERT INTO log_records VALUES ('old', 1, 1, 1700000000123, 'system', '$ echo \"hi\"'), ('old', 1, 2, 1700000000456, 'stdout', 'hi')",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(tmp.path(), database).await.unwrap();
+    let records = store.read_logs("old", 1, 0, None, 100).await.unwrap();
+    let got: Vec<(u64, i64, Stream, &str)> = records
+        .iter()
+        .map(|r| (r.seq, r.ts.timestamp_millis(), r.stream, r.text.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 1700000000123, Stream::System, "$ echo \"hi\""),
+            (2, 1700000000456, Stream::Stdout, "hi"),
+        ]
+    );
+    // New records go on after them.
+    store
+        .append_logs(
+            "old",
+            1,
+            &[LogRecord {
+                seq: 3,
+                ts: Utc::now(),
+                stream: Stream::Stdout,
+                text: "new".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_logs("old", 1, 2, None, 100).await.unwrap()[0].text,
+        "new"
+    );
 }
 
 async fn failed_attempt_is_retried_after_a_backoff(fx: Fx) {

@@ -1,12 +1,69 @@
-//! Log records: stored idempotently by `(job, attempt, seq)`, read back in `seq` order.
+//! Log records, stored in chunks: one row per batch an agent ships, holding its records
+//! as JSON lines. A job printing hundreds of MB thus costs a few hundred inserts rather
+//! than millions, and the queue's tables never see log traffic.
+//!
+//! The chunks of one attempt cover disjoint `seq` ranges (keyed by `last_seq`), so
+//! reading in `last_seq` order reads records in `seq` order. Storing is idempotent: a
+//! batch whose records are all beyond the stored ones (what agents send) is one insert;
+//! one that overlaps stored chunks is merged with them, stored records winning.
+
+use std::collections::BTreeMap;
 
 use drover_core::api::{LogRecord, Stream};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{from_ms, ms, Result, Store, StoreError};
 
-/// Rows per INSERT statement (6 parameters each; SQLite allows 32766 per statement).
-const ROWS_PER_INSERT: usize = 1000;
+/// Chunks fetched per query while reading.
+const CHUNKS_PER_READ: i64 = 8;
+
+/// One record as stored in a chunk line (timestamps as epoch milliseconds, like every
+/// other stored time).
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    seq: u64,
+    ts: i64,
+    stream: &'a str,
+    text: std::borrow::Cow<'a, str>,
+}
+
+fn encode(records: &[&LogRecord]) -> String {
+    let mut out = String::with_capacity(records.iter().map(|r| r.text.len() + 64).sum());
+    for r in records {
+        let line = Stored {
+            seq: r.seq,
+            ts: ms(r.ts),
+            stream: r.stream.as_str(),
+            text: std::borrow::Cow::Borrowed(&r.text),
+        };
+        out.push_str(&serde_json::to_string(&line).expect("plain data serializes"));
+        out.push('\n');
+    }
+    out
+}
+
+fn decode(chunk: &str) -> Result<Vec<LogRecord>> {
+    chunk
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let s: Stored = serde_json::from_str(line)
+                .map_err(|e| StoreError::Corrupt(format!("log chunk: {e}")))?;
+            Ok(LogRecord {
+                seq: s.seq,
+                ts: from_ms(s.ts),
+                stream: Stream::parse(s.stream)
+                    .ok_or_else(|| StoreError::Corrupt(format!("log stream {:?}", s.stream)))?,
+                text: s.text.into_owned(),
+            })
+        })
+        .collect()
+}
+
+fn db_seq(seq: u64) -> i64 {
+    seq.min(i64::MAX as u64) as i64
+}
 
 impl Store {
     /// Stores records; ones already stored (same seq) are left as they are.
@@ -16,24 +73,52 @@ impl Store {
         attempt: u32,
         records: &[LogRecord],
     ) -> Result<()> {
-        let mut tx = self.logs_write.begin().await?;
-        for chunk in records.chunks(ROWS_PER_INSERT) {
-            let values = self.values(chunk.len(), 6);
-            let sql = format!(
-                "INSERT INTO log_records (job_id, attempt, seq, ts, stream, text) VALUES {values} ON CONFLICT (job_id, attempt, seq) DO NOTHING"
-            );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(job_id)
-                    .bind(i64::from(attempt))
-                    .bind(r.seq.min(i64::MAX as u64) as i64)
-                    .bind(ms(r.ts))
-                    .bind(r.stream.as_str())
-                    .bind(r.text.clone());
-            }
-            q.execute(&mut *tx).await?;
+        // Sorted by seq, the first of duplicates within the batch kept.
+        let mut incoming: BTreeMap<u64, &LogRecord> = BTreeMap::new();
+        for r in records {
+            incoming.entry(r.seq).or_insert(r);
         }
+        let (Some(&lo), Some(&hi)) = (incoming.keys().next(), incoming.keys().next_back()) else {
+            return Ok(());
+        };
+        let mut tx = self.logs_write.begin().await?;
+        let overlapping = sqlx::query(
+            "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq >= $3 AND first_seq <= $4",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(db_seq(lo))
+        .bind(db_seq(hi))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stored: Vec<LogRecord> = Vec::new();
+        for row in &overlapping {
+            stored.extend(decode(row.try_get("records")?)?);
+            sqlx::query(
+                "DELETE FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq = $3",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(row.try_get::<i64, _>("last_seq")?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for r in &stored {
+            incoming.insert(r.seq, r);
+        }
+        let merged: Vec<&LogRecord> = incoming.into_values().collect();
+        let first = merged.first().map_or(lo, |r| r.seq);
+        let last = merged.last().map_or(hi, |r| r.seq);
+        sqlx::query(
+            "INSERT INTO log_chunks (job_id, attempt, first_seq, last_seq, records) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(db_seq(first))
+        .bind(db_seq(last))
+        .bind(encode(&merged))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -47,31 +132,34 @@ impl Store {
         stream: Option<Stream>,
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
-        let mut sql = "SELECT seq, ts, stream, text FROM log_records WHERE job_id = $1 AND attempt = $2 AND seq > $3".to_string();
-        if stream.is_some() {
-            sql += " AND stream = $5";
-        }
-        sql += " ORDER BY seq LIMIT $4";
-        let mut q = sqlx::query(&sql)
+        let limit = limit as usize;
+        let mut out = Vec::new();
+        let mut cursor = db_seq(after);
+        loop {
+            let rows = sqlx::query(
+                "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq > $3 ORDER BY last_seq LIMIT $4",
+            )
             .bind(job_id)
             .bind(i64::from(attempt))
-            .bind(after.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit));
-        if let Some(s) = stream {
-            q = q.bind(s.as_str());
+            .bind(cursor)
+            .bind(CHUNKS_PER_READ)
+            .fetch_all(&self.logs_read)
+            .await?;
+            for row in &rows {
+                cursor = row.try_get("last_seq")?;
+                let wanted = decode(row.try_get("records")?)?
+                    .into_iter()
+                    .filter(|r| r.seq > after && stream.is_none_or(|s| r.stream == s));
+                for r in wanted {
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                    out.push(r);
+                }
+            }
+            if (rows.len() as i64) < CHUNKS_PER_READ || out.len() == limit {
+                return Ok(out);
+            }
         }
-        let rows = q.fetch_all(&self.logs_read).await?;
-        rows.iter()
-            .map(|row| {
-                let stream: String = row.try_get("stream")?;
-                Ok(LogRecord {
-                    seq: row.try_get::<i64, _>("seq")? as u64,
-                    ts: from_ms(row.try_get("ts")?),
-                    stream: Stream::parse(&stream)
-                        .ok_or_else(|| StoreError::Corrupt(format!("log stream {stream:?}")))?,
-                    text: row.try_get("text")?,
-                })
-            })
-            .collect()
     }
 }

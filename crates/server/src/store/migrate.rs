@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 2] {
+fn migrations(backend: Backend) -> [Migration; 3] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -23,6 +23,11 @@ fn migrations(backend: Backend) -> [Migration; 2] {
                 version: 1,
                 sql: include_str!("../../migrations/sqlite/logs_0001_init.sql"),
             },
+            Migration {
+                component: "logs",
+                version: 2,
+                sql: include_str!("../../migrations/sqlite/logs_0002_chunks.sql"),
+            },
         ],
         Backend::Postgres => [
             Migration {
@@ -34,6 +39,11 @@ fn migrations(backend: Backend) -> [Migration; 2] {
                 component: "logs",
                 version: 1,
                 sql: include_str!("../../migrations/postgres/logs_0001_init.sql"),
+            },
+            Migration {
+                component: "logs",
+                version: 2,
+                sql: include_str!("../../migrations/postgres/logs_0002_chunks.sql"),
             },
         ],
     }
