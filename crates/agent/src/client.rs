@@ -4,7 +4,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use drover_core::api::{
-    ErrorBody, FinishRequest, LogBatch, PollRequest, PollResponse, ProgressUpdate, RegisterRequest,
+    ErrorBody, FinishRequest, PollRequest, PollResponse, ProgressUpdate, RegisterRequest,
     RegisterResponse,
 };
 use rand::Rng;
@@ -132,15 +132,11 @@ impl Client {
         .map(drop)
     }
 
-    /// `POST .../logs`.
-    pub async fn logs(
-        &self,
-        job_id: &str,
-        attempt: u32,
-        batch: &LogBatch,
-    ) -> Result<(), CallError> {
+    /// `POST .../logs` with a body that already is a JSON [`LogBatch`] (the spool keeps
+    /// records in their wire form, so shipping them parses and encodes nothing).
+    pub async fn logs(&self, job_id: &str, attempt: u32, body: Vec<u8>) -> Result<(), CallError> {
         let url = self.attempt_url(job_id, attempt, "logs");
-        self.send::<_, serde_json::Value>(&url, &self.session_token(), batch, Self::WRITE_TIMEOUT)
+        self.send_bytes::<serde_json::Value>(&url, &self.session_token(), body, Self::WRITE_TIMEOUT)
             .await
             .map(drop)
     }
@@ -180,12 +176,25 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<Option<T>, CallError> {
+        let body = serde_json::to_vec(body).expect("plain data serializes");
+        self.send_bytes(url, token, body, timeout).await
+    }
+
+    /// POSTs `body` (JSON) and reads the answer.
+    async fn send_bytes<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        token: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Option<T>, CallError> {
         let resp = self
             .http
             .post(url)
             .bearer_auth(token)
             .timeout(timeout)
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| CallError::Transient(error_chain(&e)))?;

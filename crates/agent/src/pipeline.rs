@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_core::api::{LogBatch, ProgressUpdate, Stream};
+use drover_core::api::{ProgressUpdate, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -375,24 +375,18 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
                 return Ok(());
             }
         };
-        if batch.records.is_empty() {
+        if batch.count == 0 {
             if reader.is_done() {
                 return Ok(());
             }
             reader.changed().await;
             continue;
         }
-        let body = LogBatch {
-            records: std::mem::take(&mut batch.records),
-        };
-        match reporter.logs(&body).await {
+        match reporter.logs(&std::mem::take(&mut batch.body)).await {
             Ok(()) => {}
             Err(GaveUp::Refused) => {
-                let first = body.records.first().map_or(0, |r| r.seq);
-                let last = body.records.last().map_or(0, |r| r.seq);
                 tracing::error!(
-                    first,
-                    last,
+                    records = batch.count,
                     "log records refused by the server; skipping them"
                 );
             }

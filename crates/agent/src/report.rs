@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use drover_core::api::{FinishRequest, Lease, LogBatch, ProgressUpdate};
+use drover_core::api::{FinishRequest, Lease, ProgressUpdate};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallError, Client, RetryBackoff};
@@ -72,10 +72,10 @@ impl Reporter {
         }
     }
 
-    /// One batch of log records.
-    pub async fn logs(&self, batch: &LogBatch) -> Result<(), GaveUp> {
+    /// One batch of log records, as the JSON body of the request.
+    pub async fn logs(&self, body: &[u8]) -> Result<(), GaveUp> {
         self.retry("logs", || {
-            self.client.logs(&self.job_id, self.attempt, batch)
+            self.client.logs(&self.job_id, self.attempt, body.to_vec())
         })
         .await
     }

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
 use drover_core::api::{LogRecord, Stream};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
 /// A shipped-everything spool larger than this is truncated back to empty.
@@ -90,7 +89,7 @@ pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter,
     };
     let reader = SpoolReader {
         shared,
-        file: tokio::fs::File::from_std(read),
+        file: Arc::new(read),
     };
     Ok((writer, reader))
 }
@@ -181,18 +180,33 @@ impl SpoolWriter {
 /// Records read from the spool and not yet acknowledged.
 #[derive(Debug)]
 pub struct Batch {
-    /// The records, in seq order.
-    pub records: Vec<LogRecord>,
+    /// The records as the JSON body of a log request, `{"records":[…]}`: spool lines
+    /// are records in their wire form, so they are copied, not parsed.
+    pub body: Vec<u8>,
+    /// How many records the body holds.
+    pub count: usize,
     /// Whether the batch stopped at a size limit (more may be waiting).
     pub full: bool,
     end: u64,
     generation: u64,
 }
 
+impl Batch {
+    /// The records of the batch, parsed.
+    #[cfg(test)]
+    pub fn records(&self) -> Vec<LogRecord> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            records: Vec<LogRecord>,
+        }
+        serde_json::from_slice::<Body>(&self.body).unwrap().records
+    }
+}
+
 /// Reads batches for the shipper.
 pub struct SpoolReader {
     shared: Arc<SpoolShared>,
-    file: tokio::fs::File,
+    file: Arc<File>,
 }
 
 impl SpoolReader {
@@ -208,7 +222,8 @@ impl SpoolReader {
             (st.acked, st.written, st.generation)
         };
         let mut batch = Batch {
-            records: Vec::new(),
+            body: Vec::new(),
+            count: 0,
             full: false,
             end: start,
             generation,
@@ -216,25 +231,27 @@ impl SpoolReader {
         if end <= start {
             return Ok(batch);
         }
-        self.file.seek(SeekFrom::Start(start)).await?;
-        let mut reader = tokio::io::BufReader::new((&mut self.file).take(end - start));
-        let mut line = String::new();
-        let mut bytes = 0usize;
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).await?;
-            if n == 0 || !line.ends_with('\n') {
+        let file = self.file.clone();
+        let data = tokio::task::spawn_blocking(move || read_lines(&file, start, end, max_bytes))
+            .await
+            .map_err(std::io::Error::other)??;
+        batch.body.reserve(data.len() + 16);
+        batch.body.extend_from_slice(b"{\"records\":[");
+        let mut pos = 0;
+        while batch.count < max_records {
+            let Some(n) = data[pos..].iter().position(|&b| b == b'\n') else {
                 break;
+            };
+            if batch.count > 0 {
+                batch.body.push(b',');
             }
-            let record: LogRecord = serde_json::from_str(&line).map_err(std::io::Error::other)?;
-            batch.records.push(record);
-            batch.end += n as u64;
-            bytes += n;
-            if batch.records.len() >= max_records || bytes >= max_bytes {
-                batch.full = batch.end < end;
-                break;
-            }
+            batch.body.extend_from_slice(&data[pos..pos + n]);
+            pos += n + 1;
+            batch.count += 1;
         }
+        batch.body.extend_from_slice(b"]}");
+        batch.end = start + pos as u64;
+        batch.full = batch.end < end;
         Ok(batch)
     }
 
@@ -272,6 +289,22 @@ impl SpoolReader {
     }
 }
 
+/// Reads from `start` about `max_bytes` (at least one whole line, at most up to `end`).
+fn read_lines(file: &File, start: u64, end: u64, max_bytes: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut want = (end - start).min(max_bytes.max(1) as u64) as usize;
+    let mut data = Vec::new();
+    loop {
+        let have = data.len();
+        data.resize(want, 0);
+        file.read_exact_at(&mut data[have..], start + have as u64)?;
+        if data.contains(&b'\n') || start + want as u64 >= end {
+            return Ok(data);
+        }
+        want = ((want * 2) as u64).min(end - start) as usize;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,17 +327,20 @@ mod tests {
         }
         w.flush().unwrap();
         let b = r.next_batch(4, 1 << 20).await.unwrap();
-        assert_eq!(b.records.len(), 4);
+        assert_eq!(b.count, 4);
+        let records = b.records();
+        assert_eq!(records.len(), 4);
         assert!(b.full);
-        assert_eq!(b.records[0].seq, 1);
-        assert_eq!(b.records[0].stream, Stream::System);
+        assert_eq!(records[0].seq, 1);
+        assert_eq!(records[0].stream, Stream::System);
         // Not acknowledged: the same records come again.
         let again = r.next_batch(4, 1 << 20).await.unwrap();
-        assert_eq!(again.records, b.records);
+        assert_eq!(again.body, b.body);
         r.ack(&again);
         let rest = r.next_batch(100, 1 << 20).await.unwrap();
-        assert_eq!(rest.records.first().unwrap().seq, 5);
-        assert_eq!(rest.records.last().unwrap().seq, 11);
+        let rest_records = rest.records();
+        assert_eq!(rest_records.first().unwrap().seq, 5);
+        assert_eq!(rest_records.last().unwrap().seq, 11);
         assert!(!rest.full);
         r.ack(&rest);
         assert!(!r.is_done());
@@ -322,19 +358,20 @@ mod tests {
         }
         w.flush().unwrap();
         let b = r.next_batch(1000, 1 << 20).await.unwrap();
-        let kept = b.records.len();
+        let kept = b.count;
         assert!(kept < 100 && kept > 0);
         r.ack(&b);
         w.append_output(Stream::Stdout, "after".into()).unwrap();
         w.close().unwrap();
         let b2 = r.next_batch(1000, 1 << 20).await.unwrap();
-        assert_eq!(b2.records.len(), 2);
-        assert_eq!(b2.records[0].stream, Stream::System);
-        assert!(b2.records[0]
+        let b2 = b2.records();
+        assert_eq!(b2.len(), 2);
+        assert_eq!(b2[0].stream, Stream::System);
+        assert!(b2[0]
             .text
             .contains(&format!("dropped {} lines", 100 - kept)));
-        assert_eq!(b2.records[0].seq, kept as u64 + 1);
-        assert_eq!(b2.records[1].text, "after");
+        assert_eq!(b2[0].seq, kept as u64 + 1);
+        assert_eq!(b2[1].text, "after");
     }
 
     #[tokio::test]
@@ -346,7 +383,8 @@ mod tests {
         }
         w.close().unwrap();
         let b = r.next_batch(1000, 1 << 20).await.unwrap();
-        let texts: Vec<&str> = b.records.iter().map(|r| r.text.as_str()).collect();
+        let records = b.records();
+        let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
         assert_eq!(texts.len(), 4);
         assert!(texts[3].contains("output exceeded 20 bytes"));
     }
@@ -365,11 +403,12 @@ mod tests {
             w.flush().unwrap();
             loop {
                 let b = r.next_batch(5000, 1 << 20).await.unwrap();
-                if b.records.is_empty() {
+                if b.count == 0 {
                     break;
                 }
-                assert_eq!(b.records[0].seq, last_seq + 1);
-                last_seq = b.records.last().unwrap().seq;
+                let records = b.records();
+                assert_eq!(records[0].seq, last_seq + 1);
+                last_seq = records.last().unwrap().seq;
                 r.ack(&b);
             }
             w.flush().unwrap();
