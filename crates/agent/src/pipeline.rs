@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_core::api::{ProgressUpdate, Stream};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -17,8 +18,9 @@ use crate::output::{self, LineReader, Masker, MAX_LINE_BYTES};
 use crate::report::{Abandoned, GaveUp, Reporter};
 use crate::spool::{self, SpoolLimits, SpoolReader, SpoolWriter};
 
-/// Lines in flight between the pumps and the spool writer (each at most 64 KiB).
-const LINE_CHANNEL: usize = 256;
+/// Messages in flight between the pumps and the spool writer (each at most
+/// [`LINES_PER_MESSAGE`] lines and about [`BYTES_PER_MESSAGE`]).
+const LINE_CHANNEL: usize = 16;
 /// Ship a batch at this many records …
 const BATCH_RECORDS: usize = 5000;
 /// … or this many bytes of JSON …
@@ -32,11 +34,18 @@ const PROGRESS_POLL: Duration = Duration::from_millis(100);
 /// How long the pipes may stay open after the process group was killed.
 const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// A line for the spool writer.
+/// Lines for the spool writer: the job's output comes in runs of the lines that were
+/// waiting in its pipe together, so a chatty job costs one channel message per read,
+/// not per line.
 enum SpoolLine {
-    Output(Stream, String),
+    Output(Stream, Vec<String>),
     System(String),
 }
+
+/// Most lines sent to the spool writer in one message …
+const LINES_PER_MESSAGE: usize = 512;
+/// … and about the most bytes (the last line may pass it by up to 64 KiB).
+const BYTES_PER_MESSAGE: usize = 256 * 1024;
 
 type Progress = Arc<watch::Sender<Option<ProgressUpdate>>>;
 
@@ -242,11 +251,14 @@ fn write_spool(
         |w: &mut SpoolWriter, mirror: &mut Option<Mirror>, line: SpoolLine, failed: &mut bool| {
             if let Some(m) = mirror.as_mut() {
                 match &line {
-                    SpoolLine::Output(_, text) | SpoolLine::System(text) => m.line(text),
+                    SpoolLine::Output(_, texts) => texts.iter().for_each(|t| m.line(t)),
+                    SpoolLine::System(text) => m.line(text),
                 }
             }
             let r = match line {
-                SpoolLine::Output(stream, text) => w.append_output(stream, text),
+                SpoolLine::Output(stream, texts) => texts
+                    .into_iter()
+                    .try_for_each(|text| w.append_output(stream, text)),
                 SpoolLine::System(text) => w.append_system(text),
             };
             if let Err(e) = r {
@@ -258,7 +270,7 @@ fn write_spool(
         };
     while let Some(line) = rx.blocking_recv() {
         append(&mut writer, &mut mirror, line, &mut failed);
-        for _ in 0..4096 {
+        for _ in 0..64 {
             match rx.try_recv() {
                 Ok(line) => append(&mut writer, &mut mirror, line, &mut failed),
                 Err(_) => break,
@@ -288,22 +300,46 @@ async fn pump(
         tokio::io::BufReader::with_capacity(64 * 1024, pipe),
         MAX_LINE_BYTES,
     );
-    loop {
-        let bytes = match lines.next_line().await {
-            Ok(Some(b)) => b,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(?stream, error = %e, "reading job output failed");
-                break;
-            }
-        };
+    let prepare = |bytes: Vec<u8>| {
         let text = masker.mask(String::from_utf8_lossy(&bytes).into_owned());
         if let Some(progress) = &progress {
             if let Some(update) = output::parse_progress_marker(&text) {
                 progress.send_replace(Some(update));
             }
         }
-        if tx.send(SpoolLine::Output(stream, text)).await.is_err() {
+        text
+    };
+    let mut ended = false;
+    while !ended {
+        let mut bytes = 0;
+        let mut texts = match lines.next_line().await {
+            Ok(Some(b)) => vec![prepare(b)],
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(?stream, error = %e, "reading job output failed");
+                break;
+            }
+        };
+        // Take whatever else is waiting without blocking (`next_line` keeps its state
+        // in the reader, so dropping it when it would wait loses nothing).
+        while texts.len() < LINES_PER_MESSAGE && bytes < BYTES_PER_MESSAGE {
+            match lines.next_line().now_or_never() {
+                Some(Ok(Some(b))) => {
+                    bytes += b.len();
+                    texts.push(prepare(b));
+                }
+                Some(Ok(None)) => ended = true,
+                Some(Err(e)) => {
+                    tracing::warn!(?stream, error = %e, "reading job output failed");
+                    ended = true;
+                }
+                None => break,
+            }
+            if ended {
+                break;
+            }
+        }
+        if tx.send(SpoolLine::Output(stream, texts)).await.is_err() {
             break;
         }
     }

@@ -8,8 +8,8 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::Utc;
-use drover_core::api::{LogRecord, Stream};
+use chrono::{SecondsFormat, Utc};
+use drover_core::api::Stream;
 use tokio::sync::Notify;
 
 /// A shipped-everything spool larger than this is truncated back to empty.
@@ -59,6 +59,10 @@ pub struct SpoolWriter {
     output_bytes: u64,
     truncated: bool,
     dropped: u64,
+    /// The last timestamp written: epoch milliseconds and their RFC 3339 form.
+    ts: (i64, String),
+    /// The line being encoded (reused).
+    line: Vec<u8>,
 }
 
 /// Creates a fresh spool file at `path`, returning its writer and reader.
@@ -86,6 +90,8 @@ pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter,
         output_bytes: 0,
         truncated: false,
         dropped: 0,
+        ts: (i64::MIN, String::new()),
+        line: Vec::new(),
     };
     let reader = SpoolReader {
         shared,
@@ -135,16 +141,28 @@ impl SpoolWriter {
         self.write(Stream::System, text)
     }
 
+    /// Appends one record as a line of JSON in its wire form ([`drover_core::api::LogRecord`]), written by
+    /// hand: the timestamp is formatted once per millisecond, not once per line.
     fn write(&mut self, stream: Stream, text: String) -> std::io::Result<()> {
-        let record = LogRecord {
-            seq: self.next_seq,
-            ts: Utc::now(),
-            stream,
-            text,
-        };
-        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
+        let now = Utc::now();
+        if now.timestamp_millis() != self.ts.0 {
+            self.ts = (
+                now.timestamp_millis(),
+                now.to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
+        }
+        let line = &mut self.line;
+        line.clear();
+        write!(
+            line,
+            r#"{{"seq":{},"ts":"{}","stream":"{}","text":"#,
+            self.next_seq,
+            self.ts.1,
+            stream.as_str()
+        )?;
+        serde_json::to_writer(&mut *line, &text).map_err(std::io::Error::other)?;
+        line.extend_from_slice(b"}\n");
+        self.file.write_all(line)?;
         self.offset += line.len() as u64;
         self.next_seq += 1;
         Ok(())
@@ -194,10 +212,10 @@ pub struct Batch {
 impl Batch {
     /// The records of the batch, parsed.
     #[cfg(test)]
-    pub fn records(&self) -> Vec<LogRecord> {
+    pub fn records(&self) -> Vec<drover_core::api::LogRecord> {
         #[derive(serde::Deserialize)]
         struct Body {
-            records: Vec<LogRecord>,
+            records: Vec<drover_core::api::LogRecord>,
         }
         serde_json::from_slice::<Body>(&self.body).unwrap().records
     }
@@ -346,6 +364,24 @@ mod tests {
         assert!(!r.is_done());
         w.close().unwrap();
         assert!(r.is_done());
+    }
+
+    #[tokio::test]
+    async fn records_are_written_in_their_wire_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(&dir.path().join("w.jsonl"), limits(1 << 30, 1 << 30)).unwrap();
+        let odd = "\"quoted\" \\ back\tslash ünïcode \u{1} {\"json\": [1]}".to_string();
+        let before = Utc::now();
+        w.append_output(Stream::Stderr, odd.clone()).unwrap();
+        w.append_system(String::new()).unwrap();
+        w.close().unwrap();
+        let records = r.next_batch(10, 1 << 20).await.unwrap().records();
+        assert_eq!(records.len(), 2);
+        assert_eq!((records[0].seq, records[0].stream), (1, Stream::Stderr));
+        assert_eq!(records[0].text, odd);
+        assert_eq!((records[1].seq, records[1].stream), (2, Stream::System));
+        let skew = (records[0].ts - before).num_milliseconds();
+        assert!((-1..1000).contains(&skew), "timestamp off by {skew} ms");
     }
 
     #[tokio::test]
