@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_core::api::{ProgressUpdate, Stream};
-use futures::FutureExt;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -27,6 +28,8 @@ const BATCH_RECORDS: usize = 5000;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// … or after this long.
 const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// Log batches sent before the first of them is answered.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// At most this often a progress update is sent.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the progress file is read.
@@ -400,25 +403,40 @@ async fn watch_progress_file(
     }
 }
 
-/// Ships spooled records in batches until the spool is closed and fully acknowledged.
+/// Ships spooled records in batches until the spool is closed and fully acknowledged,
+/// up to [`BATCHES_IN_FLIGHT`] at a time so the agent reads the next batch while the
+/// server stores the last (the server keeps records by seq, in whatever order they come).
 /// A batch the server refuses is skipped (and logged) rather than blocking the rest.
 async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Abandoned> {
+    let mut in_flight = FuturesOrdered::new();
     loop {
-        let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
-                return Ok(());
+        while in_flight.len() < BATCHES_IN_FLIGHT {
+            let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
+                    return Ok(());
+                }
+            };
+            if batch.count == 0 {
+                break;
             }
-        };
-        if batch.count == 0 {
+            let body = std::mem::take(&mut batch.body);
+            let reporter = reporter.clone();
+            let full = batch.full;
+            in_flight.push_back(async move { (reporter.logs(&body).await, batch) });
+            if !full {
+                break;
+            }
+        }
+        let Some((sent, batch)) = in_flight.next().await else {
             if reader.is_done() {
                 return Ok(());
             }
             reader.changed().await;
             continue;
-        }
-        match reporter.logs(&std::mem::take(&mut batch.body)).await {
+        };
+        match sent {
             Ok(()) => {}
             Err(GaveUp::Refused) => {
                 tracing::error!(
@@ -429,7 +447,7 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
             Err(GaveUp::Abandoned) => return Err(Abandoned),
         }
         reader.ack(&batch);
-        if !batch.full && !reader.is_done() {
+        if in_flight.is_empty() && !batch.full && !reader.is_done() {
             // Gather lines for a moment, but not once the job's output has ended: the
             // finish report waits for the last batch.
             let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;

@@ -96,6 +96,7 @@ pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter,
     let reader = SpoolReader {
         shared,
         file: Arc::new(read),
+        handed_out: (0, 0),
     };
     Ok((writer, reader))
 }
@@ -225,11 +226,14 @@ impl Batch {
 pub struct SpoolReader {
     shared: Arc<SpoolShared>,
     file: Arc<File>,
+    /// Generation and end of the last batch handed out: the next one starts there, so
+    /// several batches can be in flight before the first is acknowledged.
+    handed_out: (u64, u64),
 }
 
 impl SpoolReader {
-    /// Up to `max_records` records or about `max_bytes` of JSON that are not acknowledged
-    /// yet; an empty batch when nothing is waiting.
+    /// Up to `max_records` records or about `max_bytes` of JSON after the last batch
+    /// handed out; an empty batch when nothing is waiting.
     pub async fn next_batch(
         &mut self,
         max_records: usize,
@@ -237,7 +241,11 @@ impl SpoolReader {
     ) -> std::io::Result<Batch> {
         let (start, end, generation) = {
             let st = self.shared.lock();
-            (st.acked, st.written, st.generation)
+            let start = match self.handed_out {
+                (generation, end) if generation == st.generation => end.max(st.acked),
+                _ => st.acked,
+            };
+            (start, st.written, st.generation)
         };
         let mut batch = Batch {
             body: Vec::new(),
@@ -270,6 +278,7 @@ impl SpoolReader {
         batch.body.extend_from_slice(b"]}");
         batch.end = start + pos as u64;
         batch.full = batch.end < end;
+        self.handed_out = (generation, batch.end);
         Ok(batch)
     }
 
@@ -351,13 +360,14 @@ mod tests {
         assert!(b.full);
         assert_eq!(records[0].seq, 1);
         assert_eq!(records[0].stream, Stream::System);
-        // Not acknowledged: the same records come again.
-        let again = r.next_batch(4, 1 << 20).await.unwrap();
-        assert_eq!(again.body, b.body);
-        r.ack(&again);
+        // Batches can be in flight together: the next one starts after the last.
+        let second = r.next_batch(2, 1 << 20).await.unwrap();
+        assert_eq!(second.records()[0].seq, 5);
+        r.ack(&b);
+        r.ack(&second);
         let rest = r.next_batch(100, 1 << 20).await.unwrap();
         let rest_records = rest.records();
-        assert_eq!(rest_records.first().unwrap().seq, 5);
+        assert_eq!(rest_records.first().unwrap().seq, 7);
         assert_eq!(rest_records.last().unwrap().seq, 11);
         assert!(!rest.full);
         r.ack(&rest);

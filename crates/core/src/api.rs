@@ -237,9 +237,97 @@ impl Stream {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogRecord {
     pub seq: u64,
+    #[serde(deserialize_with = "log_ts::deserialize")]
     pub ts: DateTime<Utc>,
     pub stream: Stream,
     pub text: String,
+}
+
+/// Log record timestamps: a batch holds thousands, so the `YYYY-MM-DDTHH:MM:SS.sssZ` form
+/// agents write is parsed by hand; anything else goes through chrono as usual.
+mod log_ts {
+    use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+    use serde::de::{Error, Visitor};
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        d.deserialize_str(TsVisitor)
+    }
+
+    struct TsVisitor;
+
+    impl Visitor<'_> for TsVisitor {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp")
+        }
+
+        fn visit_str<E: Error>(self, s: &str) -> Result<DateTime<Utc>, E> {
+            if let Some(t) = fast(s) {
+                return Ok(t);
+            }
+            s.parse::<DateTime<FixedOffset>>()
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(E::custom)
+        }
+    }
+
+    fn fast(s: &str) -> Option<DateTime<Utc>> {
+        let b = s.as_bytes();
+        let shape_ok = b.len() == 24
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && b[19] == b'.'
+            && b[23] == b'Z';
+        if !shape_ok {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+        let time =
+            date.and_hms_milli_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?)?;
+        Some(time.and_utc())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn both_paths_agree() {
+            for s in [
+                "2026-11-23T13:04:05.678Z",
+                "1999-12-31T23:59:59.999Z",
+                "2024-02-29T00:00:00.000Z",
+            ] {
+                let slow: DateTime<Utc> = s.parse::<DateTime<FixedOffset>>().unwrap().into();
+                assert_eq!(fast(s), Some(slow), "{s}");
+            }
+            for s in [
+                "2026-11-23T13:04:05Z",
+                "2026-11-23T13:04:05.678+01:00",
+                "2026-02-30T13:04:05.678Z",
+                "2026-11-23T13:04:05.6a8Z",
+                "2026-11-23T25:04:05.678Z",
+            ] {
+                assert_eq!(fast(s), None, "{s}");
+            }
+            let lenient: DateTime<Utc> = serde_json::from_str::<super::super::LogRecord>(
+                r#"{"seq":1,"ts":"2026-11-23T13:04:05.678+01:00","stream":"stdout","text":""}"#,
+            )
+            .unwrap()
+            .ts;
+            assert_eq!(lenient.to_rfc3339(), "2026-11-23T12:04:05.678+00:00");
+        }
+    }
 }
 
 /// `POST /v1/jobs/{id}/attempts/{n}/logs`. Resending records already stored is harmless.
