@@ -11,14 +11,13 @@ use drover_core::api::{FinishRequest, Lease};
 use drover_core::spec::DockerSpec;
 use drover_core::{Exec, Outcome};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::Client;
 use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
 use crate::output::Masker;
-use crate::pipeline::{LogPipeline, OutputTasks};
+use crate::pipeline::{LogPipeline, OutputTasks, StartResult};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
 use crate::report::{Abandoned, Reporter};
 use crate::spool::SpoolLimits;
@@ -247,15 +246,18 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         Opened::Logs(r, l) => (r, l),
         Opened::Failed(end) => return Ok(end),
     };
-    logs.system(&format!("$ {}", lease.exec.display())).await;
-
+    let header = format!("$ {}", lease.exec.display());
     let (mut proc, stdout, stderr) = match spawn(lease, names).await {
         Ok(parts) => parts,
-        Err(error) => return not_started(&reporter, logs, error).await,
+        Err(error) => {
+            logs.system(&header).await;
+            return not_started(&reporter, logs, error).await;
+        }
     };
     tracing::info!(pid = proc.pid(), "job process started");
-    let start_reporter = reporter.clone();
-    let started = tokio::spawn(async move { start_reporter.start().await }.in_current_span());
+    // The start goes out with the header record, which is the first record.
+    let started = logs.report_start();
+    logs.system(&header).await;
     let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
 
     let mut stop_rx = ctx.stopper.subscribe();
@@ -294,7 +296,7 @@ struct Running {
     reporter: Reporter,
     logs: LogPipeline,
     output: OutputTasks,
-    started: JoinHandle<Result<(), Abandoned>>,
+    started: StartResult,
 }
 
 /// After the job's output settled: logs the error, ships the log, reads the result file
@@ -321,8 +323,12 @@ async fn conclude(
         logs.system(&format!("[drover] {e}")).await;
     }
     logs.close().await;
+    let started = match started.await {
+        Ok(sent) => sent,
+        Err(_) => reporter.start().await,
+    };
     let stale = ctx.stopper.current() == Some(StopReason::Stale);
-    if stale || !matches!(started.await, Ok(Ok(()))) {
+    if stale || started.is_err() {
         output.abort();
         logs.abort();
         return Err(Abandoned);
@@ -440,8 +446,7 @@ async fn execute_docker(
     for note in &notes {
         logs.system(note).await;
     }
-    let start_reporter = reporter.clone();
-    let started = tokio::spawn(async move { start_reporter.start().await }.in_current_span());
+    let started = logs.report_start();
     let (stdout, stderr, follower) = container.follow_output();
     let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
 

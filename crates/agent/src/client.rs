@@ -134,8 +134,18 @@ impl Client {
 
     /// `POST .../logs` with a body that already is a JSON [`LogBatch`] (the spool keeps
     /// records in their wire form, so shipping them parses and encodes nothing).
-    pub async fn logs(&self, job_id: &str, attempt: u32, body: Vec<u8>) -> Result<(), CallError> {
-        let url = self.attempt_url(job_id, attempt, "logs");
+    /// With `start`, the server also marks the attempt started (one round trip for both).
+    pub async fn logs(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        body: Vec<u8>,
+        start: bool,
+    ) -> Result<(), CallError> {
+        let mut url = self.attempt_url(job_id, attempt, "logs");
+        if start {
+            url.push_str("?start=true");
+        }
         self.send_bytes::<serde_json::Value>(&url, &self.session_token(), body, Self::WRITE_TIMEOUT)
             .await
             .map(drop)

@@ -10,7 +10,7 @@ use drover_core::api::{ProgressUpdate, Stream};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -58,6 +58,34 @@ pub struct LogPipeline {
     writer: Option<JoinHandle<()>>,
     shipper: JoinHandle<Result<(), Abandoned>>,
     masker: Arc<Masker>,
+    start: Arc<StartReport>,
+}
+
+/// How the start report went: `Err` when the attempt was abandoned.
+pub type StartResult = oneshot::Receiver<Result<(), Abandoned>>;
+
+/// The attempt's start, waiting to ride on the next log batch the shipper sends (an
+/// empty one if no output comes), which saves a request per job.
+#[derive(Default)]
+struct StartReport {
+    pending: std::sync::Mutex<Option<oneshot::Sender<Result<(), Abandoned>>>>,
+    notify: Notify,
+}
+
+impl StartReport {
+    fn take(&self) -> Option<oneshot::Sender<Result<(), Abandoned>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }
 
 impl LogPipeline {
@@ -79,13 +107,24 @@ impl LogPipeline {
         .map_err(std::io::Error::other)??;
         let (tx, rx) = mpsc::channel(LINE_CHANNEL);
         let writer = tokio::task::spawn_blocking(move || write_spool(writer, mirror, rx));
-        let shipper = tokio::spawn(ship_logs(reader, reporter).in_current_span());
+        let start = Arc::new(StartReport::default());
+        let shipper = tokio::spawn(ship_logs(reader, reporter, start.clone()).in_current_span());
         Ok(LogPipeline {
             tx: Some(tx),
             writer: Some(writer),
             shipper,
             masker,
+            start,
         })
+    }
+
+    /// Reports the attempt started with the next batch the shipper sends. When the
+    /// answer never comes (the shipper stopped early), report it on its own.
+    pub fn report_start(&self) -> StartResult {
+        let (tx, rx) = oneshot::channel();
+        *self.start.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.start.notify.notify_one();
+        rx
     }
 
     /// Appends a `system` record (secrets masked).
@@ -407,10 +446,15 @@ async fn watch_progress_file(
 /// up to [`BATCHES_IN_FLIGHT`] at a time so the agent reads the next batch while the
 /// server stores the last (the server keeps records by seq, in whatever order they come).
 /// A batch the server refuses is skipped (and logged) rather than blocking the rest.
-async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Abandoned> {
+async fn ship_logs(
+    mut reader: SpoolReader,
+    reporter: Reporter,
+    start: Arc<StartReport>,
+) -> Result<(), Abandoned> {
     let mut in_flight = FuturesOrdered::new();
     loop {
         while in_flight.len() < BATCHES_IN_FLIGHT {
+            let started = start.take();
             let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -418,13 +462,22 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
                     return Ok(());
                 }
             };
-            if batch.count == 0 {
+            if batch.count == 0 && started.is_none() {
                 break;
             }
             let body = std::mem::take(&mut batch.body);
             let reporter = reporter.clone();
             let full = batch.full;
-            in_flight.push_back(async move { (reporter.logs(&body).await, batch) });
+            in_flight.push_back(async move {
+                let sent = reporter.logs(&body, started.is_some()).await;
+                if let Some(tx) = started {
+                    let _ = tx.send(match sent {
+                        Err(GaveUp::Abandoned) => Err(Abandoned),
+                        _ => Ok(()),
+                    });
+                }
+                (sent, batch)
+            });
             if !full {
                 break;
             }
@@ -433,7 +486,10 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
             if reader.is_done() {
                 return Ok(());
             }
-            reader.changed().await;
+            tokio::select! {
+                _ = reader.changed() => {}
+                _ = start.notify.notified() => {}
+            }
             continue;
         };
         match sent {
@@ -448,14 +504,17 @@ async fn ship_logs(mut reader: SpoolReader, reporter: Reporter) -> Result<(), Ab
         }
         reader.ack(&batch);
         if in_flight.is_empty() && !batch.full && !reader.is_done() {
-            // Gather lines for a moment, but not once the job's output has ended: the
-            // finish report waits for the last batch.
+            // Gather lines for a moment, but not once the job's output has ended (the
+            // finish report waits for the last batch) or a start waits to be reported.
             let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
-            while !reader.is_closed() {
-                if tokio::time::timeout_at(deadline, reader.changed())
-                    .await
-                    .is_err()
-                {
+            while !reader.is_closed() && !start.is_pending() {
+                let wake = async {
+                    tokio::select! {
+                        _ = reader.changed() => {}
+                        _ = start.notify.notified() => {}
+                    }
+                };
+                if tokio::time::timeout_at(deadline, wake).await.is_err() {
                     break;
                 }
             }

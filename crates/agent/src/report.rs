@@ -72,10 +72,12 @@ impl Reporter {
         }
     }
 
-    /// One batch of log records, as the JSON body of the request.
-    pub async fn logs(&self, body: &[u8]) -> Result<(), GaveUp> {
+    /// One batch of log records, as the JSON body of the request; with `start`, it also
+    /// reports the start.
+    pub async fn logs(&self, body: &[u8], start: bool) -> Result<(), GaveUp> {
         self.retry("logs", || {
-            self.client.logs(&self.job_id, self.attempt, body.to_vec())
+            self.client
+                .logs(&self.job_id, self.attempt, body.to_vec(), start)
         })
         .await
     }

@@ -248,7 +248,7 @@ impl SpoolReader {
             (start, st.written, st.generation)
         };
         let mut batch = Batch {
-            body: Vec::new(),
+            body: br#"{"records":[]}"#.to_vec(),
             count: 0,
             full: false,
             end: start,
@@ -261,6 +261,7 @@ impl SpoolReader {
         let data = tokio::task::spawn_blocking(move || read_lines(&file, start, end, max_bytes))
             .await
             .map_err(std::io::Error::other)??;
+        batch.body.clear();
         batch.body.reserve(data.len() + 16);
         batch.body.extend_from_slice(b"{\"records\":[");
         let mut pos = 0;

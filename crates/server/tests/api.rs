@@ -528,13 +528,17 @@ async fn sse_follows_a_log_until_the_attempt_ends() {
     let agent = register(&server, "w", json!({})).await;
     let lease = poll(&agent, &[], 1000).await.leases.remove(0);
     let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
-    agent.post(&format!("{base}/start"), json!({})).await;
     for seq in 1..=3u64 {
         let body = json!({"records": [{"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": format!("line {seq}")}]});
-        assert_eq!(
-            agent.post(&format!("{base}/logs"), body).await.0,
-            StatusCode::NO_CONTENT
-        );
+        // The first batch also reports the start, as agents do.
+        let path = match seq {
+            1 => format!("{base}/logs?start=true"),
+            _ => format!("{base}/logs"),
+        };
+        assert_eq!(agent.post(&path, body).await.0, StatusCode::NO_CONTENT);
+        let job = c.job(&lease.job_id).await;
+        assert_eq!(job.state, JobState::Running, "after batch {seq}");
+        assert!(job.started_at.is_some());
     }
     agent
         .post(

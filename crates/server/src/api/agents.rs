@@ -11,9 +11,11 @@ use drover_core::api::{
     Job, LogBatch, PollRequest, PollResponse, ProgressUpdate, RegisterRequest, RegisterResponse,
 };
 use drover_core::Outcome;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::auth::{hash_token, new_token, AgentCaller, Client, JOIN, READ};
-use super::{ApiError, ApiJson, ApiPath};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::{NewAgent, StoreError};
 use crate::Scope;
@@ -169,27 +171,47 @@ pub async fn start(
     AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
 ) -> Result<Json<Job>, ApiError> {
-    let w = state
-        .store
-        .start(&agent.id, &id, attempt, Utc::now())
-        .await?;
+    Ok(Json(mark_started(&state, &agent.id, &id, attempt).await?))
+}
+
+async fn mark_started(
+    state: &AppState,
+    agent_id: &str,
+    id: &str,
+    attempt: u32,
+) -> Result<Job, ApiError> {
+    let w = state.store.start(agent_id, id, attempt, Utc::now()).await?;
     if let Some(waited) = w.elapsed {
         state.metrics.submit_to_start.observe(waited.as_secs_f64());
     }
-    state.hub.job_changed(&id);
-    Ok(Json(w.job))
+    state.hub.job_changed(id);
+    Ok(w.job)
+}
+
+/// Query of `POST …/logs`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogWrite {
+    /// Also mark the attempt started (as `POST …/start` does): agents send their first
+    /// batch this way and save a round trip per job.
+    #[serde(default)]
+    pub start: bool,
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/logs", tag = "agents", request_body = LogBatch,
-    params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
+    params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), LogWrite),
     responses((status = 204, description = "Stored (records already stored are ignored)"), (status = 409, description = "Stale attempt: kill it", body = ErrorBody), (status = 413, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn logs(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
+    ApiQuery(query): ApiQuery<LogWrite>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
+    if query.start {
+        mark_started(&state, &agent.id, &id, attempt).await?;
+    }
     if batch.records.len() > MAX_LOG_RECORDS {
         return Err(ApiError::TooLarge(format!(
             "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
