@@ -6,7 +6,8 @@
 //!   `GET /v1/jobs/{id}/logs` (JSON page), `GET /v1/jobs/{id}/logs/stream` (SSE),
 //!   `GET /v1/jobs/{id}/logs.txt` (plain text), `GET /v1/agents`.
 //! - agent: `POST /v1/agents/register` (join token), `POST /v1/agents/poll`, and per
-//!   attempt `POST /v1/jobs/{id}/attempts/{n}/{start|logs|progress|finish}` (session token).
+//!   attempt `POST /v1/jobs/{id}/attempts/{n}/{start|logs|progress|finish}` (session token;
+//!   `logs?start=true` also reports the start).
 //!   A write for an attempt that is no longer current gets 409 with code `stale_attempt`.
 
 use std::collections::BTreeMap;
