@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::client::Client;
 use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
 use crate::output::Masker;
-use crate::pipeline::{LogPipeline, OutputTasks, StartResult};
+use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
 use crate::report::{Abandoned, Reporter};
 use crate::spool::SpoolLimits;
@@ -131,6 +131,7 @@ impl AttemptCtx {
 }
 
 /// Paths of one attempt.
+#[derive(Clone)]
 struct Names {
     workspace: PathBuf,
     meta: PathBuf,
@@ -176,7 +177,7 @@ impl Names {
 }
 
 /// Builds the program and arguments for `exec`, writing a script body where needed.
-async fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
+fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
     let (program, args) = match &lease.exec {
         Exec::Shell { command } => (
             process::shell_program(),
@@ -188,8 +189,7 @@ async fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
         }
         Exec::Script { interpreter, body } => {
             let path = names.meta.join("script");
-            tokio::fs::write(&path, body)
-                .await
+            std::fs::write(&path, body)
                 .map_err(|e| format!("cannot write the script file: {e}"))?;
             let mut words = interpreter.split_whitespace().map(str::to_string);
             let program = words.next().ok_or("script job has an empty interpreter")?;
@@ -219,13 +219,13 @@ async fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
     })
 }
 
-async fn prepare_dirs(names: &Names) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(&names.workspace).await {
+fn prepare_dirs(names: &Names) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(&names.workspace) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    tokio::fs::create_dir_all(&names.meta).await
+    std::fs::create_dir_all(&names.meta)
 }
 
 async fn cleanup(ctx: &AttemptCtx, names: &Names) {
@@ -242,12 +242,27 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
 async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let (reporter, logs) = match open_logs(ctx, names).await? {
+    // Spool, workspace and process in one trip to a blocking thread: each trip costs a
+    // thread wake-up on the way from lease to running job.
+    let prepared = {
+        let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
+        tokio::task::spawn_blocking(move || {
+            let files = SpoolFiles::create(&names.spool, limits, names.mirror.clone())?;
+            Ok((files, spawn(&lease, &names)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    };
+    let (files, spawned) = match prepared {
+        Ok((files, spawned)) => (Ok(files), Some(spawned)),
+        Err(e) => (Err(e), None),
+    };
+    let (reporter, logs) = match start_logs(ctx, files).await? {
         Opened::Logs(r, l) => (r, l),
         Opened::Failed(end) => return Ok(end),
     };
     let header = format!("$ {}", lease.exec.display());
-    let (mut proc, stdout, stderr) = match spawn(lease, names).await {
+    let (mut proc, stdout, stderr) = match spawned.expect("spawned when the spool exists") {
         Ok(parts) => parts,
         Err(error) => {
             logs.system(&header).await;
@@ -365,18 +380,25 @@ enum Opened {
 }
 
 async fn open_logs(ctx: &AttemptCtx, names: &Names) -> Result<Opened, Abandoned> {
+    let (spool, limits, mirror) = (names.spool.clone(), ctx.limits, names.mirror.clone());
+    let files = tokio::task::spawn_blocking(move || SpoolFiles::create(&spool, limits, mirror))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    start_logs(ctx, files).await
+}
+
+/// Starts the log pipeline on the spool files, or fails the attempt when there are none.
+async fn start_logs(
+    ctx: &AttemptCtx,
+    files: std::io::Result<SpoolFiles>,
+) -> Result<Opened, Abandoned> {
     let masker = Arc::new(Masker::new(ctx.lease.secrets.values()));
     let reporter = ctx.reporter(masker.clone());
-    let opened = LogPipeline::open(
-        names.spool.clone(),
-        ctx.limits,
-        reporter.clone(),
-        masker,
-        names.mirror.clone(),
-    )
-    .await;
-    match opened {
-        Ok(logs) => Ok(Opened::Logs(reporter, logs)),
+    match files {
+        Ok(files) => Ok(Opened::Logs(
+            reporter.clone(),
+            LogPipeline::start(files, reporter, masker),
+        )),
         Err(e) => {
             let error = format!("cannot create the log spool: {e}");
             tracing::error!(%error, "attempt cannot run");
@@ -502,8 +524,9 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
     }
 }
 
-/// Prepares the workspace and spawns the job; the error is the job's error message.
-async fn spawn(
+/// Prepares the workspace and spawns the job (blocking); the error is the job's error
+/// message.
+fn spawn(
     lease: &Lease,
     names: &Names,
 ) -> Result<
@@ -514,14 +537,14 @@ async fn spawn(
     ),
     String,
 > {
-    prepare_dirs(names).await.map_err(|e| {
+    prepare_dirs(names).map_err(|e| {
         format!(
             "cannot create the workspace {}: {e}",
             names.workspace.display()
         )
     })?;
-    let spec = spawn_spec(lease, names).await?;
-    JobProcess::spawn(spec).await.map_err(|e| e.to_string())
+    let spec = spawn_spec(lease, names)?;
+    JobProcess::spawn_now(spec).map_err(|e| e.to_string())
 }
 
 fn failed(error: String) -> FinishRequest {

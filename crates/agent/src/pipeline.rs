@@ -89,33 +89,24 @@ impl StartReport {
 }
 
 impl LogPipeline {
-    /// Creates the spool at `path` and starts its writer and shipper; with `mirror`, each
-    /// line is also appended to that file (its folder is created).
-    pub async fn open(
-        path: PathBuf,
-        limits: SpoolLimits,
-        reporter: Reporter,
-        masker: Arc<Masker>,
-        mirror: Option<PathBuf>,
-    ) -> std::io::Result<LogPipeline> {
-        let (writer, reader, mirror) = tokio::task::spawn_blocking(move || {
-            let (writer, reader) = spool::create(&path, limits)?;
-            let mirror = mirror.and_then(open_mirror);
-            Ok::<_, std::io::Error>((writer, reader, mirror))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+    /// Starts the writer and shipper of files made by [`SpoolFiles::create`].
+    pub fn start(files: SpoolFiles, reporter: Reporter, masker: Arc<Masker>) -> LogPipeline {
+        let SpoolFiles {
+            writer,
+            reader,
+            mirror,
+        } = files;
         let (tx, rx) = mpsc::channel(LINE_CHANNEL);
         let writer = tokio::task::spawn_blocking(move || write_spool(writer, mirror, rx));
         let start = Arc::new(StartReport::default());
         let shipper = tokio::spawn(ship_logs(reader, reporter, start.clone()).in_current_span());
-        Ok(LogPipeline {
+        LogPipeline {
             tx: Some(tx),
             writer: Some(writer),
             shipper,
             masker,
             start,
-        })
+        }
     }
 
     /// Reports the attempt started with the next batch the shipper sends. When the
@@ -153,6 +144,30 @@ impl LogPipeline {
     /// Stops shipping at once (the attempt is stale).
     pub fn abort(self) {
         self.shipper.abort();
+    }
+}
+
+/// The files of an attempt's log, made (blocking) before its pipeline starts.
+pub struct SpoolFiles {
+    writer: SpoolWriter,
+    reader: SpoolReader,
+    mirror: Option<Mirror>,
+}
+
+impl SpoolFiles {
+    /// Creates the spool at `path` and opens the mirror (a mirror that cannot be opened
+    /// is logged and skipped). Blocking.
+    pub fn create(
+        path: &std::path::Path,
+        limits: SpoolLimits,
+        mirror: Option<PathBuf>,
+    ) -> std::io::Result<SpoolFiles> {
+        let (writer, reader) = spool::create(path, limits)?;
+        Ok(SpoolFiles {
+            writer,
+            reader,
+            mirror: mirror.and_then(open_mirror),
+        })
     }
 }
 

@@ -126,41 +126,32 @@ pub struct JobProcess {
 }
 
 impl JobProcess {
-    /// Spawns `spec` (on a blocking thread) in a new process group with stdin closed and
-    /// stdout/stderr piped.
-    pub async fn spawn(
+    /// Spawns `spec` in a new process group with stdin closed and stdout/stderr piped.
+    /// Blocking: call it on a blocking thread inside the runtime (the pipes are
+    /// registered with it).
+    pub fn spawn_now(
         spec: SpawnSpec,
     ) -> Result<(JobProcess, ChildStdout, ChildStderr), SpawnError> {
         let program = spec.program.clone();
-        let spawned = tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(&spec.program);
-            cmd.args(&spec.args)
-                .current_dir(&spec.workspace)
-                .envs(spec.env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true);
-            cmd.spawn()
-        })
-        .await;
-        let mut child = match spawned {
-            Ok(Ok(child)) => child,
-            Ok(Err(e)) => {
-                let reason = match e.raw_os_error() {
-                    Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-                    None => e.to_string(),
-                };
-                return Err(SpawnError { program, reason });
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .current_dir(&spec.workspace)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            let reason = match e.raw_os_error() {
+                Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+                None => e.to_string(),
+            };
+            SpawnError {
+                program: program.clone(),
+                reason,
             }
-            Err(e) => {
-                return Err(SpawnError {
-                    program,
-                    reason: e.to_string(),
-                })
-            }
-        };
+        })?;
         let pid = child.id().unwrap_or_default() as i32;
         let stdout = child.stdout.take().ok_or_else(|| SpawnError {
             program: program.clone(),
@@ -282,9 +273,15 @@ mod tests {
         }
     }
 
+    async fn spawn(spec: SpawnSpec) -> Result<(JobProcess, ChildStdout, ChildStderr), SpawnError> {
+        tokio::task::spawn_blocking(move || JobProcess::spawn_now(spec))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn missing_programs_give_a_clear_error() {
-        let err = JobProcess::spawn(spec("drover-no-such-program", &[]))
+        let err = spawn(spec("drover-no-such-program", &[]))
             .await
             .err()
             .unwrap();
@@ -296,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_requests_terminate_the_group() {
-        let (mut p, _o, _e) = JobProcess::spawn(spec("sh", &["-c", "sleep 1000 & sleep 1000"]))
+        let (mut p, _o, _e) = spawn(spec("sh", &["-c", "sleep 1000 & sleep 1000"]))
             .await
             .unwrap();
         let stopper = Stopper::default();
