@@ -13,7 +13,7 @@ use drover_core::api::{LogRecord, Stream};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{from_ms, ms, Result, Store, StoreError};
+use super::{from_ms, ms, Backend, Result, Store, StoreError};
 
 /// Chunks fetched per query while reading.
 const CHUNKS_PER_READ: i64 = 8;
@@ -82,6 +82,15 @@ impl Store {
             return Ok(());
         };
         let mut tx = self.logs_write.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Appends to one attempt take turns, so two overlapping batches cannot both
+            // miss each other (SQLite has a single writer anyway).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), CAST($2 AS INTEGER))")
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .execute(&mut *tx)
+                .await?;
+        }
         let overlapping = sqlx::query(
             "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq >= $3 AND first_seq <= $4",
         )
