@@ -188,6 +188,32 @@ async fn bad_input_gets_clear_errors_and_harms_nothing() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(error_code(&v), "bad_request");
 
+    // A value of the wrong type is named by where it is.
+    let (status, v) = c
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [shell("fine"), {"exec": {"kind": "process", "argv": "ls -l"}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("jobs[1]"), "{message}");
+
+    // JSON without a JSON content type is refused with a hint.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .bearer_auth(&server.admin_token)
+        .body(shell("x").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Content-Type: application/json"));
+
     let (status, v) = c
         .post(
             "/v1/jobs",
