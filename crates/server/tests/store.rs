@@ -62,6 +62,7 @@ both!(
     cancel_queued_running_and_finished_jobs,
     poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases,
     claim_looks_past_jobs_the_agent_cannot_run,
+    finish_many_ends_each_attempt_as_one_finish_would,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -721,4 +722,112 @@ async fn claim_looks_past_jobs_the_agent_cannot_run(fx: Fx) {
         got[0].job_id, ids[300],
         "the one job it can run, behind 300 it cannot"
     );
+}
+
+async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
+    use drover_core::api::AttemptState;
+    let now = t0();
+    let mut flaky = shell("flaky");
+    flaky.max_attempts = Some(2);
+    let ids = enqueue(
+        &fx.store,
+        vec![shell("b's"), shell("ok"), shell("bad"), flaky, shell("ok2")],
+        now,
+    )
+    .await;
+    let b = agent(&fx.store, "b", 1, &[], &["default"]).await;
+    assert_eq!(
+        fx.store.claim(&b, now, TTL).await.unwrap()[0].job_id,
+        ids[0]
+    );
+    let a = agent(&fx.store, "a", 10, &[], &["default"]).await;
+    assert_eq!(fx.store.claim(&a, now, TTL).await.unwrap().len(), 4);
+    for id in [&ids[1], &ids[3], &ids[4]] {
+        fx.store.start(&a.id, id, 1, now).await.unwrap();
+    }
+    let ok = |code| finish(Outcome::Succeeded, Some(code));
+    let items = vec![
+        (
+            ids[1].clone(),
+            1,
+            FinishRequest {
+                result: Some(serde_json::json!({"x": 1})),
+                ..ok(0)
+            },
+        ),
+        // Never reported a start: still uses up its only attempt.
+        (ids[2].clone(), 1, finish(Outcome::Failed, Some(2))),
+        (ids[3].clone(), 1, finish(Outcome::Failed, Some(1))),
+        (ids[0].clone(), 1, ok(0)),
+        (ids[4].clone(), 7, ok(0)),
+        (ids[1].clone(), 1, ok(0)),
+        ("no-such-job".to_string(), 1, ok(0)),
+        (ids[4].clone(), 1, ok(0)),
+    ];
+    let later = now + chrono::Duration::seconds(2);
+    let out = fx
+        .store
+        .finish_many(&a.id, &items, later, &[0.5; 8])
+        .await
+        .unwrap();
+    let states: Vec<std::result::Result<JobState, String>> = out
+        .iter()
+        .map(|r| match r {
+            Ok((s, _)) => Ok(*s),
+            Err(StoreError::NotYourAttempt { .. }) => Err("not yours".into()),
+            Err(StoreError::StaleAttempt { .. }) => Err("stale".into()),
+            Err(StoreError::NotFound(_)) => Err("not found".into()),
+            Err(e) => Err(format!("{e:?}")),
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            Ok(JobState::Succeeded),
+            Ok(JobState::Failed),
+            Ok(JobState::Queued),
+            Err("not yours".into()),
+            Err("stale".into()),
+            Err("stale".into()),
+            Err("not found".into()),
+            Ok(JobState::Succeeded),
+        ]
+    );
+    let ran = out[0].as_ref().unwrap().1.unwrap().as_millis();
+    assert!((1999..=2001).contains(&ran), "ran {ran} ms");
+
+    let job = |i: usize| fx.store.job(&ids[i]);
+    let j = job(1).await.unwrap();
+    assert_eq!(
+        (j.exit_code, j.result, j.finished_at.is_some()),
+        (Some(0), Some(serde_json::json!({"x": 1})), true)
+    );
+    assert_eq!(j.attempts[0].state, AttemptState::Succeeded);
+    let j = job(2).await.unwrap();
+    assert_eq!((j.exit_code, j.attempts_used), (Some(2), 1));
+    assert_eq!(
+        (j.attempts[0].state, j.attempts[0].exit_code),
+        (AttemptState::Failed, Some(2))
+    );
+    let j = job(3).await.unwrap();
+    assert_eq!((j.state, j.attempts_used), (JobState::Queued, 1));
+    assert!(j.run_at > later && j.finished_at.is_none());
+    assert_eq!(j.attempts[0].state, AttemptState::Failed);
+    assert_eq!(
+        job(0).await.unwrap().state,
+        JobState::Leased,
+        "b's job untouched"
+    );
+    assert_eq!(job(4).await.unwrap().state, JobState::Succeeded);
+    let kinds = |events: Vec<drover_core::api::JobEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.kind).collect()
+    };
+    assert_eq!(
+        kinds(fx.store.events(&ids[3]).await.unwrap())
+            .last()
+            .unwrap(),
+        "retry_scheduled"
+    );
+    let finished: Vec<String> = kinds(fx.store.events(&ids[4]).await.unwrap());
+    assert_eq!(finished.iter().filter(|k| *k == "finished").count(), 1);
 }

@@ -1,17 +1,19 @@
-//! Lease verbs for agents: claim work, start, progress, finish, renew on poll, and the
-//! reaper's expiry of leases that were not renewed.
+//! Lease verbs for agents: claim work, start, progress, renew on poll, and the reaper's
+//! expiry of leases that were not renewed (`finish` is in `finish.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{FinishRequest, Lease, RunningAttempt};
+use drover_core::api::{Lease, RunningAttempt};
 use drover_core::backoff::should_retry;
 use drover_core::labels::{satisfies, Labels};
 use drover_core::{transition, Event, JobState, Outcome};
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::agents::AgentAuth;
+use super::finish::check_fence;
 use super::jobs::{job_in_tx, not_found, record_event, NewEvent};
 use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreError};
 
@@ -38,42 +40,27 @@ pub struct AttemptWrite {
 }
 
 /// The fencing facts of a job row.
-struct Held {
-    state: JobState,
-    agent_id: Option<String>,
-    current_attempt: u32,
-    cancel_requested: bool,
-    attempts_used: u32,
-    max_attempts: u32,
-    base_ms: u64,
-    cap_ms: u64,
-    run_at: DateTime<Utc>,
+pub(super) struct Held {
+    pub(super) state: JobState,
+    pub(super) agent_id: Option<String>,
+    pub(super) current_attempt: u32,
+    pub(super) cancel_requested: bool,
+    pub(super) attempts_used: u32,
+    pub(super) max_attempts: u32,
+    pub(super) base_ms: u64,
+    pub(super) cap_ms: u64,
+    pub(super) run_at: DateTime<Utc>,
     /// Start of the current attempt's process, once it started.
-    started_at: Option<DateTime<Utc>>,
+    pub(super) started_at: Option<DateTime<Utc>>,
 }
 
-impl Store {
-    fn lock_clause(&self) -> &'static str {
-        match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        }
-    }
+impl Held {
+    /// The columns [`Held::from_row`] reads.
+    pub(super) const COLUMNS: &'static str = "state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at";
 
-    async fn held(&self, tx: &mut Transaction<'_, Any>, job_id: &str) -> Result<Option<Held>> {
-        let sql = format!(
-            "SELECT state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at FROM jobs WHERE id = $1{}",
-            self.lock_clause()
-        );
-        let Some(row) = sqlx::query(&sql)
-            .bind(job_id)
-            .fetch_optional(&mut **tx)
-            .await?
-        else {
-            return Ok(None);
-        };
+    pub(super) fn from_row(row: &AnyRow) -> Result<Held> {
         let state: String = row.try_get("state")?;
-        Ok(Some(Held {
+        Ok(Held {
             state: state.parse().map_err(StoreError::Corrupt)?,
             agent_id: row.try_get("agent_id")?,
             current_attempt: row.try_get::<i64, _>("current_attempt")? as u32,
@@ -83,35 +70,43 @@ impl Store {
             base_ms: row.try_get::<i64, _>("backoff_base_ms")? as u64,
             cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
             run_at: from_ms(row.try_get("run_at")?),
-            started_at: opt_time(&row, "started_at")?,
-        }))
+            started_at: opt_time(row, "started_at")?,
+        })
+    }
+}
+
+impl Store {
+    pub(super) fn lock_clause(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    async fn held(&self, tx: &mut Transaction<'_, Any>, job_id: &str) -> Result<Option<Held>> {
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE id = $1{}",
+            Held::COLUMNS,
+            self.lock_clause()
+        );
+        let row = sqlx::query(&sql)
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(Held::from_row).transpose()
     }
 
     /// Loads the job row and checks that `attempt` is current and held by `agent_id`.
-    async fn fence(
+    pub(super) async fn fence(
         &self,
         tx: &mut Transaction<'_, Any>,
         agent_id: &str,
         job_id: &str,
         attempt: u32,
     ) -> Result<Held> {
-        let held = self
-            .held(tx, job_id)
-            .await?
-            .ok_or_else(|| not_found(job_id))?;
-        if held.current_attempt != attempt || !held.state.is_active() {
-            return Err(StoreError::StaleAttempt {
-                job_id: job_id.to_string(),
-                attempt,
-            });
-        }
-        if held.agent_id.as_deref() != Some(agent_id) {
-            return Err(StoreError::NotYourAttempt {
-                job_id: job_id.to_string(),
-                attempt,
-            });
-        }
-        Ok(held)
+        let held = self.held(tx, job_id).await?;
+        check_fence(held.as_ref(), agent_id, job_id, attempt)?;
+        Ok(held.expect("fenced"))
     }
 
     /// Leases up to the agent's free capacity of due, matching jobs: highest priority
@@ -361,146 +356,6 @@ impl Store {
             });
         }
         Ok(())
-    }
-
-    /// The attempt ended. Failed and timed-out attempts are retried (after a backoff)
-    /// while attempts remain, unless a cancel was asked for.
-    pub async fn finish(
-        &self,
-        agent_id: &str,
-        job_id: &str,
-        attempt: u32,
-        req: &FinishRequest,
-        now: DateTime<Utc>,
-        jitter: f64,
-    ) -> Result<AttemptWrite> {
-        let mut tx = self.write.begin().await?;
-        let (_, elapsed) = self
-            .finish_in_tx(&mut tx, agent_id, job_id, attempt, req, now, jitter)
-            .await?;
-        let job = job_in_tx(&mut tx, job_id).await?;
-        tx.commit().await?;
-        Ok(AttemptWrite { job, elapsed })
-    }
-
-    /// Ends many attempts of one agent in one transaction; each item gets its own result
-    /// (`Ok` with the job's new state, or the fencing error that refused it).
-    pub async fn finish_many(
-        &self,
-        agent_id: &str,
-        items: &[(String, u32, FinishRequest)],
-        now: DateTime<Utc>,
-        jitters: &[f64],
-    ) -> Result<Vec<std::result::Result<(JobState, Option<Duration>), StoreError>>> {
-        let mut tx = self.write.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for ((job_id, attempt, req), jitter) in items
-            .iter()
-            .zip(jitters.iter().chain(std::iter::repeat(&0.5)))
-        {
-            // Fencing refusals happen before any write, so the transaction stays usable.
-            match self
-                .finish_in_tx(&mut tx, agent_id, job_id, *attempt, req, now, *jitter)
-                .await
-            {
-                Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
-                other => out.push(other),
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_in_tx(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        agent_id: &str,
-        job_id: &str,
-        attempt: u32,
-        req: &FinishRequest,
-        now: DateTime<Utc>,
-        jitter: f64,
-    ) -> Result<(JobState, Option<Duration>)> {
-        let held = self.fence(tx, agent_id, job_id, attempt).await?;
-        // An attempt that ended before it reported a start still used up an attempt.
-        let used = held.attempts_used + u32::from(held.state == JobState::Leased);
-        let failed = matches!(req.outcome, Outcome::Failed | Outcome::TimedOut);
-        let retry = failed && !held.cancel_requested && should_retry(used, held.max_attempts);
-        let next = transition(
-            held.state,
-            Event::Finish {
-                outcome: req.outcome,
-                retry,
-            },
-        )
-        .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        // jobs.started_at belongs to the current attempt only once it is running.
-        let started = held.started_at.filter(|_| held.state == JobState::Running);
-        let elapsed = started.and_then(|s| (now - s).to_std().ok());
-        let result = req.result.as_ref().map(super::to_json);
-        if next == JobState::Queued {
-            let backoff = drover_core::backoff::Backoff {
-                base_ms: held.base_ms,
-                cap_ms: held.cap_ms,
-            };
-            let run_at = ms(now) + backoff.delay_ms(used, jitter) as i64;
-            sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, run_at = $3, exit_code = $4, error = $5, updated_at = $6 WHERE id = $7")
-                .bind(next.as_str())
-                .bind(i64::from(used))
-                .bind(run_at)
-                .bind(req.exit_code.map(i64::from))
-                .bind(&req.error)
-                .bind(ms(now))
-                .bind(job_id)
-                .execute(&mut **tx)
-                .await?;
-        } else {
-            sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, exit_code = $3, error = $4, result = $5, finished_at = $6, updated_at = $6 WHERE id = $7")
-                .bind(next.as_str())
-                .bind(i64::from(used))
-                .bind(req.exit_code.map(i64::from))
-                .bind(&req.error)
-                .bind(result)
-                .bind(ms(now))
-                .bind(job_id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        sqlx::query("UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4 WHERE job_id = $5 AND number = $6")
-            .bind(drover_core::api::AttemptState::from(req.outcome).as_str())
-            .bind(ms(now))
-            .bind(req.exit_code.map(i64::from))
-            .bind(&req.error)
-            .bind(job_id)
-            .bind(i64::from(attempt))
-            .execute(&mut **tx)
-            .await?;
-        let actor = format!("agent:{agent_id}");
-        let kind = if next == JobState::Queued {
-            "retry_scheduled"
-        } else {
-            "finished"
-        };
-        let reason = req
-            .error
-            .clone()
-            .unwrap_or_else(|| req.outcome.as_str().to_string());
-        record_event(
-            tx,
-            NewEvent {
-                job_id,
-                kind,
-                from: Some(held.state),
-                to: next,
-                attempt: Some(attempt),
-                actor: &actor,
-                reason: Some(&reason),
-            },
-            now,
-        )
-        .await?;
-        Ok((next, elapsed))
     }
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with

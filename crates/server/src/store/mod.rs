@@ -9,6 +9,7 @@
 
 mod agents;
 mod audit;
+mod finish;
 mod jobs;
 mod leases;
 mod logs;
