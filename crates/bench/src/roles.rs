@@ -121,16 +121,24 @@ impl Drop for Proc {
 }
 
 pub fn rss_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_mib(pid, "VmRSS:"), status_mib(pid, "VmHWM:"))
+}
+
+/// The part of the RSS that is file pages (program text and, for the server, SQLite's
+/// memory-mapped database), which the kernel can drop at will.
+pub fn rss_file_of(pid: u32) -> f64 {
+    status_mib(pid, "RssFile:")
+}
+
+/// A `kB` field of `/proc/PID/status`, in MiB.
+fn status_mib(pid: u32, name: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn me() -> anyhow::Result<PathBuf> {

@@ -390,6 +390,7 @@ async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
     sys.api.wait_count("succeeded", n as u64, LONG).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let server_after = sys.server.rss_mib().0;
+    let server_after_file = roles::rss_file_of(sys.server.pid());
     let agent_after = sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().0);
     sys.stop();
     Ok(vec![
@@ -414,6 +415,14 @@ async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
             &format!("server RSS after {n} jobs"),
             "MiB",
             &[server_after],
+            None,
+            Target::None,
+        ),
+        Row::new(
+            "memory",
+            &format!("… of which file pages (program text, SQLite's mmap) after {n} jobs"),
+            "MiB",
+            &[server_after_file],
             None,
             Target::None,
         ),
