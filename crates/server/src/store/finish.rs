@@ -15,7 +15,7 @@ use sqlx::{Any, Row, Transaction};
 use super::jobs::{job_in_tx, not_found};
 use super::leases::{AttemptWrite, Held};
 
-use super::{ms, Backend, Result, Store, StoreError};
+use super::{ms, Result, Store, StoreError};
 
 /// Rows per statement of a batch (SQLite allows 32766 parameters per statement).
 const CHUNK: usize = 500;
@@ -317,22 +317,5 @@ impl Store {
             q.execute(&mut **tx).await?;
         }
         Ok(())
-    }
-
-    /// The `i`-th (1-based) parameter of a statement: `$i` on PostgreSQL, `?` on SQLite
-    /// (see [`Store::values`]; parameters must then be bound in the order they appear).
-    fn param(&self, i: usize) -> String {
-        match self.backend {
-            Backend::Postgres => format!("${i}"),
-            Backend::Sqlite => "?".to_string(),
-        }
-    }
-
-    /// `n` parameters following `offset` earlier ones, comma-separated.
-    fn params(&self, offset: usize, n: usize) -> String {
-        (1..=n)
-            .map(|i| self.param(offset + i))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }

@@ -207,10 +207,26 @@ impl Store {
     /// binding a named (`$k`) parameter walks the list of all names, which made large
     /// multi-row statements quadratic.
     pub(crate) fn values(&self, rows: usize, cols: usize) -> String {
-        let row = |r: usize| match self.backend {
-            Backend::Postgres => format!("({})", placeholders(r * cols, cols)),
-            Backend::Sqlite => format!("({})", vec!["?"; cols].join(", ")),
-        };
-        (0..rows).map(row).collect::<Vec<_>>().join(", ")
+        (0..rows)
+            .map(|r| format!("({})", self.params(r * cols, cols)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The `i`-th (1-based) parameter of a statement: `$i` on PostgreSQL, `?` on SQLite
+    /// (see [`Store::values`]; parameters must then be bound in the order they appear).
+    pub(crate) fn param(&self, i: usize) -> String {
+        match self.backend {
+            Backend::Postgres => format!("${i}"),
+            Backend::Sqlite => "?".to_string(),
+        }
+    }
+
+    /// `n` parameters following `offset` earlier ones, comma-separated.
+    pub(crate) fn params(&self, offset: usize, n: usize) -> String {
+        (1..=n)
+            .map(|i| self.param(offset + i))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
