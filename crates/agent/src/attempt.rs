@@ -110,7 +110,7 @@ async fn report_unstarted(ctx: &AttemptCtx, outcome: Outcome, error: String) -> 
         error: Some(error),
         result: None,
     };
-    let masker = Arc::new(Masker::new(ctx.lease.secrets.values()));
+    let masker = ctx.masker();
     let reported = ctx.reporter(masker).finish(req).await.is_ok();
     AttemptEnd {
         outcome: reported.then_some(outcome),
@@ -119,6 +119,11 @@ async fn report_unstarted(ctx: &AttemptCtx, outcome: Outcome, error: String) -> 
 }
 
 impl AttemptCtx {
+    /// Masks the lease's secret values.
+    fn masker(&self) -> Arc<Masker> {
+        Arc::new(Masker::new(self.lease.secrets.values()))
+    }
+
     fn reporter(&self, masker: Arc<Masker>) -> Reporter {
         Reporter::new(
             self.client.clone(),
@@ -254,15 +259,12 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     };
     let (files, spawned) = match prepared {
-        Ok((files, spawned)) => (Ok(files), Some(spawned)),
-        Err(e) => (Err(e), None),
+        Ok(both) => both,
+        Err(e) => return spool_failed(ctx, e).await,
     };
-    let (reporter, logs) = match start_logs(ctx, files).await? {
-        Opened::Logs(r, l) => (r, l),
-        Opened::Failed(end) => return Ok(end),
-    };
+    let (reporter, logs) = start_logs(ctx, files);
     let header = format!("$ {}", lease.exec.display());
-    let (mut proc, stdout, stderr) = match spawned.expect("spawned when the spool exists") {
+    let (mut proc, stdout, stderr) = match spawned {
         Ok(parts) => parts,
         Err(error) => {
             logs.system(&header).await;
@@ -373,42 +375,24 @@ async fn conclude(
     })
 }
 
-/// The log pipeline of an attempt, or how the attempt ended when it cannot be opened.
-enum Opened {
-    Logs(Reporter, LogPipeline),
-    Failed(AttemptEnd),
-}
-
-async fn open_logs(ctx: &AttemptCtx, names: &Names) -> Result<Opened, Abandoned> {
-    let (spool, limits, mirror) = (names.spool.clone(), ctx.limits, names.mirror.clone());
-    let files = tokio::task::spawn_blocking(move || SpoolFiles::create(&spool, limits, mirror))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    start_logs(ctx, files).await
-}
-
-/// Starts the log pipeline on the spool files, or fails the attempt when there are none.
-async fn start_logs(
-    ctx: &AttemptCtx,
-    files: std::io::Result<SpoolFiles>,
-) -> Result<Opened, Abandoned> {
-    let masker = Arc::new(Masker::new(ctx.lease.secrets.values()));
+/// Starts the log pipeline of an attempt on its spool files.
+fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
+    let masker = ctx.masker();
     let reporter = ctx.reporter(masker.clone());
-    match files {
-        Ok(files) => Ok(Opened::Logs(
-            reporter.clone(),
-            LogPipeline::start(files, reporter, masker),
-        )),
-        Err(e) => {
-            let error = format!("cannot create the log spool: {e}");
-            tracing::error!(%error, "attempt cannot run");
-            reporter.finish(failed(error)).await?;
-            Ok(Opened::Failed(AttemptEnd {
-                outcome: Some(Outcome::Failed),
-                stopped: None,
-            }))
-        }
-    }
+    let logs = LogPipeline::start(files, reporter.clone(), masker);
+    (reporter, logs)
+}
+
+/// Fails an attempt whose spool could not be created (nothing was started).
+async fn spool_failed(ctx: &AttemptCtx, e: std::io::Error) -> Result<AttemptEnd, Abandoned> {
+    let error = format!("cannot create the log spool: {e}");
+    tracing::error!(%error, "attempt cannot run");
+    let masker = ctx.masker();
+    ctx.reporter(masker).finish(failed(error)).await?;
+    Ok(AttemptEnd {
+        outcome: Some(Outcome::Failed),
+        stopped: None,
+    })
 }
 
 /// Reports a job that could not be started: the error goes to the log and to `finish`.
@@ -435,9 +419,13 @@ async fn execute_docker(
     spec: &DockerSpec,
 ) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let (reporter, logs) = match open_logs(ctx, names).await? {
-        Opened::Logs(r, l) => (r, l),
-        Opened::Failed(end) => return Ok(end),
+    let (spool, limits, mirror) = (names.spool.clone(), ctx.limits, names.mirror.clone());
+    let files = tokio::task::spawn_blocking(move || SpoolFiles::create(&spool, limits, mirror))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let (reporter, logs) = match files {
+        Ok(files) => start_logs(ctx, files),
+        Err(e) => return spool_failed(ctx, e).await,
     };
     let docker = &ctx.docker;
     let cspec = ContainerSpec::new(lease, spec, &docker.agent, &docker.mounts);

@@ -132,7 +132,7 @@ impl Client {
         .map(drop)
     }
 
-    /// `POST .../logs` with a body that already is a JSON [`LogBatch`] (the spool keeps
+    /// `POST .../logs` with a body that already is a JSON [`drover_core::api::LogBatch`] (the spool keeps
     /// records in their wire form, so shipping them parses and encodes nothing).
     /// With `start`, the server also marks the attempt started (one round trip for both).
     pub async fn logs(

@@ -63,28 +63,27 @@ pub struct LogPipeline {
 
 /// How the start report went: `Err` when the attempt was abandoned.
 pub type StartResult = oneshot::Receiver<Result<(), Abandoned>>;
+type StartSender = oneshot::Sender<Result<(), Abandoned>>;
 
 /// The attempt's start, waiting to ride on the next log batch the shipper sends (an
 /// empty one if no output comes), which saves a request per job.
 #[derive(Default)]
 struct StartReport {
-    pending: std::sync::Mutex<Option<oneshot::Sender<Result<(), Abandoned>>>>,
+    pending: std::sync::Mutex<Option<StartSender>>,
     notify: Notify,
 }
 
 impl StartReport {
-    fn take(&self) -> Option<oneshot::Sender<Result<(), Abandoned>>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<StartSender>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Option<StartSender> {
+        self.pending().take()
     }
 
     fn is_pending(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.pending().is_some()
     }
 }
 
@@ -113,7 +112,7 @@ impl LogPipeline {
     /// answer never comes (the shipper stopped early), report it on its own.
     pub fn report_start(&self) -> StartResult {
         let (tx, rx) = oneshot::channel();
-        *self.start.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.start.pending() = Some(tx);
         self.start.notify.notify_one();
         rx
     }

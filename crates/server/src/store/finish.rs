@@ -12,9 +12,8 @@ use drover_core::backoff::{should_retry, Backoff};
 use drover_core::{transition, Event, JobState, Outcome};
 use sqlx::{Any, Row, Transaction};
 
-use super::jobs::{job_in_tx, not_found};
-use super::leases::{AttemptWrite, Held};
-
+use super::jobs::job_in_tx;
+use super::leases::{check_fence, AttemptWrite, Held};
 use super::{ms, Result, Store, StoreError};
 
 /// Rows per statement of a batch (SQLite allows 32766 parameters per statement).
@@ -49,29 +48,6 @@ struct AttemptRow {
     state: &'static str,
     exit_code: Option<i64>,
     error: Option<String>,
-}
-
-/// Checks that `attempt` is the job's current one and held by `agent_id`.
-pub(super) fn check_fence(
-    held: Option<&Held>,
-    agent_id: &str,
-    job_id: &str,
-    attempt: u32,
-) -> Result<()> {
-    let held = held.ok_or_else(|| not_found(job_id))?;
-    if held.current_attempt != attempt || !held.state.is_active() {
-        return Err(StoreError::StaleAttempt {
-            job_id: job_id.to_string(),
-            attempt,
-        });
-    }
-    if held.agent_id.as_deref() != Some(agent_id) {
-        return Err(StoreError::NotYourAttempt {
-            job_id: job_id.to_string(),
-            attempt,
-        });
-    }
-    Ok(())
 }
 
 /// Decides how the attempt ends (retry or final state, backoff, event).
@@ -241,14 +217,11 @@ impl Store {
         }
         for (w, ids) in jobs {
             for chunk in ids.chunks(CHUNK) {
+                let p = |i| self.param(i);
                 let (set, fixed) = match w.run_at {
-                    Some(_) => ("state = {1}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {2}, run_at = {3}, exit_code = {4}, error = {5}, updated_at = {6}", 6),
-                    None => ("state = {1}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {2}, exit_code = {3}, error = {4}, result = {5}, finished_at = {6}, updated_at = {7}", 7),
+                    Some(_) => (format!("state = {}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {}, run_at = {}, exit_code = {}, error = {}, updated_at = {}", p(1), p(2), p(3), p(4), p(5), p(6)), 6),
+                    None => (format!("state = {}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {}, exit_code = {}, error = {}, result = {}, finished_at = {}, updated_at = {}", p(1), p(2), p(3), p(4), p(5), p(6), p(7)), 7),
                 };
-                let mut set = set.to_string();
-                for i in 1..=fixed {
-                    set = set.replace(&format!("{{{i}}}"), &self.param(i));
-                }
                 let sql = format!(
                     "UPDATE jobs SET {set} WHERE id IN ({})",
                     self.params(fixed, chunk.len())

@@ -13,7 +13,6 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::agents::AgentAuth;
-use super::finish::check_fence;
 use super::jobs::{job_in_tx, not_found, record_event, NewEvent};
 use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreError};
 
@@ -73,6 +72,29 @@ impl Held {
             started_at: opt_time(row, "started_at")?,
         })
     }
+}
+
+/// Checks that `attempt` is the job's current one and held by `agent_id`.
+pub(super) fn check_fence(
+    held: Option<&Held>,
+    agent_id: &str,
+    job_id: &str,
+    attempt: u32,
+) -> Result<()> {
+    let held = held.ok_or_else(|| not_found(job_id))?;
+    if held.current_attempt != attempt || !held.state.is_active() {
+        return Err(StoreError::StaleAttempt {
+            job_id: job_id.to_string(),
+            attempt,
+        });
+    }
+    if held.agent_id.as_deref() != Some(agent_id) {
+        return Err(StoreError::NotYourAttempt {
+            job_id: job_id.to_string(),
+            attempt,
+        });
+    }
+    Ok(())
 }
 
 impl Store {
