@@ -82,7 +82,12 @@ impl Winding {
 }
 
 /// Runs the agent until a signal ends it.
-pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
+pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<AgentExit, AgentError> {
+    // Jobs run inside their workspaces: every path handed to them must be absolute.
+    config.work_dir = absolute(&config.work_dir)?;
+    if let Some(dir) = &config.job_log_dir {
+        config.job_log_dir = Some(absolute(dir)?);
+    }
     let ca = match &config.ca_file {
         None => None,
         Some(path) => {
@@ -132,6 +137,13 @@ pub async fn run(config: AgentConfig, signals: AgentSignals) -> Result<AgentExit
         .run()
         .instrument(span)
         .await
+}
+
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
+    std::path::absolute(path).map_err(|source| AgentError::WorkDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
@@ -197,6 +209,7 @@ struct Session {
     backoff: RetryBackoff,
     winding: Winding,
     engine: Arc<Engine>,
+    job_env: Arc<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
 }
 
 impl Session {
@@ -209,6 +222,7 @@ impl Session {
         engine: Arc<Engine>,
     ) -> Session {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let job_env = Arc::new(config.job_env.clone());
         Session {
             slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
             wait_ms: wait_ms(registered.lease_ttl_ms),
@@ -225,6 +239,7 @@ impl Session {
             backoff: RetryBackoff::default(),
             winding: Winding::default(),
             engine,
+            job_env,
         }
     }
 
@@ -391,6 +406,7 @@ impl Session {
                     keep_containers: self.config.keep_containers,
                 },
                 job_log_dir: self.config.job_log_dir.clone(),
+                job_env: self.job_env.clone(),
             };
             self.held.insert(key.clone(), Held { stopper });
             let done = self.done_tx.clone();

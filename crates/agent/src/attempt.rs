@@ -2,6 +2,7 @@
 //! progress (see `pipeline`), result file, outcome, `finish`, and clean-up. Docker jobs
 //! take the same path with a container (see `docker`) in place of the process group.
 
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct AttemptCtx {
     pub docker: DockerCtx,
     /// Mirror the job's log to `<dir>/jobs/<job_id>/logs/<job_id>.log`.
     pub job_log_dir: Option<PathBuf>,
+    /// The host environment jobs start from.
+    pub job_env: Arc<Vec<(OsString, OsString)>>,
 }
 
 /// What docker attempts need from the agent.
@@ -182,7 +185,11 @@ impl Names {
 }
 
 /// Builds the program and arguments for `exec`, writing a script body where needed.
-fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
+fn spawn_spec(
+    lease: &Lease,
+    names: &Names,
+    base_env: &[(OsString, OsString)],
+) -> Result<SpawnSpec, String> {
     let (program, args) = match &lease.exec {
         Exec::Shell { command } => (
             process::shell_program(),
@@ -220,6 +227,7 @@ fn spawn_spec(lease: &Lease, names: &Names) -> Result<SpawnSpec, String> {
         program,
         args,
         workspace: names.workspace.clone(),
+        base_env: base_env.to_vec(),
         env,
     })
 }
@@ -251,9 +259,10 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     // thread wake-up on the way from lease to running job.
     let prepared = {
         let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
+        let base_env = ctx.job_env.clone();
         tokio::task::spawn_blocking(move || {
             let files = SpoolFiles::create(&names.spool, limits, names.mirror.clone())?;
-            Ok((files, spawn(&lease, &names)))
+            Ok((files, spawn(&lease, &names, &base_env)))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -517,6 +526,7 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
 fn spawn(
     lease: &Lease,
     names: &Names,
+    base_env: &[(OsString, OsString)],
 ) -> Result<
     (
         JobProcess,
@@ -531,7 +541,7 @@ fn spawn(
             names.workspace.display()
         )
     })?;
-    let spec = spawn_spec(lease, names)?;
+    let spec = spawn_spec(lease, names, base_env)?;
     JobProcess::spawn_now(spec).map_err(|e| e.to_string())
 }
 

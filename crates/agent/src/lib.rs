@@ -6,6 +6,7 @@
 //! Entry point: [`run`] with an [`AgentConfig`] and [`AgentSignals`]; the CLI installs
 //! the real signal handlers with [`install_signal_handlers`].
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +65,10 @@ pub struct AgentConfig {
     pub docker_socket: Option<PathBuf>,
     /// A PEM CA certificate to trust for an `https://` server (besides the system roots).
     pub ca_file: Option<PathBuf>,
+    /// The environment every job starts from, before its own env, secrets and
+    /// `DROVER_JOB_ID` and friends; build it with [`job_env`] so that drover's own
+    /// settings and credentials never reach a job.
+    pub job_env: Vec<(OsString, OsString)>,
 }
 
 impl AgentConfig {
@@ -93,8 +98,31 @@ impl AgentConfig {
             keep_containers: false,
             docker_socket: None,
             ca_file: None,
+            job_env: job_env(std::env::vars_os(), &[]),
         }
     }
+}
+
+/// The host environment a job may see: `vars` without any `DROVER_*` variable (the
+/// agent's own configuration and its join token), and, when `allow` is not empty, only
+/// the names it lists (`NAME`, or a prefix ending in `*` such as `LC_*`).
+pub fn job_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    allow: &[String],
+) -> Vec<(OsString, OsString)> {
+    let allowed = |name: &str| {
+        allow.is_empty()
+            || allow.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == a,
+            })
+    };
+    vars.into_iter()
+        .filter(|(k, _)| {
+            let name = k.to_string_lossy();
+            !name.starts_with("DROVER_") && allowed(&name)
+        })
+        .collect()
 }
 
 /// Requests to wind the agent down, usually from signals.

@@ -2,6 +2,7 @@
 //! supervises it (exit, timeout, stop requests), escalating SIGTERM → grace → SIGKILL to
 //! the whole group, and always kills the group at the end so no grandchild survives.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -93,12 +94,15 @@ pub async fn wait_stop(
     }
 }
 
-/// What to start: a program, its arguments, where, and with which extra environment.
+/// What to start: a program, its arguments, where, and with which environment.
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
     pub program: String,
     pub args: Vec<String>,
     pub workspace: PathBuf,
+    /// The host environment the job starts from (the agent's own is never inherited).
+    pub base_env: Vec<(OsString, OsString)>,
+    /// The job's own variables, set over `base_env`.
     pub env: Vec<(String, String)>,
 }
 
@@ -136,6 +140,8 @@ impl JobProcess {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .current_dir(&spec.workspace)
+            .env_clear()
+            .envs(spec.base_env.iter().map(|(k, v)| (k, v)))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -269,6 +275,7 @@ mod tests {
             program: program.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             workspace: std::env::temp_dir(),
+            base_env: crate::job_env(std::env::vars_os(), &[]),
             env: vec![],
         }
     }

@@ -293,3 +293,94 @@ async fn a_wrong_join_token_is_an_error_not_a_retry_loop() {
         "{err}"
     );
 }
+
+/// Regression: jobs inherited the agent's whole environment (its join token among it),
+/// and a relative work dir gave them relative `DROVER_*` paths that broke inside the
+/// workspace, so progress and results were silently lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_get_absolute_paths_and_none_of_the_agents_credentials() {
+    let server = drover_server::testing::TestServer::start().await;
+    let api = common::Api::new(&server);
+    // A work dir given relative to the agent's current directory, as `drover up` does.
+    let work = tempfile::tempdir_in(".").unwrap();
+    let relative = std::path::Path::new(".").join(work.path().file_name().unwrap());
+    let host = |k: &str, v: &str| (k.into(), v.into());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let _agent = common::agent_with(&server, |c| {
+        c.work_dir = relative.clone();
+        c.job_env = drover_agent::job_env(
+            [
+                ("PATH".into(), path),
+                host("DROVER_TOKEN", "drj_join_secret"),
+                host("DROVER_SERVER", "http://somewhere"),
+                host("KEEP_ME", "kept"),
+            ],
+            &[],
+        );
+    });
+    let body = r#"
+import json, os
+for k in sorted(os.environ):
+    if k.startswith("DROVER_") or k == "KEEP_ME":
+        print(k + "=" + os.environ[k])
+with open(os.environ["DROVER_PROGRESS"], "a") as f:
+    f.write("70 nearly\n")
+with open(os.environ["DROVER_RESULT"], "w") as f:
+    json.dump({"ok": True}, f)
+"#;
+    let mut req = SubmitRequest::shell("unused");
+    req.exec = Exec::Script {
+        interpreter: "python3".into(),
+        body: body.into(),
+    };
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
+    assert_eq!(done.progress.map(|p| p.percent), Some(70.0));
+    let out = texts(&api.logs(&job.id).await, Stream::Stdout);
+    assert!(out.contains(&"KEEP_ME=kept".to_string()), "{out:?}");
+    let names: Vec<&str> = out
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "DROVER_ATTEMPT",
+            "DROVER_JOB_ID",
+            "DROVER_PROGRESS",
+            "DROVER_RESULT",
+            "DROVER_WORKSPACE",
+            "KEEP_ME"
+        ],
+        "only the job's own DROVER_* variables: {out:?}"
+    );
+    for line in out
+        .iter()
+        .filter(|l| l.contains("_PROGRESS=") || l.contains("_RESULT=") || l.contains("_WORKSPACE="))
+    {
+        let value = line.split_once('=').unwrap().1;
+        assert!(std::path::Path::new(value).is_absolute(), "{line}");
+    }
+}
+
+#[test]
+fn an_allow_list_lets_only_the_named_host_variables_through() {
+    let vars = [
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "LC_TIME",
+        "SECRET",
+        "DROVER_TOKEN",
+    ]
+    .map(|k| (k.into(), "v".into()));
+    let env = drover_agent::job_env(vars, &["PATH".into(), "LC_*".into(), "DROVER_*".into()]);
+    let names: Vec<String> = env
+        .iter()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["PATH", "LC_ALL", "LC_TIME"]);
+}

@@ -489,8 +489,8 @@ async fn attempt_lifecycle_with_logs_progress_result_and_fencing() {
         .await;
     assert_eq!(
         (status, error_code(&v)),
-        (StatusCode::CONFLICT, "stale_attempt"),
-        "a finished attempt is fenced off"
+        (StatusCode::CONFLICT, "already_finished"),
+        "a finished attempt cannot be finished differently"
     );
 
     let (_, page) = c
@@ -813,4 +813,130 @@ async fn finish_batch_ends_many_attempts_and_refuses_stale_ones_individually() {
         JobState::Leased,
         "the refused item changed nothing"
     );
+}
+
+/// Regression: agents keep two log batches in flight, so a later batch can be stored
+/// before an earlier one; a follower (or a pager) that read in between moved past the
+/// gap and never saw the earlier records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_and_pagers_never_skip_records_stored_out_of_order() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let jobs = 4;
+    for _ in 0..jobs {
+        c.submit(shell("x")).await;
+    }
+    let agent = register(&server, "w", json!({})).await;
+    let leases = poll(&agent, &[], 1000).await.leases;
+    assert_eq!(leases.len(), jobs);
+    let mut followers = Vec::new();
+    for lease in &leases {
+        for _ in 0..5 {
+            let url = format!("{}/v1/jobs/{}/logs/stream", server.url, lease.job_id);
+            let token = server.admin_token.clone();
+            followers.push(tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                resp.text().await.unwrap()
+            }));
+        }
+    }
+    let batch = |from: u64, to: u64| {
+        let records: Vec<Value> = (from..=to)
+            .map(|s| json!({"seq": s, "ts": chrono::Utc::now(), "stream": "stdout", "text": format!("line {s}")}))
+            .collect();
+        json!({ "records": records })
+    };
+    let rounds = 30;
+    for round in 0..rounds {
+        for lease in &leases {
+            let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+            let first = round * 10;
+            // The later half arrives first.
+            let (status, v) = agent
+                .post(
+                    &format!("{base}/logs?start=true"),
+                    batch(first + 6, first + 10),
+                )
+                .await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+            let (_, page) = c
+                .get(&format!("/v1/jobs/{}/logs?after={first}", lease.job_id))
+                .await;
+            assert_eq!(page["records"], json!([]), "round {round}: {page}");
+            assert_eq!(page["last_seq"], json!(first), "round {round}: {page}");
+            let (status, v) = agent
+                .post(&format!("{base}/logs"), batch(first + 1, first + 5))
+                .await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+        }
+    }
+    for lease in &leases {
+        let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+        let (status, v) = agent
+            .post(
+                &format!("{base}/finish"),
+                json!({"outcome": "succeeded", "exit_code": 0}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let want: Vec<u64> = (1..=rounds * 10).collect();
+    for f in followers {
+        let body = tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("stream ends")
+            .unwrap();
+        let seqs: Vec<u64> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<LogRecord>(d).ok())
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, want, "a follower saw every record once, in order");
+        assert!(body.contains("event: end"));
+    }
+}
+
+/// Regression: a finish that was stored but whose answer was lost (a database restart)
+/// was refused on retry with "no longer current; kill it", the answer a zombie gets.
+#[tokio::test]
+async fn a_repeated_finish_is_answered_again_and_a_different_one_is_refused() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+    assert_eq!(
+        agent.post(&format!("{base}/start"), json!({})).await.0,
+        StatusCode::OK
+    );
+    let report = json!({"outcome": "failed", "exit_code": 3, "error": "exit code 3"});
+    let (status, first) = agent.post(&format!("{base}/finish"), report.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["state"], "failed");
+    let (status, again) = agent.post(&format!("{base}/finish"), report).await;
+    assert_eq!(status, StatusCode::OK, "the same finish again: {again}");
+    assert_eq!(again["state"], "failed");
+    let (status, batch) = agent
+        .post("/v1/agents/finish", json!({"finishes": [{"job_id": job.id, "attempt": 1, "outcome": "failed", "exit_code": 3, "error": "exit code 3"}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    assert_eq!(batch["results"][0]["status"], "ok", "{batch}");
+    let (status, other) = agent
+        .post(
+            &format!("{base}/finish"),
+            json!({"outcome": "succeeded", "exit_code": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{other}");
+    assert_eq!(error_code(&other), "already_finished", "{other}");
+    let events = c.get(&format!("/v1/jobs/{}/events", job.id)).await.1;
+    let finished = events.to_string().matches("\"finished\"").count();
+    assert_eq!(finished, 1, "stored once: {events}");
 }

@@ -69,6 +69,15 @@ pub struct AgentArgs {
     /// Also write each job's log to DIR/jobs/JOB/logs/JOB.log, e.g. on a shared folder [env: DROVER_JOB_LOG_DIR].
     #[arg(long, env = "DROVER_JOB_LOG_DIR", hide_env = true, value_name = "DIR")]
     pub job_log_dir: Option<PathBuf>,
+    /// Only these host environment variables reach jobs, NAME or PREFIX* (repeatable) [default: all but DROVER_*] [env: DROVER_JOB_ENV_ALLOW, comma-separated].
+    #[arg(
+        long,
+        env = "DROVER_JOB_ENV_ALLOW",
+        hide_env = true,
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub job_env_allow: Vec<String>,
     /// Log format [default: text] [env: DROVER_LOG_FORMAT].
     #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -142,6 +151,8 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
     cfg.docker_socket = env.docker_socket()?;
     cfg.ca_file = args.ca_file.clone().or_else(|| f.ca_file.clone());
     cfg.job_log_dir = args.job_log_dir.clone().or_else(|| f.job_log_dir.clone());
+    let allow = pick(&args.job_env_allow, &f.job_env_allow);
+    cfg.job_env = drover_agent::job_env(env.vars.iter().cloned(), &allow);
     if let Some(n) = size_from(args.spool_limit, f.spool_limit.as_deref(), "spool_limit")? {
         cfg.spool_limit_bytes = n;
     }

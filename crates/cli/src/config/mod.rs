@@ -36,6 +36,8 @@ pub struct Env {
     pub xdg_config_home: Option<PathBuf>,
     /// `HOME`.
     pub home: Option<PathBuf>,
+    /// The whole environment, from which an agent's jobs get theirs (less `DROVER_*`).
+    pub vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Env {
@@ -53,6 +55,7 @@ impl Env {
             config_dir: path("DROVER_CONFIG_DIR"),
             xdg_config_home: path("XDG_CONFIG_HOME"),
             home: path("HOME"),
+            vars: std::env::vars_os().collect(),
         }
     }
 
@@ -175,6 +178,9 @@ pub struct AgentFile {
     pub ca_file: Option<PathBuf>,
     /// Also write each job's log to `DIR/jobs/JOB/logs/JOB.log`.
     pub job_log_dir: Option<PathBuf>,
+    /// Host environment variables jobs may see (`NAME` or `PREFIX*`); none means all
+    /// but drover's own `DROVER_*`.
+    pub job_env_allow: Option<Vec<String>>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// A tracing filter, e.g. `info`.

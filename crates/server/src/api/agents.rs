@@ -375,6 +375,7 @@ pub async fn finish_batch(
                 Err(StoreError::StaleAttempt { .. }) => ("stale_attempt", None),
                 Err(StoreError::NotYourAttempt { .. }) => ("forbidden", None),
                 Err(StoreError::NotFound(_)) => ("not_found", None),
+                Err(StoreError::AlreadyFinished { .. }) => ("already_finished", None),
                 Err(_) => ("conflict", None),
             };
             FinishItemResult {

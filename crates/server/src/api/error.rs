@@ -32,6 +32,8 @@ pub enum ApiError {
     #[error("{0}")]
     StaleAttempt(String),
     #[error("{0}")]
+    AlreadyFinished(String),
+    #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::StaleAttempt(_) => (StatusCode::CONFLICT, "stale_attempt"),
+            ApiError::AlreadyFinished(_) => (StatusCode::CONFLICT, "already_finished"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -95,6 +98,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
             e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
+            e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),
             e @ (StoreError::Db(_) | StoreError::Corrupt(_)) => ApiError::Internal(e.to_string()),
         }
     }

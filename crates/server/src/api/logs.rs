@@ -16,6 +16,7 @@ use futures::Stream as FutStream;
 use super::auth::{Client, READ};
 use super::{ApiError, ApiPath, ApiQuery};
 use crate::state::AppState;
+use crate::store::LogRead;
 
 const PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
@@ -25,6 +26,18 @@ struct Resolved {
     attempt: u32,
     stream: Option<Stream>,
     after: u64,
+}
+
+impl Resolved {
+    /// What to read next; until the attempt ended, only up to the first missing `seq`.
+    fn read(&self, limit: u32, ended: bool) -> LogRead {
+        LogRead {
+            after: self.after,
+            stream: self.stream,
+            limit,
+            gap_free: !ended,
+        }
+    }
 }
 
 async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved, ApiError> {
@@ -83,16 +96,15 @@ pub async fn page(
     }
     // Ask whether the attempt ended before reading, so `complete` never hides a late record.
     let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
-    let records = state
+    let page = state
         .store
-        .read_logs(&r.job_id, r.attempt, r.after, r.stream, limit)
+        .read_log_page(&r.job_id, r.attempt, r.read(limit, ended))
         .await?;
-    let last_seq = records.last().map_or(r.after, |rec| rec.seq);
-    let complete = ended && (records.len() as u32) < limit;
+    let complete = ended && (page.records.len() as u32) < limit;
     Ok(Json(LogPage {
         attempt: r.attempt,
-        records,
-        last_seq,
+        records: page.records,
+        last_seq: page.cursor,
         complete,
     }))
 }
@@ -144,20 +156,20 @@ fn follow_stream(
                     .attempt_ended(&r.job_id, r.attempt)
                     .await
                     .unwrap_or(true);
-                let Ok(records) = state
+                let Ok(page) = state
                     .store
-                    .read_logs(&r.job_id, r.attempt, r.after, r.stream, PAGE)
+                    .read_log_page(&r.job_id, r.attempt, r.read(PAGE, ended))
                     .await
                 else {
                     break;
                 };
-                let full = records.len() as u32 == PAGE;
-                for rec in records {
-                    r.after = rec.seq;
+                let full = page.records.len() as u32 == PAGE;
+                for rec in page.records {
                     if tx.send(record_event(&rec)).await.is_err() {
                         return;
                     }
                 }
+                r.after = page.cursor;
                 if full {
                     continue;
                 }
@@ -226,21 +238,25 @@ pub async fn text(
             if r.attempt == 0 {
                 return None;
             }
-            let records = match state
-                .store
-                .read_logs(&r.job_id, r.attempt, r.after, r.stream, MAX_PAGE)
-                .await
-            {
-                Ok(recs) if !recs.is_empty() => recs,
+            let read = async {
+                let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
+                state
+                    .store
+                    .read_log_page(&r.job_id, r.attempt, r.read(MAX_PAGE, ended))
+                    .await
+            };
+            let page = match read.await {
+                Ok(page) if !page.records.is_empty() => page,
                 Ok(_) => return None,
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
             };
+            let records = page.records;
             let mut chunk = String::new();
             for rec in &records {
                 chunk.push_str(&rec.text);
                 chunk.push('\n');
             }
-            r.after = records.last().map_or(r.after, |rec| rec.seq);
+            r.after = page.cursor;
             Some((Ok::<_, std::io::Error>(chunk), Some(r)))
         }
     });

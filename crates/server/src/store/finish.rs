@@ -119,7 +119,17 @@ impl Store {
         jitter: f64,
     ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
-        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let held = match self.fence(&mut tx, agent_id, job_id, attempt).await {
+            Ok(held) => held,
+            Err(StoreError::StaleAttempt { .. }) => {
+                self.replayed(&mut tx, agent_id, job_id, attempt, req)
+                    .await?;
+                let job = job_in_tx(&mut tx, job_id).await?;
+                tx.commit().await?;
+                return Ok(AttemptWrite { job, elapsed: None });
+            }
+            Err(e) => return Err(e),
+        };
         let plan = plan(&held, req, now, jitter)?;
         let elapsed = plan.elapsed;
         let actor = format!("agent:{agent_id}");
@@ -163,6 +173,16 @@ impl Store {
                     plans.push((job_id.as_str(), *attempt, p));
                 }
                 Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
+                Err(StoreError::StaleAttempt { .. }) => {
+                    let replay = self
+                        .replayed(&mut tx, agent_id, job_id, *attempt, req)
+                        .await;
+                    match replay {
+                        Ok(state) => out.push(Ok((state, None))),
+                        Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
+                        Err(e) => out.push(Err(e)),
+                    }
+                }
                 Err(e) => out.push(Err(e)),
             }
         }
@@ -170,6 +190,55 @@ impl Store {
         self.write_plans(&mut tx, &plans, &actor, now).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Answers a finish for an attempt that is no longer current: the same report as the
+    /// one stored (a retry whose first answer was lost) gets the job's state;
+    /// a different report `AlreadyFinished`; an attempt that ended any other way (lost,
+    /// or never this agent's) stays `StaleAttempt`, which tells the agent to kill it.
+    async fn replayed(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        req: &FinishRequest,
+    ) -> Result<JobState> {
+        let stale = || StoreError::StaleAttempt {
+            job_id: job_id.to_string(),
+            attempt,
+        };
+        let row = sqlx::query(
+            "SELECT a.agent_id, a.state, a.exit_code, a.error, j.state AS job_state FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = $1 AND a.number = $2",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(stale)?;
+        let state: String = row.try_get("state")?;
+        let reported = [
+            AttemptState::Succeeded,
+            AttemptState::Failed,
+            AttemptState::Canceled,
+            AttemptState::TimedOut,
+        ]
+        .iter()
+        .any(|s| s.as_str() == state);
+        if row.try_get::<String, _>("agent_id")? != agent_id || !reported {
+            return Err(stale());
+        }
+        let same = state == AttemptState::from(req.outcome).as_str()
+            && row.try_get::<Option<i64>, _>("exit_code")? == req.exit_code.map(i64::from)
+            && row.try_get::<Option<String>, _>("error")? == req.error;
+        if !same {
+            return Err(StoreError::AlreadyFinished {
+                job_id: job_id.to_string(),
+                attempt,
+                state,
+            });
+        }
+        super::parse_col(&row, "job_state")
     }
 
     /// The fencing facts of many jobs, by id (missing jobs are absent).

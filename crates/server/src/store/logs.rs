@@ -141,34 +141,89 @@ impl Store {
         stream: Option<Stream>,
         limit: u32,
     ) -> Result<Vec<LogRecord>> {
+        let read = LogRead {
+            after,
+            stream,
+            limit,
+            gap_free: false,
+        };
+        Ok(self.read_log_page(job_id, attempt, read).await?.records)
+    }
+
+    /// A page of records and the cursor to read on from. With `gap_free` (for an attempt
+    /// that may still be shipping) the page stops before the first missing `seq`: agents
+    /// keep batches in flight, so a later batch can be stored before an earlier one, and
+    /// a reader that moved past the gap would never see the earlier records.
+    pub async fn read_log_page(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        read: LogRead,
+    ) -> Result<LogPageRead> {
+        let LogRead {
+            after,
+            stream,
+            limit,
+            gap_free,
+        } = read;
         let limit = limit as usize;
-        let mut out = Vec::new();
-        let mut cursor = db_seq(after);
+        let mut page = LogPageRead {
+            records: Vec::new(),
+            cursor: after,
+        };
+        let mut chunk_cursor = db_seq(after);
         loop {
             let rows = sqlx::query(
                 "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq > $3 ORDER BY last_seq LIMIT $4",
             )
             .bind(job_id)
             .bind(i64::from(attempt))
-            .bind(cursor)
+            .bind(chunk_cursor)
             .bind(CHUNKS_PER_READ)
             .fetch_all(&self.logs_read)
             .await?;
             for row in &rows {
-                cursor = row.try_get("last_seq")?;
-                let wanted = decode(row.try_get("records")?)?
-                    .into_iter()
-                    .filter(|r| r.seq > after && stream.is_none_or(|s| r.stream == s));
-                for r in wanted {
-                    if out.len() == limit {
-                        return Ok(out);
+                chunk_cursor = row.try_get("last_seq")?;
+                for r in decode(row.try_get("records")?)? {
+                    if r.seq <= page.cursor {
+                        continue;
                     }
-                    out.push(r);
+                    if gap_free && r.seq != page.cursor + 1 {
+                        return Ok(page);
+                    }
+                    if page.records.len() == limit {
+                        return Ok(page);
+                    }
+                    page.cursor = r.seq;
+                    if stream.is_none_or(|s| r.stream == s) {
+                        page.records.push(r);
+                    }
                 }
             }
-            if (rows.len() as i64) < CHUNKS_PER_READ || out.len() == limit {
-                return Ok(out);
+            if (rows.len() as i64) < CHUNKS_PER_READ || page.records.len() == limit {
+                return Ok(page);
             }
         }
     }
+}
+
+/// What [`Store::read_log_page`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRead {
+    /// Records with a `seq` above this one.
+    pub after: u64,
+    /// Only this stream's records (the cursor still moves past the others).
+    pub stream: Option<Stream>,
+    /// Most records returned.
+    pub limit: u32,
+    /// Stop before the first missing `seq` (see [`Store::read_log_page`]).
+    pub gap_free: bool,
+}
+
+/// A page of log records.
+#[derive(Debug)]
+pub struct LogPageRead {
+    pub records: Vec<LogRecord>,
+    /// Read on after this `seq`: every record up to it was returned or filtered out.
+    pub cursor: u64,
 }

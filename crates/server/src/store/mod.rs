@@ -27,6 +27,7 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
 pub use leases::{AttemptWrite, PollOutcome};
+pub use logs::{LogPageRead, LogRead};
 pub use seal::Sealer;
 pub use tokens::{NewToken, TokenInfo};
 
@@ -47,6 +48,13 @@ pub enum StoreError {
     /// The attempt is no longer the job's current one (fencing).
     #[error("attempt {attempt} of job {job_id} is no longer current; kill it")]
     StaleAttempt { job_id: String, attempt: u32 },
+    /// The attempt already ended with a different report than this one.
+    #[error("attempt {attempt} of job {job_id} already ended ({state}) with a different report; it cannot be finished twice")]
+    AlreadyFinished {
+        job_id: String,
+        attempt: u32,
+        state: String,
+    },
     /// The attempt belongs to another agent.
     #[error("attempt {attempt} of job {job_id} belongs to another agent")]
     NotYourAttempt { job_id: String, attempt: u32 },
