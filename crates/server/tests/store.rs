@@ -831,3 +831,37 @@ async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
     let finished: Vec<String> = kinds(fx.store.events(&ids[4]).await.unwrap());
     assert_eq!(finished.iter().filter(|k| *k == "finished").count(), 1);
 }
+
+/// Regression: a queued job whose lease could not be built (its sealed secrets could not
+/// be opened after the key changed) made every poll answer 500, forever.
+async fn a_job_whose_lease_cannot_be_built_fails_alone(url: Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), url.as_deref()).await.unwrap();
+    let mut sealed = shell("echo secret");
+    sealed.secrets.insert("API_KEY".into(), "s3cr3t".into());
+    sealed.priority = Some(Priority::HIGH);
+    let ids = enqueue(&store, vec![sealed, shell("echo plain")], t0()).await;
+    store.close().await;
+    std::fs::write(tmp.path().join("secrets.key"), "ab".repeat(32)).unwrap();
+    let store = Store::open(tmp.path(), url.as_deref()).await.unwrap();
+    let a = agent(&store, "a", 1, &[], &["default"]).await;
+    let leases = store.claim(&a, t0(), TTL).await.unwrap();
+    assert_eq!(leases.len(), 1, "the job behind the bad one is served");
+    assert_eq!(leases[0].job_id, ids[1]);
+    let bad = store.job(&ids[0]).await.unwrap();
+    assert_eq!(bad.state, JobState::Failed);
+    let error = bad.error.unwrap_or_default();
+    assert!(error.starts_with("cannot_lease: "), "{error}");
+    assert!(store.claim(&a, t0(), TTL).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_lease_cannot_be_built_fails_alone_sqlite() {
+    a_job_whose_lease_cannot_be_built_fails_alone(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_lease_cannot_be_built_fails_alone_postgres() {
+    let url = drover_server::testing_pg::fresh_database().await;
+    a_job_whose_lease_cannot_be_built_fails_alone(Some(url)).await
+}

@@ -132,13 +132,31 @@ impl Store {
     }
 
     /// Leases up to the agent's free capacity of due, matching jobs: highest priority
-    /// first, FIFO within a priority. Each job goes to exactly one agent.
+    /// first, FIFO within a priority. Each job goes to exactly one agent. A job whose
+    /// lease cannot be built (its secrets cannot be opened, a corrupt row) fails alone
+    /// with `cannot_lease: …`, and the jobs behind it are served.
     pub async fn claim(
         &self,
         agent: &AgentAuth,
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Vec<Lease>> {
+        // Each round that fails a job fails it for good, so this ends.
+        loop {
+            let (leases, failed) = self.claim_once(agent, now, ttl).await?;
+            if failed == 0 || !leases.is_empty() {
+                return Ok(leases);
+            }
+        }
+    }
+
+    /// One claim transaction: the leases, and how many chosen jobs failed instead.
+    async fn claim_once(
+        &self,
+        agent: &AgentAuth,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<(Vec<Lease>, usize)> {
         let mut tx = self.write.begin().await?;
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
@@ -148,7 +166,7 @@ impl Store {
         .await?;
         let free = i64::from(agent.slots) - active;
         if free <= 0 || agent.queues.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let skip_locked = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -205,7 +223,7 @@ impl Store {
             // connection is next used, and until then its row locks hide jobs from
             // other claimers (SKIP LOCKED).
             tx.rollback().await?;
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
         // if another server took one in between (PostgreSQL without the row lock).
@@ -223,28 +241,29 @@ impl Store {
         }
         let rows = q.fetch_all(&mut *tx).await?;
         let mut by_id = HashMap::with_capacity(rows.len());
+        let mut unleasable = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
-            let lease = Lease {
-                job_id: id.clone(),
-                attempt: row.try_get::<i64, _>("current_attempt")? as u32,
-                name: row.try_get("name")?,
-                exec: super::json_col(row, "exec")?,
-                env: super::json_col(row, "env")?,
-                secrets: self.sealer.open(&row.try_get::<String, _>("secrets")?)?,
-                timeout_ms: row
-                    .try_get::<Option<i64>, _>("timeout_ms")?
-                    .map(|v| v as u64),
-                grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
-                metadata: super::json_col(row, "metadata")?,
-            };
-            by_id.insert(id, lease);
+            match self.lease_of(row) {
+                Ok(lease) => {
+                    by_id.insert(id, lease);
+                }
+                Err(e) => {
+                    let attempt = row.try_get::<i64, _>("current_attempt")? as u32;
+                    tracing::error!(job = %id, error = %e, "cannot build a lease: failing the job");
+                    unleasable.push((id, attempt, format!("cannot_lease: {e}")));
+                }
+            }
         }
         // Hand leases out in queue order.
         let leases: Vec<Lease> = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
-        if leases.is_empty() {
+        if leases.is_empty() && unleasable.is_empty() {
             tx.rollback().await?;
-            return Ok(leases);
+            return Ok((leases, 0));
+        }
+        for (id, attempt, error) in &unleasable {
+            self.fail_unleasable(&mut tx, &agent.id, id, *attempt, error, now)
+                .await?;
         }
         for chunk in leases.chunks(1000) {
             let sql = format!(
@@ -281,7 +300,72 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(leases)
+        Ok((leases, unleasable.len()))
+    }
+
+    /// The lease of a row that claim's UPDATE returned.
+    fn lease_of(&self, row: &AnyRow) -> Result<Lease> {
+        Ok(Lease {
+            job_id: row.try_get("id")?,
+            attempt: row.try_get::<i64, _>("current_attempt")? as u32,
+            name: row.try_get("name")?,
+            exec: super::json_col(row, "exec")?,
+            env: super::json_col(row, "env")?,
+            secrets: self.sealer.open(&row.try_get::<String, _>("secrets")?)?,
+            timeout_ms: row
+                .try_get::<Option<i64>, _>("timeout_ms")?
+                .map(|v| v as u64),
+            grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
+            metadata: super::json_col(row, "metadata")?,
+        })
+    }
+
+    /// Fails a job that was just leased but whose lease cannot be built; no agent ever
+    /// sees it, and retrying would fail the same way.
+    async fn fail_unleasable(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let event = Event::Finish {
+            outcome: Outcome::Failed,
+            retry: false,
+        };
+        let next = transition(JobState::Leased, event).expect("a leased job can fail");
+        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, error = $2, finished_at = $3, updated_at = $3 WHERE id = $4")
+            .bind(next.as_str())
+            .bind(error)
+            .bind(ms(now))
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO attempts (job_id, number, agent_id, state, leased_at, finished_at, error) VALUES ($1, $2, $3, 'failed', $4, $4, $5)")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(agent_id)
+            .bind(ms(now))
+            .bind(error)
+            .execute(&mut **tx)
+            .await?;
+        record_event(
+            tx,
+            NewEvent {
+                job_id,
+                kind: "finished",
+                from: Some(JobState::Leased),
+                to: next,
+                attempt: Some(attempt),
+                actor: "server",
+                reason: Some(error),
+            },
+            now,
+        )
+        .await?;
+        Ok(())
     }
 
     /// The agent started the attempt's process. Resending a start is harmless.
