@@ -19,7 +19,9 @@ use tracing::Instrument;
 use crate::attempt::{self, AttemptCtx, AttemptEnd, DockerCtx};
 use crate::client::{CallError, Client, RetryBackoff};
 use crate::docker::Engine;
+use crate::fence::{self, Watchdog};
 use crate::host::{self, StatsSampler};
+use crate::identity;
 use crate::process::{StopReason, Stopper};
 use crate::spool::SpoolLimits;
 use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
@@ -41,8 +43,8 @@ struct Held {
 /// What the one outstanding server call (register or poll) came back with.
 enum CallResult {
     Registered(Result<RegisterResponse, CallError>),
-    /// The answer and how long the server held the poll.
-    Polled(Result<PollResponse, CallError>, Duration),
+    /// The answer and when the poll was sent.
+    Polled(Result<PollResponse, CallError>, Renewal),
 }
 
 type Call = Pin<Box<dyn Future<Output = CallResult> + Send>>;
@@ -102,8 +104,17 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
     let client = Arc::new(Client::new(&config.server, ca).map_err(AgentError::Client)?);
     prepare_work_dir(&config).await?;
     let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
+    // Before any new work: nothing an earlier run of this agent started may still run.
+    let left = fence::stop_leftovers(&config.work_dir, &engine, config.keep_containers).await;
+    if left > 0 {
+        tracing::warn!(
+            jobs = left,
+            "stopped jobs an earlier run of this agent left running"
+        );
+    }
     let docker_version = probe_docker(&engine, &config).await;
     let mut register = register_request(&config);
+    register.resume = identity::load(&config.work_dir, &config.server).await;
     if let Some(version) = docker_version {
         register.labels.insert("docker".into(), "true".into());
         register.labels.insert("docker_version".into(), version);
@@ -117,7 +128,10 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
             return Ok(AgentExit::Drained);
         }
         match client.register(&config.token, &register).await {
-            Ok(r) => break r,
+            Ok(r) => {
+                identity::save(&config.work_dir, &config.server, &r).await;
+                break r;
+            }
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot register yet");
@@ -131,12 +145,13 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
             Err(e) => return Err(AgentError::Register(e)),
         }
     };
+    let resumed = register.resume.as_ref().map(|r| &r.agent_id) == Some(&registered.agent_id);
+    register.resume = None;
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
-    tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, "registered");
-    Session::new(config, client, register, registered, signals, engine)
-        .run()
-        .instrument(span)
-        .await
+    tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, resumed, "registered");
+    let mut session = Session::new(config, client, register, registered, signals, engine);
+    session.start_watchdog();
+    session.run().instrument(span).await
 }
 
 fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
@@ -150,7 +165,11 @@ async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
     let spool = config.work_dir.join("spool");
     // Spools of an earlier run belong to attempts the server has given up on.
     let _ = tokio::fs::remove_dir_all(&spool).await;
-    for dir in [config.work_dir.join("workspaces"), spool] {
+    for dir in [
+        config.work_dir.join("workspaces"),
+        spool,
+        fence::records_dir(&config.work_dir),
+    ] {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|source| AgentError::WorkDir {
@@ -189,6 +208,7 @@ fn register_request(config: &AgentConfig) -> RegisterRequest {
         queues: config.queues.clone(),
         slots: config.slots,
         host: host::host_info(),
+        resume: None,
     }
 }
 
@@ -210,6 +230,20 @@ struct Session {
     winding: Winding,
     engine: Arc<Engine>,
     job_env: Arc<Vec<(std::ffi::OsString, std::ffi::OsString)>>,
+    /// How long the server keeps a lease that no poll renews.
+    ttl: Duration,
+    /// When the last poll the server answered was sent: its leases are renewed from then.
+    renewed: Option<Renewal>,
+    /// The running jobs were stopped because the leases could not be renewed in time.
+    fenced: bool,
+    watchdog: Option<Watchdog>,
+}
+
+/// When a poll that the server answered was sent, on the agent's and the boot clock.
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    at: Instant,
+    boot_ms: u64,
 }
 
 impl Session {
@@ -240,6 +274,68 @@ impl Session {
             winding: Winding::default(),
             engine,
             job_env,
+            ttl: Duration::from_millis(registered.lease_ttl_ms),
+            renewed: None,
+            fenced: false,
+            watchdog: None,
+        }
+    }
+
+    fn start_watchdog(&mut self) {
+        let Some(command) = &self.config.watchdog else {
+            return;
+        };
+        match Watchdog::spawn(
+            command,
+            &self.config.work_dir,
+            self.config.docker_socket.as_deref(),
+            self.config.keep_containers,
+            &self.tracker,
+        ) {
+            Ok(w) => self.watchdog = Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the watchdog: jobs of a frozen or killed agent will not be stopped until it restarts")
+            }
+        }
+    }
+
+    /// The moment running jobs must stop because their leases were not renewed: the
+    /// server lets them expire a TTL after the last renewal, and gives them to others.
+    fn fence_deadline(&self) -> Option<Instant> {
+        let r = self.renewed?;
+        Some(r.at + self.ttl.saturating_sub(fence::fence_margin(self.ttl)))
+    }
+
+    /// The deadline (boot clock ms) for jobs leased now.
+    fn deadline_ms(&self) -> u64 {
+        let fence = self.ttl.saturating_sub(fence::fence_margin(self.ttl));
+        match self.renewed {
+            Some(r) => r.boot_ms + fence.as_millis() as u64,
+            None => fence::boot_ms() + fence.as_millis() as u64,
+        }
+    }
+
+    fn renewed(&mut self, at: Renewal) {
+        self.renewed = Some(at);
+        self.fenced = false;
+        if let Some(w) = &self.watchdog {
+            // The watchdog acts only if the agent did not, half a margin later.
+            let slack = fence::fence_margin(self.ttl) / 2;
+            w.renewed(self.deadline_ms() + slack.as_millis() as u64);
+        }
+    }
+
+    fn self_fence(&mut self) {
+        self.fenced = true;
+        let since = self.renewed.map(|r| r.at.elapsed()).unwrap_or_default();
+        tracing::error!(
+            jobs = self.held.len(),
+            since_renewal_ms = since.as_millis() as u64,
+            ttl_ms = self.ttl.as_millis() as u64,
+            "cannot renew leases in time: stopping every job before the server gives it to another agent"
+        );
+        for h in self.held.values() {
+            h.stopper.stop(StopReason::LeaseLost);
         }
     }
 
@@ -264,8 +360,12 @@ impl Session {
                 .drain_deadline
                 .filter(|_| !self.winding.deadline_passed);
             let give_up = self.winding.give_up_at;
+            let fence_at = self
+                .fence_deadline()
+                .filter(|_| !self.fenced && !self.held.is_empty());
             tokio::select! {
                 biased;
+                _ = sleep_until_opt(fence_at), if fence_at.is_some() => self.self_fence(),
                 _ = self.signals.force.cancelled(), if !self.winding.forced => self.force_stop(),
                 _ = self.signals.drain.cancelled(), if self.winding.drain_deadline.is_none() => {
                     tracing::info!(timeout_s = self.config.shutdown_timeout.as_secs(), "draining: no new work; running jobs may finish");
@@ -300,6 +400,8 @@ impl Session {
                     match result {
                         CallResult::Registered(Ok(r)) => {
                             tracing::info!(agent_id = %r.agent_id, "registered again");
+                            identity::save(&self.config.work_dir, &self.config.server, &r).await;
+                            self.ttl = Duration::from_millis(r.lease_ttl_ms);
                             self.wait_ms = wait_ms(r.lease_ttl_ms);
                             self.backoff.reset();
                             need_register = false;
@@ -308,7 +410,9 @@ impl Session {
                             delay = self.backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
                         }
-                        CallResult::Polled(Ok(resp), held_for) => {
+                        CallResult::Polled(Ok(resp), sent) => {
+                            let held_for = sent.at.elapsed();
+                            self.renewed(sent);
                             self.backoff.reset();
                             let empty = resp.leases.is_empty() && resp.controls.is_empty();
                             if self.handle(resp) {
@@ -331,6 +435,9 @@ impl Session {
             }
         }
         drop(call);
+        // Dropping the watchdog's handle closes its stdin once its task has written
+        // the last deadline; nothing of ours runs any more.
+        self.watchdog = None;
         self.tracker.close();
         self.tracker.wait().await;
         let exit = self.winding.exit();
@@ -407,6 +514,7 @@ impl Session {
                 },
                 job_log_dir: self.config.job_log_dir.clone(),
                 job_env: self.job_env.clone(),
+                deadline_ms: self.deadline_ms(),
             };
             self.held.insert(key.clone(), Held { stopper });
             let done = self.done_tx.clone();
@@ -431,9 +539,12 @@ impl Session {
         let client = self.client.clone();
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            let sent = Instant::now();
+            let sent = Renewal {
+                at: Instant::now(),
+                boot_ms: fence::boot_ms(),
+            };
             let answer = client.poll(&req).await;
-            CallResult::Polled(answer, sent.elapsed())
+            CallResult::Polled(answer, sent)
         })
     }
 
@@ -448,9 +559,10 @@ impl Session {
     }
 }
 
-/// `min(25 s, ttl / 3)`: polls come often enough to renew leases.
+/// `min(25 s, ttl / 4)`: polls renew leases often enough that a late answer or two do
+/// not make the agent stop its jobs (it does so 90% into the TTL without a renewal).
 fn wait_ms(lease_ttl_ms: u64) -> u64 {
-    (lease_ttl_ms / 3).clamp(100, MAX_WAIT_MS)
+    (lease_ttl_ms / 4).clamp(100, MAX_WAIT_MS)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -466,7 +578,7 @@ mod tests {
 
     #[test]
     fn polls_renew_leases_often_enough() {
-        assert_eq!(wait_ms(3_000), 1_000);
+        assert_eq!(wait_ms(3_000), 750);
         assert_eq!(wait_ms(300_000), 25_000);
         assert_eq!(wait_ms(0), 100);
     }

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::client::Client;
 use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
+use crate::fence;
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
@@ -42,6 +43,8 @@ pub struct AttemptCtx {
     pub job_log_dir: Option<PathBuf>,
     /// The host environment jobs start from.
     pub job_env: Arc<Vec<(OsString, OsString)>>,
+    /// The lease deadline (boot clock ms) when the attempt was leased.
+    pub deadline_ms: u64,
 }
 
 /// What docker attempts need from the agent.
@@ -144,6 +147,8 @@ struct Names {
     workspace: PathBuf,
     meta: PathBuf,
     spool: PathBuf,
+    /// What a restarted agent or the watchdog needs to stop the job (see `fence`).
+    record: PathBuf,
     /// `<job_log_dir>/jobs/<job_id>/logs/<job_id>.log`
     mirror: Option<PathBuf>,
 }
@@ -174,6 +179,7 @@ impl Names {
             meta: workspace.join(".drover"),
             workspace,
             spool: work_dir.join("spool").join(format!("{stem}.jsonl")),
+            record: fence::record_path(work_dir, &stem),
         }
     }
     fn progress(&self) -> PathBuf {
@@ -250,6 +256,7 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
         }
     }
     let _ = tokio::fs::remove_file(&names.spool).await;
+    let _ = tokio::fs::remove_file(&names.record).await;
 }
 
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
@@ -260,9 +267,22 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     let prepared = {
         let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
         let base_env = ctx.job_env.clone();
+        let deadline_ms = ctx.deadline_ms;
         tokio::task::spawn_blocking(move || {
             let files = SpoolFiles::create(&names.spool, limits, names.mirror.clone())?;
-            Ok((files, spawn(&lease, &names, &base_env)))
+            let spawned = spawn(&lease, &names, &base_env);
+            if let Ok((proc, _, _)) = &spawned {
+                let record = fence::Record {
+                    job_id: lease.job_id.clone(),
+                    attempt: lease.attempt,
+                    pgid: Some(proc.pid()),
+                    start_time: fence::process_start_time(proc.pid()),
+                    container: None,
+                    deadline_ms,
+                };
+                keep_record(&names.record, &record);
+            }
+            Ok((files, spawned))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -439,6 +459,16 @@ async fn execute_docker(
     let docker = &ctx.docker;
     let cspec = ContainerSpec::new(lease, spec, &docker.agent, &docker.mounts);
     logs.system(&format!("$ {}", cspec.display(spec))).await;
+    let record = fence::Record {
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        pgid: None,
+        start_time: None,
+        container: Some(cspec.name.clone()),
+        deadline_ms: ctx.deadline_ms,
+    };
+    let path = names.record.clone();
+    let _ = tokio::task::spawn_blocking(move || keep_record(&path, &record)).await;
 
     // Pulling can take long: a stop request meanwhile ends the attempt.
     let mut stop_rx = ctx.stopper.subscribe();
@@ -518,6 +548,14 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
         exit_code,
         error,
         stopped: ended.stopped,
+    }
+}
+
+/// Writes the attempt's record (blocking); a job that cannot be recorded still runs, but
+/// only this agent can stop it.
+fn keep_record(path: &Path, record: &fence::Record) {
+    if let Err(e) = fence::write_record(path, record) {
+        tracing::error!(error = %e, path = %path.display(), "cannot record the attempt: if the agent dies, nothing will stop the job");
     }
 }
 
@@ -609,6 +647,10 @@ fn stopped_outcome(reason: StopReason, lease: &Lease) -> (Outcome, String) {
         StopReason::Shutdown => (Outcome::Canceled, "agent shutdown".into()),
         StopReason::ForceStop => (Outcome::Failed, "force-stop".into()),
         StopReason::Stale => (Outcome::Failed, "attempt is no longer current".into()),
+        StopReason::LeaseLost => (
+            Outcome::Failed,
+            "lease_lost: the agent could not reach the server to renew its lease in time, so it stopped the job before the server could give it to another agent".into(),
+        ),
     }
 }
 

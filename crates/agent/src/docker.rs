@@ -383,6 +383,18 @@ pub struct ContainerEnded {
 }
 
 impl Engine {
+    /// Kills the container called `name` and keeps it; true when the engine did.
+    pub async fn kill_container(&self, name: &str) -> bool {
+        match self.ready().await {
+            Ok(ready) => ready
+                .docker
+                .kill_container(name, None::<KillContainerOptions>)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// Force-removes the container called `name`, if the engine answers and it exists.
     pub async fn remove_container(&self, name: &str) {
         if let Ok(ready) = self.ready().await {

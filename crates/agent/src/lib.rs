@@ -16,7 +16,9 @@ mod agent;
 mod attempt;
 mod client;
 mod docker;
+mod fence;
 mod host;
+mod identity;
 mod output;
 mod pipeline;
 mod process;
@@ -24,6 +26,7 @@ mod report;
 mod spool;
 
 pub use client::CallError;
+pub use fence::{watchdog_main, WatchdogArgs};
 
 /// Resolved agent configuration (the CLI fills it from flags, env and file).
 #[derive(Debug, Clone)]
@@ -40,8 +43,10 @@ pub struct AgentConfig {
     pub queues: Vec<String>,
     /// Most jobs run at once.
     pub slots: u32,
-    /// Holds workspaces (`workspaces/`) and log spools (`spool/`); one agent per work dir
-    /// (spools left by an earlier run are deleted at start).
+    /// Holds workspaces (`workspaces/`), log spools (`spool/`), a record of each running
+    /// attempt (`attempts/`) and the agent's identity (`identity.json`); one agent per
+    /// work dir. At start, jobs an earlier run left running are stopped and its spools
+    /// deleted, and the agent registers again under the identity it had.
     pub work_dir: PathBuf,
     /// How long running jobs may go on after SIGTERM before they are canceled.
     pub shutdown_timeout: Duration,
@@ -69,6 +74,11 @@ pub struct AgentConfig {
     /// `DROVER_JOB_ID` and friends; build it with [`job_env`] so that drover's own
     /// settings and credentials never reach a job.
     pub job_env: Vec<(OsString, OsString)>,
+    /// How to start the watchdog process (a program and its first arguments, e.g. the
+    /// `drover` binary and `agent-watchdog`; it must call [`watchdog_main`]). It stops
+    /// this agent's jobs when the agent dies or freezes past its leases. None: jobs of a
+    /// killed agent are stopped when it restarts, those of a frozen one not at all.
+    pub watchdog: Option<Vec<OsString>>,
 }
 
 impl AgentConfig {
@@ -99,6 +109,7 @@ impl AgentConfig {
             docker_socket: None,
             ca_file: None,
             job_env: job_env(std::env::vars_os(), &[]),
+            watchdog: None,
         }
     }
 }

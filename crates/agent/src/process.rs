@@ -26,12 +26,18 @@ pub enum StopReason {
     ForceStop,
     /// The server says the attempt is not current any more.
     Stale,
+    /// The agent could not renew the lease in time: the server may give the job to
+    /// another agent, so it must not run here any longer.
+    LeaseLost,
 }
 
 impl StopReason {
     /// Reasons that skip the grace period and kill at once.
     pub fn is_immediate(self) -> bool {
-        matches!(self, StopReason::ForceStop | StopReason::Stale)
+        matches!(
+            self,
+            StopReason::ForceStop | StopReason::Stale | StopReason::LeaseLost
+        )
     }
 }
 

@@ -116,6 +116,20 @@ pub enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
+    /// The agent's watchdog process (started by `drover agent` and `drover up`
+    /// themselves): stops the agent's jobs when the agent dies or freezes past its leases.
+    #[command(hide = true)]
+    AgentWatchdog {
+        /// The agent's work dir.
+        #[arg(long)]
+        work_dir: std::path::PathBuf,
+        /// The Docker engine's socket.
+        #[arg(long)]
+        docker_socket: Option<std::path::PathBuf>,
+        /// Kill containers but keep them.
+        #[arg(long)]
+        keep_containers: bool,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Examples:\n  drover completions bash > ~/.local/share/bash-completion/completions/drover\n  drover completions zsh > ~/.zfunc/_drover\n  drover completions fish > ~/.config/fish/completions/drover.fish"

@@ -29,6 +29,19 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Command::AgentWatchdog {
+        work_dir,
+        docker_socket,
+        keep_containers,
+    } = cli.command
+    {
+        let code = drover_agent::watchdog_main(drover_agent::WatchdogArgs {
+            work_dir,
+            docker_socket,
+            keep_containers,
+        });
+        return ExitCode::from(code as u8);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +78,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Agents => admin::agents(&client).await,
         Command::Token(cmd) => admin::token(&client, cmd).await,
         Command::Audit { limit } => admin::audit(&client, limit).await,
+        Command::AgentWatchdog { .. } => unreachable!("handled before the runtime starts"),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
             Ok(0)

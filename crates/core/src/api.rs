@@ -383,6 +383,18 @@ pub struct RegisterRequest {
     pub queues: Vec<String>,
     pub slots: u32,
     pub host: HostInfo,
+    /// The identity of an earlier registration of this agent (kept in its work dir): when
+    /// it is still valid the agent keeps its id and session token, and its first poll
+    /// tells the server which of its attempts it no longer runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<AgentIdentity>,
+}
+
+/// An agent's id and session token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentIdentity {
+    pub agent_id: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

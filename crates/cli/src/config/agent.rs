@@ -153,6 +153,7 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
     cfg.job_log_dir = args.job_log_dir.clone().or_else(|| f.job_log_dir.clone());
     let allow = pick(&args.job_env_allow, &f.job_env_allow);
     cfg.job_env = drover_agent::job_env(env.vars.iter().cloned(), &allow);
+    cfg.watchdog = env.watchdog();
     if let Some(n) = size_from(args.spool_limit, f.spool_limit.as_deref(), "spool_limit")? {
         cfg.spool_limit_bytes = n;
     }

@@ -38,9 +38,17 @@ pub struct Env {
     pub home: Option<PathBuf>,
     /// The whole environment, from which an agent's jobs get theirs (less `DROVER_*`).
     pub vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// This binary, which agents start again as their watchdog.
+    pub exe: Option<PathBuf>,
 }
 
 impl Env {
+    /// How an agent starts its watchdog: this binary's hidden `agent-watchdog` command.
+    pub fn watchdog(&self) -> Option<Vec<std::ffi::OsString>> {
+        let exe = self.exe.clone()?;
+        Some(vec![exe.into(), "agent-watchdog".into()])
+    }
+
     /// Reads the variables from the process environment.
     pub fn capture() -> Env {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -56,6 +64,7 @@ impl Env {
             xdg_config_home: path("XDG_CONFIG_HOME"),
             home: path("HOME"),
             vars: std::env::vars_os().collect(),
+            exe: std::env::current_exe().ok(),
         }
     }
 

@@ -64,6 +64,8 @@ impl UpSetup {
                 a.name = format!("{}-{i}", a.name);
                 a.shutdown_timeout = Duration::from_secs(10);
                 a.docker_socket = docker_socket.clone();
+                a.job_env = drover_agent::job_env(env.vars.iter().cloned(), &[]);
+                a.watchdog = env.watchdog();
                 a
             })
             .collect();

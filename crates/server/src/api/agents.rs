@@ -28,7 +28,7 @@ pub const MAX_LOG_RECORDS: usize = 10_000;
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterRequest,
-    responses((status = 201, body = RegisterResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 201, body = RegisterResponse), (status = 200, description = "Registered again under the identity in `resume`", body = RegisterResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
 pub async fn register(
     State(state): State<AppState>,
@@ -49,28 +49,49 @@ pub async fn register(
     } else {
         req.queues
     };
-    let mut labels = req.labels;
-    if caller.scope == Scope::Bootstrap {
-        if !state
-            .store
-            .consume_bootstrap(&caller.token.id, Utc::now())
-            .await?
-        {
-            return Err(ApiError::Unauthorized(
-                "this bootstrap token was already used; bootstrap tokens work once".into(),
-            ));
-        }
-        // A provisioned agent gets the labels its bootstrap token was made for.
-        labels.extend(caller.token.labels.clone());
-    }
-    let token = new_token("dra_");
     let agent = NewAgent {
         name: req.name,
-        labels,
+        labels: req.labels,
         queues,
         slots: req.slots,
         host: req.host,
     };
+    let ttl_ms = state.config.lease_ttl.as_millis() as u64;
+    if let Some(id) = req.resume {
+        let known = state
+            .store
+            .resume_agent(
+                &id.agent_id,
+                &hash_token(&id.token),
+                &bootstrapped(&caller, agent.clone()),
+                &caller.actor,
+                Utc::now(),
+            )
+            .await?;
+        if known {
+            tracing::info!(agent = %id.agent_id, name = %agent.name, "agent registered again");
+            return Ok((
+                StatusCode::OK,
+                Json(RegisterResponse {
+                    agent_id: id.agent_id,
+                    token: id.token,
+                    lease_ttl_ms: ttl_ms,
+                }),
+            ));
+        }
+    }
+    if caller.scope == Scope::Bootstrap
+        && !state
+            .store
+            .consume_bootstrap(&caller.token.id, Utc::now())
+            .await?
+    {
+        return Err(ApiError::Unauthorized(
+            "this bootstrap token was already used; bootstrap tokens work once".into(),
+        ));
+    }
+    let agent = bootstrapped(&caller, agent);
+    let token = new_token("dra_");
     let agent_id = state
         .store
         .register_agent(&agent, &hash_token(&token), &caller.actor, Utc::now())
@@ -81,9 +102,24 @@ pub async fn register(
         Json(RegisterResponse {
             agent_id,
             token,
-            lease_ttl_ms: state.config.lease_ttl.as_millis() as u64,
+            lease_ttl_ms: ttl_ms,
         }),
     ))
+}
+
+/// Labels that describe the host an agent runs on rather than grant it work.
+const HOST_LABELS: [&str; 4] = ["os", "arch", "docker", "docker_version"];
+
+/// An agent made from a bootstrap token gets exactly the token's labels (plus the host
+/// facts in [`HOST_LABELS`]), whatever else it asked for; others keep theirs.
+fn bootstrapped(caller: &super::auth::Caller, mut agent: NewAgent) -> NewAgent {
+    if caller.scope == Scope::Bootstrap {
+        agent
+            .labels
+            .retain(|k, _| HOST_LABELS.contains(&k.as_str()));
+        agent.labels.extend(caller.token.labels.clone());
+    }
+    agent
 }
 
 #[utoipa::path(post, path = "/v1/agents/poll", tag = "agents", request_body = PollRequest,

@@ -68,6 +68,46 @@ impl Store {
         Ok(id)
     }
 
+    /// Registers an agent again under the id it had, when `token_hash` is still its
+    /// session token's; false when the server does not know that identity.
+    pub async fn resume_agent(
+        &self,
+        agent_id: &str,
+        token_hash: &str,
+        agent: &NewAgent,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let n = sqlx::query(
+            "UPDATE agents SET name = $1, labels = $2, queues = $3, slots = $4, host = $5, last_seen_at = $6 WHERE id = $7 AND token_hash = $8",
+        )
+        .bind(&agent.name)
+        .bind(to_json(&agent.labels))
+        .bind(to_json(&agent.queues))
+        .bind(i64::from(agent.slots))
+        .bind(to_json(&agent.host))
+        .bind(ms(now))
+        .bind(agent_id)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            audit_in_tx(
+                &mut tx,
+                actor,
+                "agent.resume",
+                agent_id,
+                Some(&agent.name),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     /// Removes an agent: its session token stops working and the attempts it held are
     /// lost (retried where attempts remain).
     pub async fn remove_agent(

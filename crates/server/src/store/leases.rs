@@ -21,6 +21,9 @@ use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreEr
 /// from this poll.
 const CLAIM_SCAN: i64 = 4096;
 
+/// How long after its lease expired a lost job may be leased again.
+pub const REQUEUE_MARGIN: Duration = Duration::from_secs(1);
+
 /// What the server must tell an agent after reconciling its poll.
 #[derive(Debug, Default)]
 pub struct PollOutcome {
@@ -526,16 +529,19 @@ impl Store {
         Ok(())
     }
 
-    /// Expires every lease not renewed before `now`; returns how many.
+    /// Expires every lease not renewed before `now`; returns how many. A retried job
+    /// waits until [`REQUEUE_MARGIN`] after its lease expired: its agent stopped it at
+    /// the latest when the lease expired (agents fence themselves a little earlier), and
+    /// the margin keeps the old and the new attempt apart even when clocks drift.
     pub async fn reap(&self, now: DateTime<Utc>) -> Result<usize> {
         let mut tx = self.write.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE state IN ('leased', 'running') AND lease_expires_at < $1",
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, lease_expires_at FROM jobs WHERE state IN ('leased', 'running') AND lease_expires_at < $1",
         )
         .bind(ms(now))
         .fetch_all(&mut *tx)
         .await?;
-        for id in &ids {
+        for (id, expired) in &rows {
             self.lose(
                 &mut tx,
                 id,
@@ -543,9 +549,17 @@ impl Store {
                 now,
             )
             .await?;
+            let not_before = expired + REQUEUE_MARGIN.as_millis() as i64;
+            sqlx::query(
+                "UPDATE jobs SET run_at = $1 WHERE id = $2 AND state = 'queued' AND run_at < $1",
+            )
+            .bind(not_before)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(ids.len())
+        Ok(rows.len())
     }
 
     /// The poll's bookkeeping: renews the agent's leases, answers `kill` for attempts it

@@ -1,0 +1,358 @@
+//! Never two copies of one job. Every attempt the agent starts is recorded in the work
+//! dir (its process group and the leader's start time, or its container), so that a
+//! restarted agent stops what its previous run left behind before it takes new work; a
+//! separate watchdog process stops the agent's jobs when the agent dies (its stdin pipe
+//! closes) or stops renewing its leases (it froze, or the network failed), before the
+//! server can lease them again.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::docker::Engine;
+
+/// The folder of the work dir that holds one record per attempt the agent runs.
+const RECORDS: &str = "attempts";
+/// How often the watchdog looks at the clock.
+const WATCH_TICK: Duration = Duration::from_millis(100);
+
+/// What is needed to stop one attempt when its agent cannot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub job_id: String,
+    pub attempt: u32,
+    /// The process group (the leader's pid) of a process job.
+    pub pgid: Option<i32>,
+    /// The leader's start time (clock ticks after boot), so that a pid the kernel gave to
+    /// another process since is never signalled.
+    pub start_time: Option<u64>,
+    /// The container of a docker job.
+    pub container: Option<String>,
+    /// The lease deadline (see [`boot_ms`]) when the attempt was leased.
+    pub deadline_ms: u64,
+}
+
+/// Milliseconds on the boot clock: the same in every process of the machine, and it
+/// keeps counting while the machine sleeps.
+pub fn boot_ms() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or_default()
+}
+
+/// How long before its lease expires on the server an agent that could not renew it
+/// stops its jobs: a tenth of the TTL, between 200 ms and 5 s.
+pub fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))
+}
+
+/// The record file of an attempt whose file stem (job and attempt) is `stem`.
+pub fn record_path(work_dir: &Path, stem: &str) -> PathBuf {
+    work_dir.join(RECORDS).join(format!("{stem}.json"))
+}
+
+/// The folder of attempt records.
+pub fn records_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join(RECORDS)
+}
+
+/// Writes a record (blocking); it is complete or absent, never half written.
+pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(record).expect("plain data serializes"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Every readable record of the work dir, with its path.
+pub fn read_records(work_dir: &Path) -> Vec<(PathBuf, Record)> {
+    let Ok(dir) = std::fs::read_dir(work_dir.join(RECORDS)) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            let rec = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            Some((p, rec))
+        })
+        .collect()
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// SIGKILLs the record's process group unless its pid now names another process (a
+/// group whose leader is gone keeps its id reserved, so killing it is safe). True when a
+/// group was signalled.
+fn kill_group(rec: &Record) -> bool {
+    let (Some(pgid), Some(start)) = (rec.pgid, rec.start_time) else {
+        return false;
+    };
+    if pgid <= 1 {
+        return false;
+    }
+    if process_start_time(pgid).is_some_and(|now| now != start) {
+        return false;
+    }
+    killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+}
+
+/// Stops what one record names: its process group, or its container (removed unless
+/// `keep_containers`).
+async fn stop(rec: &Record, engine: &Engine, keep_containers: bool) -> bool {
+    let mut stopped = kill_group(rec);
+    if let Some(name) = &rec.container {
+        if keep_containers {
+            stopped |= engine.kill_container(name).await;
+        } else {
+            engine.remove_container(name).await;
+            stopped = true;
+        }
+    }
+    stopped
+}
+
+/// At agent start: stops every job an earlier run of this agent left behind and forgets
+/// its records; returns how many it stopped.
+pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_containers: bool) -> usize {
+    let dir = work_dir.to_path_buf();
+    let records = tokio::task::spawn_blocking(move || read_records(&dir))
+        .await
+        .unwrap_or_default();
+    let mut stopped = 0;
+    for (path, rec) in records {
+        if stop(&rec, engine, keep_containers).await {
+            tracing::warn!(job_id = %rec.job_id, attempt = rec.attempt, pgid = ?rec.pgid, container = ?rec.container,
+                "stopped a job left running by an earlier run of this agent");
+            stopped += 1;
+        }
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    stopped
+}
+
+/// The agent's side of its watchdog: a child process told each new lease deadline over
+/// its stdin. When the agent dies the pipe closes and the watchdog stops every recorded
+/// job; when a deadline passes without a new one it stops the jobs leased before it.
+pub struct Watchdog {
+    deadline: watch::Sender<u64>,
+}
+
+impl Watchdog {
+    /// Starts `command` (program and leading arguments) with `--work-dir` and, when
+    /// given, `--docker-socket`, in its own process group so that a Ctrl-C meant for
+    /// the agent does not reach it.
+    pub fn spawn(
+        command: &[OsString],
+        work_dir: &Path,
+        docker_socket: Option<&Path>,
+        keep_containers: bool,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> std::io::Result<Watchdog> {
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("the watchdog command is empty"))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0);
+        if let Some(socket) = docker_socket {
+            cmd.arg("--docker-socket").arg(socket);
+        }
+        if keep_containers {
+            cmd.arg("--keep-containers");
+        }
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let (tx, mut rx) = watch::channel(u64::MAX);
+        tasks.spawn(async move {
+            while rx.changed().await.is_ok() {
+                let line = format!("deadline {}\n", *rx.borrow_and_update());
+                if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                    tracing::error!(error = %e, "the watchdog is gone: jobs of a frozen or killed agent will not be stopped until it restarts");
+                    return;
+                }
+            }
+            // The agent is done: closing stdin lets the watchdog exit.
+            drop(stdin);
+            let _ = child.wait().await;
+        });
+        Ok(Watchdog { deadline: tx })
+    }
+
+    /// Jobs leased before now must be stopped by `deadline_ms` (boot clock) unless a later
+    /// deadline comes first.
+    pub fn renewed(&self, deadline_ms: u64) {
+        self.deadline.send_replace(deadline_ms);
+    }
+}
+
+/// Arguments of the watchdog process.
+#[derive(Debug, Clone)]
+pub struct WatchdogArgs {
+    pub work_dir: PathBuf,
+    pub docker_socket: Option<PathBuf>,
+    pub keep_containers: bool,
+}
+
+/// The watchdog process: reads deadlines from stdin until it closes, and stops recorded
+/// jobs whose deadline passed (all of them once the agent is gone). Returns the exit code.
+pub fn watchdog_main(args: WatchdogArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover watchdog: cannot start: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(watch_agent(args));
+    0
+}
+
+async fn watch_agent(args: WatchdogArgs) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Signals meant for the agent's terminal or service are not for us: we leave when
+    // the agent does, after its jobs.
+    let _ignored: Vec<_> = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ]
+    .into_iter()
+    .filter_map(|k| signal(k).ok())
+    .collect();
+    let engine = Engine::new(args.docker_socket.as_deref());
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut deadline = u64::MAX;
+    let mut stopped: HashSet<PathBuf> = HashSet::new();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => {
+                    if let Some(d) = l.strip_prefix("deadline ").and_then(|d| d.trim().parse().ok()) {
+                        deadline = d;
+                    }
+                    continue;
+                }
+                Ok(None) | Err(_) => {
+                    stop_due(&args, &engine, u64::MAX, &mut stopped, "the agent is gone").await;
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(WATCH_TICK) => {}
+        }
+        let now = boot_ms();
+        if now > deadline {
+            stop_due(
+                &args,
+                &engine,
+                now,
+                &mut stopped,
+                "the agent stopped renewing its leases",
+            )
+            .await;
+        }
+    }
+}
+
+/// Stops every recorded job whose own and agent-wide deadlines are before `now` (all of
+/// them when `now` is `u64::MAX`), once each.
+async fn stop_due(
+    args: &WatchdogArgs,
+    engine: &Engine,
+    now: u64,
+    stopped: &mut HashSet<PathBuf>,
+    why: &str,
+) {
+    let dir = args.work_dir.clone();
+    let records = tokio::task::spawn_blocking(move || read_records(&dir))
+        .await
+        .unwrap_or_default();
+    for (path, rec) in records {
+        if rec.deadline_ms >= now || stopped.contains(&path) {
+            continue;
+        }
+        if stop(&rec, engine, args.keep_containers).await {
+            eprintln!(
+                "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
+                rec.job_id, rec.attempt
+            );
+        }
+        stopped.insert(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_pids_have_start_times() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(records_dir(dir.path())).unwrap();
+        let me = std::process::id() as i32;
+        let rec = Record {
+            job_id: "j".into(),
+            attempt: 2,
+            pgid: Some(me),
+            start_time: process_start_time(me),
+            container: None,
+            deadline_ms: boot_ms(),
+        };
+        assert!(rec.start_time.is_some());
+        let path = record_path(dir.path(), "j-2");
+        write_record(&path, &rec).unwrap();
+        assert_eq!(read_records(dir.path()), vec![(path, rec)]);
+    }
+
+    #[test]
+    fn a_reused_pid_is_never_signalled() {
+        let me = std::process::id() as i32;
+        let rec = Record {
+            job_id: "j".into(),
+            attempt: 1,
+            pgid: Some(me),
+            start_time: process_start_time(me).map(|t| t + 1),
+            container: None,
+            deadline_ms: 0,
+        };
+        assert!(!kill_group(&rec), "another start time: not our group");
+    }
+
+    #[test]
+    fn margins_scale_with_the_ttl() {
+        assert_eq!(
+            fence_margin(Duration::from_secs(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(1)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(600)),
+            Duration::from_secs(5)
+        );
+    }
+}
