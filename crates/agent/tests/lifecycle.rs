@@ -219,3 +219,65 @@ async fn a_full_spool_drops_lines_and_says_how_many() {
     let seqs_ok = logs.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1);
     assert!(seqs_ok);
 }
+
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// Regression: a restarted agent did not stop the jobs its previous run left running.
+/// A record whose pid now names another process is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_left_by_an_earlier_run_are_stopped_before_new_work() {
+    use std::os::unix::process::CommandExt;
+    let server = drover_server::testing::TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let spawn = || {
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let (mut left, mut stranger) = (spawn(), spawn());
+    let records = work.path().join("attempts");
+    std::fs::create_dir_all(&records).unwrap();
+    let record = |pid: u32, start: u64| {
+        format!(
+            r#"{{"job_id":"j","attempt":1,"pgid":{pid},"start_time":{start},"container":null,"deadline_ms":0}}"#
+        )
+    };
+    std::fs::write(
+        records.join("j-1.json"),
+        record(left.id(), start_time(left.id())),
+    )
+    .unwrap();
+    std::fs::write(
+        records.join("k-1.json"),
+        record(stranger.id(), start_time(stranger.id()) + 1),
+    )
+    .unwrap();
+    let _agent = common::RunningAgent::start(common::agent_config(&server, work.path()));
+    let status = tokio::task::spawn_blocking(move || left.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "another process's pid is never hit"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    let give_up = tokio::time::Instant::now() + common::DEADLINE;
+    while std::fs::read_dir(&records).unwrap().count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "records are forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
