@@ -279,6 +279,11 @@ fn errors_are_one_clear_line_with_a_distinct_exit_code() {
     let out = up.drover(&["submit", "--env", "1BAD=x", "--", "true"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("env.1BAD"));
+    // Regression: a delay past what a date can hold panicked a handler, and the CLI then
+    // said the server could not be reached.
+    let out = up.drover(&["submit", "--delay", "9999999999999d", "--", "true"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("delay_ms"), "{}", stderr(&out));
     let out = up.drover(&["logs", "-f", "no-such-job"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let port = up.port.to_string();

@@ -257,7 +257,50 @@ fn err(field: &str, message: &str) -> FieldError {
     }
 }
 
+/// Longest single argument or `NAME=value` the kernel passes to a program
+/// (`MAX_ARG_STRLEN`); a longer one makes exec fail with E2BIG.
+pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+/// Most bytes of env and secrets in all, leaving room under the kernel's total limit for
+/// the agent's host environment and the arguments.
+pub const MAX_ENV_BYTES: usize = 1024 * 1024;
+/// Longest delay or latest `run_at`: ten years from now.
+pub const MAX_DELAY_MS: u64 = 10 * 365 * 86_400_000;
+/// Longest job timeout: a year.
+pub const MAX_TIMEOUT_MS: u64 = 365 * 86_400_000;
+/// Longest grace period between SIGTERM and SIGKILL: a day.
+pub const MAX_GRACE_MS: u64 = 86_400_000;
+/// Longest retry backoff: thirty days.
+pub const MAX_BACKOFF_MS: u64 = 30 * 86_400_000;
+
+/// A string the kernel will take as one argument or variable: no NUL, not too long.
+fn check_arg(errs: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.contains('\0') {
+        errs.push(err(field, "must not contain a NUL byte"));
+    } else if value.len() > MAX_ARG_BYTES {
+        errs.push(err(
+            field,
+            &format!("is {} bytes; programs cannot receive more than {MAX_ARG_BYTES} in one argument or variable (use a script job or an input file)", value.len()),
+        ));
+    }
+}
+
+fn check_ms(errs: &mut Vec<FieldError>, field: &str, value: Option<u64>, max: u64, what: &str) {
+    if value.is_some_and(|v| v > max) {
+        errs.push(err(field, &format!("must be at most {max} ({what})")));
+    }
+}
+
 fn check_env_keys(errs: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, String>) {
+    for (key, value) in map {
+        if key.len() + value.len() + 1 > MAX_ARG_BYTES {
+            check_arg(errs, &format!("{field}.{key}"), &format!("{key}={value}"));
+        } else if value.contains('\0') {
+            errs.push(err(
+                &format!("{field}.{key}"),
+                "must not contain a NUL byte",
+            ));
+        }
+    }
     for key in map.keys() {
         let ok = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
@@ -280,16 +323,21 @@ impl SubmitRequest {
                 if command.trim().is_empty() {
                     errs.push(err("exec.command", "must not be empty"));
                 }
+                check_arg(&mut errs, "exec.command", command);
             }
             Exec::Process { argv } => {
                 if argv.first().is_none_or(|p| p.is_empty()) {
                     errs.push(err("exec.argv", "must name a program as its first item"));
+                }
+                for (i, a) in argv.iter().enumerate() {
+                    check_arg(&mut errs, &format!("exec.argv[{i}]"), a);
                 }
             }
             Exec::Script { interpreter, body } => {
                 if interpreter.trim().is_empty() {
                     errs.push(err("exec.interpreter", "must not be empty"));
                 }
+                check_arg(&mut errs, "exec.interpreter", interpreter);
                 if body.is_empty() {
                     errs.push(err("exec.body", "must not be empty"));
                 }
@@ -343,6 +391,40 @@ impl SubmitRequest {
                 "must be greater than 0 (leave it out for no limit)",
             ));
         }
+        check_ms(
+            &mut errs,
+            "timeout_ms",
+            self.timeout_ms,
+            MAX_TIMEOUT_MS,
+            "a year",
+        );
+        check_ms(&mut errs, "grace_ms", self.grace_ms, MAX_GRACE_MS, "a day");
+        check_ms(
+            &mut errs,
+            "delay_ms",
+            self.delay_ms,
+            MAX_DELAY_MS,
+            "ten years",
+        );
+        let latest = now + chrono::Duration::milliseconds(MAX_DELAY_MS as i64);
+        if self.run_at.is_some_and(|t| t > latest || t.timestamp() < 0) {
+            errs.push(err(
+                "run_at",
+                "must be after 1970 and at most ten years from now",
+            ));
+        }
+        let env_bytes: usize = self
+            .env
+            .iter()
+            .chain(&self.secrets)
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        if env_bytes > MAX_ENV_BYTES {
+            errs.push(err(
+                "env",
+                &format!("env and secrets take {env_bytes} bytes; at most {MAX_ENV_BYTES} fit in a program's environment (put large values in a file)"),
+            ));
+        }
         let max_attempts = self.max_attempts.unwrap_or(1);
         if max_attempts == 0 || max_attempts > 100 {
             errs.push(err("max_attempts", "must be between 1 and 100"));
@@ -351,6 +433,13 @@ impl SubmitRequest {
         if backoff.base_ms == 0 || backoff.cap_ms < backoff.base_ms {
             errs.push(err("backoff", "needs base_ms > 0 and cap_ms >= base_ms"));
         }
+        check_ms(
+            &mut errs,
+            "backoff.cap_ms",
+            Some(backoff.cap_ms),
+            MAX_BACKOFF_MS,
+            "thirty days",
+        );
         if self.run_at.is_some() && self.delay_ms.is_some() {
             errs.push(err("delay_ms", "give either run_at or delay_ms, not both"));
         }
@@ -364,9 +453,7 @@ impl SubmitRequest {
         }
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(t), _) => t,
-            (None, Some(ms)) => {
-                now + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64)
-            }
+            (None, Some(ms)) => now + chrono::Duration::milliseconds(ms as i64),
             (None, None) => now,
         };
         let name = self.name.unwrap_or_else(|| {
@@ -395,6 +482,52 @@ impl SubmitRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_sizes_past_what_the_system_can_hold_are_refused_together() {
+        let now = chrono::Utc::now();
+        let mut req = SubmitRequest::shell("true");
+        req.delay_ms = Some(u64::MAX);
+        req.timeout_ms = Some(u64::MAX);
+        req.grace_ms = Some(u64::MAX);
+        req.backoff = Some(Backoff {
+            base_ms: 1,
+            cap_ms: u64::MAX,
+        });
+        req.env.insert("BIG".into(), "x".repeat(MAX_ARG_BYTES));
+        req.env.insert("NUL".into(), "a\0b".into());
+        let fields: Vec<String> = req
+            .validate(now)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        for f in [
+            "delay_ms",
+            "timeout_ms",
+            "grace_ms",
+            "backoff.cap_ms",
+            "env.BIG",
+            "env.NUL",
+        ] {
+            assert!(fields.contains(&f.to_string()), "{f} in {fields:?}");
+        }
+        let mut many = SubmitRequest::shell("true");
+        for i in 0..20 {
+            many.secrets.insert(format!("S{i}"), "y".repeat(60_000));
+        }
+        let errs = many.validate(now).unwrap_err();
+        assert_eq!(errs[0].field, "env", "{errs:?}");
+        let mut far = SubmitRequest::shell("x".repeat(MAX_ARG_BYTES + 1));
+        far.run_at = Some(now + chrono::Duration::days(20 * 365));
+        let fields: Vec<String> = far
+            .validate(now)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["exec.command", "run_at"]);
+    }
 
     fn now() -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub bootstrap_tokens: Vec<BootstrapToken>,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Longest a client may take to send a request's headers, and then its body: a
+    /// connection that dawdles is closed, so idle sockets cannot pile up.
+    pub read_timeout: Duration,
     /// Serve HTTPS with this certificate and key (PEM files).
     pub tls: Option<TlsFiles>,
 }
@@ -63,6 +66,7 @@ impl ServerConfig {
             public_metrics: false,
             bootstrap_tokens: Vec::new(),
             max_body_bytes: 8 * 1024 * 1024,
+            read_timeout: Duration::from_secs(15),
             tls: None,
         }
     }

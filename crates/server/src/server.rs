@@ -117,29 +117,27 @@ impl Server {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(url = %format!("{scheme}://{}", self.addr), "drover server listening");
         let app = api::router(state.clone());
-        let result = match self.tls {
-            None => {
-                axum::serve(self.listener, app)
-                    .with_graceful_shutdown(async move { inner.cancelled().await })
-                    .await
-            }
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tasks.spawn(async move {
-                    inner.cancelled().await;
-                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
-                });
-                match self.listener.into_std() {
-                    Ok(std_listener) => {
-                        axum_server::from_tcp_rustls(std_listener, tls)
-                            .handle(handle)
-                            .serve(app.into_make_service())
-                            .await
-                    }
-                    Err(e) => Err(e),
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tasks.spawn(async move {
+            inner.cancelled().await;
+            stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+        });
+        let read_timeout = state.config.read_timeout;
+        let result = match self.listener.into_std() {
+            Ok(std_listener) => match self.tls {
+                None => {
+                    let mut server = axum_server::from_tcp(std_listener).handle(handle);
+                    header_timeout(server.http_builder(), read_timeout);
+                    server.serve(app.into_make_service()).await
                 }
-            }
+                Some(tls) => {
+                    let mut server = axum_server::from_tcp_rustls(std_listener, tls).handle(handle);
+                    header_timeout(server.http_builder(), read_timeout);
+                    server.serve(app.into_make_service()).await
+                }
+            },
+            Err(e) => Err(e),
         };
         state.shutdown.cancel();
         tasks.close();
@@ -147,6 +145,18 @@ impl Server {
         state.store.close().await;
         result.map_err(ServerError::Serve)
     }
+}
+
+/// Closes HTTP/1 connections that do not send a request's headers within `limit`
+/// (slow clients, or sockets opened and left alone).
+fn header_timeout(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limit: std::time::Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limit);
 }
 
 /// Expires leases that were not renewed, a few times per TTL.

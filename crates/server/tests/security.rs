@@ -292,7 +292,14 @@ async fn bootstrap_tokens_work_once_and_bind_labels() {
         json!({"labels": {"pool": "burst"}, "expires_in_secs": 60}),
     )
     .await;
-    let (status, v) = register(&server, &boot, "provisioned").await;
+    let (status, v) = call(
+        &server,
+        Some(&boot),
+        Method::POST,
+        "/v1/agents/register",
+        Some(json!({"name": "provisioned", "labels": {"gpu": "a100", "pool": "other", "os": "linux"}, "slots": 1, "host": {"hostname": "h", "os": "linux", "arch": "x86_64", "cpus": 2, "memory_bytes": 1, "version": "t"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let (status, v) = register(&server, &boot, "again").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -311,7 +318,11 @@ async fn bootstrap_tokens_work_once_and_bind_labels() {
         None,
     )
     .await;
-    assert_eq!(agents["agents"][0]["labels"]["pool"], json!("burst"));
+    assert_eq!(
+        agents["agents"][0]["labels"],
+        json!({"pool": "burst", "os": "linux"}),
+        "regression: a bootstrap agent could add any labels; it gets the token's (and host facts)"
+    );
     let (status, _) = call(&server, Some(&boot), Method::GET, "/v1/jobs", None).await;
     assert_eq!(
         status,
@@ -613,4 +624,102 @@ async fn tls_end_to_end_with_a_generated_certificate() {
             .unwrap_or(true),
         "plain HTTP is not served"
     );
+}
+
+/// Regression: the last admin token could be revoked, locking every admin out.
+#[tokio::test]
+async fn the_last_admin_token_cannot_be_revoked() {
+    let server = TestServer::start().await;
+    let (_, list) = call(
+        &server,
+        Some(&server.admin_token),
+        Method::GET,
+        "/v1/tokens",
+        None,
+    )
+    .await;
+    let admin_id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/tokens/{admin_id}");
+    let (status, v) = call(
+        &server,
+        Some(&server.admin_token),
+        Method::DELETE,
+        &path,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last admin token"),
+        "{v}"
+    );
+    let (second, _) = make_token(&server, "admin", json!({})).await;
+    let (status, v) = call(&server, Some(&second), Method::DELETE, &path, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "with another admin token it may go: {v}"
+    );
+}
+
+/// Regression: connections that never finished their headers stayed open (200 of them
+/// after 40 s), so idle sockets could exhaust the server.
+#[tokio::test]
+async fn connections_that_never_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = TestServer::config(tmp.path().to_path_buf(), 0);
+    config.read_timeout = std::time::Duration::from_millis(500);
+    let server = TestServer::start_with(config).await;
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    for mut s in conns {
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server closed the half-sent request");
+    }
+    let (status, _) = call(
+        &server,
+        Some(&server.admin_token),
+        Method::GET,
+        "/v1/jobs",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "and serves everyone else");
+}
+
+/// The database and its directory are private to the server's user.
+#[tokio::test]
+async fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = TestServer::start_with(TestServer::config(data.clone(), 0)).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for f in ["drover.db", "logs.db", "secrets.key"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    drop(server);
 }

@@ -143,12 +143,14 @@ impl SubmitArgs {
         req.queue = self.queue.clone();
         req.priority = self.priority;
         req.labels = map(&self.label);
-        req.timeout_ms = self.timeout.map(|d| d.as_millis() as u64);
-        req.grace_ms = self.grace.map(|d| d.as_millis() as u64);
+        // Saturating: an absurd duration reaches the server, which says what the limit is.
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        req.timeout_ms = self.timeout.map(ms);
+        req.grace_ms = self.grace.map(ms);
         req.max_attempts = self.attempts;
-        req.delay_ms = self.delay.map(|d| d.as_millis() as u64);
+        req.delay_ms = self.delay.map(ms);
         req.backoff = self.backoff.map(|d| {
-            let base_ms = (d.as_millis() as u64).max(1);
+            let base_ms = ms(d).max(1);
             Backoff {
                 base_ms,
                 cap_ms: base_ms.max(300_000),

@@ -53,6 +53,7 @@ impl utoipa::Modify for TokenScheme {
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
+    let read_timeout = state.config.read_timeout;
     Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
@@ -100,6 +101,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            read_timeout,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -17,6 +17,7 @@ mod migrate;
 mod seal;
 mod tokens;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -86,12 +87,16 @@ impl Store {
     /// SQLite files `drover.db` and `logs.db` in `data_dir`.
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Conflict(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| {
+                StoreError::Conflict(format!(
+                    "cannot create data directory {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
         let sealer = Sealer::load_or_create(&data_dir.join("secrets.key"))?;
         let store = match database_url {
             Some(url) => {
@@ -149,6 +154,13 @@ impl Store {
 }
 
 async fn sqlite_pool(path: &Path, max: u32) -> Result<AnyPool> {
+    // Created private before SQLite opens it; its -wal and -shm files take its mode.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Conflict(format!("cannot create {}: {e}", path.display())))?;
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let pool = AnyPoolOptions::new()
         .max_connections(max)

@@ -124,6 +124,26 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<TokenInfo> {
         let mut tx = self.write.begin().await?;
+        // Revoking the last working admin token would lock every admin out for good.
+        let scope: Option<String> =
+            sqlx::query_scalar("SELECT scope FROM tokens WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if scope.as_deref() == Some("admin") {
+            let others: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tokens WHERE scope = 'admin' AND id <> $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(id)
+            .bind(ms(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            if others == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "token {id} is the last admin token: create another one (drover token create --scope admin) before revoking it"
+                )));
+            }
+        }
         let done =
             sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(ms(now))
