@@ -12,6 +12,8 @@ pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     max: usize,
+    /// Byte strings a long line is never split inside (the masked secrets).
+    whole: Vec<Vec<u8>>,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -21,7 +23,32 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             inner,
             buf: Vec::new(),
             max: max.max(4),
+            whole: Vec::new(),
         }
+    }
+
+    /// Never splits a long line inside one of `patterns` (up to half the line limit
+    /// long), so a secret that straddles the split is still masked.
+    pub fn keep_whole(mut self, patterns: Vec<Vec<u8>>) -> Self {
+        self.whole = patterns
+            .into_iter()
+            .filter(|p| p.len() > 1 && p.len() <= self.max / 2)
+            .collect();
+        self
+    }
+
+    /// Where to split a full buffer: before the longest tail that could be the start
+    /// of a pattern, else at its end.
+    fn split_point(&self) -> usize {
+        let len = self.buf.len();
+        let longest = self.whole.iter().map(Vec::len).max().unwrap_or(0);
+        for start in len.saturating_sub(longest.saturating_sub(1)).max(1)..len {
+            let tail = &self.buf[start..];
+            if self.whole.iter().any(|p| p.starts_with(tail)) {
+                return start;
+            }
+        }
+        len
     }
 
     /// The next line or piece of a long line; `None` at end of stream. A last line
@@ -49,7 +76,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             self.buf.extend_from_slice(&avail[..take]);
             self.inner.consume(take);
             if self.buf.len() >= self.max {
-                let cut = char_boundary_cut(&self.buf);
+                let cut = char_boundary_cut(&self.buf[..self.split_point()]);
                 let rest = self.buf.split_off(cut);
                 return Ok(Some(std::mem::replace(&mut self.buf, rest)));
             }
@@ -86,35 +113,98 @@ fn char_boundary_cut(buf: &[u8]) -> usize {
     }
 }
 
-/// Replaces secret values with `***`.
+/// Secrets shorter than this are not masked (masking `e` would mangle every line); the
+/// server refuses them at submit.
+use drover_core::spec::MIN_SECRET_LEN;
+
+/// Replaces secret values, and their common encodings, with `***`.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
-    secrets: Vec<String>,
+    patterns: Vec<String>,
 }
 
 impl Masker {
-    /// A masker for these values; empty values are ignored, longer ones are replaced first.
+    /// A masker for these values and their JSON-escaped, URL-encoded and base64 forms
+    /// (standard and URL-safe, at each of the three alignments a value can have inside
+    /// longer base64 text); values shorter than [`MIN_SECRET_LEN`] are ignored, longer
+    /// patterns are replaced first.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
-        let mut secrets: Vec<String> = values
+        let mut patterns: Vec<String> = values
             .into_iter()
-            .filter(|v| !v.is_empty())
-            .cloned()
+            .filter(|v| v.len() >= MIN_SECRET_LEN)
+            .flat_map(|v| encodings(v))
             .collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Masker { secrets }
+        patterns.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        patterns.dedup();
+        Masker { patterns }
     }
 
     /// `text` with every secret value replaced.
     pub fn mask(&self, text: String) -> String {
         let mut text = text;
-        for s in &self.secrets {
+        for s in &self.patterns {
             if text.contains(s.as_str()) {
                 text = text.replace(s.as_str(), "***");
             }
         }
         text
     }
+
+    /// Every masked pattern, as bytes (for [`LineReader::keep_whole`]).
+    pub fn patterns(&self) -> Vec<Vec<u8>> {
+        self.patterns
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect()
+    }
+}
+
+/// A secret as it may show up in output: itself, JSON-escaped, URL-encoded and base64.
+fn encodings(value: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine;
+    let mut out = vec![value.to_string()];
+    let json = serde_json::to_string(value).expect("strings serialize");
+    out.push(json[1..json.len() - 1].to_string());
+    out.push(percent_encode(value, false));
+    out.push(percent_encode(value, true));
+    for offset in 0..3usize {
+        let mut bytes = vec![0u8; offset];
+        bytes.extend_from_slice(value.as_bytes());
+        // Keep the characters made only of the value's bits: skip those that hold the
+        // unknown bytes before it, stop before those that hold the unknown bytes after.
+        let first = (offset * 8).div_ceil(6);
+        let last = bytes.len() * 8 / 6;
+        for engine in [&STANDARD, &URL_SAFE] {
+            let encoded = engine.encode(&bytes);
+            let core = &encoded[first..last];
+            if core.len() >= 6 {
+                out.push(core.to_string());
+            }
+        }
+        if offset == 0 {
+            out.push(STANDARD.encode(value));
+            out.push(URL_SAFE.encode(value));
+        }
+    }
+    out.retain(|p| p.len() >= MIN_SECRET_LEN);
+    out
+}
+
+/// `value` with every byte but RFC 3986's unreserved ones as `%XX`; with `plus`, spaces
+/// as `+` (HTML forms).
+fn percent_encode(value: &str, plus: bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for &b in value.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' if plus => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Parses `PERCENT MESSAGE` (the progress file format); percent is clamped to 0..=100.
@@ -182,10 +272,68 @@ mod tests {
 
     #[test]
     fn masks_secrets_longest_first() {
-        let secrets = ["abc".to_string(), "abcdef".to_string(), String::new()];
+        let secrets = ["abcd".to_string(), "abcdefgh".to_string(), String::new()];
         let m = Masker::new(secrets.iter());
-        assert_eq!(m.mask("x abcdef abc y".into()), "x *** *** y");
+        assert_eq!(m.mask("x abcdefgh abcd y".into()), "x *** *** y");
         assert_eq!(m.mask("nothing".into()), "nothing");
+    }
+
+    /// Regression: `S=e` masked every `e` of the log, command header included.
+    #[test]
+    fn values_too_short_to_mask_are_left_alone() {
+        let m = Masker::new(["e".to_string()].iter());
+        assert_eq!(m.mask("echo hello".into()), "echo hello");
+    }
+
+    #[test]
+    fn encoded_secrets_are_masked_too() {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        let secret = "s3cr3t/pa ss\"w+rd";
+        let m = Masker::new([secret.to_string()].iter());
+        let json = serde_json::to_string(&serde_json::json!({ "token": secret })).unwrap();
+        assert!(!m.mask(json.clone()).contains("s3cr3t"), "{json}");
+        assert_eq!(
+            m.mask("u=s3cr3t%2Fpa%20ss%22w%2Brd&x=1".into()),
+            "u=***&x=1"
+        );
+        assert_eq!(m.mask("q=s3cr3t%2Fpa+ss%22w%2Brd".into()), "q=***");
+        for prefix in ["", "u:", "us:", "use:"] {
+            let line = format!(
+                "Authorization: Basic {}",
+                STANDARD.encode(format!("{prefix}{secret}"))
+            );
+            let masked = m.mask(line.clone());
+            assert!(masked.contains("***"), "{prefix:?}: {line} -> {masked}");
+        }
+    }
+
+    /// Regression: a secret where a long line was split reached the log in two pieces.
+    #[tokio::test]
+    async fn long_lines_are_never_split_inside_a_secret() {
+        let secret = "TOPSECRETVALUE";
+        let m = Masker::new([secret.to_string()].iter());
+        for at in 0..40 {
+            let line = format!("{}{secret}{}\n", "x".repeat(at), "y".repeat(30));
+            let mut r =
+                LineReader::new(tokio::io::BufReader::with_capacity(7, line.as_bytes()), 32)
+                    .keep_whole(m.patterns());
+            let mut pieces = Vec::new();
+            while let Some(l) = r.next_line().await.unwrap() {
+                pieces.push(m.mask(String::from_utf8(l).unwrap()));
+            }
+            assert!(
+                pieces
+                    .iter()
+                    .all(|p| !p.contains("TOPS") && !p.contains("LUE")),
+                "{at}: {pieces:?}"
+            );
+            assert_eq!(
+                pieces.concat().matches("***").count(),
+                1,
+                "{at}: {pieces:?}"
+            );
+        }
     }
 
     #[test]

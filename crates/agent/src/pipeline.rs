@@ -355,7 +355,8 @@ async fn pump(
     let mut lines = LineReader::new(
         tokio::io::BufReader::with_capacity(64 * 1024, pipe),
         MAX_LINE_BYTES,
-    );
+    )
+    .keep_whole(masker.patterns());
     let prepare = |bytes: Vec<u8>| {
         let text = masker.mask(String::from_utf8_lossy(&bytes).into_owned());
         if let Some(progress) = &progress {

@@ -222,6 +222,49 @@ async fn secrets_never_reach_the_stored_log() {
     assert_eq!(done.progress.map(|p| p.message), Some("***".to_string()));
 }
 
+/// Regression: a secret written in pieces, encoded, or across the point where a long
+/// line is split reached the log unmasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_pieces_encoded_or_across_a_line_split_are_masked() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let secret = "s3cr3t/Value+42";
+    let script = r#"
+import base64, json, sys, time, urllib.parse, os
+s = os.environ["TOKEN"]
+sys.stdout.write("pieces: " + s[:5]); sys.stdout.flush(); time.sleep(0.2)
+sys.stdout.write(s[5:] + "\n")
+print("b64:", base64.b64encode(("user:" + s).encode()).decode())
+print("url:", urllib.parse.quote(s, safe=""))
+print("json:", json.dumps({"t": s}))
+for at in range(65530, 65540):
+    print("x" * (at - 6) + s + "y" * 20)
+sys.stdout.flush()
+"#;
+    let mut req = SubmitRequest::shell("unused");
+    req.exec = Exec::Script {
+        interpreter: "python3".into(),
+        body: script.into(),
+    };
+    req.secrets.insert("TOKEN".into(), secret.into());
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    let logs = api.logs(&job.id).await;
+    let errors = texts(&logs, Stream::Stderr);
+    assert_eq!(done.state, JobState::Succeeded, "{errors:#?}");
+    let out = texts(&logs, Stream::Stdout);
+    for leak in [
+        "s3cr3t",
+        "Value+42",
+        "czNjcjN0L1ZhbHVlKzQy",
+        "s3cr3t%2FValue",
+    ] {
+        assert!(out.iter().all(|l| !l.contains(leak)), "{leak} leaked");
+    }
+    assert_eq!(out[0], "pieces: ***");
+    let masked: usize = out.iter().map(|l| l.matches("***").count()).sum();
+    assert_eq!(masked, 14, "every occurrence masked once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_program_fails_with_a_clear_error() {
     let (_server, api, _agent) = server_and_agent().await;

@@ -54,7 +54,7 @@ pub enum Command {
     Agent(AgentArgs),
     /// Submit a job; the words after `--` are one shell command line (run with `bash -c`).
     #[command(
-        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi\n  drover submit --label gpu=a100 --env EPOCHS=5 --secret TOKEN=abc -- ./train.sh\n\nPrints the job id (-o json: the job). --wait and --follow exit like the job:\n0 succeeded, its exit code when it failed, 124 timed out, 130 canceled."
+        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi\n  drover submit --label gpu=a100 --env EPOCHS=5 --secret TOKEN=s3cr3t -- ./train.sh\n\nPrints the job id (-o json: the job). --wait and --follow exit like the job:\n0 succeeded, its exit code when it failed, 124 timed out, 130 canceled."
     )]
     Submit(submit::SubmitArgs),
     /// Show one job: state, command, attempts, progress, result.

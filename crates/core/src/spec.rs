@@ -263,6 +263,9 @@ pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
 /// Most bytes of env and secrets in all, leaving room under the kernel's total limit for
 /// the agent's host environment and the arguments.
 pub const MAX_ENV_BYTES: usize = 1024 * 1024;
+/// Shortest secret value: masking a shorter one would mangle every line that happens
+/// to contain those letters.
+pub const MIN_SECRET_LEN: usize = 4;
 /// Longest delay or latest `run_at`: ten years from now.
 pub const MAX_DELAY_MS: u64 = 10 * 365 * 86_400_000;
 /// Longest job timeout: a year.
@@ -445,6 +448,14 @@ impl SubmitRequest {
         }
         check_env_keys(&mut errs, "env", &self.env);
         check_env_keys(&mut errs, "secrets", &self.secrets);
+        for (k, v) in &self.secrets {
+            if v.len() < MIN_SECRET_LEN {
+                errs.push(err(
+                    &format!("secrets.{k}"),
+                    &format!("is shorter than {MIN_SECRET_LEN} characters, too short to be masked in logs (pass it with env if it need not be hidden)"),
+                ));
+            }
+        }
         if let Some(key) = &self.idempotency_key {
             check_name(&mut errs, "idempotency_key", key);
         }
@@ -496,6 +507,7 @@ mod tests {
         });
         req.env.insert("BIG".into(), "x".repeat(MAX_ARG_BYTES));
         req.env.insert("NUL".into(), "a\0b".into());
+        req.secrets.insert("S".into(), "e".into());
         let fields: Vec<String> = req
             .validate(now)
             .unwrap_err()

@@ -382,7 +382,7 @@ async fn attempt_lifecycle_with_logs_progress_result_and_fencing() {
     let server = TestServer::start().await;
     let c = Client::new(&server, &server.admin_token);
     let job = c
-        .submit(json!({"exec": {"kind": "shell", "command": "echo hi"}, "secrets": {"K": "v"}}))
+        .submit(json!({"exec": {"kind": "shell", "command": "echo hi"}, "secrets": {"K": "v4lue"}}))
         .await;
     let agent = register(&server, "worker", json!({})).await;
     let other = register(&server, "other", json!({})).await;
@@ -390,7 +390,7 @@ async fn attempt_lifecycle_with_logs_progress_result_and_fencing() {
     assert_eq!((lease.job_id.as_str(), lease.attempt), (job.id.as_str(), 1));
     assert_eq!(
         lease.secrets.get("K").map(String::as_str),
-        Some("v"),
+        Some("v4lue"),
         "secrets go to the agent with the lease"
     );
     let base = format!("/v1/jobs/{}/attempts/1", job.id);
