@@ -23,6 +23,7 @@ use crate::fence::{self, Watchdog};
 use crate::host::{self, StatsSampler};
 use crate::identity;
 use crate::process::{StopReason, Stopper};
+use crate::resume;
 use crate::spool::SpoolLimits;
 use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
 
@@ -106,12 +107,13 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
     let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
     // Before any new work: nothing an earlier run of this agent started may still run.
     let left = fence::stop_leftovers(&config.work_dir, &engine, config.keep_containers).await;
-    if left > 0 {
+    if left.stopped > 0 {
         tracing::warn!(
-            jobs = left,
+            jobs = left.stopped,
             "stopped jobs an earlier run of this agent left running"
         );
     }
+    resume::remove_stale_spools(&config.work_dir, &left.ended).await;
     let docker_version = probe_docker(&engine, &config).await;
     let mut register = register_request(&config);
     register.resume = identity::load(&config.work_dir, &config.server).await;
@@ -147,6 +149,16 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
     };
     let resumed = register.resume.as_ref().map(|r| &r.agent_id) == Some(&registered.agent_id);
     register.resume = None;
+    // Before the first poll, which would tell the server these attempts are gone.
+    let ended = left.ended;
+    resume::report_ended(
+        &client,
+        &config.work_dir,
+        ended,
+        resumed,
+        config.keep_workspaces,
+    )
+    .await;
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
     tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, resumed, "registered");
     let mut session = Session::new(config, client, register, registered, signals, engine);
@@ -163,8 +175,6 @@ fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
 
 async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
     let spool = config.work_dir.join("spool");
-    // Spools of an earlier run belong to attempts the server has given up on.
-    let _ = tokio::fs::remove_dir_all(&spool).await;
     for dir in [
         config.work_dir.join("workspaces"),
         spool,

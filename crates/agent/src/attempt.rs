@@ -279,6 +279,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
                     start_time: fence::process_start_time(proc.pid()),
                     container: None,
                     deadline_ms,
+                    ended: None,
                 };
                 keep_record(&names.record, &record);
             }
@@ -325,6 +326,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         logs,
         output,
         started,
+        record: names.record.clone(),
     };
     conclude(ctx, parts, ending, Some(&names.result())).await
 }
@@ -343,6 +345,8 @@ struct Running {
     logs: LogPipeline,
     output: OutputTasks,
     started: StartResult,
+    /// The attempt's record, marked with the outcome once the log is complete.
+    record: PathBuf,
 }
 
 /// After the job's output settled: logs the error, ships the log, reads the result file
@@ -358,6 +362,7 @@ async fn conclude(
         mut logs,
         output,
         started,
+        record,
     } = parts;
     let Ending {
         outcome,
@@ -378,6 +383,18 @@ async fn conclude(
         output.abort();
         logs.abort();
         return Err(Abandoned);
+    }
+    // The spool is complete: should the agent die before the server has it all, its
+    // next run sends the rest and this outcome instead of letting the job run again.
+    let ended = FinishRequest {
+        outcome,
+        exit_code,
+        error: error.clone().map(|e| ctx.masker().mask(e)),
+        result: None,
+    };
+    let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
+    if let Ok(Err(e)) = marked {
+        tracing::warn!(error = %e, "cannot note the job's end in its record");
     }
     logs.shipped().await?;
     output.progress_sent().await;
@@ -466,6 +483,7 @@ async fn execute_docker(
         start_time: None,
         container: Some(cspec.name.clone()),
         deadline_ms: ctx.deadline_ms,
+        ended: None,
     };
     let path = names.record.clone();
     let _ = tokio::task::spawn_blocking(move || keep_record(&path, &record)).await;
@@ -513,6 +531,7 @@ async fn execute_docker(
         logs,
         output,
         started,
+        record: names.record.clone(),
     };
     conclude(ctx, parts, ending, None).await
 }
@@ -662,7 +681,7 @@ fn human_ms(ms: u64) -> String {
 }
 
 /// Reads the result file: `(value, error)`; a missing file is neither.
-async fn read_result(path: &Path) -> (Option<serde_json::Value>, Option<String>) {
+pub(crate) async fn read_result(path: &Path) -> (Option<serde_json::Value>, Option<String>) {
     let meta = match tokio::fs::metadata(path).await {
         Ok(m) => m,
         Err(_) => return (None, None),

@@ -39,6 +39,11 @@ pub struct Record {
     pub container: Option<String>,
     /// The lease deadline (see [`boot_ms`]) when the attempt was leased.
     pub deadline_ms: u64,
+    /// How the job ended, once it did and its log spool is complete: an agent that dies
+    /// before the server has the report sends it when it starts again, rather than
+    /// letting the job run a second time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<drover_core::api::FinishRequest>,
 }
 
 /// Milliseconds on the boot clock: the same in every process of the machine, and it
@@ -127,23 +132,46 @@ async fn stop(rec: &Record, engine: &Engine, keep_containers: bool) -> bool {
     stopped
 }
 
-/// At agent start: stops every job an earlier run of this agent left behind and forgets
-/// its records; returns how many it stopped.
-pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_containers: bool) -> usize {
+/// Marks the record at `path` with how its job ended (blocking).
+pub fn mark_ended(path: &Path, ended: drover_core::api::FinishRequest) -> std::io::Result<()> {
+    let mut rec: Record = serde_json::from_slice(&std::fs::read(path)?)?;
+    rec.ended = Some(ended);
+    write_record(path, &rec)
+}
+
+/// What an earlier run of this agent left behind.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Jobs that were still running and have been stopped.
+    pub stopped: usize,
+    /// Jobs that ended but whose end the server may not know: their record paths and
+    /// records (kept, with their spools, until reported).
+    pub ended: Vec<(PathBuf, Record)>,
+}
+
+/// At agent start: stops every job an earlier run of this agent left running and forgets
+/// its record; jobs that had ended are returned for [`crate::resume`] to report.
+pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_containers: bool) -> Leftovers {
     let dir = work_dir.to_path_buf();
     let records = tokio::task::spawn_blocking(move || read_records(&dir))
         .await
         .unwrap_or_default();
-    let mut stopped = 0;
+    let mut left = Leftovers::default();
     for (path, rec) in records {
-        if stop(&rec, engine, keep_containers).await {
+        // A job that ended may still have left a process in its group.
+        let stopped = stop(&rec, engine, keep_containers).await;
+        if rec.ended.is_some() {
+            left.ended.push((path, rec));
+            continue;
+        }
+        if stopped {
             tracing::warn!(job_id = %rec.job_id, attempt = rec.attempt, pgid = ?rec.pgid, container = ?rec.container,
                 "stopped a job left running by an earlier run of this agent");
-            stopped += 1;
+            left.stopped += 1;
         }
         let _ = tokio::fs::remove_file(path).await;
     }
-    stopped
+    left
 }
 
 /// The agent's side of its watchdog: a child process told each new lease deadline over
@@ -319,6 +347,7 @@ mod tests {
             start_time: process_start_time(me),
             container: None,
             deadline_ms: boot_ms(),
+            ended: None,
         };
         assert!(rec.start_time.is_some());
         let path = record_path(dir.path(), "j-2");
@@ -336,6 +365,7 @@ mod tests {
             start_time: process_start_time(me).map(|t| t + 1),
             container: None,
             deadline_ms: 0,
+            ended: None,
         };
         assert!(!kill_group(&rec), "another start time: not our group");
     }

@@ -23,6 +23,7 @@ mod output;
 mod pipeline;
 mod process;
 mod report;
+mod resume;
 mod spool;
 
 pub use client::CallError;

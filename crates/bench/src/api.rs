@@ -75,13 +75,18 @@ impl Api {
         self.get(&format!("/v1/jobs/{id}")).await
     }
 
-    /// Count of jobs in `state`, from the server's own metrics.
-    pub async fn count(&self, state: &str) -> anyhow::Result<u64> {
-        let text = self
+    /// The server's Prometheus metrics.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        Ok(self
             .send(self.http.get(format!("{}/metrics", self.url)))
             .await?
             .text()
-            .await?;
+            .await?)
+    }
+
+    /// Count of jobs in `state`, from the server's own metrics.
+    pub async fn count(&self, state: &str) -> anyhow::Result<u64> {
+        let text = self.metrics_text().await?;
         let prefix = "drover_jobs{";
         Ok(text
             .lines()

@@ -4,6 +4,7 @@
 //! run. See BENCHMARKS.md for the figures and how to reproduce them.
 
 mod api;
+mod chaos;
 mod report;
 mod roles;
 mod scenarios;
@@ -32,6 +33,9 @@ enum Command {
     /// Internal: run an agent in this process.
     #[command(hide = true)]
     RoleAgent(roles::AgentArgs),
+    /// Internal: an agent's watchdog.
+    #[command(hide = true)]
+    RoleWatchdog(roles::WatchdogArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +65,9 @@ enum BenchCommand {
     Memory(BenchArgs),
     /// `true` in a container through drover, against `docker run --rm IMAGE true`.
     Docker(BenchArgs),
+    /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
+    /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
+    Chaos(BenchArgs),
     /// Every scenario.
     All(BenchArgs),
 }
@@ -74,12 +81,16 @@ pub enum Size {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::RoleWatchdog(args) = cli.command {
+        std::process::exit(roles::watchdog(args));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::RoleServer(args) => rt.block_on(roles::server(args)),
         Command::RoleAgent(args) => rt.block_on(roles::agent(args)),
+        Command::RoleWatchdog(_) => unreachable!("handled before the runtime starts"),
         Command::Bench(b) => {
             let (names, args): (Vec<&str>, BenchArgs) = match b {
                 BenchCommand::Dispatch(a) => (vec!["dispatch"], a),
@@ -88,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Logs(a) => (vec!["logs"], a),
                 BenchCommand::Memory(a) => (vec!["memory"], a),
                 BenchCommand::Docker(a) => (vec!["docker"], a),
+                BenchCommand::Chaos(a) => (vec!["chaos"], a),
                 BenchCommand::All(a) => (
                     vec!["dispatch", "latency", "queue", "logs", "memory", "docker"],
                     a,

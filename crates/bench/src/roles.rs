@@ -19,6 +19,11 @@ pub struct ServerArgs {
     data: PathBuf,
     #[arg(long)]
     database: Option<String>,
+    /// Address to listen on (a restarted server keeps its port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -29,12 +34,37 @@ pub struct AgentArgs {
     slots: u32,
     #[arg(long)]
     work_dir: PathBuf,
+    #[arg(long, default_value = "bench-agent")]
+    name: String,
+}
+
+/// What an agent's watchdog is started with (see `drover_agent::WatchdogArgs`).
+#[derive(clap::Args)]
+pub struct WatchdogArgs {
+    #[arg(long)]
+    work_dir: PathBuf,
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    #[arg(long)]
+    keep_containers: bool,
+}
+
+/// Child role: an agent's watchdog, as `drover agent-watchdog` is for `drover agent`.
+pub fn watchdog(args: WatchdogArgs) -> i32 {
+    drover_agent::watchdog_main(drover_agent::WatchdogArgs {
+        work_dir: args.work_dir,
+        docker_socket: args.docker_socket,
+        keep_containers: args.keep_containers,
+    })
 }
 
 /// Child role: serve until stdin closes, after printing `LISTENING <addr>`.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.data);
-    config.listen = "127.0.0.1:0".parse()?;
+    config.listen = args.listen;
+    if let Some(ms) = args.lease_ttl_ms {
+        config.lease_ttl = Duration::from_millis(ms);
+    }
     config.database_url = args.database;
     config.max_body_bytes = 64 << 20;
     config.bootstrap_tokens = vec![
@@ -61,6 +91,16 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .await;
         stop.cancel();
     });
+    let term = shutdown.clone();
+    tokio::spawn(async move {
+        // SIGTERM stops it as it stops `drover server`: gracefully.
+        if let Ok(mut sig) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            sig.recv().await;
+            term.cancel();
+        }
+    });
     server.serve(shutdown).await?;
     Ok(())
 }
@@ -69,7 +109,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut config = drover_agent::AgentConfig::new(args.server, JOIN, args.work_dir);
     config.slots = args.slots;
-    config.name = "bench-agent".into();
+    config.name = args.name;
+    config.watchdog = Some(vec![me()?.into(), "role-watchdog".into()]);
     config.shutdown_timeout = Duration::from_secs(5);
     let signals = drover_agent::AgentSignals::default();
     let drain = signals.drain.clone();
@@ -97,6 +138,20 @@ impl Proc {
     /// Current and peak resident set size in MiB, from /proc.
     pub fn rss_mib(&self) -> (f64, f64) {
         rss_of(self.pid())
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = self.child.wait();
     }
 
     pub fn stop(mut self) {
@@ -147,8 +202,31 @@ fn me() -> anyhow::Result<PathBuf> {
 
 /// Starts a server child; returns it with its base URL.
 pub fn start_server(data: &Path, database: Option<&str>) -> anyhow::Result<(Proc, String)> {
+    server_child(data, database, &[])
+}
+
+/// Starts a server child on `listen` with a lease TTL.
+pub fn start_server_at(
+    data: &Path,
+    database: Option<&str>,
+    listen: &str,
+    ttl: Duration,
+) -> anyhow::Result<(Proc, String)> {
+    let ttl = ttl.as_millis().to_string();
+    server_child(
+        data,
+        database,
+        &["--listen", listen, "--lease-ttl-ms", &ttl],
+    )
+}
+
+fn server_child(
+    data: &Path,
+    database: Option<&str>,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, String)> {
     let mut cmd = Command::new(me()?);
-    cmd.arg("role-server").arg("--data").arg(data);
+    cmd.arg("role-server").arg("--data").arg(data).args(extra);
     if let Some(db) = database {
         cmd.arg("--database").arg(db);
     }
@@ -171,9 +249,26 @@ pub fn start_server(data: &Path, database: Option<&str>) -> anyhow::Result<(Proc
 
 /// Starts an agent child against `url`.
 pub fn start_agent(url: &str, slots: u32, work_dir: &Path) -> anyhow::Result<Proc> {
+    start_agent_named(url, slots, work_dir, "bench-agent")
+}
+
+/// Starts an agent child called `name` against `url`.
+pub fn start_agent_named(
+    url: &str,
+    slots: u32,
+    work_dir: &Path,
+    name: &str,
+) -> anyhow::Result<Proc> {
     let child = Command::new(me()?)
         .arg("role-agent")
-        .args(["--server", url, "--slots", &slots.to_string()])
+        .args([
+            "--server",
+            url,
+            "--slots",
+            &slots.to_string(),
+            "--name",
+            name,
+        ])
         .arg("--work-dir")
         .arg(work_dir)
         .env("RUST_LOG", "warn")

@@ -23,6 +23,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "logs" => logs(size, runs).await,
         "memory" => memory(size).await,
         "docker" => docker(size, runs).await,
+        "chaos" => crate::chaos::run(size).await,
         other => bail!("unknown scenario {other:?}"),
     }
 }

@@ -478,7 +478,7 @@ pub struct ProgressUpdate {
 }
 
 /// `POST .../attempts/{n}/finish`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FinishRequest {
     pub outcome: Outcome,
     pub exit_code: Option<i32>,

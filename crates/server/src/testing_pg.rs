@@ -70,7 +70,9 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn start() -> Result<PgCluster, String> {
+/// A fresh cluster's data directory in a new temp dir owned by the PostgreSQL user:
+/// `(dir, data)`.
+fn init_cluster() -> Result<(PathBuf, PathBuf), String> {
     let bin = bin_dir()?;
     let dir =
         std::env::temp_dir().join(format!("drover-pg-{}-{}", std::process::id(), free_port()));
@@ -110,11 +112,20 @@ fn start() -> Result<PgCluster, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    Ok((dir, data))
+}
+
+/// The server options of every throwaway cluster.
+const PG_OPTIONS: &str = "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200";
+
+fn start() -> Result<PgCluster, String> {
+    let bin = bin_dir()?;
+    let (dir, data) = init_cluster()?;
     let port = free_port();
     // The watchdog shell keeps postgres as its child and stops it once this test
     // process is gone, so a crashed test leaves no server behind.
     let script = format!(
-        "{pg} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{dir}/log 2>&1 & pid=$!; \
+        "{pg} -D {data} -p {port} -k {dir} {PG_OPTIONS} >{dir}/log 2>&1 & pid=$!; \
          while [ -d /proc/{parent} ] && kill -0 $pid 2>/dev/null; do sleep 0.5; done; kill -INT $pid 2>/dev/null; wait $pid; rm -rf {dir}",
         pg = bin.join("postgres").display(),
         data = data.display(),
@@ -135,6 +146,14 @@ fn start() -> Result<PgCluster, String> {
         .stderr(Stdio::null());
     sh.spawn()
         .map_err(|e| format!("cannot start postgres: {e}"))?;
+    wait_ready(&bin, &dir, port)?;
+    Ok(PgCluster {
+        port,
+        next_db: AtomicU32::new(0),
+    })
+}
+
+fn wait_ready(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new(bin.join("pg_isready"))
@@ -155,10 +174,82 @@ fn start() -> Result<PgCluster, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(PgCluster {
-        port,
-        next_db: AtomicU32::new(0),
-    })
+    Ok(())
+}
+
+/// A cluster of one's own (not the shared one) that can be crashed and restarted, for
+/// chaos runs; stopped and removed on drop.
+pub struct OwnCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    /// Creates and starts a cluster on a free port (blocking).
+    pub fn start() -> Result<OwnCluster, String> {
+        let (dir, data) = init_cluster()?;
+        let c = OwnCluster {
+            bin: bin_dir()?,
+            dir,
+            data,
+            port: free_port(),
+        };
+        c.pg_ctl_start()?;
+        Ok(c)
+    }
+
+    /// A URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://drover@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops PostgreSQL the way a crash would (`-m immediate`: no checkpoint, clients
+    /// cut off) and starts it again; returns once it accepts connections.
+    pub fn restart_immediately(&self) -> Result<(), String> {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"])?;
+        self.pg_ctl_start()
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        // Commits are synchronous here (unlike the shared cluster): an immediate stop is a
+        // crash, and an asynchronous commit would be lost in it.
+        let opts = format!(
+            "-p {} -k {} {}",
+            self.port,
+            self.dir.display(),
+            PG_OPTIONS.replace("-c synchronous_commit=off ", "")
+        );
+        let log = self.dir.join("log");
+        self.pg_ctl(&["start", "-w", "-o", &opts, "-l", &log.to_string_lossy()])?;
+        wait_ready(&self.bin, &self.dir, self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let out = as_pg_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A URL of a new, empty database on the shared test cluster (started on first use).

@@ -141,41 +141,13 @@ fn follow_stream(
     async_stream(move |tx| async move {
         let mut changes = state.hub.subscribe_jobs();
         loop {
-            if r.attempt == 0 {
-                // Not leased yet: wait for the first attempt.
-                match state.store.job(&r.job_id).await {
-                    Ok(job) if job.current_attempt > 0 => r.attempt = job.current_attempt,
-                    Ok(job) if job.state.is_terminal() => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            if r.attempt > 0 {
-                let ended = state
-                    .store
-                    .attempt_ended(&r.job_id, r.attempt)
-                    .await
-                    .unwrap_or(true);
-                let Ok(page) = state
-                    .store
-                    .read_log_page(&r.job_id, r.attempt, r.read(PAGE, ended))
-                    .await
-                else {
-                    break;
-                };
-                let full = page.records.len() as u32 == PAGE;
-                for rec in page.records {
-                    if tx.send(record_event(&rec)).await.is_err() {
-                        return;
-                    }
-                }
-                r.after = page.cursor;
-                if full {
-                    continue;
-                }
-                if ended {
-                    break;
-                }
+            // A database error is never taken for the end of the log: the follower waits
+            // and reads again (the `end` event promises that nothing more will come).
+            match follow_step(&state, &mut r, &tx).await {
+                Ok(Step::Ended) => break,
+                Ok(Step::More) => continue,
+                Ok(Step::Wait) => {}
+                Err(Gone) => return,
             }
             tokio::select! {
                 _ = wait_for_job(&mut changes, &r.job_id) => {}
@@ -186,6 +158,67 @@ fn follow_stream(
         let _ = tx
             .send(Event::default().event("end").data(r.attempt.to_string()))
             .await;
+    })
+}
+
+/// What a follower does after one read.
+enum Step {
+    /// Every record of the attempt was sent.
+    Ended,
+    /// A full page went out: read on at once.
+    More,
+    /// Wait for the job to change (or the database to answer again).
+    Wait,
+}
+
+/// The follower hung up.
+struct Gone;
+
+async fn follow_step(
+    state: &AppState,
+    r: &mut Resolved,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<Step, Gone> {
+    if r.attempt == 0 {
+        // Not leased yet: wait for the first attempt.
+        match state.store.job(&r.job_id).await {
+            Ok(job) if job.current_attempt > 0 => r.attempt = job.current_attempt,
+            Ok(job) if job.state.is_terminal() => return Ok(Step::Ended),
+            Ok(_) => return Ok(Step::Wait),
+            Err(e) => {
+                tracing::warn!(job = %r.job_id, error = %e, "log follower cannot read the job; trying again");
+                return Ok(Step::Wait);
+            }
+        }
+    }
+    let read = async {
+        let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
+        let page = state
+            .store
+            .read_log_page(&r.job_id, r.attempt, r.read(PAGE, ended))
+            .await?;
+        Ok::<_, crate::store::StoreError>((ended, page))
+    };
+    let (ended, page) = match read.await {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::warn!(job = %r.job_id, error = %e, "log follower cannot read the log; trying again");
+            return Ok(Step::Wait);
+        }
+    };
+    let full = page.records.len() as u32 == PAGE;
+    for rec in page.records {
+        if tx.send(record_event(&rec)).await.is_err() {
+            return Err(Gone);
+        }
+    }
+    r.after = page.cursor;
+    Ok(if full {
+        Step::More
+    } else if ended {
+        Step::Ended
+    } else {
+        Step::Wait
     })
 }
 
