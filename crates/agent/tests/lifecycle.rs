@@ -281,3 +281,75 @@ async fn jobs_left_by_an_earlier_run_are_stopped_before_new_work() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Regression (chaos run): an agent killed after a job ended but before the server had
+/// its report let the job run a second time. The next run of the agent, under the same
+/// identity, sends the rest of the log and the finish instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let http = reqwest::Client::new();
+    let register: drover_core::api::RegisterResponse = http
+        .post(format!("{}/v1/agents/register", server.url))
+        .bearer_auth(&server.join_token)
+        .json(&serde_json::json!({"name": "test-agent", "slots": 2, "host": {"hostname": "h", "os": "linux", "arch": "x86_64", "cpus": 2, "memory_bytes": 1, "version": "t"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = api.submit(SubmitRequest::shell("echo never run again")).await;
+    let polled: drover_core::api::PollResponse = http
+        .post(format!("{}/v1/agents/poll", server.url))
+        .bearer_auth(&register.token)
+        .json(&serde_json::json!({"running": [], "wait_ms": 1000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(polled.leases[0].job_id, job.id);
+
+    // What the killed run left: its identity, the record of the ended attempt, its
+    // spool (one record already shipped, one not) and the result file.
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let stem = format!("{}-1", job.id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_"));
+    for d in ["attempts", "spool", &format!("workspaces/{stem}/.drover")] {
+        std::fs::create_dir_all(w.join(d)).unwrap();
+    }
+    std::fs::write(
+        w.join("identity.json"),
+        serde_json::json!({"server": server.url, "agent_id": register.agent_id, "token": register.token}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        w.join(format!("attempts/{stem}.json")),
+        serde_json::json!({"job_id": job.id, "attempt": 1, "pgid": null, "start_time": null, "container": null, "deadline_ms": 0,
+            "ended": {"outcome": "succeeded", "exit_code": 0}}).to_string(),
+    )
+    .unwrap();
+    let ts = chrono::Utc::now().to_rfc3339();
+    std::fs::write(
+        w.join(format!("spool/{stem}.jsonl")),
+        format!("{{\"seq\":1,\"ts\":\"{ts}\",\"stream\":\"system\",\"text\":\"$ echo never run again\"}}\n{{\"seq\":2,\"ts\":\"{ts}\",\"stream\":\"stdout\",\"text\":\"never run again\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(w.join(format!("workspaces/{stem}/.drover/result.json")), r#"{"ok": 1}"#).unwrap();
+
+    let _agent = common::RunningAgent::start(common::agent_config(&server, w));
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.current_attempt, 1, "not run again");
+    assert_eq!(done.result, Some(serde_json::json!({"ok": 1})));
+    let out = texts(&api.logs(&job.id).await, Stream::Stdout);
+    assert_eq!(out, ["never run again"]);
+    let give_up = tokio::time::Instant::now() + common::DEADLINE;
+    while std::fs::read_dir(w.join("attempts")).unwrap().count() > 0 {
+        assert!(tokio::time::Instant::now() < give_up, "the record is forgotten once reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
