@@ -300,7 +300,9 @@ async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
         .json()
         .await
         .unwrap();
-    let job = api.submit(SubmitRequest::shell("echo never run again")).await;
+    let job = api
+        .submit(SubmitRequest::shell("echo never run again"))
+        .await;
     let polled: drover_core::api::PollResponse = http
         .post(format!("{}/v1/agents/poll", server.url))
         .bearer_auth(&register.token)
@@ -317,7 +319,13 @@ async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
     // spool (one record already shipped, one not) and the result file.
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let stem = format!("{}-1", job.id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_"));
+    let stem = format!(
+        "{}-1",
+        job.id.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+            "_"
+        )
+    );
     for d in ["attempts", "spool", &format!("workspaces/{stem}/.drover")] {
         std::fs::create_dir_all(w.join(d)).unwrap();
     }
@@ -338,7 +346,11 @@ async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
         format!("{{\"seq\":1,\"ts\":\"{ts}\",\"stream\":\"system\",\"text\":\"$ echo never run again\"}}\n{{\"seq\":2,\"ts\":\"{ts}\",\"stream\":\"stdout\",\"text\":\"never run again\"}}\n"),
     )
     .unwrap();
-    std::fs::write(w.join(format!("workspaces/{stem}/.drover/result.json")), r#"{"ok": 1}"#).unwrap();
+    std::fs::write(
+        w.join(format!("workspaces/{stem}/.drover/result.json")),
+        r#"{"ok": 1}"#,
+    )
+    .unwrap();
 
     let _agent = common::RunningAgent::start(common::agent_config(&server, w));
     let done = api.wait_done(&job.id).await;
@@ -349,7 +361,10 @@ async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
     assert_eq!(out, ["never run again"]);
     let give_up = tokio::time::Instant::now() + common::DEADLINE;
     while std::fs::read_dir(w.join("attempts")).unwrap().count() > 0 {
-        assert!(tokio::time::Instant::now() < give_up, "the record is forgotten once reported");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the record is forgotten once reported"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -4,6 +4,8 @@
 //! and `drover agent` processes; each job writes a ledger of its executions.
 
 mod common;
+#[path = "../../agent/tests/common/docker.rs"]
+mod docker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,6 +14,8 @@ use std::time::Duration;
 use common::{client, free_port, healthy, json, stdout, wait_until, Daemon, BIN};
 
 const LIMIT: Duration = Duration::from_secs(60);
+/// What the shared Docker helpers wait at most.
+pub const DEADLINE: Duration = LIMIT;
 
 struct Cluster {
     dir: PathBuf,
@@ -246,4 +250,52 @@ fn a_partitioned_agent_stops_its_job_before_the_lease_expires() {
         "the agent says why: {}",
         a.stderr()
     );
+}
+
+/// Regression: a SIGKILLed agent's container ran on (the engine owns it) while the job
+/// was leased again. The watchdog removes it at once.
+#[test]
+fn a_sigkilled_agents_container_is_removed_by_its_watchdog() {
+    if !docker::docker_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = Cluster::start(dir, "10m");
+    let mut agent = c.agent("d", "agent-d1");
+    let out = c.drover(&[
+        "submit",
+        "--attempts",
+        "2",
+        "--image",
+        docker::IMAGE,
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let name = format!("drover-{id}-1");
+    let running = || {
+        docker::docker(&["ps", "-q", "--filter", &format!("name=^{name}$")])
+            .is_ok_and(|o| !o.trim().is_empty())
+    };
+    wait_until("the container to run", LIMIT, running);
+    agent.signal("KILL");
+    agent.wait_exit(LIMIT);
+    wait_until("the watchdog to remove the container", LIMIT, || !running());
+    assert!(
+        agent.stderr().contains("the agent is gone"),
+        "the watchdog says why: {}",
+        agent.stderr()
+    );
+    let again = c.agent("d", "agent-d2");
+    wait_until("the retry to run", LIMIT, || {
+        c.job(&id)["current_attempt"] == 2
+    });
+    assert!(c.drover(&["cancel", &id]).status.success());
+    wait_until("the retry to be canceled", LIMIT, || {
+        c.job(&id)["state"] == "canceled"
+    });
+    drop(again);
 }

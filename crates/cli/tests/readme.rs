@@ -81,12 +81,20 @@ const TERMINAL: [&str; 4] = ["succeeded", "failed", "canceled", "timed_out"];
 #[test]
 fn the_readme_first_screen_and_tour_work_as_written() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, home, bin) = (tmp.path().join("work"), tmp.path().join("home"), tmp.path().join("bin"));
+    let (dir, home, bin) = (
+        tmp.path().join("work"),
+        tmp.path().join("home"),
+        tmp.path().join("bin"),
+    );
     for d in [&dir, &home, &bin] {
         std::fs::create_dir_all(d).unwrap();
     }
     std::os::unix::fs::symlink(BIN, bin.join("drover")).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let sh = Shell {
         dir: &dir,
         path,
@@ -94,11 +102,18 @@ fn the_readme_first_screen_and_tour_work_as_written() {
     };
     let blocks = sh_blocks();
     let first = &blocks[0];
-    assert_eq!(first.len(), 2, "the first screen is two commands: {first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "the first screen is two commands: {first:?}"
+    );
     assert!(first[0].contains(" up"), "{first:?}");
 
     // 1. `drover up`, as written: port 7070, data in ./.drover.
-    assert!(!healthy(7070), "port 7070 is taken: the README's `drover up` needs it");
+    assert!(
+        !healthy(7070),
+        "port 7070 is taken: the README's `drover up` needs it"
+    );
     let mut up = Daemon::spawn(sh.command(&format!("exec {}", first[0])), &dir, "up");
     wait_until("drover up on port 7070", LIMIT, || healthy(7070));
     wait_until("its agent", LIMIT, || {
@@ -110,7 +125,11 @@ fn the_readme_first_screen_and_tour_work_as_written() {
     // 2. The second command streams the job's log live.
     let out = sh.run(&first[1]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("step 1\nstep 2\nstep 3\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("step 1\nstep 2\nstep 3\n"),
+        "{}",
+        stdout(&out)
+    );
 
     // The tour. Its script job writes progress and a result through the paths drover
     // hands it (regression: relative paths broke them under the default data dir).
@@ -123,7 +142,9 @@ fn the_readme_first_screen_and_tour_work_as_written() {
         "import json, os\nprint('key is', os.environ['API_KEY'])\nopen(os.environ['DROVER_PROGRESS'], 'a').write('50 half way\\n')\njson.dump({'answer': 42}, open(os.environ['DROVER_RESULT'], 'w'))\n",
     )
     .unwrap();
-    let sleeper = stdout(&sh.run("drover submit -- sleep 600")).trim().to_string();
+    let sleeper = stdout(&sh.run("drover submit -- sleep 600"))
+        .trim()
+        .to_string();
     sh.wait_state(&sleeper, |s| s == "running");
     let mut ids: HashMap<&str, String> = HashMap::new();
     for line in tour {
@@ -140,9 +161,16 @@ fn the_readme_first_screen_and_tour_work_as_written() {
         match (words[1], words.get(2).copied()) {
             ("submit", Some("--wait")) => {
                 let code = out.status.code();
-                let id = sh.json("ls --limit 1")["jobs"][0]["id"].as_str().unwrap().to_string();
+                let id = sh.json("ls --limit 1")["jobs"][0]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
                 let job = sh.wait_state(&id, |s| TERMINAL.contains(&s));
-                assert_eq!(code, job["exit_code"].as_i64().map(|c| c as i32), "exits with the job's code");
+                assert_eq!(
+                    code,
+                    job["exit_code"].as_i64().map(|c| c as i32),
+                    "exits with the job's code"
+                );
                 assert_eq!(job["attempts_used"], 3, "{job}");
             }
             ("submit", Some("--follow")) => {
@@ -161,7 +189,10 @@ fn the_readme_first_screen_and_tour_work_as_written() {
             ("submit", _) => {
                 assert!(out.status.success(), "{}", stderr(&out));
                 let id = text.trim();
-                assert!(sh.run(&format!("drover status {id}")).status.success(), "prints the job id");
+                assert!(
+                    sh.run(&format!("drover status {id}")).status.success(),
+                    "prints the job id"
+                );
             }
             ("ls", _) => {
                 assert!(out.status.success(), "{}", stderr(&out));
@@ -173,7 +204,10 @@ fn the_readme_first_screen_and_tour_work_as_written() {
             }
             ("logs", _) => {
                 assert!(out.status.success(), "{}", stderr(&out));
-                assert!(text.contains("key is ***") && !text.contains("s3cr3t"), "{text}");
+                assert!(
+                    text.contains("key is ***") && !text.contains("s3cr3t"),
+                    "{text}"
+                );
             }
             ("cancel", _) => {
                 assert!(out.status.success(), "{}", stderr(&out));
@@ -192,7 +226,9 @@ fn the_readme_first_screen_and_tour_work_as_written() {
                 assert!(out.status.success(), "{}", stderr(&out));
                 assert!(text.contains("online"), "{text}");
             }
-            (other, _) => panic!("the tour has a command this test does not know: {other} ({line})"),
+            (other, _) => {
+                panic!("the tour has a command this test does not know: {other} ({line})")
+            }
         }
     }
 
