@@ -555,6 +555,16 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
             };
             (Outcome::Failed, Some(error))
         }
+        // The engine learns of OOM kills from an event that can be lost when the
+        // container exits at once (seen under load): a SIGKILL nobody here sent to a
+        // container with a memory limit is that limit, most likely.
+        (None, Some(137)) if spec.memory.is_some() => (
+            Outcome::Failed,
+            Some(format!(
+                "out of memory, most likely (killed by SIGKILL with a memory limit of {} bytes; the engine did not confirm an OOM kill)",
+                spec.memory.unwrap_or_default()
+            )),
+        ),
         (None, Some(0)) => (Outcome::Succeeded, None),
         (None, Some(code)) => (Outcome::Failed, Some(format!("exit code {code}"))),
         (None, None) => (

@@ -36,9 +36,6 @@ pub const LABEL_AGENT: &str = "drover.agent";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// bollard's per-request timeout; long because `stop` answers after the grace period.
 const CLIENT_TIMEOUT_S: u64 = 24 * 3600;
-/// How long a container that died of a SIGKILL nobody sent is watched for the engine's
-/// late OOM report.
-const OOM_REPORT_WAIT: Duration = Duration::from_secs(3);
 /// How long the agent waits for a container that was killed to be reported exited.
 const EXIT_AFTER_KILL: Duration = Duration::from_secs(30);
 /// Bytes buffered between the log stream and the line pumps.
@@ -645,20 +642,7 @@ impl Container {
     }
 
     async fn ended(&self, stopped: Option<StopReason>) -> ContainerEnded {
-        let mut state = self.state().await;
-        // The engine records an OOM kill from its own event, which can arrive after the
-        // exit is reported: a SIGKILL nobody asked for is looked at again for a while
-        // before it is called anything but out of memory.
-        let unexplained_kill = |s: &Option<ContainerState>| {
-            stopped.is_none()
-                && s.as_ref().and_then(|s| s.exit_code) == Some(137)
-                && !s.as_ref().and_then(|s| s.oom_killed).unwrap_or(false)
-        };
-        let give_up = tokio::time::Instant::now() + OOM_REPORT_WAIT;
-        while unexplained_kill(&state) && tokio::time::Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            state = self.state().await;
-        }
+        let state = self.state().await;
         ContainerEnded {
             exit_code: state.as_ref().and_then(|s| s.exit_code),
             oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),

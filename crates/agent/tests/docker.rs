@@ -244,9 +244,13 @@ async fn a_container_over_its_memory_limit_fails_as_out_of_memory() {
         .await;
     let done = api.wait_done(&job.id).await;
     assert_eq!(done.state, JobState::Failed, "{done:#?}");
-    assert_eq!(
-        done.error.as_deref(),
-        Some("out of memory (container exceeded its memory limit of 8388608 bytes)")
+    // Regression: under load the engine sometimes loses its OOM event (exit code 137,
+    // no OOM flag); the agent then says what most likely happened.
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error == "out of memory (container exceeded its memory limit of 8388608 bytes)"
+            || error.starts_with("out of memory, most likely (killed by SIGKILL with a memory limit of 8388608 bytes"),
+        "{error}"
     );
     assert!(containers(&format!("drover-{}", job.id)).is_empty());
 }
