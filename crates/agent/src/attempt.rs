@@ -374,6 +374,22 @@ async fn conclude(
         logs.system(&format!("[drover] {e}")).await;
     }
     logs.close().await;
+    // The spool is complete: should the agent die before the server has it all, its
+    // next run sends the rest and this outcome instead of letting the job run again.
+    // Noted before waiting for the start report, which waits for the server.
+    if ctx.stopper.current() != Some(StopReason::Stale) {
+        let ended = FinishRequest {
+            outcome,
+            exit_code,
+            error: error.clone().map(|e| ctx.masker().mask(e)),
+            result: None,
+        };
+        let marked =
+            tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
+        if let Ok(Err(e)) = marked {
+            tracing::warn!(error = %e, "cannot note the job's end in its record");
+        }
+    }
     let started = match started.await {
         Ok(sent) => sent,
         Err(_) => reporter.start().await,
@@ -383,18 +399,6 @@ async fn conclude(
         output.abort();
         logs.abort();
         return Err(Abandoned);
-    }
-    // The spool is complete: should the agent die before the server has it all, its
-    // next run sends the rest and this outcome instead of letting the job run again.
-    let ended = FinishRequest {
-        outcome,
-        exit_code,
-        error: error.clone().map(|e| ctx.masker().mask(e)),
-        result: None,
-    };
-    let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
-    if let Ok(Err(e)) = marked {
-        tracing::warn!(error = %e, "cannot note the job's end in its record");
     }
     logs.shipped().await?;
     output.progress_sent().await;

@@ -92,7 +92,14 @@ struct Tally {
     jobs: usize,
     lost: usize,
     finished_twice: usize,
-    completed_twice: usize,
+    /// Jobs whose work ran to its end twice, the first time on an agent that was cut
+    /// off and whose lease expired before its report could arrive.
+    rerun_after_cutoff: usize,
+    /// The same because its agent died within a second of the job's end, before it
+    /// had written down how the job ended.
+    rerun_after_death_at_end: usize,
+    /// The same for any other reason: must not happen.
+    rerun_otherwise: usize,
     overlapping: usize,
     overlap_s: f64,
     stored_missing: usize,
@@ -100,6 +107,8 @@ struct Tally {
     followed_missing: usize,
     followed_duplicated: usize,
     processes_left: usize,
+    containers_left: usize,
+    docker: bool,
     errors_5xx: u64,
     requeue_s: Vec<f64>,
     agent_kills: usize,
@@ -136,6 +145,7 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
         api: Api::new(&url, ADMIN),
         proxy: Proxy::start(port).await?,
         kills: Vec::new(),
+        outages: Vec::new(),
     };
     sys.start_server()?;
     sys.wait_healthy().await?;
@@ -150,11 +160,11 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
         sys.agents.push((agent, via));
     }
 
-    let job = |_: usize| {
-        json!({"exec": {"kind": "shell", "command": job_command(&ledger)}, "max_attempts": 50,
-               "backoff": {"base_ms": 100, "cap_ms": 1000}})
-    };
-    let specs: Vec<Value> = (0..plan.jobs).map(job).collect();
+    let docker = crate::scenarios::ensure_image().is_ok();
+    if !docker {
+        eprintln!("    no Docker engine: shell jobs only");
+    }
+    let specs: Vec<Value> = (0..plan.jobs).map(|i| job_spec(i, &ledger, docker)).collect();
     let ids = sys.api.submit_all(&specs, 500).await?;
     let followers: Vec<_> = ids
         .iter()
@@ -211,6 +221,7 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
                     if hard { "SIGKILL" } else { "SIGTERM" },
                     progress * 100.0
                 );
+                sys.outages.push(Utc::now());
                 sys.restart_server(hard).await?;
                 tally.server_restarts += 1;
             }
@@ -225,6 +236,7 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
                     "    PostgreSQL immediate restart at {:.0}%",
                     progress * 100.0
                 );
+                sys.outages.push(Utc::now());
                 tokio::task::block_in_place(|| cluster.restart_immediately())
                     .map_err(anyhow::Error::msg)?;
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -244,7 +256,7 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
         .iter()
         .filter(|j| j.state.as_str() != "succeeded")
         .count();
-    check_ledger(&ledger, &mut tally)?;
+    let twice = check_ledger(&ledger, &mut tally)?;
     for job in jobs.iter().filter(|j| j.current_attempt > 0) {
         let stored = stored_log(&sys.api, &job.id, job.current_attempt).await?;
         let (missing, dup) = compare(&expected_lines(), &stdout_of(&stored));
@@ -283,8 +295,42 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
         .filter(|e| e.events.iter().filter(|e| e.kind == "finished").count() > 1)
         .count();
     tally.requeue_s = sys.requeue_delays(&jobs, &events).await?;
+    let index_of: HashMap<String, usize> = sys
+        .agent_ids()
+        .await?
+        .into_iter()
+        .filter_map(|(name, id)| Some((id, name.strip_prefix("chaos-")?.parse().ok()?)))
+        .collect();
+    for (id, attempt, end) in twice {
+        let cut_off = events.get(&id).is_some_and(|e| {
+            e.events.iter().any(|e| {
+                e.kind == "lost"
+                    && e.attempt == Some(attempt)
+                    && e.reason.as_deref().is_some_and(|r| r.contains("lease expired"))
+            })
+        });
+        // The agent that ran it, killed less than a second after the job's end.
+        let agent = jobs
+            .iter()
+            .find(|j| j.id == id)
+            .and_then(|j| j.attempts.iter().find(|a| a.number == attempt))
+            .and_then(|a| index_of.get(&a.agent_id));
+        let died_at_end = sys.kills.iter().any(|(i, _, at)| {
+            Some(i) == agent && *at >= end && *at - end < 1_000_000_000
+        });
+        if cut_off {
+            tally.rerun_after_cutoff += 1;
+        } else if died_at_end {
+            tally.rerun_after_death_at_end += 1;
+        } else {
+            eprintln!("    job {id}: attempt {attempt} ran to its end and the job ran again: {:#?}", events.get(&id));
+            tally.rerun_otherwise += 1;
+        }
+    }
     sys.stop_all().await;
     tally.processes_left = processes_mentioning(&root);
+    tally.containers_left = if docker { containers_left(plan.agents) } else { 0 };
+    tally.docker = docker;
     drop(pg);
     Ok(rows(backend, &tally))
 }
@@ -294,12 +340,38 @@ fn name(i: usize) -> String {
 }
 
 /// A job that prints numbered lines and writes a heartbeat to its own ledger file
-/// (one per attempt) every 50 ms, then an end mark.
-fn job_command(ledger: &Path) -> String {
+/// (one per attempt) every 50 ms, then an end mark. Times come from `/proc/uptime`,
+/// which containers share with the host (busybox's `date` has no nanoseconds).
+fn job_command(ledger: &str) -> String {
+    let lines: Vec<String> = (1..=LINES_PER_JOB).map(|i| i.to_string()).collect();
     format!(
-        "L={}/$DROVER_JOB_ID.$DROVER_ATTEMPT; for i in $(seq 1 {LINES_PER_JOB}); do echo \"line $i\"; echo \"h $(date +%s%N)\" >> $L; sleep 0.05; done; echo \"end $(date +%s%N)\" >> $L",
-        ledger.display()
+        "L={ledger}/$DROVER_JOB_ID.$DROVER_ATTEMPT; for i in {}; do echo \"line $i\"; echo \"h $(cut -d' ' -f1 /proc/uptime)\" >> $L; sleep 0.05; done; echo \"end $(cut -d' ' -f1 /proc/uptime)\" >> $L",
+        lines.join(" ")
     )
+}
+
+/// Job `i` of a run: every tenth a container when the engine is there, the rest shell.
+fn job_spec(i: usize, ledger: &Path, docker: bool) -> Value {
+    let exec = if docker && i % 10 == 5 {
+        json!({"kind": "docker", "image": crate::scenarios::IMAGE, "command": ["sh", "-c", job_command("/ledger")],
+               "volumes": [format!("{}:/ledger", ledger.display())]})
+    } else {
+        json!({"kind": "shell", "command": job_command(&ledger.to_string_lossy())})
+    };
+    json!({"exec": exec, "max_attempts": 50, "backoff": {"base_ms": 100, "cap_ms": 1000}})
+}
+
+/// Containers of this run's agents still there (running or not).
+fn containers_left(agents: usize) -> usize {
+    (0..agents)
+        .filter_map(|i| {
+            std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=drover.agent={}", name(i))])
+                .output()
+                .ok()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .sum()
 }
 
 fn expected_lines() -> Vec<String> {
@@ -326,8 +398,9 @@ fn compare<T: Ord + Clone>(want: &[T], got: &[T]) -> (usize, usize) {
     (missing, dup)
 }
 
-/// Executions per job from the ledger: completed ones, and attempts that overlapped.
-fn check_ledger(ledger: &Path, tally: &mut Tally) -> anyhow::Result<()> {
+/// Executions per job from the ledger: attempts that overlapped; returns the jobs whose
+/// work ran to its end more than once, with the first attempt that did and its end.
+fn check_ledger(ledger: &Path, tally: &mut Tally) -> anyhow::Result<Vec<(String, u32, u128)>> {
     // job id -> attempt -> (first, last timestamp ns, completed)
     let mut runs: HashMap<String, BTreeMap<u32, (u128, u128, bool)>> = HashMap::new();
     for entry in std::fs::read_dir(ledger)? {
@@ -344,7 +417,8 @@ fn check_ledger(ledger: &Path, tally: &mut Tally) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&path)?;
         let times: Vec<u128> = text
             .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|secs| (secs * 1e9) as u128)
             .collect();
         let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
             continue;
@@ -354,9 +428,11 @@ fn check_ledger(ledger: &Path, tally: &mut Tally) -> anyhow::Result<()> {
             .or_default()
             .insert(attempt, (*first, *last, completed));
     }
-    for attempts in runs.values() {
-        if attempts.values().filter(|r| r.2).count() > 1 {
-            tally.completed_twice += 1;
+    let mut twice = Vec::new();
+    for (job, attempts) in &runs {
+        let mut completed = attempts.iter().filter(|(_, r)| r.2);
+        if let (Some((first, run)), Some(_)) = (completed.next(), completed.next()) {
+            twice.push((job.clone(), *first, run.1));
         }
         let list: Vec<_> = attempts.values().collect();
         let mut worst = 0u128;
@@ -370,7 +446,7 @@ fn check_ledger(ledger: &Path, tally: &mut Tally) -> anyhow::Result<()> {
             tally.overlap_s = tally.overlap_s.max(worst as f64 / 1e9);
         }
     }
-    Ok(())
+    Ok(twice)
 }
 
 /// Every stored record of one attempt.
@@ -494,6 +570,14 @@ fn rand_unit() -> f64 {
     f64::from(nanos % 1000) / 1000.0
 }
 
+/// The ledger's clock: `/proc/uptime`, in nanoseconds.
+fn uptime_ns() -> u128 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |secs| (secs * 1e9) as u128)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -526,8 +610,10 @@ struct Chaos {
     agents: Vec<(Proc, String)>,
     api: Api,
     proxy: Proxy,
-    /// (agent index, when it was killed).
-    kills: Vec<(usize, DateTime<Utc>)>,
+    /// (agent index, when it was killed, on the wall clock and on the ledger's clock).
+    kills: Vec<(usize, DateTime<Utc>, u128)>,
+    /// When the server or the database went down.
+    outages: Vec<DateTime<Utc>>,
 }
 
 impl Chaos {
@@ -580,7 +666,7 @@ impl Chaos {
         let work_dir = self.work_dir(i);
         let (agent, via) = &mut self.agents[i];
         agent.kill();
-        self.kills.push((i, Utc::now()));
+        self.kills.push((i, Utc::now(), uptime_ns()));
         *agent = roles::start_agent_named(via, self.slots, &work_dir, &name(i))?;
         tally.agent_kills += 1;
         Ok(())
@@ -613,6 +699,17 @@ impl Chaos {
         Ok(jobs)
     }
 
+    /// Agent ids by name.
+    async fn agent_ids(&self) -> anyhow::Result<HashMap<String, String>> {
+        let agents: Value = retry(|| self.api.get("/v1/agents")).await?;
+        Ok(agents["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((a["name"].as_str()?.to_string(), a["id"].as_str()?.to_string())))
+            .collect())
+    }
+
     /// The events of every job that had more than one attempt.
     async fn events_of(&self, jobs: &[Job]) -> anyhow::Result<HashMap<String, JobEvents>> {
         let mut out = HashMap::new();
@@ -625,23 +722,14 @@ impl Chaos {
 
     /// For each agent kill: from the kill until the server requeued the last attempt
     /// that agent held (they are lost when the restarted agent's first poll lists none).
+    /// Kills followed within 5 s by a server or database outage are left out: the
+    /// restarted agent then waits for the server, not for itself.
     async fn requeue_delays(
         &self,
         jobs: &[Job],
         events: &HashMap<String, JobEvents>,
     ) -> anyhow::Result<Vec<f64>> {
-        let agents: Value = self.api.get("/v1/agents").await?;
-        let id_of: HashMap<String, String> = agents["agents"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| {
-                Some((
-                    a["name"].as_str()?.to_string(),
-                    a["id"].as_str()?.to_string(),
-                ))
-            })
-            .collect();
+        let id_of = self.agent_ids().await?;
         // Requeues of attempts the restarted agent no longer ran, by agent id.
         let mut lost: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
         for job in jobs {
@@ -656,14 +744,17 @@ impl Chaos {
             }
         }
         let mut delays = Vec::new();
-        for (k, (i, at)) in self.kills.iter().enumerate() {
+        for (k, (i, at, _)) in self.kills.iter().enumerate() {
+            if self.outages.iter().any(|o| *o >= *at && (*o - *at).num_seconds() < 5) {
+                continue;
+            }
             let Some(agent_id) = id_of.get(&name(*i)) else {
                 continue;
             };
             let next_kill = self.kills[k + 1..]
                 .iter()
-                .find(|(j, _)| j == i)
-                .map(|(_, t)| *t);
+                .find(|(j, _, _)| j == i)
+                .map(|(_, t, _)| *t);
             let worst = lost
                 .get(agent_id)
                 .into_iter()
@@ -672,6 +763,9 @@ impl Chaos {
                 .map(|t| (*t - *at).num_milliseconds() as f64 / 1000.0)
                 .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
             if let Some(d) = worst {
+                if d > 2.0 {
+                    eprintln!("    agent {} killed at {}: its jobs were requeued {d:.2} s later", name(*i), at.format("%H:%M:%S%.3f"));
+                }
                 delays.push(d);
             }
         }
@@ -702,7 +796,7 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
         Row::new(&scenario, metric, unit, &[v], None, Target::None)
     };
     let worst_requeue = t.requeue_s.iter().cloned().fold(0.0, f64::max);
-    vec![
+    let mut rows = vec![
         info("jobs", "jobs", t.jobs as f64),
         info(
             "agent SIGKILLs (restarted on the same work dir)",
@@ -728,9 +822,19 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
         // At least once, never at the same time: work a cut-off agent finished but could
         // not report before its lease expired is run again.
         info(
-            "jobs whose work ran to its end twice, one after the other",
+            "jobs run again after a cut-off agent finished them unreported",
             "jobs",
-            t.completed_twice as f64,
+            t.rerun_after_cutoff as f64,
+        ),
+        info(
+            "jobs run again because their agent died as they ended",
+            "jobs",
+            t.rerun_after_death_at_end as f64,
+        ),
+        zero(
+            "jobs whose work ran to its end twice for any other reason",
+            "jobs",
+            t.rerun_otherwise as f64,
         ),
         zero(
             "jobs whose attempts ran at the same time",
@@ -772,7 +876,11 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
             None,
             Target::AtMost(2.0),
         ),
-    ]
+    ];
+    if t.docker {
+        rows.insert(16, zero("containers left after the run", "containers", t.containers_left as f64));
+    }
+    rows
 }
 
 /// A TCP proxy in front of the server for one agent; `cut` drops every connection and

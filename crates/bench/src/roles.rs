@@ -105,8 +105,12 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Child role: an agent until stdin closes.
+/// Child role: an agent until stdin closes; its warnings go to stderr.
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut config = drover_agent::AgentConfig::new(args.server, JOIN, args.work_dir);
     config.slots = args.slots;
     config.name = args.name;

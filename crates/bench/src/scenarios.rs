@@ -438,10 +438,10 @@ async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
     ])
 }
 
-const IMAGE: &str = "drover-test-busybox:latest";
+pub const IMAGE: &str = "drover-test-busybox:latest";
 
 /// Imports a busybox root filesystem as [`IMAGE`] when the engine lacks it (no registry here).
-fn ensure_image() -> anyhow::Result<()> {
+pub fn ensure_image() -> anyhow::Result<()> {
     if Command::new("docker")
         .args(["image", "inspect", IMAGE])
         .output()
