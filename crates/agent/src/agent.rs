@@ -106,7 +106,7 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
     prepare_work_dir(&config).await?;
     let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
     // Before any new work: nothing an earlier run of this agent started may still run.
-    let left = fence::stop_leftovers(&config.work_dir, &engine, config.keep_containers).await;
+    let left = fence::stop_leftovers(&config.work_dir, &engine).await;
     if left.stopped > 0 {
         tracing::warn!(
             jobs = left.stopped,
@@ -114,12 +114,14 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
         );
     }
     resume::remove_stale_spools(&config.work_dir, &left.ended).await;
-    let docker_version = probe_docker(&engine, &config).await;
+    let docker_version = probe_docker(&engine).await;
     let mut register = register_request(&config);
     register.resume = identity::load(&config.work_dir, &config.server).await;
-    if let Some(version) = docker_version {
+    if let Some(version) = &docker_version {
         register.labels.insert("docker".into(), "true".into());
-        register.labels.insert("docker_version".into(), version);
+        register
+            .labels
+            .insert("docker_version".into(), version.clone());
     }
     let mut backoff = RetryBackoff::default();
     let registered = loop {
@@ -159,6 +161,11 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
         config.keep_workspaces,
     )
     .await;
+    // Removing containers can take seconds; the earlier run's were killed already, so
+    // the reports above did not wait for it (their leases keep running meanwhile).
+    if docker_version.is_some() {
+        remove_orphans(&engine, &config).await;
+    }
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
     tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, resumed, "registered");
     let mut session = Session::new(config, client, register, registered, signals, engine);
@@ -190,17 +197,23 @@ async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The engine's version when it answers; then removes this agent's orphaned containers
-/// (at start the agent runs nothing, so every container labelled with its name is one).
-async fn probe_docker(engine: &Engine, config: &AgentConfig) -> Option<String> {
-    let version = match engine.version().await {
-        Ok(v) => v,
+/// The engine's version when it answers.
+async fn probe_docker(engine: &Engine) -> Option<String> {
+    match engine.version().await {
+        Ok(v) => {
+            tracing::info!(version = %v, socket = %engine.socket().display(), "Docker engine found");
+            Some(v)
+        }
         Err(e) => {
             tracing::info!(error = %e, "no Docker engine: docker jobs will not be offered to this agent");
-            return None;
+            None
         }
-    };
-    tracing::info!(version = %version, socket = %engine.socket().display(), "Docker engine found");
+    }
+}
+
+/// Removes this agent's orphaned containers (at start the agent runs nothing, so every
+/// container labelled with its name is one).
+async fn remove_orphans(engine: &Engine, config: &AgentConfig) {
     let cleanup = engine.remove_orphans(&config.name, config.keep_containers);
     match tokio::time::timeout(ORPHAN_CLEANUP_LIMIT, cleanup).await {
         Ok(Ok(0)) => {}
@@ -208,7 +221,6 @@ async fn probe_docker(engine: &Engine, config: &AgentConfig) -> Option<String> {
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
         Err(_) => tracing::warn!("the Docker engine is slow: orphaned containers may be left"),
     }
-    Some(version)
 }
 
 fn register_request(config: &AgentConfig) -> RegisterRequest {

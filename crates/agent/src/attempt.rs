@@ -384,8 +384,7 @@ async fn conclude(
             error: error.clone().map(|e| ctx.masker().mask(e)),
             result: None,
         };
-        let marked =
-            tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
+        let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
         if let Ok(Err(e)) = marked {
             tracing::warn!(error = %e, "cannot note the job's end in its record");
         }

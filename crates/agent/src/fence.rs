@@ -117,16 +117,14 @@ fn kill_group(rec: &Record) -> bool {
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
 }
 
-/// Stops what one record names: its process group, or its container (removed unless
-/// `keep_containers`).
+/// Stops what one record names: its process group, or its container (killed first, which
+/// is quick, then removed unless `keep_containers`).
 async fn stop(rec: &Record, engine: &Engine, keep_containers: bool) -> bool {
     let mut stopped = kill_group(rec);
     if let Some(name) = &rec.container {
-        if keep_containers {
-            stopped |= engine.kill_container(name).await;
-        } else {
+        stopped |= engine.kill_container(name).await;
+        if !keep_containers {
             engine.remove_container(name).await;
-            stopped = true;
         }
     }
     stopped
@@ -151,7 +149,9 @@ pub struct Leftovers {
 
 /// At agent start: stops every job an earlier run of this agent left running and forgets
 /// its record; jobs that had ended are returned for [`crate::resume`] to report.
-pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_containers: bool) -> Leftovers {
+/// Containers are only killed, which is quick: removing them is left to the agent's
+/// clean-up of orphaned containers.
+pub async fn stop_leftovers(work_dir: &Path, engine: &Engine) -> Leftovers {
     let dir = work_dir.to_path_buf();
     let records = tokio::task::spawn_blocking(move || read_records(&dir))
         .await
@@ -159,7 +159,7 @@ pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_containers: b
     let mut left = Leftovers::default();
     for (path, rec) in records {
         // A job that ended may still have left a process in its group.
-        let stopped = stop(&rec, engine, keep_containers).await;
+        let stopped = stop(&rec, engine, true).await;
         if rec.ended.is_some() {
             left.ended.push((path, rec));
             continue;
@@ -305,7 +305,8 @@ async fn watch_agent(args: WatchdogArgs) {
 }
 
 /// Stops every recorded job whose own and agent-wide deadlines are before `now` (all of
-/// them when `now` is `u64::MAX`), once each.
+/// them when `now` is `u64::MAX`), once each: process groups first (a signal each), then
+/// containers (an engine call each, all at once).
 async fn stop_due(
     args: &WatchdogArgs,
     engine: &Engine,
@@ -313,22 +314,32 @@ async fn stop_due(
     stopped: &mut HashSet<PathBuf>,
     why: &str,
 ) {
-    let dir = args.work_dir.clone();
-    let records = tokio::task::spawn_blocking(move || read_records(&dir))
-        .await
-        .unwrap_or_default();
-    for (path, rec) in records {
-        if rec.deadline_ms >= now || stopped.contains(&path) {
-            continue;
-        }
-        if stop(&rec, engine, args.keep_containers).await {
+    // This process has nothing else to do: reading the records in place is quickest.
+    let due: Vec<(PathBuf, Record)> = read_records(&args.work_dir)
+        .into_iter()
+        .filter(|(path, rec)| rec.deadline_ms < now && !stopped.contains(path))
+        .collect();
+    for (_, rec) in due.iter().filter(|(_, r)| r.container.is_none()) {
+        if kill_group(rec) {
             eprintln!(
                 "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
                 rec.job_id, rec.attempt
             );
         }
-        stopped.insert(path);
     }
+    let containers = due
+        .iter()
+        .filter(|(_, r)| r.container.is_some())
+        .map(|(_, rec)| async move {
+            if stop(rec, engine, args.keep_containers).await {
+                eprintln!(
+                    "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
+                    rec.job_id, rec.attempt
+                );
+            }
+        });
+    futures::future::join_all(containers).await;
+    stopped.extend(due.into_iter().map(|(path, _)| path));
 }
 
 #[cfg(test)]

@@ -92,14 +92,18 @@ struct Tally {
     jobs: usize,
     lost: usize,
     finished_twice: usize,
-    /// Jobs whose work ran to its end twice, the first time on an agent that was cut
-    /// off and whose lease expired before its report could arrive.
+    /// Jobs whose work ran to its end twice, the first time on an agent whose lease
+    /// expired before its report could arrive (cut off, or restarting for too long).
     rerun_after_cutoff: usize,
     /// The same because its agent died within a second of the job's end, before it
-    /// had written down how the job ended.
+    /// had written down how the job ended (or the job finished while its watchdog was
+    /// getting to it).
     rerun_after_death_at_end: usize,
     /// The same for any other reason: must not happen.
     rerun_otherwise: usize,
+    /// Longest a job in its last moments ran on after its agent was killed (until the
+    /// watchdog stopped it, or it ended first).
+    ran_on_s: f64,
     overlapping: usize,
     overlap_s: f64,
     stored_missing: usize,
@@ -164,7 +168,9 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
     if !docker {
         eprintln!("    no Docker engine: shell jobs only");
     }
-    let specs: Vec<Value> = (0..plan.jobs).map(|i| job_spec(i, &ledger, docker)).collect();
+    let specs: Vec<Value> = (0..plan.jobs)
+        .map(|i| job_spec(i, &ledger, docker))
+        .collect();
     let ids = sys.api.submit_all(&specs, 500).await?;
     let followers: Vec<_> = ids
         .iter()
@@ -201,6 +207,7 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
             let _ = at;
             partition = None;
             eprintln!("    partition agent 0 for {cut:?}");
+            sys.outages.push(Utc::now());
             sys.proxy.cut(true);
             let until = Instant::now() + cut;
             // Agents keep being killed meanwhile; the cut one is left alone.
@@ -306,30 +313,70 @@ async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
             e.events.iter().any(|e| {
                 e.kind == "lost"
                     && e.attempt == Some(attempt)
-                    && e.reason.as_deref().is_some_and(|r| r.contains("lease expired"))
+                    && e.reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("lease expired"))
             })
         });
-        // The agent that ran it, killed less than a second after the job's end.
+        // The agent that ran it, killed less than a second before or after the job's end
+        // (a job in its last moments can finish before the watchdog, woken by its
+        // agent's death, gets to kill it).
         let agent = jobs
             .iter()
             .find(|j| j.id == id)
             .and_then(|j| j.attempts.iter().find(|a| a.number == attempt))
             .and_then(|a| index_of.get(&a.agent_id));
-        let died_at_end = sys.kills.iter().any(|(i, _, at)| {
-            Some(i) == agent && *at >= end && *at - end < 1_000_000_000
-        });
+        let died_at_end = sys
+            .kills
+            .iter()
+            .any(|(i, _, at)| Some(i) == agent && at.abs_diff(end) < 1_000_000_000);
+        // How long the job ran on after its agent died, if it did.
+        if let Some(late) = sys
+            .kills
+            .iter()
+            .filter(|(i, _, at)| Some(i) == agent && *at <= end)
+            .map(|(_, _, at)| end - at)
+            .min()
+            .filter(|late| *late < 1_000_000_000)
+        {
+            tally.ran_on_s = tally.ran_on_s.max(late as f64 / 1e9);
+        }
         if cut_off {
             tally.rerun_after_cutoff += 1;
         } else if died_at_end {
             tally.rerun_after_death_at_end += 1;
         } else {
-            eprintln!("    job {id}: attempt {attempt} ran to its end and the job ran again: {:#?}", events.get(&id));
+            let timeline: Vec<String> = events
+                .get(&id)
+                .into_iter()
+                .flat_map(|e| &e.events)
+                .map(|e| {
+                    format!(
+                        "{} {} {:?} {}",
+                        e.at.format("%H:%M:%S%.3f"),
+                        e.kind,
+                        e.attempt,
+                        e.reason.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            let kills: Vec<i128> = sys
+                .kills
+                .iter()
+                .filter(|(i, _, _)| Some(i) == agent)
+                .map(|(_, _, at)| (*at as i128 - end as i128) / 1_000_000)
+                .collect();
+            eprintln!("    job {id}: attempt {attempt} (agent {agent:?}) ran to its end and the job ran again; its agent's kills relative to the end (ms): {kills:?}; {timeline:?}");
             tally.rerun_otherwise += 1;
         }
     }
     sys.stop_all().await;
     tally.processes_left = processes_mentioning(&root);
-    tally.containers_left = if docker { containers_left(plan.agents) } else { 0 };
+    tally.containers_left = if docker {
+        containers_left(plan.agents)
+    } else {
+        0
+    };
     tally.docker = docker;
     drop(pg);
     Ok(rows(backend, &tally))
@@ -366,7 +413,12 @@ fn containers_left(agents: usize) -> usize {
     (0..agents)
         .filter_map(|i| {
             std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter", &format!("label=drover.agent={}", name(i))])
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=drover.agent={}", name(i)),
+                ])
                 .output()
                 .ok()
         })
@@ -612,7 +664,7 @@ struct Chaos {
     proxy: Proxy,
     /// (agent index, when it was killed, on the wall clock and on the ledger's clock).
     kills: Vec<(usize, DateTime<Utc>, u128)>,
-    /// When the server or the database went down.
+    /// When the server or the database went down, or the partition began.
     outages: Vec<DateTime<Utc>>,
 }
 
@@ -706,7 +758,12 @@ impl Chaos {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|a| Some((a["name"].as_str()?.to_string(), a["id"].as_str()?.to_string())))
+            .filter_map(|a| {
+                Some((
+                    a["name"].as_str()?.to_string(),
+                    a["id"].as_str()?.to_string(),
+                ))
+            })
             .collect())
     }
 
@@ -722,8 +779,8 @@ impl Chaos {
 
     /// For each agent kill: from the kill until the server requeued the last attempt
     /// that agent held (they are lost when the restarted agent's first poll lists none).
-    /// Kills followed within 5 s by a server or database outage are left out: the
-    /// restarted agent then waits for the server, not for itself.
+    /// Kills followed within 5 s by a server or database outage or the partition are
+    /// left out: the restarted agent then waits for the server, not for itself.
     async fn requeue_delays(
         &self,
         jobs: &[Job],
@@ -745,7 +802,11 @@ impl Chaos {
         }
         let mut delays = Vec::new();
         for (k, (i, at, _)) in self.kills.iter().enumerate() {
-            if self.outages.iter().any(|o| *o >= *at && (*o - *at).num_seconds() < 5) {
+            if self
+                .outages
+                .iter()
+                .any(|o| *o >= *at && (*o - *at).num_seconds() < 5)
+            {
                 continue;
             }
             let Some(agent_id) = id_of.get(&name(*i)) else {
@@ -764,7 +825,11 @@ impl Chaos {
                 .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
             if let Some(d) = worst {
                 if d > 2.0 {
-                    eprintln!("    agent {} killed at {}: its jobs were requeued {d:.2} s later", name(*i), at.format("%H:%M:%S%.3f"));
+                    eprintln!(
+                        "    agent {} killed at {}: its jobs were requeued {d:.2} s later",
+                        name(*i),
+                        at.format("%H:%M:%S%.3f")
+                    );
                 }
                 delays.push(d);
             }
@@ -822,14 +887,19 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
         // At least once, never at the same time: work a cut-off agent finished but could
         // not report before its lease expired is run again.
         info(
-            "jobs run again after a cut-off agent finished them unreported",
+            "jobs run again: their agent finished them but could not report before the lease expired",
             "jobs",
             t.rerun_after_cutoff as f64,
         ),
         info(
-            "jobs run again because their agent died as they ended",
+            "jobs run again because their agent died within a second of their end",
             "jobs",
             t.rerun_after_death_at_end as f64,
+        ),
+        info(
+            "longest a job ran on after its agent was killed",
+            "s",
+            t.ran_on_s,
         ),
         zero(
             "jobs whose work ran to its end twice for any other reason",
@@ -878,7 +948,14 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
         ),
     ];
     if t.docker {
-        rows.insert(16, zero("containers left after the run", "containers", t.containers_left as f64));
+        rows.insert(
+            17,
+            zero(
+                "containers left after the run",
+                "containers",
+                t.containers_left as f64,
+            ),
+        );
     }
     rows
 }

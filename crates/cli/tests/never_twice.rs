@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "../../agent/tests/common/docker.rs"]
+#[allow(dead_code)]
 mod docker;
 
 use std::path::{Path, PathBuf};
