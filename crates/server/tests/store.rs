@@ -321,6 +321,16 @@ async fn expired_lease_is_retried_then_fails_when_attempts_are_used_up(fx: Fx) {
     let job = fx.store.job(&id).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.attempts[0].state, drover_core::api::AttemptState::Lost);
+    // Never leased again before the TTL plus a margin after the last renewal: its agent
+    // may still be stopping it.
+    let expired = now + chrono::Duration::from_std(TTL).unwrap();
+    let margin = chrono::Duration::from_std(drover_server::store::REQUEUE_MARGIN).unwrap();
+    assert_eq!(
+        job.run_at.timestamp_millis(),
+        (expired + margin).timestamp_millis()
+    );
+    let too_soon = expired + margin - chrono::Duration::milliseconds(10);
+    assert!(fx.store.claim(&a, too_soon, TTL).await.unwrap().is_empty());
     let l = fx.store.claim(&a, later, TTL).await.unwrap().remove(0);
     assert_eq!(l.attempt, 2);
     fx.store.start(&a.id, &id, 2, later).await.unwrap();

@@ -27,7 +27,7 @@ use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
-pub use leases::{AttemptWrite, PollOutcome};
+pub use leases::{AttemptWrite, PollOutcome, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
 pub use seal::Sealer;
 pub use tokens::{NewToken, TokenInfo};
