@@ -106,7 +106,7 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
     prepare_work_dir(&config).await?;
     let engine = Arc::new(Engine::new(config.docker_socket.as_deref()));
     // Before any new work: nothing an earlier run of this agent started may still run.
-    let left = fence::stop_leftovers(&config.work_dir, &engine).await;
+    let left = fence::stop_leftovers(&config.work_dir, &engine, config.keep_workspaces).await;
     if left.stopped > 0 {
         tracing::warn!(
             jobs = left.stopped,

@@ -151,7 +151,7 @@ pub struct Leftovers {
 /// its record; jobs that had ended are returned for [`crate::resume`] to report.
 /// Containers are only killed, which is quick: removing them is left to the agent's
 /// clean-up of orphaned containers.
-pub async fn stop_leftovers(work_dir: &Path, engine: &Engine) -> Leftovers {
+pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_workspaces: bool) -> Leftovers {
     let dir = work_dir.to_path_buf();
     let records = tokio::task::spawn_blocking(move || read_records(&dir))
         .await
@@ -168,6 +168,12 @@ pub async fn stop_leftovers(work_dir: &Path, engine: &Engine) -> Leftovers {
             tracing::warn!(job_id = %rec.job_id, attempt = rec.attempt, pgid = ?rec.pgid, container = ?rec.container,
                 "stopped a job left running by an earlier run of this agent");
             left.stopped += 1;
+        }
+        if !keep_workspaces {
+            if let Some(stem) = path.file_stem() {
+                let workspace = work_dir.join("workspaces").join(stem);
+                let _ = tokio::fs::remove_dir_all(workspace).await;
+            }
         }
         let _ = tokio::fs::remove_file(path).await;
     }

@@ -2,11 +2,60 @@
 //! commands against it, including each documented error and exit code.
 
 mod common;
+#[path = "../../agent/tests/common/docker.rs"]
+#[allow(dead_code)]
+mod docker;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{free_port, json, stderr, stdout, Up, BIN};
+
+/// What the shared Docker helpers wait at most.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Regression: with `--image`, one word after `--` was taken as a program name
+/// (`exec: "echo hi; exit 5": no such file`); it runs in the image's shell now.
+#[test]
+fn a_container_command_line_runs_in_the_images_shell() {
+    if !docker::docker_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
+    let out = up.drover(&[
+        "submit",
+        "--follow",
+        "--image",
+        docker::IMAGE,
+        "--pull",
+        "never",
+        "--",
+        "echo hi from $0; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hi from /bin/sh"), "{}", stdout(&out));
+    let out = up.drover(&[
+        "submit",
+        "--wait",
+        "--image",
+        docker::IMAGE,
+        "--memory",
+        "64MiB",
+        "--",
+        "echo",
+        "a;",
+        "exit",
+        "3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "several words are argv: {}",
+        stderr(&out)
+    );
+    up.stop();
+}
 
 #[test]
 fn up_submit_logs_cancel_and_resume() {

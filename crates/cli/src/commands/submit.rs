@@ -13,7 +13,7 @@ use drover_core::{Exec, JobState, Priority, SubmitRequest};
 
 use crate::client::Client;
 use crate::commands::logs::{follow_job, Follow};
-use crate::config::{parse_duration, ClientConfig, OutputFormat};
+use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
 use crate::output;
 
@@ -85,11 +85,46 @@ pub struct SubmitArgs {
     #[arg(long, requires = "interpreter", conflicts_with = "image")]
     script: Option<PathBuf>,
     /// Interpreter for --script, e.g. python3, bash.
-    #[arg(long)]
+    #[arg(long, requires = "script")]
     interpreter: Option<String>,
-    /// Run in a Docker container of this image; the words are its command.
+    /// Run in a Docker container of this image: one word after `--` runs in the image's
+    /// shell (`sh -c`), several are the command's argv.
     #[arg(long)]
     image: Option<String>,
+    /// With --image: mount HOST:CONTAINER[:ro] (repeatable).
+    #[arg(
+        long = "volume",
+        value_name = "HOST:CONTAINER[:ro]",
+        requires = "image"
+    )]
+    volumes: Vec<String>,
+    /// With --image: GPUs to request, a count or `all` (falls back to CPU unless --gpus-required).
+    #[arg(long, value_name = "N|all", value_parser = parse_gpus, requires = "image")]
+    gpus: Option<serde_json::Value>,
+    /// With --gpus: fail instead of running without GPUs.
+    #[arg(long, requires = "gpus")]
+    gpus_required: bool,
+    /// With --image: the program to run instead of the image's entrypoint.
+    #[arg(long, requires = "image")]
+    entrypoint: Option<String>,
+    /// With --image: CPU limit, e.g. 1.5.
+    #[arg(long, requires = "image")]
+    cpus: Option<f64>,
+    /// With --image: memory limit, e.g. 512MiB or 2G.
+    #[arg(long, value_parser = parse_size, requires = "image")]
+    memory: Option<u64>,
+    /// With --image: when to pull the image.
+    #[arg(long, value_parser = ["if-not-present", "always", "never"], requires = "image")]
+    pull: Option<String>,
+    /// With --image: working directory inside the container.
+    #[arg(long, requires = "image")]
+    workdir: Option<String>,
+    /// With --image: user (name or uid[:gid]) to run as.
+    #[arg(long, requires = "image")]
+    user: Option<String>,
+    /// With --image: Docker network to attach to.
+    #[arg(long, requires = "image")]
+    network: Option<String>,
     /// Wait for the job to end, showing its state; exit with its exit code.
     #[arg(long)]
     wait: bool,
@@ -111,12 +146,28 @@ impl SubmitArgs {
             return Ok(Exec::Script { interpreter, body });
         }
         if let Some(image) = &self.image {
-            let command =
-                (!self.command.is_empty()).then(|| DockerCommand::Argv(self.command.clone()));
+            // One word is a command line for the image's shell, as without --image.
+            let command = match self.command.as_slice() {
+                [] => None,
+                [line] => Some(DockerCommand::Line(line.clone())),
+                argv => Some(DockerCommand::Argv(argv.to_vec())),
+            };
             // Built through serde so fields added to the spec keep their defaults.
-            let spec: DockerSpec =
-                serde_json::from_value(serde_json::json!({ "image": image, "command": command }))
-                    .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
+            let spec: DockerSpec = serde_json::from_value(serde_json::json!({
+                "image": image,
+                "command": command,
+                "volumes": self.volumes,
+                "gpus": self.gpus,
+                "gpus_required": self.gpus_required,
+                "entrypoint": self.entrypoint.as_ref().map(|e| vec![e.clone()]),
+                "cpus": self.cpus,
+                "memory": self.memory,
+                "pull": self.pull,
+                "workdir": self.workdir,
+                "user": self.user,
+                "network": self.network,
+            }))
+            .map_err(|e| CliError::Other(format!("cannot build the docker spec: {e}")))?;
             return Ok(Exec::Docker(Box::new(spec)));
         }
         if self.command.is_empty() {
@@ -345,6 +396,83 @@ mod tests {
         assert_eq!(err.exit_code(), 2, "nothing to run: {err}");
     }
 
+    /// Regression: `--image busybox -- 'echo hi; exit 5'` ran the line as a program name.
+    #[test]
+    fn containers_take_a_shell_line_or_argv_and_the_docker_flags() {
+        let docker = |argv: &[&str]| match request(argv).unwrap().exec {
+            Exec::Docker(spec) => *spec,
+            other => panic!("not a docker job: {other:?}"),
+        };
+        let line = docker(&["--image", "busybox", "--", "echo hi; exit 5"]);
+        assert_eq!(
+            line.command,
+            Some(DockerCommand::Line("echo hi; exit 5".into()))
+        );
+        let argv = docker(&["--image", "busybox", "--", "echo", "hi"]);
+        assert_eq!(
+            argv.command,
+            Some(DockerCommand::Argv(vec!["echo".into(), "hi".into()]))
+        );
+        let full = docker(&[
+            "--image",
+            "trainer:1",
+            "--volume",
+            "/srv/data:/data:ro",
+            "--volume",
+            "/tmp:/scratch",
+            "--gpus",
+            "all",
+            "--gpus-required",
+            "--entrypoint",
+            "/bin/train",
+            "--cpus",
+            "1.5",
+            "--memory",
+            "512MiB",
+            "--pull",
+            "never",
+            "--workdir",
+            "/work",
+            "--user",
+            "1000:1000",
+            "--network",
+            "none",
+        ]);
+        assert_eq!(full.volumes, ["/srv/data:/data:ro", "/tmp:/scratch"]);
+        assert_eq!(full.gpus, Some(serde_json::json!("all")));
+        assert!(full.gpus_required);
+        assert_eq!(full.entrypoint, Some(vec!["/bin/train".to_string()]));
+        assert_eq!((full.cpus, full.memory), (Some(1.5), Some(512 << 20)));
+        assert_eq!(full.pull.as_deref(), Some("never"));
+        assert_eq!(full.workdir.as_deref(), Some("/work"));
+        assert_eq!(full.user.as_deref(), Some("1000:1000"));
+        assert_eq!(full.network.as_deref(), Some("none"));
+        assert_eq!(
+            docker(&["--image", "x", "--gpus", "2"]).gpus,
+            Some(serde_json::json!(2))
+        );
+        // Flags that mean nothing without their partner are usage errors.
+        let parse = |argv: &[&str]| {
+            Submit::try_parse_from(std::iter::once("submit").chain(argv.iter().copied())).is_err()
+        };
+        assert!(
+            parse(&["--volume", "/a:/b", "--", "true"]),
+            "--volume needs --image"
+        );
+        assert!(
+            parse(&["--image", "x", "--gpus-required"]),
+            "--gpus-required needs --gpus"
+        );
+        assert!(
+            parse(&["--interpreter", "python3", "--", "true"]),
+            "--interpreter needs --script"
+        );
+        assert!(
+            parse(&["--image", "x", "--gpus", "some"]),
+            "a GPU count or all"
+        );
+    }
+
     #[test]
     fn exit_codes_follow_the_job() {
         use crate::output::sample_job;
@@ -357,5 +485,16 @@ mod tests {
         assert_eq!(job_exit_code(&failed), 7);
         failed.exit_code = Some(-9);
         assert_eq!(job_exit_code(&failed), 1, "killed by a signal");
+    }
+}
+
+/// `--gpus`: a count or `all`.
+fn parse_gpus(s: &str) -> std::result::Result<serde_json::Value, String> {
+    match s {
+        "all" => Ok(serde_json::json!("all")),
+        n => n
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("{s:?} is not a GPU count; use a number or `all`")),
     }
 }

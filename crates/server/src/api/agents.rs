@@ -302,7 +302,7 @@ pub async fn progress(
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/finish", tag = "agents", request_body = FinishRequest,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
-    responses((status = 200, body = Job), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
+    responses((status = 200, description = "Stored; the same report sent again is answered the same way", body = Job), (status = 409, description = "`stale_attempt`: the attempt is not current, kill it; `already_finished`: it ended with a different report", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn finish(
     State(state): State<AppState>,
