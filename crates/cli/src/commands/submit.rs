@@ -17,6 +17,17 @@ use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
 use crate::output;
 
+/// `--gpus`: a count or `all`.
+fn parse_gpus(s: &str) -> std::result::Result<serde_json::Value, String> {
+    match s {
+        "all" => Ok(serde_json::json!("all")),
+        n => n
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .map_err(|_| format!("{s:?} is not a GPU count; use a number or `all`")),
+    }
+}
+
 /// Parses `low`, `normal`, `high`, `critical` or an integer.
 fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
     s.parse()
@@ -485,16 +496,5 @@ mod tests {
         assert_eq!(job_exit_code(&failed), 7);
         failed.exit_code = Some(-9);
         assert_eq!(job_exit_code(&failed), 1, "killed by a signal");
-    }
-}
-
-/// `--gpus`: a count or `all`.
-fn parse_gpus(s: &str) -> std::result::Result<serde_json::Value, String> {
-    match s {
-        "all" => Ok(serde_json::json!("all")),
-        n => n
-            .parse::<u64>()
-            .map(serde_json::Value::from)
-            .map_err(|_| format!("{s:?} is not a GPU count; use a number or `all`")),
     }
 }
