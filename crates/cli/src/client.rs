@@ -8,6 +8,19 @@ use serde::Serialize;
 use crate::config::ClientConfig;
 use crate::error::{CliError, Result};
 
+/// The API path of a job, `/v1/jobs/ID`, with the id percent-encoded: an id such as
+/// `../x` names a job, never another route.
+pub fn job_path(id: &str) -> String {
+    let mut out = String::from("/v1/jobs/");
+    for b in id.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A client bound to one server and token.
 #[derive(Clone)]
 pub struct Client {
@@ -158,5 +171,17 @@ impl Client {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => CliError::Invalid(full),
             _ => CliError::Other(format!("server error: {message}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_percent_encoded_in_paths() {
+        assert_eq!(job_path("01a2-b_c"), "/v1/jobs/01a2-b_c");
+        assert_eq!(job_path("../x"), "/v1/jobs/%2E%2E%2Fx");
+        assert_eq!(job_path("a b?c#d"), "/v1/jobs/a%20b%3Fc%23d");
     }
 }

@@ -311,6 +311,14 @@ fn errors_are_one_clear_line_with_a_distinct_exit_code() {
     let out = up.drover(&["status", "no-such-job"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("no job with id"), "{}", stderr(&out));
+    // Regression: ids went into URLs unencoded, so `../x` named another route.
+    let out = up.drover(&["status", "../x"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"no job with id "../x""#),
+        "{}",
+        stderr(&out)
+    );
     let out = up.drover(&["--token", "wrong", "ls"]);
     assert_eq!(out.status.code(), Some(4));
     assert!(

@@ -4,7 +4,7 @@ use crate::output::outln;
 use drover_core::api::{Job, JobEvents, JobPage, ListJobsQuery};
 use drover_core::JobState;
 
-use crate::client::Client;
+use crate::client::{job_path, Client};
 use crate::config::{ClientConfig, OutputFormat};
 use crate::error::Result;
 use crate::output;
@@ -12,7 +12,7 @@ use crate::output;
 /// `drover status`: one job, as fields or JSON.
 pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let job: Job = client.get(&format!("/v1/jobs/{id}")).await?;
+    let job: Job = client.get(&job_path(id)).await?;
     if cfg.output == OutputFormat::Json {
         output::json(&job);
         return Ok(0);
@@ -160,7 +160,7 @@ fn truncate(s: &str, n: usize) -> String {
 pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let job: Job = client
-        .post(&format!("/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+        .post(&format!("{}/cancel", job_path(id)), &serde_json::json!({}))
         .await?;
     match cfg.output {
         OutputFormat::Json => output::json(&job),
@@ -176,7 +176,7 @@ pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
 pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
     let job: Job = client
-        .post(&format!("/v1/jobs/{id}/retry"), &serde_json::json!({}))
+        .post(&format!("{}/retry", job_path(id)), &serde_json::json!({}))
         .await?;
     match cfg.output {
         OutputFormat::Json => output::json(&job),
@@ -188,7 +188,7 @@ pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
 /// `drover events`: the job's timeline.
 pub async fn events(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let ev: JobEvents = client.get(&format!("/v1/jobs/{id}/events")).await?;
+    let ev: JobEvents = client.get(&format!("{}/events", job_path(id))).await?;
     if cfg.output == OutputFormat::Json {
         output::json(&ev);
         return Ok(0);

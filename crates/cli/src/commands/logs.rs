@@ -14,7 +14,7 @@ use drover_core::api::{Job, LogPage, LogRecord, Stream};
 use futures::StreamExt;
 use reqwest::Method;
 
-use crate::client::Client;
+use crate::client::{job_path, Client};
 use crate::config::{ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
 
@@ -76,7 +76,7 @@ pub async fn logs(cfg: &ClientConfig, args: LogsArgs) -> Result<i32> {
     let mut after = 0;
     let mut attempt = args.attempt;
     loop {
-        let mut path = format!("/v1/jobs/{}/logs?after={after}&limit=5000", args.job);
+        let mut path = format!("{}/logs?after={after}&limit=5000", job_path(&args.job));
         if let Some(a) = attempt {
             path += &format!("&attempt={a}");
         }
@@ -102,7 +102,7 @@ pub async fn follow_job(client: &Client, follow: &Follow<'_>) -> Result<()> {
     let mut attempt = follow.attempt;
     if attempt.is_none() {
         // Pin the current attempt, so a resumed stream cannot slip into a retry.
-        let job: Job = client.get(&format!("/v1/jobs/{}", follow.job)).await?;
+        let job: Job = client.get(&job_path(&follow.job)).await?;
         attempt = (job.current_attempt > 0).then_some(job.current_attempt);
     }
     loop {
@@ -112,7 +112,7 @@ pub async fn follow_job(client: &Client, follow: &Follow<'_>) -> Result<()> {
         }
         // The attempt ended; the job may be retried with another one.
         let next = loop {
-            let job: Job = client.get(&format!("/v1/jobs/{}", follow.job)).await?;
+            let job: Job = client.get(&job_path(&follow.job)).await?;
             if job.current_attempt > done {
                 break Some(job.current_attempt);
             }
@@ -140,7 +140,7 @@ async fn follow_attempt(client: &Client, follow: &Follow<'_>, attempt: Option<u3
     let mut after = 0u64;
     let mut failures = 0;
     loop {
-        let mut path = format!("/v1/jobs/{}/logs/stream?after={after}", follow.job);
+        let mut path = format!("{}/logs/stream?after={after}", job_path(&follow.job));
         if let Some(a) = attempt {
             path += &format!("&attempt={a}");
         }

@@ -11,7 +11,7 @@ use drover_core::backoff::Backoff;
 use drover_core::spec::{DockerCommand, DockerSpec};
 use drover_core::{Exec, JobState, Priority, SubmitRequest};
 
-use crate::client::Client;
+use crate::client::{job_path, Client};
 use crate::commands::logs::{follow_job, Follow};
 use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
@@ -57,7 +57,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     queue: Option<String>,
     /// low, normal, high, critical or an integer; higher runs first.
-    #[arg(long, value_parser = parse_priority)]
+    #[arg(long, value_parser = parse_priority, allow_hyphen_values = true)]
     priority: Option<Priority>,
     /// Kill the job after this long, e.g. 30s, 10m.
     #[arg(long, value_parser = parse_duration)]
@@ -304,7 +304,7 @@ fn report_end(cfg: &ClientConfig, job: &Job) -> i32 {
 async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
     let mut failures = 0;
     loop {
-        let job: Job = match client.get(&format!("/v1/jobs/{id}")).await {
+        let job: Job = match client.get(&job_path(id)).await {
             Ok(job) => {
                 failures = 0;
                 job
@@ -405,6 +405,13 @@ mod tests {
         assert!(matches!(req.exec, Exec::Docker(_)));
         let err = request(&[]).unwrap_err();
         assert_eq!(err.exit_code(), 2, "nothing to run: {err}");
+    }
+
+    /// Regression: `--priority -3` was taken for an unknown flag `-3`.
+    #[test]
+    fn negative_priorities_are_numbers() {
+        let req = request(&["--priority", "-3", "--", "true"]).unwrap();
+        assert_eq!(req.priority, Some(Priority(-3)));
     }
 
     /// Regression: `--image busybox -- 'echo hi; exit 5'` ran the line as a program name.
