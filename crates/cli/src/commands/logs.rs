@@ -102,7 +102,7 @@ pub async fn follow_job(client: &Client, follow: &Follow<'_>) -> Result<()> {
     let mut attempt = follow.attempt;
     if attempt.is_none() {
         // Pin the current attempt, so a resumed stream cannot slip into a retry.
-        let job: Job = client.get(&job_path(&follow.job)).await?;
+        let job: Job = client.get(&job_path(follow.job)).await?;
         attempt = (job.current_attempt > 0).then_some(job.current_attempt);
     }
     loop {
@@ -112,7 +112,7 @@ pub async fn follow_job(client: &Client, follow: &Follow<'_>) -> Result<()> {
         }
         // The attempt ended; the job may be retried with another one.
         let next = loop {
-            let job: Job = client.get(&job_path(&follow.job)).await?;
+            let job: Job = client.get(&job_path(follow.job)).await?;
             if job.current_attempt > done {
                 break Some(job.current_attempt);
             }
@@ -140,7 +140,7 @@ async fn follow_attempt(client: &Client, follow: &Follow<'_>, attempt: Option<u3
     let mut after = 0u64;
     let mut failures = 0;
     loop {
-        let mut path = format!("{}/logs/stream?after={after}", job_path(&follow.job));
+        let mut path = format!("{}/logs/stream?after={after}", job_path(follow.job));
         if let Some(a) = attempt {
             path += &format!("&attempt={a}");
         }
