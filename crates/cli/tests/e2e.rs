@@ -188,6 +188,9 @@ fn up_submit_logs_cancel_and_resume() {
         json(&up.drover(&["status", "-o", "json", &sleeper]))["state"],
         "canceled"
     );
+    // Regression: a job that had been canceled still said "(cancel requested)".
+    let status = stdout(&up.drover(&["status", &sleeper]));
+    assert!(!status.contains("cancel requested"), "{status}");
 
     let printed = up.stop();
     assert!(

@@ -26,7 +26,7 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     outln!(
         "state:     {}{}",
         output::state(job.state, color),
-        if job.cancel_requested {
+        if job.cancel_requested && !job.state.is_terminal() {
             " (cancel requested)"
         } else {
             ""
