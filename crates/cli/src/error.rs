@@ -45,6 +45,27 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// A stable name of the kind of failure, for `-o json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CliError::Other(_) => "error",
+            CliError::Usage(_) => "usage",
+            CliError::NotFound(_) => "not_found",
+            CliError::Connect(_) => "cannot_connect",
+            CliError::Auth(_) => "unauthorized",
+            CliError::Conflict(_) => "conflict",
+            CliError::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The failure as one line of JSON: `{"error": {"code", "message", "exit_code"}}`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"error": {"code": self.code(), "message": self.to_string(), "exit_code": self.exit_code()}})
+            .to_string()
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError::Other(e.to_string())

@@ -18,7 +18,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 use crate::commands::{admin, jobs, logs, submit};
-use crate::config::{AgentSetup, Env, ServerSetup, UpSetup};
+use crate::config::{AgentSetup, Env, OutputFormat, ServerSetup, UpSetup};
 use crate::error::CliError;
 
 fn main() -> ExitCode {
@@ -52,10 +52,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.client.output == OutputFormat::Json;
     match runtime.block_on(dispatch(cli, Env::capture())) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("error: {e}");
+            if json {
+                eprintln!("{}", e.to_json());
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -314,6 +314,12 @@ fn errors_are_one_clear_line_with_a_distinct_exit_code() {
     let out = up.drover(&["status", "no-such-job"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("no job with id"), "{}", stderr(&out));
+    // With -o json, errors are JSON too.
+    let out = up.drover(&["-o", "json", "status", "no-such-job"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("a JSON error");
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+    assert_eq!(err["error"]["exit_code"], 3, "{err}");
     // Regression: ids went into URLs unencoded, so `../x` named another route.
     let out = up.drover(&["status", "../x"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
