@@ -107,9 +107,18 @@ impl Client {
 
     /// POST a JSON body to `path` and decode the answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let resp = self
-            .send(self.request(Method::POST, path).json(body))
-            .await?;
+        let body = serde_json::to_vec(body)
+            .map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))?;
+        let size = body.len();
+        let req = self
+            .request(Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let resp = match req.send().await {
+            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) => return Err(self.http_error(resp).await),
+            Err(e) => return Err(self.upload_error(e, size)),
+        };
         resp.json()
             .await
             .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
@@ -125,6 +134,21 @@ impl Client {
             .await
             .map(Some)
             .map_err(|e| CliError::Other(format!("unexpected answer from {path}: {e}")))
+    }
+
+    /// A failed request with a body of `size` bytes: a server that hangs up while a large
+    /// body is still being sent has, almost always, refused it for its size (it answers
+    /// 413 and closes the connection before reading the rest).
+    fn upload_error(&self, e: reqwest::Error, size: usize) -> CliError {
+        const LARGE: usize = 1 << 20;
+        let hung_up = !e.is_connect() && !e.is_timeout();
+        if size > LARGE && hung_up {
+            return CliError::Invalid(format!(
+                "the server closed the connection while receiving this {:.1} MiB request: it is most likely over the server's body limit (8 MiB unless its operator changed it); send less per request",
+                size as f64 / (1024.0 * 1024.0)
+            ));
+        }
+        self.connect_error(e)
     }
 
     /// The one-line message for a server that cannot be reached.

@@ -314,6 +314,14 @@ fn errors_are_one_clear_line_with_a_distinct_exit_code() {
     let out = up.drover(&["status", "no-such-job"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("no job with id"), "{}", stderr(&out));
+    // Regression: a body over the server's limit sometimes exited 4 (the server hangs up
+    // before reading all of it), and the message did not name the limit.
+    std::fs::write(tmp.path().join("big.py"), "#".repeat(12 << 20)).unwrap();
+    for _ in 0..3 {
+        let out = up.drover(&["submit", "--script", "big.py", "--interpreter", "python3"]);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(stderr(&out).contains("limit"), "{}", stderr(&out));
+    }
     // With -o json, errors are JSON too.
     let out = up.drover(&["-o", "json", "status", "no-such-job"]);
     assert_eq!(out.status.code(), Some(3));

@@ -104,6 +104,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The server's request body limit, put on every request so that a refusal can name it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         match r.status() {
@@ -155,7 +159,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     .into(),
             ));
         }
-        let body = Bytes::from_request(req, state).await?;
+        let limit = req.extensions().get::<BodyLimit>().copied();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| match (r.status(), limit) {
+                (StatusCode::PAYLOAD_TOO_LARGE, Some(BodyLimit(n))) => ApiError::TooLarge(format!(
+                    "request body is larger than the server's limit of {n} bytes ({:.1} MiB); send less per request",
+                    n as f64 / (1024.0 * 1024.0)
+                )),
+                _ => ApiError::from(r),
+            })?;
         serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
             let mut de = serde_json::Deserializer::from_slice(&body);
             let message = match serde_path_to_error::deserialize::<_, T>(&mut de) {

@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /openapi.json".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(error::BodyLimit(limit)))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             read_timeout,
         ))
