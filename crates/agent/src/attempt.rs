@@ -89,7 +89,7 @@ async fn run_inner(ctx: &AttemptCtx) -> AttemptEnd {
                 return AttemptEnd { outcome: None, stopped: Some(r) };
             }
             let (outcome, error) = stopped_outcome(r, &ctx.lease);
-            return AttemptEnd { stopped: Some(r), ..report_unstarted(ctx, outcome, error).await };
+            return AttemptEnd { stopped: Some(r), ..report_unstarted(ctx, outcome, error, Some(r)).await };
         }
     };
     let names = Names::new(&ctx.work_dir, &ctx.lease, ctx.job_log_dir.as_deref());
@@ -107,8 +107,13 @@ async fn run_inner(ctx: &AttemptCtx) -> AttemptEnd {
     }
 }
 
-/// Finishes an attempt that never started a process.
-async fn report_unstarted(ctx: &AttemptCtx, outcome: Outcome, error: String) -> AttemptEnd {
+/// Finishes (or, for a shutdown, releases) an attempt that never started a process.
+async fn report_unstarted(
+    ctx: &AttemptCtx,
+    outcome: Outcome,
+    error: String,
+    stopped: Option<StopReason>,
+) -> AttemptEnd {
     tracing::info!(?outcome, %error, "finishing the attempt without starting it");
     let req = FinishRequest {
         outcome,
@@ -117,9 +122,9 @@ async fn report_unstarted(ctx: &AttemptCtx, outcome: Outcome, error: String) -> 
         result: None,
     };
     let masker = ctx.masker();
-    let reported = ctx.reporter(masker).finish(req).await.is_ok();
+    let reported = ctx.reporter(masker).end(req, stopped).await.is_ok();
     AttemptEnd {
-        outcome: reported.then_some(outcome),
+        outcome: reported_outcome(outcome, stopped).filter(|_| reported),
         stopped: None,
     }
 }
@@ -377,7 +382,11 @@ async fn conclude(
     // The spool is complete: should the agent die before the server has it all, its
     // next run sends the rest and this outcome instead of letting the job run again.
     // Noted before waiting for the start report, which waits for the server.
-    if ctx.stopper.current() != Some(StopReason::Stale) {
+    // (A job stopped for the agent's shutdown is released, not finished: nothing to note.)
+    if !matches!(
+        ctx.stopper.current(),
+        Some(StopReason::Stale | StopReason::Shutdown)
+    ) {
         let ended = FinishRequest {
             outcome,
             exit_code,
@@ -417,11 +426,16 @@ async fn conclude(
         error,
         result,
     };
-    reporter.finish(req).await?;
+    reporter.end(req, stopped).await?;
     Ok(AttemptEnd {
-        outcome: Some(outcome),
+        outcome: reported_outcome(outcome, stopped),
         stopped,
     })
+}
+
+/// The outcome the server got: none for a job sent back to the queue by a shutdown.
+fn reported_outcome(outcome: Outcome, stopped: Option<StopReason>) -> Option<Outcome> {
+    (stopped != Some(StopReason::Shutdown)).then_some(outcome)
 }
 
 /// Starts the log pipeline of an attempt on its spool files.
@@ -504,8 +518,8 @@ async fn execute_docker(
             let (outcome, error) = stopped_outcome(r, lease);
             logs.system(&format!("[drover] {error}")).await;
             logs.shipped().await?;
-            reporter.finish(FinishRequest { outcome, exit_code: None, error: Some(error), result: None }).await?;
-            return Ok(AttemptEnd { outcome: Some(outcome), stopped: Some(r) });
+            reporter.end(FinishRequest { outcome, exit_code: None, error: Some(error), result: None }, Some(r)).await?;
+            return Ok(AttemptEnd { outcome: reported_outcome(outcome, Some(r)), stopped: Some(r) });
         }
     };
     let Started { container, notes } = match created {

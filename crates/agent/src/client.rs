@@ -177,6 +177,19 @@ impl Client {
             .map(drop)
     }
 
+    /// `POST .../release`: the agent is shutting down; the job goes back to the queue.
+    pub async fn release(&self, job_id: &str, attempt: u32) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, "release");
+        self.send::<_, serde_json::Value>(
+            &url,
+            &self.session_token(),
+            &serde_json::json!({}),
+            Self::WRITE_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
     async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(

@@ -140,8 +140,9 @@ pub fn job_env(
 /// Requests to wind the agent down, usually from signals.
 #[derive(Debug, Clone, Default)]
 pub struct AgentSignals {
-    /// SIGTERM/SIGINT: stop leasing, let jobs finish up to `shutdown_timeout`, then cancel
-    /// them (outcome `canceled`, error `agent shutdown`).
+    /// SIGTERM/SIGINT: stop leasing, let jobs finish up to `shutdown_timeout`, then stop
+    /// them and send them back to the queue (error `agent_shutdown`; the interrupted
+    /// attempt does not count against the job's attempts).
     pub drain: CancellationToken,
     /// SIGUSR1: stop leasing, let current jobs finish, exit.
     pub finish: CancellationToken,
@@ -154,7 +155,8 @@ pub struct AgentSignals {
 pub enum AgentExit {
     /// Every job finished on its own (drain or SIGUSR1). Exit code 0.
     Drained,
-    /// The shutdown timeout passed and running jobs were canceled. Exit code 2.
+    /// The shutdown timeout passed and running jobs were stopped and sent back to the
+    /// queue. Exit code 2.
     ShutdownCanceledJobs,
     /// `exit_after_job` and the job finished. Exit code 0.
     FinishedAfterJob,

@@ -103,6 +103,23 @@ impl Reporter {
         .map_err(Abandoned::from)
     }
 
+    /// Ends an attempt that the agent's own shutdown stopped, or reports how it ended:
+    /// a job stopped for the agent's shutdown goes back to the queue instead of ending.
+    pub async fn end(
+        &self,
+        req: FinishRequest,
+        stopped: Option<StopReason>,
+    ) -> Result<(), Abandoned> {
+        if stopped != Some(StopReason::Shutdown) {
+            return self.finish(req).await;
+        }
+        self.retry("release", || {
+            self.client.release(&self.job_id, self.attempt)
+        })
+        .await
+        .map_err(Abandoned::from)
+    }
+
     /// Calls `f` until it succeeds; transient failures are retried with backoff (100 ms
     /// doubling to 5 s, jittered), for as long as it takes. Gives up when the attempt
     /// turns stale (409, 404, or 403 not-your-attempt: the job is killed), when the

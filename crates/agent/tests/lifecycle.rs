@@ -102,8 +102,10 @@ async fn drain_lets_running_jobs_finish_and_takes_no_new_work() {
     assert_eq!(later.state, JobState::Queued);
 }
 
+/// Regression: jobs interrupted by an agent's shutdown ended `canceled` (nobody canceled
+/// them, and a one-attempt job was lost); they go back to the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_cancels_jobs_after_the_shutdown_timeout() {
+async fn jobs_stopped_by_a_shutdown_go_back_to_the_queue() {
     let server = TestServer::start().await;
     let api = Api::new(&server);
     let agent = agent_with(&server, |c| c.shutdown_timeout = Duration::from_millis(500));
@@ -115,9 +117,34 @@ async fn drain_cancels_jobs_after_the_shutdown_timeout() {
     let exit = agent.exit().await;
     assert_eq!(exit, AgentExit::ShutdownCanceledJobs);
     assert_eq!(exit.code(), 2);
-    let done = api.job(&job.id).await.unwrap();
-    assert_eq!(done.state, JobState::Canceled, "{done:#?}");
-    assert_eq!(done.error.as_deref(), Some("agent shutdown"));
+    let job = api.job(&job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Queued, "{job:#?}");
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("agent_shutdown"),
+        "{job:#?}"
+    );
+    assert_eq!(
+        (job.attempts_used, job.max_attempts),
+        (0, 1),
+        "the attempt is not used up"
+    );
+    // Another agent runs it.
+    let _next = agent_with(&server, |_| {});
+    let again = api
+        .wait_for(&job.id, "its second run", |j| {
+            j.current_attempt == 2 && j.state == JobState::Running
+        })
+        .await;
+    assert_eq!(
+        again.attempts[0]
+            .error
+            .as_deref()
+            .map(|e| e.starts_with("agent_shutdown")),
+        Some(true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

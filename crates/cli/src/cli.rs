@@ -49,7 +49,7 @@ pub enum Command {
     Server(ServerArgs),
     /// Run an agent that leases and runs jobs.
     #[command(
-        after_help = "Examples:\n  drover agent --server http://queue:7070 --token $JOIN_TOKEN --labels gpu=a100 --slots 4\n  DROVER_SERVER=http://queue:7070 DROVER_TOKEN=... drover agent --exit-after-job\n\nSIGTERM/SIGINT: stop leasing, let jobs finish up to --shutdown-timeout, then cancel\nthem; a second signal kills them now. SIGUSR1: finish the current jobs, then exit.\nExit codes: 0 drained, 2 jobs were canceled at the shutdown timeout, 3 force-stopped."
+        after_help = "Examples:\n  drover agent --server http://queue:7070 --token $JOIN_TOKEN --labels gpu=a100 --slots 4\n  DROVER_SERVER=http://queue:7070 DROVER_TOKEN=... drover agent --exit-after-job\n\nSIGTERM/SIGINT: stop leasing, let jobs finish up to --shutdown-timeout, then stop\nthem and send them back to the queue; a second signal kills them now. SIGUSR1: finish the current jobs, then exit.\nExit codes: 0 drained, 2 jobs were sent back to the queue at the shutdown timeout, 3 force-stopped."
     )]
     Agent(AgentArgs),
     /// Submit a job; the words after `--` are one shell command line (run with `bash -c`).

@@ -157,7 +157,7 @@ fn expect(needs: Needs, who: Who) -> StatusCode {
 }
 
 /// A body that passes parsing, so that what is checked is the caller, not the JSON.
-fn body_for(method: &str, path: &str, job: &str) -> Option<Value> {
+fn body_for(method: &str, path: &str, job: &str, also_held: &str) -> Option<Value> {
     if method != "post" {
         return None;
     }
@@ -168,7 +168,9 @@ fn body_for(method: &str, path: &str, job: &str) -> Option<Value> {
         "/v1/agents/register" => {
             json!({"name": "m", "slots": 1, "host": {"hostname": "h", "os": "l", "arch": "a", "cpus": 1, "memory_bytes": 1, "version": "v"}})
         }
-        "/v1/agents/poll" => json!({"running": [{"job_id": job, "attempt": 1}], "wait_ms": 0}),
+        "/v1/agents/poll" => {
+            json!({"running": [{"job_id": job, "attempt": 1}, {"job_id": also_held, "attempt": 1}], "wait_ms": 0})
+        }
         "/v1/agents/finish" => json!({"finishes": []}),
         p if p.ends_with("/logs") => json!({"records": []}),
         p if p.ends_with("/progress") => json!({"percent": 5.0}),
@@ -187,15 +189,19 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
     let own = agent(&server, "own").await;
     let other = agent(&server, "other").await;
     let victim = agent(&server, "victim").await;
-    let (_, v) = call(
-        &server,
-        Some(&admin),
-        Method::POST,
-        "/v1/jobs",
-        Some(json!({"exec": {"kind": "shell", "command": "sleep 1"}})),
-    )
-    .await;
-    let job = v["id"].as_str().unwrap().to_string();
+    // Two jobs held by the own agent: `release` ends one, the other routes use the other.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (_, v) = call(
+            &server,
+            Some(&admin),
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"exec": {"kind": "shell", "command": "sleep 1"}})),
+        )
+        .await;
+        held.push(v["id"].as_str().unwrap().to_string());
+    }
     let (_, v) = call(
         &server,
         Some(&own.token),
@@ -205,19 +211,22 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
     )
     .await;
     assert_eq!(
-        v["leases"][0]["job_id"],
-        json!(job),
-        "own agent holds the job"
+        v["leases"].as_array().map(Vec::len),
+        Some(2),
+        "own agent holds the jobs"
     );
-    let (s, _) = call(
-        &server,
-        Some(&own.token),
-        Method::POST,
-        &format!("/v1/jobs/{job}/attempts/1/start"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    for id in &held {
+        let (s, _) = call(
+            &server,
+            Some(&own.token),
+            Method::POST,
+            &format!("/v1/jobs/{id}/attempts/1/start"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (job, released) = (held[0].clone(), held[1].clone());
 
     let (_, doc) = call(&server, Some(&admin), Method::GET, "/openapi.json", None).await;
     let mut routes: Vec<(String, String)> = Vec::new();
@@ -244,13 +253,18 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
         let needs = needs(method, template).unwrap_or_else(|| {
             panic!("route {method} {template} has no entry in the authorization matrix")
         });
+        let target = if template.ends_with("/release") {
+            &released
+        } else {
+            &job
+        };
         let path = template
             .replace(
                 "/v1/agents/{id}",
                 &format!("/v1/agents/{}", victim.agent_id),
             )
             .replace("/v1/tokens/{id}", &format!("/v1/tokens/{throwaway_token}"))
-            .replace("{id}", &job)
+            .replace("{id}", target)
             .replace("{attempt}", "1");
         for who in order {
             let token = match who {
@@ -264,8 +278,14 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
                 Who::Admin => Some(admin.as_str()),
             };
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let (status, body) =
-                call(&server, token, m, &path, body_for(method, template, &job)).await;
+            let (status, body) = call(
+                &server,
+                token,
+                m,
+                &path,
+                body_for(method, template, &job, &released),
+            )
+            .await;
             let want = expect(needs, who);
             if want == StatusCode::OK {
                 assert!(

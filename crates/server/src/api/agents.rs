@@ -333,6 +333,30 @@ pub async fn finish(
     Ok(Json(w.job))
 }
 
+/// Why a released job waits in the queue again.
+pub const RELEASED: &str =
+    "agent_shutdown: the agent was stopped before the job ended; the job runs again";
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/release", tag = "agents",
+    params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
+    responses((status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts", body = Job), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn release(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    ApiPath((id, attempt)): ApiPath<(String, u32)>,
+) -> Result<Json<Job>, ApiError> {
+    let w = state
+        .store
+        .release(&agent.id, &id, attempt, RELEASED, Utc::now())
+        .await?;
+    tracing::info!(job = %id, attempt, "attempt released by a stopping agent");
+    state.hub.work_available();
+    state.hub.wake_agent(&agent.id);
+    state.hub.job_changed(&id);
+    Ok(Json(w.job))
+}
+
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
     responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)),
     security(("token" = [])))]

@@ -29,7 +29,7 @@ use crate::Scope;
     paths(
         jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::cancel, jobs::retry, jobs::events,
         logs::page, logs::follow, logs::text,
-        agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::finish_batch, agents::list,
+        agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
     ),
@@ -76,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/jobs/{id}/attempts/{attempt}/finish",
             post(agents::finish),
+        )
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/release",
+            post(agents::release),
         )
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/register", post(agents::register))

@@ -418,6 +418,69 @@ impl Store {
         Ok(AttemptWrite { job, elapsed })
     }
 
+    /// The agent stopped the attempt because the agent itself is shutting down: the job
+    /// goes back to the queue, and the interrupted attempt does not count against its
+    /// attempts (nobody canceled it and it did not fail). A job whose cancel was
+    /// requested meanwhile is canceled instead.
+    pub async fn release(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AttemptWrite> {
+        let mut tx = self.write.begin().await?;
+        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let event = if held.cancel_requested {
+            Event::Finish {
+                outcome: Outcome::Canceled,
+                retry: false,
+            }
+        } else {
+            Event::Lost { retry: true }
+        };
+        let next =
+            transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let used =
+            held.attempts_used - u32::from(held.state == JobState::Running).min(held.attempts_used);
+        let finished = next.is_terminal().then(|| ms(now));
+        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, error = $3, finished_at = $4, updated_at = $5 WHERE id = $6")
+            .bind(next.as_str())
+            .bind(i64::from(used))
+            .bind(reason)
+            .bind(finished)
+            .bind(ms(now))
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE attempts SET state = 'lost', finished_at = $1, error = $2 WHERE job_id = $3 AND number = $4")
+            .bind(ms(now))
+            .bind(reason)
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .execute(&mut *tx)
+            .await?;
+        let actor = format!("agent:{agent_id}");
+        record_event(
+            &mut tx,
+            NewEvent {
+                job_id,
+                kind: "released",
+                from: Some(held.state),
+                to: next,
+                attempt: Some(attempt),
+                actor: &actor,
+                reason: Some(reason),
+            },
+            now,
+        )
+        .await?;
+        let job = job_in_tx(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(AttemptWrite { job, elapsed: None })
+    }
+
     /// Records the job's latest progress.
     pub async fn progress(
         &self,
