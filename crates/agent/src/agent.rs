@@ -22,6 +22,7 @@ use crate::docker::Engine;
 use crate::fence::{self, Watchdog};
 use crate::host::{self, StatsSampler};
 use crate::identity;
+use crate::layout;
 use crate::process::{StopReason, Stopper};
 use crate::resume;
 use crate::spool::SpoolLimits;
@@ -181,11 +182,11 @@ fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, AgentError> {
 }
 
 async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
-    let spool = config.work_dir.join("spool");
+    let w = &config.work_dir;
     for dir in [
-        config.work_dir.join("workspaces"),
-        spool,
-        fence::records_dir(&config.work_dir),
+        layout::workspaces_dir(w),
+        layout::spool_dir(w),
+        layout::records_dir(w),
     ] {
         tokio::fs::create_dir_all(&dir)
             .await
@@ -324,17 +325,18 @@ impl Session {
     /// The moment running jobs must stop because their leases were not renewed: the
     /// server lets them expire a TTL after the last renewal, and gives them to others.
     fn fence_deadline(&self) -> Option<Instant> {
-        let r = self.renewed?;
-        Some(r.at + self.ttl.saturating_sub(fence::fence_margin(self.ttl)))
+        Some(self.renewed?.at + self.safe_window())
     }
 
     /// The deadline (boot clock ms) for jobs leased now.
     fn deadline_ms(&self) -> u64 {
-        let fence = self.ttl.saturating_sub(fence::fence_margin(self.ttl));
-        match self.renewed {
-            Some(r) => r.boot_ms + fence.as_millis() as u64,
-            None => fence::boot_ms() + fence.as_millis() as u64,
-        }
+        let from = self.renewed.map_or_else(fence::boot_ms, |r| r.boot_ms);
+        from + self.safe_window().as_millis() as u64
+    }
+
+    /// How long after a renewal the leases may be relied on: the TTL less the margin.
+    fn safe_window(&self) -> Duration {
+        self.ttl.saturating_sub(fence::fence_margin(self.ttl))
     }
 
     fn renewed(&mut self, at: Renewal) {

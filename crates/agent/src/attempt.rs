@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::client::Client;
 use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
 use crate::fence;
+use crate::layout::{self, AttemptFiles};
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
 use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
@@ -149,30 +150,15 @@ impl AttemptCtx {
 /// Paths of one attempt.
 #[derive(Clone)]
 struct Names {
-    workspace: PathBuf,
-    meta: PathBuf,
-    spool: PathBuf,
-    /// What a restarted agent or the watchdog needs to stop the job (see `fence`).
-    record: PathBuf,
+    /// Workspace, spool and record (see `layout`).
+    files: AttemptFiles,
     /// `<job_log_dir>/jobs/<job_id>/logs/<job_id>.log`
     mirror: Option<PathBuf>,
 }
 
 impl Names {
     fn new(work_dir: &Path, lease: &Lease, job_log_dir: Option<&Path>) -> Names {
-        let safe: String = lease
-            .job_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let stem = format!("{safe}-{}", lease.attempt);
-        let workspace = work_dir.join("workspaces").join(&stem);
+        let safe = layout::safe_name(&lease.job_id);
         let mirror = job_log_dir.map(|d| {
             d.join("jobs")
                 .join(&safe)
@@ -180,18 +166,9 @@ impl Names {
                 .join(format!("{safe}.log"))
         });
         Names {
+            files: AttemptFiles::new(work_dir, &lease.job_id, lease.attempt),
             mirror,
-            meta: workspace.join(".drover"),
-            workspace,
-            spool: work_dir.join("spool").join(format!("{stem}.jsonl")),
-            record: fence::record_path(work_dir, &stem),
         }
-    }
-    fn progress(&self) -> PathBuf {
-        self.meta.join("progress")
-    }
-    fn result(&self) -> PathBuf {
-        self.meta.join("result.json")
     }
 }
 
@@ -211,7 +188,7 @@ fn spawn_spec(
             (first.clone(), rest.to_vec())
         }
         Exec::Script { interpreter, body } => {
-            let path = names.meta.join("script");
+            let path = names.files.meta().join("script");
             std::fs::write(&path, body)
                 .map_err(|e| format!("cannot write the script file: {e}"))?;
             let mut words = interpreter.split_whitespace().map(str::to_string);
@@ -231,37 +208,37 @@ fn spawn_spec(
     let path = |p: &Path| p.to_string_lossy().into_owned();
     env.push(("DROVER_JOB_ID".into(), lease.job_id.clone()));
     env.push(("DROVER_ATTEMPT".into(), lease.attempt.to_string()));
-    env.push(("DROVER_WORKSPACE".into(), path(&names.workspace)));
-    env.push(("DROVER_PROGRESS".into(), path(&names.progress())));
-    env.push(("DROVER_RESULT".into(), path(&names.result())));
+    env.push(("DROVER_WORKSPACE".into(), path(&names.files.workspace)));
+    env.push(("DROVER_PROGRESS".into(), path(&names.files.progress())));
+    env.push(("DROVER_RESULT".into(), path(&names.files.result())));
     Ok(SpawnSpec {
         program,
         args,
-        workspace: names.workspace.clone(),
+        workspace: names.files.workspace.clone(),
         base_env: base_env.to_vec(),
         env,
     })
 }
 
 fn prepare_dirs(names: &Names) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(&names.workspace) {
+    match std::fs::remove_dir_all(&names.files.workspace) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(&names.meta)
+    std::fs::create_dir_all(names.files.meta())
 }
 
 async fn cleanup(ctx: &AttemptCtx, names: &Names) {
     if !ctx.keep_workspace {
-        if let Err(e) = tokio::fs::remove_dir_all(&names.workspace).await {
+        if let Err(e) = tokio::fs::remove_dir_all(&names.files.workspace).await {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(error = %e, "cannot remove workspace");
             }
         }
     }
-    let _ = tokio::fs::remove_file(&names.spool).await;
-    let _ = tokio::fs::remove_file(&names.record).await;
+    let _ = tokio::fs::remove_file(&names.files.spool).await;
+    let _ = tokio::fs::remove_file(&names.files.record).await;
 }
 
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
@@ -274,7 +251,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         let base_env = ctx.job_env.clone();
         let deadline_ms = ctx.deadline_ms;
         tokio::task::spawn_blocking(move || {
-            let files = SpoolFiles::create(&names.spool, limits, names.mirror.clone())?;
+            let files = SpoolFiles::create(&names.files.spool, limits, names.mirror.clone())?;
             let spawned = spawn(&lease, &names, &base_env);
             if let Ok((proc, _, _)) = &spawned {
                 let record = fence::Record {
@@ -286,7 +263,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
                     deadline_ms,
                     ended: None,
                 };
-                keep_record(&names.record, &record);
+                keep_record(&names.files.record, &record);
             }
             Ok((files, spawned))
         })
@@ -310,7 +287,13 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     // The start goes out with the header record, which is the first record.
     let started = logs.report_start();
     logs.system(&header).await;
-    let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
+    let mut output = OutputTasks::start(
+        stdout,
+        stderr,
+        &logs,
+        names.files.progress(),
+        reporter.clone(),
+    );
 
     let mut stop_rx = ctx.stopper.subscribe();
     let timeout = lease.timeout_ms.map(Duration::from_millis);
@@ -331,9 +314,9 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         logs,
         output,
         started,
-        record: names.record.clone(),
+        record: names.files.record.clone(),
     };
-    conclude(ctx, parts, ending, Some(&names.result())).await
+    conclude(ctx, parts, ending, Some(&names.files.result())).await
 }
 
 /// How a started job ended, before the result file is read.
@@ -482,7 +465,7 @@ async fn execute_docker(
     spec: &DockerSpec,
 ) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let (spool, limits, mirror) = (names.spool.clone(), ctx.limits, names.mirror.clone());
+    let (spool, limits, mirror) = (names.files.spool.clone(), ctx.limits, names.mirror.clone());
     let files = tokio::task::spawn_blocking(move || SpoolFiles::create(&spool, limits, mirror))
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -502,7 +485,7 @@ async fn execute_docker(
         deadline_ms: ctx.deadline_ms,
         ended: None,
     };
-    let path = names.record.clone();
+    let path = names.files.record.clone();
     let _ = tokio::task::spawn_blocking(move || keep_record(&path, &record)).await;
 
     // Pulling can take long: a stop request meanwhile ends the attempt.
@@ -532,7 +515,13 @@ async fn execute_docker(
     }
     let started = logs.report_start();
     let (stdout, stderr, follower) = container.follow_output();
-    let mut output = OutputTasks::start(stdout, stderr, &logs, names.progress(), reporter.clone());
+    let mut output = OutputTasks::start(
+        stdout,
+        stderr,
+        &logs,
+        names.files.progress(),
+        reporter.clone(),
+    );
 
     let timeout = lease.timeout_ms.map(Duration::from_millis);
     let grace = Duration::from_millis(lease.grace_ms);
@@ -548,7 +537,7 @@ async fn execute_docker(
         logs,
         output,
         started,
-        record: names.record.clone(),
+        record: names.files.record.clone(),
     };
     conclude(ctx, parts, ending, None).await
 }
@@ -622,7 +611,7 @@ fn spawn(
     prepare_dirs(names).map_err(|e| {
         format!(
             "cannot create the workspace {}: {e}",
-            names.workspace.display()
+            names.files.workspace.display()
         )
     })?;
     let spec = spawn_spec(lease, names, base_env)?;

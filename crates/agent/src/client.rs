@@ -119,17 +119,24 @@ impl Client {
         format!("{}/v1/jobs/{job_id}/attempts/{attempt}/{verb}", self.base)
     }
 
+    /// `POST .../VERB` of an attempt with a JSON body; the answer's body is not needed.
+    async fn attempt_write<B: Serialize + ?Sized>(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        verb: &str,
+        body: &B,
+    ) -> Result<(), CallError> {
+        let url = self.attempt_url(job_id, attempt, verb);
+        self.send::<_, serde_json::Value>(&url, &self.session_token(), body, Self::WRITE_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
     /// `POST .../start`.
     pub async fn start(&self, job_id: &str, attempt: u32) -> Result<(), CallError> {
-        let url = self.attempt_url(job_id, attempt, "start");
-        self.send::<_, serde_json::Value>(
-            &url,
-            &self.session_token(),
-            &serde_json::json!({}),
-            Self::WRITE_TIMEOUT,
-        )
-        .await
-        .map(drop)
+        self.attempt_write(job_id, attempt, "start", &serde_json::json!({}))
+            .await
     }
 
     /// `POST .../logs` with a body that already is a JSON [`drover_core::api::LogBatch`] (the spool keeps
@@ -158,10 +165,8 @@ impl Client {
         attempt: u32,
         update: &ProgressUpdate,
     ) -> Result<(), CallError> {
-        let url = self.attempt_url(job_id, attempt, "progress");
-        self.send::<_, serde_json::Value>(&url, &self.session_token(), update, Self::WRITE_TIMEOUT)
+        self.attempt_write(job_id, attempt, "progress", update)
             .await
-            .map(drop)
     }
 
     /// `POST .../finish`.
@@ -171,23 +176,13 @@ impl Client {
         attempt: u32,
         req: &FinishRequest,
     ) -> Result<(), CallError> {
-        let url = self.attempt_url(job_id, attempt, "finish");
-        self.send::<_, serde_json::Value>(&url, &self.session_token(), req, Self::WRITE_TIMEOUT)
-            .await
-            .map(drop)
+        self.attempt_write(job_id, attempt, "finish", req).await
     }
 
     /// `POST .../release`: the agent is shutting down; the job goes back to the queue.
     pub async fn release(&self, job_id: &str, attempt: u32) -> Result<(), CallError> {
-        let url = self.attempt_url(job_id, attempt, "release");
-        self.send::<_, serde_json::Value>(
-            &url,
-            &self.session_token(),
-            &serde_json::json!({}),
-            Self::WRITE_TIMEOUT,
-        )
-        .await
-        .map(drop)
+        self.attempt_write(job_id, attempt, "release", &serde_json::json!({}))
+            .await
     }
 
     const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -19,9 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::docker::Engine;
+use crate::layout::{self, AttemptFiles};
 
-/// The folder of the work dir that holds one record per attempt the agent runs.
-const RECORDS: &str = "attempts";
 /// How often the watchdog looks at the clock.
 const WATCH_TICK: Duration = Duration::from_millis(100);
 
@@ -61,16 +60,6 @@ pub fn fence_margin(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))
 }
 
-/// The record file of an attempt whose file stem (job and attempt) is `stem`.
-pub fn record_path(work_dir: &Path, stem: &str) -> PathBuf {
-    work_dir.join(RECORDS).join(format!("{stem}.json"))
-}
-
-/// The folder of attempt records.
-pub fn records_dir(work_dir: &Path) -> PathBuf {
-    work_dir.join(RECORDS)
-}
-
 /// Writes a record (blocking); it is complete or absent, never half written.
 pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -81,7 +70,7 @@ pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
 
 /// Every readable record of the work dir, with its path.
 pub fn read_records(work_dir: &Path) -> Vec<(PathBuf, Record)> {
-    let Ok(dir) = std::fs::read_dir(work_dir.join(RECORDS)) else {
+    let Ok(dir) = std::fs::read_dir(layout::records_dir(work_dir)) else {
         return Vec::new();
     };
     dir.flatten()
@@ -170,10 +159,8 @@ pub async fn stop_leftovers(work_dir: &Path, engine: &Engine, keep_workspaces: b
             left.stopped += 1;
         }
         if !keep_workspaces {
-            if let Some(stem) = path.file_stem() {
-                let workspace = work_dir.join("workspaces").join(stem);
-                let _ = tokio::fs::remove_dir_all(workspace).await;
-            }
+            let workspace = AttemptFiles::of_record(work_dir, &path).workspace;
+            let _ = tokio::fs::remove_dir_all(workspace).await;
         }
         let _ = tokio::fs::remove_file(path).await;
     }
@@ -325,12 +312,15 @@ async fn stop_due(
         .into_iter()
         .filter(|(path, rec)| rec.deadline_ms < now && !stopped.contains(path))
         .collect();
+    let say = |rec: &Record| {
+        eprintln!(
+            "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
+            rec.job_id, rec.attempt
+        )
+    };
     for (_, rec) in due.iter().filter(|(_, r)| r.container.is_none()) {
         if kill_group(rec) {
-            eprintln!(
-                "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
-                rec.job_id, rec.attempt
-            );
+            say(rec);
         }
     }
     let containers = due
@@ -338,10 +328,7 @@ async fn stop_due(
         .filter(|(_, r)| r.container.is_some())
         .map(|(_, rec)| async move {
             if stop(rec, engine, args.keep_containers).await {
-                eprintln!(
-                    "drover watchdog: {why}: stopped job {} attempt {} so that it cannot run twice",
-                    rec.job_id, rec.attempt
-                );
+                say(rec);
             }
         });
     futures::future::join_all(containers).await;
@@ -355,7 +342,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_pids_have_start_times() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(records_dir(dir.path())).unwrap();
+        std::fs::create_dir_all(crate::layout::records_dir(dir.path())).unwrap();
         let me = std::process::id() as i32;
         let rec = Record {
             job_id: "j".into(),
@@ -367,7 +354,7 @@ mod tests {
             ended: None,
         };
         assert!(rec.start_time.is_some());
-        let path = record_path(dir.path(), "j-2");
+        let path = crate::layout::AttemptFiles::new(dir.path(), "j", 2).record;
         write_record(&path, &rec).unwrap();
         assert_eq!(read_records(dir.path()), vec![(path, rec)]);
     }

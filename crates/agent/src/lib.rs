@@ -19,6 +19,7 @@ mod docker;
 mod fence;
 mod host;
 mod identity;
+mod layout;
 mod output;
 mod pipeline;
 mod process;

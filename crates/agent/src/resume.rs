@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::client::{CallError, Client, RetryBackoff};
 use crate::fence::Record;
+use crate::layout::{self, AttemptFiles};
 
 /// Log records per request when a spool is sent again.
 const RECORDS_PER_BATCH: usize = 1000;
@@ -18,35 +19,14 @@ const RECORDS_PER_BATCH: usize = 1000;
 /// retry the job instead.
 const REPORT_LIMIT: Duration = Duration::from_secs(30);
 
-/// Where one attempt's files are, by the stem of its record's file name.
-struct Files {
-    record: PathBuf,
-    spool: PathBuf,
-    workspace: PathBuf,
-}
-
-impl Files {
-    fn of(work_dir: &Path, record: PathBuf) -> Files {
-        let stem = record
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Files {
-            spool: work_dir.join("spool").join(format!("{stem}.jsonl")),
-            workspace: work_dir.join("workspaces").join(&stem),
-            record,
-        }
-    }
-}
-
 /// Spool files of the work dir that no ended attempt needs (an earlier run's spools of
 /// attempts the server gives up on); deleted at start.
 pub async fn remove_stale_spools(work_dir: &Path, ended: &[(PathBuf, Record)]) {
     let keep: Vec<PathBuf> = ended
         .iter()
-        .map(|(p, _)| Files::of(work_dir, p.clone()).spool)
+        .map(|(p, _)| AttemptFiles::of_record(work_dir, p).spool)
         .collect();
-    let Ok(mut dir) = tokio::fs::read_dir(work_dir.join("spool")).await else {
+    let Ok(mut dir) = tokio::fs::read_dir(layout::spool_dir(work_dir)).await else {
         return;
     };
     while let Ok(Some(entry)) = dir.next_entry().await {
@@ -68,7 +48,7 @@ pub async fn report_ended(
 ) -> usize {
     let mut reported = 0;
     for (path, rec) in ended {
-        let files = Files::of(work_dir, path);
+        let files = AttemptFiles::of_record(work_dir, &path);
         if ours {
             match report(client, &files, &rec).await {
                 Ok(()) => {
@@ -89,7 +69,7 @@ pub async fn report_ended(
     reported
 }
 
-async fn report(client: &Client, files: &Files, rec: &Record) -> Result<(), CallError> {
+async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(), CallError> {
     let Some(finish) = rec.ended.clone() else {
         return Ok(());
     };
@@ -114,8 +94,7 @@ async fn report(client: &Client, files: &Files, rec: &Record) -> Result<(), Call
         .await?;
     }
     let mut finish = finish;
-    let (result, problem) =
-        crate::attempt::read_result(&files.workspace.join(".drover").join("result.json")).await;
+    let (result, problem) = crate::attempt::read_result(&files.result()).await;
     finish.result = result;
     if let Some(p) = problem {
         finish.error = Some(match finish.error {

@@ -5,18 +5,11 @@
 //! followed), nothing left running, no 5xx outside the database restart, and the jobs
 //! of a restarted agent requeued within 2 s.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn nothing_is_lost_run_twice_at_once_or_left_behind_under_chaos() {
-    let out = Command::new(env!("CARGO_BIN_EXE_drover-bench"))
-        .args(["chaos", "--size", "tiny", "--runs", "1", "--json"])
-        .output()
-        .expect("run drover-bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "drover-bench failed: {stderr}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
-    let rows = rows.as_array().expect("an array of rows");
+    let (rows, stderr) = common::bench_rows(&["chaos", "--size", "tiny", "--runs", "1"]);
     for backend in ["chaos-sqlite", "chaos-postgres"] {
         let mine: Vec<_> = rows.iter().filter(|r| r["scenario"] == backend).collect();
         assert!(mine.len() > 10, "{backend}: {rows:?}");

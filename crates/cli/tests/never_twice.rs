@@ -160,13 +160,16 @@ fn assert_no_overlap(dir: &Path) {
     );
 }
 
-fn wait_succeeded(c: &Cluster, id: &str) -> serde_json::Value {
+/// Waits for the job to succeed, and checks that it did on its second attempt and that
+/// the two never ran at the same time.
+fn succeeds_on_the_retry_without_overlap(c: &Cluster, id: &str) {
     let mut job = serde_json::Value::Null;
     wait_until("the job to succeed", LIMIT, || {
         job = c.job(id);
         job["state"] == "succeeded"
     });
-    job
+    assert_eq!(job["current_attempt"], 2, "{job}");
+    assert_no_overlap(&c.dir);
 }
 
 /// Regression: an agent killed with SIGKILL left its jobs running; the job was leased
@@ -189,9 +192,7 @@ fn a_sigkilled_agents_job_stops_at_once_and_is_retried_as_soon_as_it_restarts() 
     });
 
     let _again = c.agent("a", "agent-a2");
-    let job = wait_succeeded(&c, &id);
-    assert_eq!(job["current_attempt"], 2, "{job}");
-    assert_no_overlap(dir);
+    succeeds_on_the_retry_without_overlap(&c, &id);
     let events = stdout(&c.drover(&["events", &id]));
     assert!(
         events.contains("the agent does not run this attempt"),
@@ -216,10 +217,8 @@ fn a_frozen_agents_job_is_stopped_before_another_agent_runs_it() {
     wait_until("the watchdog to stop the frozen agent's job", LIMIT, || {
         !group_alive(pgid)
     });
-    let job = wait_succeeded(&c, &id);
+    succeeds_on_the_retry_without_overlap(&c, &id);
     a.signal("CONT");
-    assert_eq!(job["current_attempt"], 2, "{job}");
-    assert_no_overlap(dir);
     assert!(
         a.stderr().contains("the agent stopped renewing its leases"),
         "the watchdog says why: {}",
@@ -243,9 +242,7 @@ fn a_partitioned_agent_stops_its_job_before_the_lease_expires() {
         !group_alive(pgid)
     });
     c.server.signal("CONT");
-    let job = wait_succeeded(&c, &id);
-    assert_eq!(job["current_attempt"], 2, "{job}");
-    assert_no_overlap(dir);
+    succeeds_on_the_retry_without_overlap(&c, &id);
     assert!(
         a.stderr().contains("cannot renew leases in time"),
         "the agent says why: {}",

@@ -16,7 +16,7 @@ use futures::Stream as FutStream;
 use super::auth::{Client, READ};
 use super::{ApiError, ApiPath, ApiQuery};
 use crate::state::AppState;
-use crate::store::LogRead;
+use crate::store::{LogPageRead, LogRead, StoreError};
 
 const PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
@@ -29,14 +29,29 @@ struct Resolved {
 }
 
 impl Resolved {
-    /// What to read next; until the attempt ended, only up to the first missing `seq`.
-    fn read(&self, limit: u32, ended: bool) -> LogRead {
-        LogRead {
+    /// Whether the attempt has ended, and the next page of its records: until it ended,
+    /// only up to the first missing `seq`. The end is asked about before reading, so
+    /// that an ended attempt's page never misses a late record.
+    async fn next_page(
+        &self,
+        state: &AppState,
+        limit: u32,
+    ) -> Result<(bool, LogPageRead), StoreError> {
+        let ended = state
+            .store
+            .attempt_ended(&self.job_id, self.attempt)
+            .await?;
+        let read = LogRead {
             after: self.after,
             stream: self.stream,
             limit,
             gap_free: !ended,
-        }
+        };
+        let page = state
+            .store
+            .read_log_page(&self.job_id, self.attempt, read)
+            .await?;
+        Ok((ended, page))
     }
 }
 
@@ -94,12 +109,7 @@ pub async fn page(
             complete: job.state.is_terminal(),
         }));
     }
-    // Ask whether the attempt ended before reading, so `complete` never hides a late record.
-    let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
-    let page = state
-        .store
-        .read_log_page(&r.job_id, r.attempt, r.read(limit, ended))
-        .await?;
+    let (ended, page) = r.next_page(&state, limit).await?;
     let complete = ended && (page.records.len() as u32) < limit;
     Ok(Json(LogPage {
         attempt: r.attempt,
@@ -191,15 +201,7 @@ async fn follow_step(
             }
         }
     }
-    let read = async {
-        let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
-        let page = state
-            .store
-            .read_log_page(&r.job_id, r.attempt, r.read(PAGE, ended))
-            .await?;
-        Ok::<_, crate::store::StoreError>((ended, page))
-    };
-    let (ended, page) = match read.await {
+    let (ended, page) = match r.next_page(state, PAGE).await {
         Ok(both) => both,
         Err(e) => {
             tracing::warn!(job = %r.job_id, error = %e, "log follower cannot read the log; trying again");
@@ -271,15 +273,8 @@ pub async fn text(
             if r.attempt == 0 {
                 return None;
             }
-            let read = async {
-                let ended = state.store.attempt_ended(&r.job_id, r.attempt).await?;
-                state
-                    .store
-                    .read_log_page(&r.job_id, r.attempt, r.read(MAX_PAGE, ended))
-                    .await
-            };
-            let page = match read.await {
-                Ok(page) if !page.records.is_empty() => page,
+            let page = match r.next_page(&state, MAX_PAGE).await {
+                Ok((_, page)) if !page.records.is_empty() => page,
                 Ok(_) => return None,
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
             };

@@ -24,6 +24,21 @@ const CLAIM_SCAN: i64 = 4096;
 /// How long after its lease expired a lost job may be leased again.
 pub const REQUEUE_MARGIN: Duration = Duration::from_secs(1);
 
+/// How an attempt that its agent no longer runs ends (see [`Store::drop_attempt`]).
+struct Dropped<'a> {
+    job_id: &'a str,
+    held: &'a Held,
+    event: Event,
+    /// The job's error, and the event's reason.
+    error: &'a str,
+    /// The attempt's error.
+    attempt_error: &'a str,
+    attempts_used: u32,
+    /// The event's kind, e.g. `lost`.
+    kind: &'static str,
+    actor: &'a str,
+}
+
 /// What the server must tell an agent after reconciling its poll.
 #[derive(Debug, Default)]
 pub struct PollOutcome {
@@ -440,38 +455,21 @@ impl Store {
         } else {
             Event::Lost { retry: true }
         };
-        let next =
-            transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        // The interrupted attempt does not count.
         let used =
             held.attempts_used - u32::from(held.state == JobState::Running).min(held.attempts_used);
-        let finished = next.is_terminal().then(|| ms(now));
-        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, error = $3, finished_at = $4, updated_at = $5 WHERE id = $6")
-            .bind(next.as_str())
-            .bind(i64::from(used))
-            .bind(reason)
-            .bind(finished)
-            .bind(ms(now))
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE attempts SET state = 'lost', finished_at = $1, error = $2 WHERE job_id = $3 AND number = $4")
-            .bind(ms(now))
-            .bind(reason)
-            .bind(job_id)
-            .bind(i64::from(attempt))
-            .execute(&mut *tx)
-            .await?;
         let actor = format!("agent:{agent_id}");
-        record_event(
+        self.drop_attempt(
             &mut tx,
-            NewEvent {
+            Dropped {
                 job_id,
+                held: &held,
+                event,
+                error: reason,
+                attempt_error: reason,
+                attempts_used: used,
                 kind: "released",
-                from: Some(held.state),
-                to: next,
-                attempt: Some(attempt),
                 actor: &actor,
-                reason: Some(reason),
             },
             now,
         )
@@ -557,39 +555,64 @@ impl Store {
             let retry = should_retry(held.attempts_used, held.max_attempts);
             (Event::Lost { retry }, format!("agent_lost: {why}"))
         };
+        self.drop_attempt(
+            tx,
+            Dropped {
+                job_id,
+                held: &held,
+                event,
+                error: &error,
+                attempt_error: why,
+                attempts_used: held.attempts_used,
+                kind: "lost",
+                actor: "server",
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Ends the current attempt of a job whose agent no longer runs it: the job takes
+    /// the state `event` leads to, the attempt becomes `lost`, and the event is recorded.
+    async fn drop_attempt(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        d: Dropped<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let next =
-            transition(held.state, event).map_err(|e| StoreError::Conflict(e.to_string()))?;
+            transition(d.held.state, d.event).map_err(|e| StoreError::Conflict(e.to_string()))?;
         let finished = next.is_terminal().then(|| ms(now));
-        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5")
+        sqlx::query("UPDATE jobs SET state = $1, agent_id = NULL, lease_expires_at = NULL, attempts_used = $2, error = $3, finished_at = $4, updated_at = $5 WHERE id = $6")
             .bind(next.as_str())
-            .bind(&error)
+            .bind(i64::from(d.attempts_used))
+            .bind(d.error)
             .bind(finished)
             .bind(ms(now))
-            .bind(job_id)
+            .bind(d.job_id)
             .execute(&mut **tx)
             .await?;
         sqlx::query("UPDATE attempts SET state = 'lost', finished_at = $1, error = $2 WHERE job_id = $3 AND number = $4")
             .bind(ms(now))
-            .bind(why)
-            .bind(job_id)
-            .bind(i64::from(held.current_attempt))
+            .bind(d.attempt_error)
+            .bind(d.job_id)
+            .bind(i64::from(d.held.current_attempt))
             .execute(&mut **tx)
             .await?;
         record_event(
             tx,
             NewEvent {
-                job_id,
-                kind: "lost",
-                from: Some(held.state),
+                job_id: d.job_id,
+                kind: d.kind,
+                from: Some(d.held.state),
                 to: next,
-                attempt: Some(held.current_attempt),
-                actor: "server",
-                reason: Some(&error),
+                attempt: Some(d.held.current_attempt),
+                actor: d.actor,
+                reason: Some(d.error),
             },
             now,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Expires every lease not renewed before `now`; returns how many. A retried job

@@ -1,0 +1,96 @@
+//! Where the agent keeps things in its work dir. One stem per attempt (the job id made
+//! safe for a file name, and the attempt number) names its workspace, log spool and
+//! record, so that a restarted agent finds all three from the record alone.
+
+use std::path::{Path, PathBuf};
+
+/// Job workspaces, one folder per attempt.
+pub fn workspaces_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("workspaces")
+}
+
+/// Log spools, one file per attempt.
+pub fn spool_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("spool")
+}
+
+/// Attempt records (see `fence`), one file per attempt.
+pub fn records_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("attempts")
+}
+
+/// `id` with every character but ASCII letters, digits, `-` and `_` replaced by `_`.
+pub fn safe_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The files of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptFiles {
+    pub workspace: PathBuf,
+    pub spool: PathBuf,
+    pub record: PathBuf,
+}
+
+impl AttemptFiles {
+    /// The files of attempt `attempt` of job `job_id`.
+    pub fn new(work_dir: &Path, job_id: &str, attempt: u32) -> AttemptFiles {
+        Self::of_stem(work_dir, &format!("{}-{attempt}", safe_name(job_id)))
+    }
+
+    /// The files of the attempt whose record is `record`.
+    pub fn of_record(work_dir: &Path, record: &Path) -> AttemptFiles {
+        let stem = record.file_stem().unwrap_or_default().to_string_lossy();
+        Self::of_stem(work_dir, &stem)
+    }
+
+    fn of_stem(work_dir: &Path, stem: &str) -> AttemptFiles {
+        AttemptFiles {
+            workspace: workspaces_dir(work_dir).join(stem),
+            spool: spool_dir(work_dir).join(format!("{stem}.jsonl")),
+            record: records_dir(work_dir).join(format!("{stem}.json")),
+        }
+    }
+
+    /// drover's own files inside the workspace.
+    pub fn meta(&self) -> PathBuf {
+        self.workspace.join(".drover")
+    }
+
+    /// The file a job appends progress lines to (`DROVER_PROGRESS`).
+    pub fn progress(&self) -> PathBuf {
+        self.meta().join("progress")
+    }
+
+    /// The file a job writes its JSON result to (`DROVER_RESULT`).
+    pub fn result(&self) -> PathBuf {
+        self.meta().join("result.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_leads_back_to_its_attempts_files() {
+        let w = Path::new("/w");
+        let files = AttemptFiles::new(w, "a/b c", 2);
+        assert_eq!(files.workspace, Path::new("/w/workspaces/a_b_c-2"));
+        assert_eq!(files.spool, Path::new("/w/spool/a_b_c-2.jsonl"));
+        assert_eq!(files.record, Path::new("/w/attempts/a_b_c-2.json"));
+        assert_eq!(AttemptFiles::of_record(w, &files.record), files);
+        assert_eq!(
+            files.result(),
+            Path::new("/w/workspaces/a_b_c-2/.drover/result.json")
+        );
+    }
+}
