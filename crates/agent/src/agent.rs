@@ -20,6 +20,7 @@ use crate::attempt::{self, AttemptCtx, AttemptEnd, DockerCtx};
 use crate::client::{CallError, Client, RetryBackoff};
 use crate::docker::Engine;
 use crate::fence::{self, Watchdog};
+use crate::files::InputLimits;
 use crate::host::{self, StatsSampler};
 use crate::identity;
 use crate::layout;
@@ -539,6 +540,10 @@ impl Session {
                 job_log_dir: self.config.job_log_dir.clone(),
                 job_env: self.job_env.clone(),
                 deadline_ms: self.deadline_ms(),
+                inputs: InputLimits {
+                    timeout: self.config.input_timeout,
+                    max_bytes: self.config.input_max_bytes,
+                },
             };
             self.held.insert(key.clone(), Held { stopper });
             let done = self.done_tx.clone();

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::client::Client;
 use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
 use crate::fence;
+use crate::files::{self, InputLimits};
 use crate::layout::{self, AttemptFiles};
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
@@ -46,6 +47,8 @@ pub struct AttemptCtx {
     pub job_env: Arc<Vec<(OsString, OsString)>>,
     /// The lease deadline (boot clock ms) when the attempt was leased.
     pub deadline_ms: u64,
+    /// Limits on URL inputs.
+    pub inputs: InputLimits,
 }
 
 /// What docker attempts need from the agent.
@@ -220,6 +223,18 @@ fn spawn_spec(
     })
 }
 
+/// The workspace of a container job: as for a process, but open to every user, since
+/// the container may run as a user other than the agent's (its parent folders stay
+/// private to the agent).
+fn prepare_container_dirs(names: &Names) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    prepare_dirs(names)?;
+    for dir in [names.files.workspace.clone(), names.files.meta()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    Ok(())
+}
+
 fn prepare_dirs(names: &Names) -> std::io::Result<()> {
     match std::fs::remove_dir_all(&names.files.workspace) {
         Ok(()) => {}
@@ -246,25 +261,19 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     let lease = &ctx.lease;
     // Spool, workspace and process in one trip to a blocking thread: each trip costs a
     // thread wake-up on the way from lease to running job.
+    // With no inputs to fetch, the process starts in the same trip.
+    let with_inputs = !lease.inputs.is_empty();
     let prepared = {
         let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
         let base_env = ctx.job_env.clone();
         let deadline_ms = ctx.deadline_ms;
         tokio::task::spawn_blocking(move || {
             let files = SpoolFiles::create(&names.files.spool, limits, names.mirror.clone())?;
-            let spawned = spawn(&lease, &names, &base_env);
-            if let Ok((proc, _, _)) = &spawned {
-                let record = fence::Record {
-                    job_id: lease.job_id.clone(),
-                    attempt: lease.attempt,
-                    pgid: Some(proc.pid()),
-                    start_time: fence::process_start_time(proc.pid()),
-                    container: None,
-                    deadline_ms,
-                    ended: None,
-                };
-                keep_record(&names.files.record, &record);
-            }
+            let spawned = match prepare_dirs(&names) {
+                Err(e) => Some(Err(workspace_error(&names, e))),
+                Ok(()) if with_inputs => None,
+                Ok(()) => Some(spawn_recorded(&lease, &names, &base_env, deadline_ms)),
+            };
             Ok((files, spawned))
         })
         .await
@@ -276,6 +285,23 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     };
     let (reporter, logs) = start_logs(ctx, files);
     let header = format!("$ {}", lease.exec.display());
+    let (spawned, logs) = match spawned {
+        Some(spawned) => (spawned, logs),
+        None => {
+            let logs = match fetch_inputs(ctx, &reporter, logs, &names.files.workspace).await? {
+                Ok(logs) => logs,
+                Err(end) => return Ok(end),
+            };
+            let (lease, names, base_env) = (lease.clone(), names.clone(), ctx.job_env.clone());
+            let deadline_ms = ctx.deadline_ms;
+            let spawned = tokio::task::spawn_blocking(move || {
+                spawn_recorded(&lease, &names, &base_env, deadline_ms)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            (spawned, logs)
+        }
+    };
     let (mut proc, stdout, stderr) = match spawned {
         Ok(parts) => parts,
         Err(error) => {
@@ -316,7 +342,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         started,
         record: names.files.record.clone(),
     };
-    conclude(ctx, parts, ending, Some(&names.files.result())).await
+    conclude(ctx, parts, ending, &names.files).await
 }
 
 /// How a started job ended, before the result file is read.
@@ -343,7 +369,7 @@ async fn conclude(
     ctx: &AttemptCtx,
     parts: Running,
     ending: Ending,
-    result_file: Option<&Path>,
+    files: &AttemptFiles,
 ) -> Result<AttemptEnd, Abandoned> {
     let Running {
         reporter,
@@ -360,6 +386,17 @@ async fn conclude(
     } = ending;
     if let Some(e) = &error {
         logs.system(&format!("[drover] {e}")).await;
+    }
+    // Whatever the outcome; not for an attempt that is no longer this agent's, nor one
+    // going back to the queue because the agent shuts down (the next attempt makes them).
+    let current = !matches!(
+        ctx.stopper.current(),
+        Some(StopReason::Stale | StopReason::Shutdown | StopReason::LeaseLost)
+    );
+    if current && !ctx.lease.artifacts.is_empty() {
+        for line in files::upload_artifacts(&ctx.client, &ctx.lease, &files.workspace).await {
+            logs.system(&line).await;
+        }
     }
     logs.close().await;
     // The spool is complete: should the agent die before the server has it all, its
@@ -393,10 +430,7 @@ async fn conclude(
     }
     logs.shipped().await?;
     output.progress_sent().await;
-    let (result, result_error) = match result_file {
-        Some(path) => read_result(path).await,
-        None => (None, None),
-    };
+    let (result, result_error) = read_result(&files.result()).await;
     if let Some(re) = result_error {
         error = Some(match error {
             Some(e) => format!("{e}; {re}"),
@@ -465,16 +499,39 @@ async fn execute_docker(
     spec: &DockerSpec,
 ) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let (spool, limits, mirror) = (names.files.spool.clone(), ctx.limits, names.mirror.clone());
-    let files = tokio::task::spawn_blocking(move || SpoolFiles::create(&spool, limits, mirror))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    let (reporter, logs) = match files {
-        Ok(files) => start_logs(ctx, files),
+    let (limits, names2) = (ctx.limits, names.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        let files = SpoolFiles::create(&names2.files.spool, limits, names2.mirror.clone())?;
+        Ok((files, prepare_container_dirs(&names2)))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let (reporter, logs, prepared) = match prepared {
+        Ok((files, prepared)) => {
+            let (reporter, logs) = start_logs(ctx, files);
+            (reporter, logs, prepared)
+        }
         Err(e) => return spool_failed(ctx, e).await,
     };
+    if let Err(e) = prepared {
+        return not_started(&reporter, logs, workspace_error(names, e)).await;
+    }
+    let logs = if lease.inputs.is_empty() {
+        logs
+    } else {
+        match fetch_inputs(ctx, &reporter, logs, &names.files.workspace).await? {
+            Ok(logs) => logs,
+            Err(end) => return Ok(end),
+        }
+    };
     let docker = &ctx.docker;
-    let cspec = ContainerSpec::new(lease, spec, &docker.agent, &docker.mounts);
+    let cspec = ContainerSpec::new(
+        lease,
+        spec,
+        &docker.agent,
+        &docker.mounts,
+        &names.files.workspace,
+    );
     logs.system(&format!("$ {}", cspec.display(spec))).await;
     let record = fence::Record {
         job_id: lease.job_id.clone(),
@@ -494,15 +551,7 @@ async fn execute_docker(
         s = docker.engine.create_and_start(&cspec) => s,
         r = process::wait_stop(&mut stop_rx, |_| true) => {
             docker.engine.remove_container(&cspec.name).await;
-            if r == StopReason::Stale {
-                logs.abort();
-                return Err(Abandoned);
-            }
-            let (outcome, error) = stopped_outcome(r, lease);
-            logs.system(&format!("[drover] {error}")).await;
-            logs.shipped().await?;
-            reporter.end(FinishRequest { outcome, exit_code: None, error: Some(error), result: None }, Some(r)).await?;
-            return Ok(AttemptEnd { outcome: reported_outcome(outcome, Some(r)), stopped: Some(r) });
+            return stopped_before_start(ctx, &reporter, logs, r).await;
         }
     };
     let Started { container, notes } = match created {
@@ -539,7 +588,7 @@ async fn execute_docker(
         started,
         record: names.files.record.clone(),
     };
-    conclude(ctx, parts, ending, None).await
+    conclude(ctx, parts, ending, &names.files).await
 }
 
 /// Outcome, exit code and error for how a container ended.
@@ -594,12 +643,13 @@ fn keep_record(path: &Path, record: &fence::Record) {
     }
 }
 
-/// Prepares the workspace and spawns the job (blocking); the error is the job's error
-/// message.
-fn spawn(
+/// Spawns the job in its prepared workspace and records it (blocking); the error is the
+/// job's error message.
+fn spawn_recorded(
     lease: &Lease,
     names: &Names,
     base_env: &[(OsString, OsString)],
+    deadline_ms: u64,
 ) -> Result<
     (
         JobProcess,
@@ -608,14 +658,82 @@ fn spawn(
     ),
     String,
 > {
-    prepare_dirs(names).map_err(|e| {
-        format!(
-            "cannot create the workspace {}: {e}",
-            names.files.workspace.display()
-        )
-    })?;
     let spec = spawn_spec(lease, names, base_env)?;
-    JobProcess::spawn_now(spec).map_err(|e| e.to_string())
+    let spawned = JobProcess::spawn_now(spec).map_err(|e| e.to_string())?;
+    let pid = spawned.0.pid();
+    let record = fence::Record {
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        pgid: Some(pid),
+        start_time: fence::process_start_time(pid),
+        container: None,
+        deadline_ms,
+        ended: None,
+    };
+    keep_record(&names.files.record, &record);
+    Ok(spawned)
+}
+
+fn workspace_error(names: &Names, e: std::io::Error) -> String {
+    format!(
+        "cannot create the workspace {}: {e}",
+        names.files.workspace.display()
+    )
+}
+
+/// Puts the job's inputs into its workspace, logging each, and hands the log back.
+/// `Err(end)` when the attempt ended instead: an input failed (the attempt fails,
+/// naming it), or a stop came first.
+async fn fetch_inputs(
+    ctx: &AttemptCtx,
+    reporter: &Reporter,
+    logs: LogPipeline,
+    workspace: &Path,
+) -> Result<Result<LogPipeline, AttemptEnd>, Abandoned> {
+    let mut stop_rx = ctx.stopper.subscribe();
+    let fetched = tokio::select! {
+        f = files::fetch_inputs(&ctx.client, &ctx.lease, workspace, ctx.inputs) => f,
+        r = process::wait_stop(&mut stop_rx, |_| true) => {
+            return stopped_before_start(ctx, reporter, logs, r).await.map(Err);
+        }
+    };
+    match fetched {
+        Ok(lines) => {
+            for line in lines {
+                logs.system(&line).await;
+            }
+            Ok(Ok(logs))
+        }
+        Err(error) => not_started(reporter, logs, error).await.map(Err),
+    }
+}
+
+/// Ends an attempt stopped before its command started: a stale one without a report,
+/// others with the stop's outcome (a shutdown's is a release).
+async fn stopped_before_start(
+    ctx: &AttemptCtx,
+    reporter: &Reporter,
+    logs: LogPipeline,
+    reason: StopReason,
+) -> Result<AttemptEnd, Abandoned> {
+    if reason == StopReason::Stale {
+        logs.abort();
+        return Err(Abandoned);
+    }
+    let (outcome, error) = stopped_outcome(reason, &ctx.lease);
+    logs.system(&format!("[drover] {error}")).await;
+    logs.shipped().await?;
+    let req = FinishRequest {
+        outcome,
+        exit_code: None,
+        error: Some(error),
+        result: None,
+    };
+    reporter.end(req, Some(reason)).await?;
+    Ok(AttemptEnd {
+        outcome: reported_outcome(outcome, Some(reason)),
+        stopped: Some(reason),
+    })
 }
 
 fn failed(error: String) -> FinishRequest {

@@ -7,6 +7,7 @@ use drover_core::api::{
     ErrorBody, FinishRequest, PollRequest, PollResponse, ProgressUpdate, RegisterRequest,
     RegisterResponse,
 };
+use drover_core::files::FileInfo;
 use rand::Rng;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -216,47 +217,103 @@ impl Client {
             .send()
             .await
             .map_err(|e| CallError::Transient(error_chain(&e)))?;
-        let status = resp.status();
-        if status.is_success() {
-            if status == StatusCode::NO_CONTENT {
-                return Ok(None);
-            }
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| CallError::Transient(error_chain(&e)))?;
-            if bytes.is_empty() {
-                return Ok(None);
-            }
-            return serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CallError::Transient(format!("unreadable answer from {url}: {e}")));
+        answer(resp, url).await
+    }
+
+    /// `GET …/inputs/{index}`: the answer, whose body the caller streams.
+    pub async fn input(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        index: usize,
+    ) -> Result<reqwest::Response, CallError> {
+        let url = self.attempt_url(job_id, attempt, &format!("inputs/{index}"));
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.session_token())
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
         }
-        let text = resp.text().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => (b.error.code, b.error.message),
-            Err(_) => (String::new(), text),
-        };
-        Err(match status {
-            StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(if code.is_empty() {
-                message
-            } else {
-                format!("{code}: {message}")
-            }),
-            StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                CallError::Transient(format!("{status}: {message}"))
-            }
-            s if s.is_server_error() => CallError::Transient(format!("{status}: {message}")),
-            s => CallError::Refused {
-                status: s.as_u16(),
-                message,
-            },
-        })
+        answer::<serde_json::Value>(resp, &url).await?;
+        Err(CallError::Transient(format!(
+            "{url} answered without a body"
+        )))
+    }
+
+    /// `POST …/artifacts?path=PATH`, streaming `body`.
+    pub async fn upload_artifact(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<FileInfo, CallError> {
+        let url = self.attempt_url(job_id, attempt, "artifacts");
+        let resp = self
+            .http
+            .post(&url)
+            .query(&[("path", path)])
+            .bearer_auth(self.session_token())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+        answer(resp, &url)
+            .await?
+            .ok_or_else(|| CallError::Transient(format!("{url} answered without a body")))
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// Reads an answer: its JSON body on success, else the error it stands for.
+async fn answer<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    url: &str,
+) -> Result<Option<T>, CallError> {
+    let status = resp.status();
+    if status.is_success() {
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        return serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CallError::Transient(format!("unreadable answer from {url}: {e}")));
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (String::new(), text),
+    };
+    Err(match status {
+        StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(if code.is_empty() {
+            message
+        } else {
+            format!("{code}: {message}")
+        }),
+        StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+            CallError::Transient(format!("{status}: {message}"))
+        }
+        s if s.is_server_error() => CallError::Transient(format!("{status}: {message}")),
+        s => CallError::Refused {
+            status: s.as_u16(),
+            message,
+        },
+    })
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

@@ -178,6 +178,10 @@ fn message_of(e: &BollardError) -> String {
     }
 }
 
+/// Where a container sees its attempt's workspace (inputs, artifacts, the progress and
+/// result files): a path no image is likely to use for anything else.
+pub const CONTAINER_WORKSPACE: &str = "/drover/workspace";
+
 /// What the container is created from.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -199,8 +203,15 @@ pub enum Pull {
 }
 
 impl ContainerSpec {
-    /// Builds the container for `lease`'s docker spec with the agent's default mounts.
-    pub fn new(lease: &Lease, spec: &DockerSpec, agent: &str, default_mounts: &[String]) -> Self {
+    /// Builds the container for `lease`'s docker spec with the agent's default mounts
+    /// and the attempt's `workspace` at [`CONTAINER_WORKSPACE`].
+    pub fn new(
+        lease: &Lease,
+        spec: &DockerSpec,
+        agent: &str,
+        default_mounts: &[String],
+        workspace: &Path,
+    ) -> Self {
         let name = container_name(&lease.job_id, lease.attempt);
         let mut env: Vec<String> = lease
             .env
@@ -210,6 +221,13 @@ impl ContainerSpec {
             .collect();
         env.push(format!("DROVER_JOB_ID={}", lease.job_id));
         env.push(format!("DROVER_ATTEMPT={}", lease.attempt));
+        env.push(format!("DROVER_WORKSPACE={CONTAINER_WORKSPACE}"));
+        env.push(format!(
+            "DROVER_PROGRESS={CONTAINER_WORKSPACE}/.drover/progress"
+        ));
+        env.push(format!(
+            "DROVER_RESULT={CONTAINER_WORKSPACE}/.drover/result.json"
+        ));
         let (entrypoint, cmd) = match (&spec.command, &spec.entrypoint) {
             (Some(DockerCommand::Line(line)), None) => (
                 Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
@@ -227,8 +245,9 @@ impl ContainerSpec {
             (LABEL_ATTEMPT.to_string(), lease.attempt.to_string()),
             (LABEL_AGENT.to_string(), agent.to_string()),
         ]);
-        let mounts = default_mounts
-            .iter()
+        let own = format!("{}:{CONTAINER_WORKSPACE}", workspace.display());
+        let mounts = std::iter::once(&own)
+            .chain(default_mounts)
             .chain(spec.volumes.iter())
             .map(|v| mount(v))
             .collect();
@@ -253,7 +272,11 @@ impl ContainerSpec {
             cmd,
             entrypoint,
             env: Some(env),
-            working_dir: spec.workdir.clone(),
+            working_dir: Some(
+                spec.workdir
+                    .clone()
+                    .unwrap_or_else(|| CONTAINER_WORKSPACE.to_string()),
+            ),
             user: spec.user.clone(),
             labels: Some(labels),
             attach_stdout: Some(true),

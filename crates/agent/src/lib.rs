@@ -17,6 +17,7 @@ mod attempt;
 mod client;
 mod docker;
 mod fence;
+mod files;
 mod host;
 mod identity;
 mod layout;
@@ -81,11 +82,15 @@ pub struct AgentConfig {
     /// this agent's jobs when the agent dies or freezes past its leases. None: jobs of a
     /// killed agent are stopped when it restarts, those of a frozen one not at all.
     pub watchdog: Option<Vec<OsString>>,
+    /// Longest a URL input may take to download.
+    pub input_timeout: Duration,
+    /// Largest input (an upload or a URL) the agent puts into a workspace.
+    pub input_max_bytes: u64,
 }
 
 impl AgentConfig {
     /// Defaults: name = host name, slots = CPU count, shutdown 5 min, spool 1 GiB,
-    /// output cap 4 GiB, queue `default`, Docker at `/var/run/docker.sock` with no default
+    /// output cap 4 GiB, inputs up to 10 GiB within 10 min, queue `default`, Docker at `/var/run/docker.sock` with no default
     /// mounts, containers removed after their job, no job log mirror.
     pub fn new(
         server: impl Into<String>,
@@ -112,6 +117,8 @@ impl AgentConfig {
             ca_file: None,
             job_env: job_env(std::env::vars_os(), &[]),
             watchdog: None,
+            input_timeout: Duration::from_secs(600),
+            input_max_bytes: 10 << 30,
         }
     }
 }

@@ -91,6 +91,9 @@ fn lease(job_id: &str, exec: Exec) -> Lease {
         timeout_ms: None,
         grace_ms: 60_000,
         metadata: serde_json::Value::Null,
+        inputs: Vec::new(),
+        artifacts: Vec::new(),
+        artifact_limits: Default::default(),
     }
 }
 

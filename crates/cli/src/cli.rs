@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, jobs, logs, submit};
+use crate::commands::{admin, files, jobs, logs, submit};
 use crate::config::{AgentArgs, ClientArgs, ServerArgs, UpArgs};
 
 /// The exit codes, shown by `drover --help` (and documented in `error.rs`).
@@ -54,9 +54,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Submit a job; the words after `--` are one shell command line (run with `bash -c`).
     #[command(
-        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi\n  drover submit --label gpu=a100 --env EPOCHS=5 --secret TOKEN=s3cr3t -- ./train.sh\n\nPrints the job id (-o json: the job). --wait and --follow exit like the job:\n0 succeeded, its exit code when it failed, 124 timed out, 130 canceled."
+        after_help = "Examples:\n  drover submit -- make test\n  drover submit --wait --timeout 10m --attempts 3 -- ./train.sh --epochs 5\n  drover submit --follow --no-shell -- python3 -c 'print(42)'\n  drover submit --script job.py --interpreter python3\n  drover submit --image busybox:latest -- echo hi\n  drover submit --label gpu=a100 --env EPOCHS=5 --secret TOKEN=s3cr3t -- ./train.sh\n  drover submit --input study.yaml --artifact 'results/**' -- ./simulate study.yaml\n\nPrints the job id (-o json: the job). --wait and --follow exit like the job:\n0 succeeded, its exit code when it failed, 124 timed out, 130 canceled."
     )]
-    Submit(submit::SubmitArgs),
+    Submit(Box<submit::SubmitArgs>),
     /// Show one job: state, command, attempts, progress, result.
     #[command(
         after_help = "Examples:\n  drover status 01932f...\n  drover status -o json 01932f... | jq .state"
@@ -106,6 +106,12 @@ pub enum Command {
         after_help = "Example:\n  drover agents\n  drover agents -o json | jq '.agents[] | {name, status}'"
     )]
     Agents,
+    /// Uploaded files: put, ls, get, rm.
+    #[command(subcommand)]
+    Files(files::FilesCommand),
+    /// A job's artifacts: ls, get.
+    #[command(subcommand)]
+    Artifacts(files::ArtifactsCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(admin::TokenCommand),

@@ -11,8 +11,13 @@ use crate::error::{CliError, Result};
 /// The API path of a job, `/v1/jobs/ID`, with the id percent-encoded: an id such as
 /// `../x` names a job, never another route.
 pub fn job_path(id: &str) -> String {
-    let mut out = String::from("/v1/jobs/");
-    for b in id.bytes() {
+    format!("/v1/jobs/{}", segment(id))
+}
+
+/// `s` percent-encoded as one path segment.
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::backoff::Backoff;
+use crate::files::{ArtifactLimits, Input};
 use crate::labels::Labels;
 use crate::spec::{Exec, FieldError};
 use crate::state::{JobState, Outcome};
@@ -62,6 +63,12 @@ pub struct Job {
     pub secret_names: Vec<String>,
     pub metadata: serde_json::Value,
     pub idempotency_key: Option<String>,
+    /// Files put into the workspace before the command starts.
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+    /// Patterns of files uploaded as artifacts after the job ends.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
     /// Attempts that started a process (a lease that never started does not count).
     pub attempts_used: u32,
     /// Number of the current (latest) attempt; 0 before the first lease.
@@ -467,6 +474,13 @@ pub struct Lease {
     pub timeout_ms: Option<u64>,
     pub grace_ms: u64,
     pub metadata: serde_json::Value,
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// What the server accepts as this attempt's artifacts.
+    #[serde(default)]
+    pub artifact_limits: ArtifactLimits,
 }
 
 /// `POST .../attempts/{n}/progress`.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod files;
 pub mod labels;
 pub mod spec;
 pub mod state;

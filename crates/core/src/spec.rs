@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::backoff::Backoff;
+use crate::files::{self, Input};
 use crate::labels::Labels;
 
 /// Longest job name, queue name, label or env key we accept.
@@ -188,6 +189,13 @@ pub struct SubmitRequest {
     /// The same key returns the same job instead of a second one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Files put into the workspace before the command starts.
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+    /// Glob patterns, relative to the workspace, of files uploaded after the job ends
+    /// (`results/**`, `screenshots/*.png`), whatever its outcome.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
 }
 
 impl SubmitRequest {
@@ -211,6 +219,8 @@ impl SubmitRequest {
             secrets: BTreeMap::new(),
             metadata: None,
             idempotency_key: None,
+            inputs: Vec::new(),
+            artifacts: Vec::new(),
         }
     }
 }
@@ -240,6 +250,8 @@ pub struct ValidJob {
     pub secrets: BTreeMap<String, String>,
     pub metadata: serde_json::Value,
     pub idempotency_key: Option<String>,
+    pub inputs: Vec<Input>,
+    pub artifacts: Vec<String>,
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
@@ -453,6 +465,7 @@ impl SubmitRequest {
         if let Some(key) = &self.idempotency_key {
             check_name(&mut errs, "idempotency_key", key);
         }
+        files::check(&mut errs, &self.inputs, &self.artifacts);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -480,6 +493,8 @@ impl SubmitRequest {
             secrets: self.secrets,
             metadata: self.metadata.unwrap_or(serde_json::Value::Null),
             idempotency_key: self.idempotency_key,
+            inputs: self.inputs,
+            artifacts: self.artifacts,
         })
     }
 }

@@ -27,6 +27,30 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Serve HTTPS with this certificate and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// Keep files, artifacts and logs in S3-compatible storage instead of `data_dir`.
+    pub object_store: Option<ObjectStoreConfig>,
+    /// Largest file one upload may carry, in bytes.
+    pub max_file_bytes: u64,
+    /// Most artifacts, and bytes of artifacts, one attempt may upload.
+    pub artifact_limits: drover_core::files::ArtifactLimits,
+    /// Delete files, artifacts and logs of jobs that finished longer ago than this.
+    pub retain: Option<Duration>,
+}
+
+/// Where an S3-compatible object store is and how to sign in to it. Fields left out are
+/// read from the usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket` or `s3://bucket/prefix`.
+    pub url: String,
+    /// For stores other than AWS, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `http://host/bucket/key` rather than `http://bucket.host/key` (most self-hosted
+    /// stores want this).
+    pub path_style: bool,
 }
 
 /// PEM certificate chain and private key for HTTPS.
@@ -68,6 +92,10 @@ impl ServerConfig {
             max_body_bytes: 8 * 1024 * 1024,
             read_timeout: Duration::from_secs(15),
             tls: None,
+            object_store: None,
+            max_file_bytes: 10 * 1024 * 1024 * 1024,
+            artifact_limits: Default::default(),
+            retain: None,
         }
     }
 }
@@ -75,6 +103,7 @@ impl ServerConfig {
 pub use server::{Server, ServerError};
 
 pub mod api;
+pub mod files;
 mod hub;
 mod metrics;
 mod server;

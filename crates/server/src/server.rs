@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, auth::hash_token};
+use crate::files::FileStore;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -33,6 +34,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot open the file store: {0}")]
+    Files(String),
     #[error("server stopped: {0}")]
     Serve(std::io::Error),
     #[error("cannot load the TLS certificate {cert} / key {key}: {source}")]
@@ -61,7 +64,10 @@ impl Server {
                 })?)
             }
         };
-        let store = Store::open(&config.data_dir, config.database_url.as_deref()).await?;
+        let store = Store::open(&config.data_dir, config.database_url.as_deref())
+            .await?
+            .with_artifact_limits(config.artifact_limits);
+        let files = FileStore::open(&config).await.map_err(ServerError::Files)?;
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
             store
@@ -81,6 +87,7 @@ impl Server {
         })?;
         let state = AppState {
             store,
+            files,
             config: Arc::new(config),
             hub: Hub::default(),
             metrics: Metrics::default(),

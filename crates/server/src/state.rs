@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::files::FileStore;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -13,6 +14,8 @@ use crate::ServerConfig;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Where the bytes of files, artifacts and moved logs are kept.
+    pub files: FileStore,
     pub config: Arc<ServerConfig>,
     pub hub: Hub,
     pub metrics: Metrics,

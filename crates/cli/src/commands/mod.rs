@@ -1,8 +1,10 @@
 //! The commands, one file per group: `server`, `agent`, `submit` (and wait), `jobs`
-//! (status, ls, cancel, retry, events), `logs`, `admin` (agents, tokens, audit).
+//! (status, ls, cancel, retry, events), `logs`, `files` (uploads and artifacts), `admin`
+//! (agents, tokens, audit).
 
 pub mod admin;
 pub mod agent;
+pub mod files;
 pub mod jobs;
 pub mod logs;
 pub mod server;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use drover_core::api::Job;
 use drover_core::backoff::Backoff;
+use drover_core::files::{Input, InputSource};
 use drover_core::spec::{DockerCommand, DockerSpec};
 use drover_core::{Exec, JobState, Priority, SubmitRequest};
 
 use crate::client::{job_path, Client};
+use crate::commands::files;
 use crate::commands::logs::{follow_job, Follow};
 use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
@@ -136,6 +138,18 @@ pub struct SubmitArgs {
     /// With --image: Docker network to attach to.
     #[arg(long, requires = "image")]
     network: Option<String>,
+    /// Upload a local file and put it into the job's workspace, at PATH or under its own
+    /// name (repeatable).
+    #[arg(long = "input", value_name = "FILE[=PATH]")]
+    inputs: Vec<String>,
+    /// Have the agent download URL into the workspace at PATH, or under the URL's last
+    /// part (repeatable; a URL with `=` in it needs `=PATH`).
+    #[arg(long = "input-url", value_name = "URL[=PATH]")]
+    input_urls: Vec<String>,
+    /// Upload the files matching this pattern as artifacts after the job ends, whatever
+    /// its outcome: * stays within a folder, ** crosses folders (repeatable).
+    #[arg(long = "artifact", value_name = "PATTERN")]
+    artifacts: Vec<String>,
     /// Wait for the job to end, showing its state; exit with its exit code.
     #[arg(long)]
     wait: bool,
@@ -222,15 +236,82 @@ impl SubmitArgs {
         req.secrets = map(&self.secret);
         req.metadata = self.metadata.clone();
         req.idempotency_key = self.idempotency_key.clone();
+        for spec in &self.input_urls {
+            req.inputs.push(url_input(spec)?);
+        }
+        req.artifacts = self.artifacts.clone();
         Ok(req)
     }
+
+    /// The local files of `--input`: each path and where it goes in the workspace.
+    fn local_inputs(&self) -> Result<Vec<(PathBuf, String)>> {
+        self.inputs
+            .iter()
+            .map(|spec| {
+                let whole = PathBuf::from(spec);
+                if whole.is_file() {
+                    return Ok((whole.clone(), files::file_name(&whole)?));
+                }
+                match spec.split_once('=') {
+                    Some((file, path)) if !path.is_empty() => {
+                        Ok((PathBuf::from(file), path.to_string()))
+                    }
+                    _ => Err(CliError::Usage(format!(
+                        "--input {spec}: no such file (give FILE or FILE=PATH)"
+                    ))),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `--input-url URL[=PATH]`: the path is what follows the last `=`, else the URL's
+/// last part.
+fn url_input(spec: &str) -> Result<Input> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--input-url {spec}: give an http(s) URL and where to put it, URL=PATH"
+        ))
+    };
+    let (url, path) = match spec.rsplit_once('=') {
+        Some((url, path)) if !path.contains("://") && !path.is_empty() => {
+            (url.to_string(), path.to_string())
+        }
+        _ => {
+            let last = spec
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.rsplit('/').next())
+                .filter(|l| !l.is_empty() && !spec.ends_with("//"))
+                .ok_or_else(bad)?;
+            (spec.to_string(), last.to_string())
+        }
+    };
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(bad());
+    }
+    Ok(Input {
+        path,
+        from: InputSource::Url(url),
+        sha256: None,
+    })
 }
 
 /// `drover submit`: prints the job id (or the Job JSON); with `--wait`/`--follow` exits
 /// like the job (see [`job_exit_code`]).
 pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
-    let req = args.request()?;
+    let mut req = args.request()?;
+    let local = args.local_inputs()?;
     let client = Client::new(cfg)?;
+    for (file, path) in local {
+        let name = files::file_name(&file)?;
+        let info = files::upload(&client, &file, &name).await?;
+        req.inputs.push(Input {
+            path,
+            from: InputSource::File(info.id),
+            sha256: None,
+        });
+    }
     let job: Job = client.post("/v1/jobs", &req).await?;
     if args.follow {
         let json = cfg.output == OutputFormat::Json;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use drover_agent::AgentConfig;
 
-use super::{duration_from, parse_duration, parse_size, AgentFile, Env, FileConfig, LogConfig};
+use super::{
+    duration_from, parse_duration, parse_size, size_from, AgentFile, Env, FileConfig, LogConfig,
+};
 use crate::error::{CliError, Result};
 
 /// Flags of `drover agent`; each also comes from env and the `[agent]` table.
@@ -78,6 +80,12 @@ pub struct AgentArgs {
         value_name = "NAME"
     )]
     pub job_env_allow: Vec<String>,
+    /// Longest a URL input may take to download [default: 10m] [env: DROVER_INPUT_TIMEOUT].
+    #[arg(long, env = "DROVER_INPUT_TIMEOUT", hide_env = true, value_parser = parse_duration)]
+    pub input_timeout: Option<Duration>,
+    /// Largest input (upload or URL) put into a workspace [default: 10GiB] [env: DROVER_INPUT_MAX_SIZE].
+    #[arg(long, env = "DROVER_INPUT_MAX_SIZE", hide_env = true, value_parser = parse_size)]
+    pub input_max_size: Option<u64>,
     /// Log format [default: text] [env: DROVER_LOG_FORMAT].
     #[arg(long, env = "DROVER_LOG_FORMAT", hide_env = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -160,6 +168,14 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
     if let Some(n) = size_from(args.output_cap, f.output_cap.as_deref(), "output_cap")? {
         cfg.output_cap_bytes = n;
     }
+    let input_timeout = f.input_timeout.as_deref();
+    if let Some(t) = duration_from(args.input_timeout, input_timeout, "input_timeout")? {
+        cfg.input_timeout = t;
+    }
+    let input_max = f.input_max_size.as_deref();
+    if let Some(n) = size_from(args.input_max_size, input_max, "input_max_size")? {
+        cfg.input_max_bytes = n;
+    }
     let format = args.log_format.as_deref().or(f.log_format.as_deref());
     if let Some(other) = format.filter(|f| !matches!(*f, "text" | "json")) {
         return Err(CliError::Usage(format!(
@@ -179,16 +195,6 @@ fn pick(flags: &[String], file: &Option<Vec<String>>) -> Vec<String> {
         file.clone().unwrap_or_default()
     } else {
         flags.to_vec()
-    }
-}
-
-fn size_from(flag: Option<u64>, file: Option<&str>, key: &str) -> Result<Option<u64>> {
-    match (flag, file) {
-        (Some(n), _) => Ok(Some(n)),
-        (None, Some(s)) => parse_size(s)
-            .map(Some)
-            .map_err(|e| CliError::Usage(format!("{key} in the config file: {e}"))),
-        (None, None) => Ok(None),
     }
 }
 

@@ -43,6 +43,16 @@ pub struct Env {
 }
 
 impl Env {
+    /// A variable of the captured environment, if set and not empty.
+    pub fn var(&self, key: &str) -> Option<String> {
+        self.vars
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.to_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
     /// How an agent starts its watchdog: this binary's hidden `agent-watchdog` command.
     pub fn watchdog(&self) -> Option<Vec<std::ffi::OsString>> {
         let exe = self.exe.clone()?;
@@ -151,6 +161,26 @@ pub struct ServerFile {
     pub log_format: Option<String>,
     /// A tracing filter, e.g. `info`.
     pub log_level: Option<String>,
+    /// `s3://bucket/prefix` for files, artifacts and finished jobs' logs.
+    pub object_store: Option<String>,
+    /// The object store's endpoint (stores other than AWS).
+    pub object_store_endpoint: Option<String>,
+    /// The object store's region.
+    pub object_store_region: Option<String>,
+    /// Address the bucket in the URL's path.
+    pub object_store_path_style: Option<bool>,
+    /// The object store's access key (else `AWS_ACCESS_KEY_ID`).
+    pub object_store_access_key_id: Option<String>,
+    /// The object store's secret key (else `AWS_SECRET_ACCESS_KEY`).
+    pub object_store_secret_access_key: Option<String>,
+    /// Largest upload, e.g. `10GiB`.
+    pub max_file_size: Option<String>,
+    /// Most artifacts per attempt.
+    pub artifact_max_files: Option<u32>,
+    /// Most bytes of artifacts per attempt, e.g. `10GiB`.
+    pub artifact_max_size: Option<String>,
+    /// How long ended jobs keep files, artifacts and logs, e.g. `30d`.
+    pub retain: Option<String>,
 }
 
 /// The `[agent]` table of the config file; every key is optional.
@@ -190,6 +220,10 @@ pub struct AgentFile {
     /// Host environment variables jobs may see (`NAME` or `PREFIX*`); none means all
     /// but drover's own `DROVER_*`.
     pub job_env_allow: Option<Vec<String>>,
+    /// Longest a URL input may take to download, e.g. `10m`.
+    pub input_timeout: Option<String>,
+    /// Largest input put into a workspace, e.g. `10GiB`.
+    pub input_max_size: Option<String>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// A tracing filter, e.g. `info`.
@@ -321,6 +355,17 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Applies a size from a flag or, failing that, the config file.
+fn size_from(flag: Option<u64>, file: Option<&str>, key: &str) -> Result<Option<u64>> {
+    match (flag, file) {
+        (Some(n), _) => Ok(Some(n)),
+        (None, Some(s)) => parse_size(s)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("{key} in the config file: {e}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Applies a duration from a flag or, failing that, the config file.

@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drover_server::{BootstrapToken, Scope, ServerConfig, TlsFiles};
+use drover_server::{BootstrapToken, ObjectStoreConfig, Scope, ServerConfig, TlsFiles};
 
-use super::{duration_from, parse_duration, Env, FileConfig, LocalTokens, LogConfig};
+use super::{
+    duration_from, parse_duration, parse_size, size_from, Env, FileConfig, LocalTokens, LogConfig,
+};
 use crate::error::{CliError, Result};
 
 /// Flags of `drover server`; each also comes from env and the `[server]` table.
@@ -58,6 +60,35 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub join_token: Option<String>,
+    /// Keep files, artifacts and finished jobs' logs in S3-compatible storage, s3://BUCKET[/PREFIX] [default: the data directory] [env: DROVER_OBJECT_STORE].
+    #[arg(long, env = "DROVER_OBJECT_STORE", hide_env = true, value_name = "URL")]
+    pub object_store: Option<String>,
+    /// The object store's endpoint for stores other than AWS, e.g. http://127.0.0.1:9000 [env: DROVER_OBJECT_STORE_ENDPOINT, else AWS_ENDPOINT_URL].
+    #[arg(
+        long,
+        env = "DROVER_OBJECT_STORE_ENDPOINT",
+        hide_env = true,
+        value_name = "URL"
+    )]
+    pub object_store_endpoint: Option<String>,
+    /// The object store's region [default: AWS_REGION, else us-east-1] [env: DROVER_OBJECT_STORE_REGION].
+    #[arg(long, env = "DROVER_OBJECT_STORE_REGION", hide_env = true)]
+    pub object_store_region: Option<String>,
+    /// Address the bucket in the path (http://host/bucket/key), as most self-hosted stores want [env: DROVER_OBJECT_STORE_PATH_STYLE].
+    #[arg(long, env = "DROVER_OBJECT_STORE_PATH_STYLE", hide_env = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub object_store_path_style: bool,
+    /// Largest file one upload may carry [default: 10GiB] [env: DROVER_MAX_FILE_SIZE].
+    #[arg(long, env = "DROVER_MAX_FILE_SIZE", hide_env = true, value_parser = parse_size)]
+    pub max_file_size: Option<u64>,
+    /// Most artifacts one attempt may upload [default: 1000] [env: DROVER_ARTIFACT_MAX_FILES].
+    #[arg(long, env = "DROVER_ARTIFACT_MAX_FILES", hide_env = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub artifact_max_files: Option<u32>,
+    /// Most bytes of artifacts one attempt may upload [default: 10GiB] [env: DROVER_ARTIFACT_MAX_SIZE].
+    #[arg(long, env = "DROVER_ARTIFACT_MAX_SIZE", hide_env = true, value_parser = parse_size)]
+    pub artifact_max_size: Option<u64>,
+    /// Delete files, artifacts and logs of jobs that ended longer ago than this, e.g. 30d [default: keep] [env: DROVER_RETAIN].
+    #[arg(long, env = "DROVER_RETAIN", hide_env = true, value_parser = parse_duration)]
+    pub retain: Option<Duration>,
 }
 
 /// Everything `drover server` needs to start.
@@ -153,6 +184,30 @@ fn resolve_config(
             ))
         }
     }
+    cfg.object_store = object_store(args, f, env)?;
+    let max_file = f.max_file_size.as_deref();
+    if let Some(n) = size_from(args.max_file_size, max_file, "max_file_size")? {
+        cfg.max_file_bytes = n;
+    }
+    if let Some(n) = args.artifact_max_files.or(f.artifact_max_files) {
+        if n == 0 {
+            return Err(CliError::Usage(
+                "artifact_max_files in the config file must be at least 1".into(),
+            ));
+        }
+        cfg.artifact_limits.max_files = n;
+    }
+    let max_artifacts = f.artifact_max_size.as_deref();
+    if let Some(n) = size_from(args.artifact_max_size, max_artifacts, "artifact_max_size")? {
+        cfg.artifact_limits.max_bytes = n;
+    }
+    cfg.retain = duration_from(args.retain, f.retain.as_deref(), "retain")?;
+    if cfg.retain.is_some_and(|r| r < Duration::from_secs(60)) {
+        return Err(CliError::Usage(
+            "retain must be at least 1m (it is how long ended jobs keep their files and logs)"
+                .into(),
+        ));
+    }
     let format = args.log_format.as_deref().or(f.log_format.as_deref());
     if let Some(other) = format.filter(|f| !matches!(*f, "text" | "json")) {
         return Err(CliError::Usage(format!(
@@ -161,6 +216,42 @@ fn resolve_config(
     }
     let level = args.log_level.as_deref().or(f.log_level.as_deref());
     Ok((cfg, LogConfig::resolve(format, level, env, "info")))
+}
+
+/// The object store settings, if one is configured: flags, else the file, else the
+/// usual `AWS_*` variables (which the S3 client also reads for credentials).
+fn object_store(
+    args: &ServerArgs,
+    f: &super::ServerFile,
+    env: &Env,
+) -> Result<Option<ObjectStoreConfig>> {
+    let Some(url) = args.object_store.clone().or_else(|| f.object_store.clone()) else {
+        return Ok(None);
+    };
+    if !url.starts_with("s3://") || url.len() <= "s3://".len() {
+        return Err(CliError::Usage(format!(
+            "object store {url:?} must look like s3://BUCKET or s3://BUCKET/PREFIX"
+        )));
+    }
+    let var = |k: &str| env.var(k);
+    Ok(Some(ObjectStoreConfig {
+        url,
+        endpoint: args
+            .object_store_endpoint
+            .clone()
+            .or_else(|| f.object_store_endpoint.clone())
+            .or_else(|| var("AWS_ENDPOINT_URL")),
+        region: args
+            .object_store_region
+            .clone()
+            .or_else(|| f.object_store_region.clone())
+            .or_else(|| var("AWS_REGION"))
+            .or_else(|| var("AWS_DEFAULT_REGION"))
+            .or_else(|| Some("us-east-1".into())),
+        access_key_id: f.object_store_access_key_id.clone(),
+        secret_access_key: f.object_store_secret_access_key.clone(),
+        path_style: args.object_store_path_style || f.object_store_path_style.unwrap_or(false),
+    }))
 }
 
 #[cfg(test)]

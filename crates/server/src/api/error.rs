@@ -96,6 +96,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::TooLarge(m) => ApiError::TooLarge(m),
             e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
             e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
             e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),

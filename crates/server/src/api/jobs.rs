@@ -31,6 +31,7 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let now = Utc::now();
     let valid = req.validate(now).map_err(ApiError::InvalidSpec)?;
+    super::files::check_uploads(&state, &[(String::new(), &valid)]).await?;
     let (job, created) = state
         .store
         .enqueue(vec![valid], &caller.actor, now)
@@ -83,6 +84,12 @@ pub async fn submit_batch(
     if !errors.is_empty() {
         return Err(ApiError::InvalidSpec(errors));
     }
+    let named: Vec<(String, &drover_core::ValidJob)> = valid
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("jobs[{i}]."), v))
+        .collect();
+    super::files::check_uploads(&state, &named).await?;
     let jobs = state.store.enqueue(valid, &caller.actor, now).await?;
     state.hub.work_available();
     Ok((

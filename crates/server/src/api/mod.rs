@@ -4,6 +4,7 @@ mod admin;
 mod agents;
 pub mod auth;
 mod error;
+mod files;
 mod jobs;
 mod logs;
 
@@ -29,6 +30,7 @@ use crate::Scope;
     paths(
         jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::cancel, jobs::retry, jobs::events,
         logs::page, logs::follow, logs::text,
+        files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
@@ -64,6 +66,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs::page))
         .route("/v1/jobs/{id}/logs/stream", get(logs::follow))
         .route("/v1/jobs/{id}/logs.txt", get(logs::text))
+        .route("/v1/jobs/{id}/artifacts", get(files::artifacts))
+        .route("/v1/jobs/{id}/artifacts.tar", get(files::archive))
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .layer(DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/v1/files/{id}", get(files::download).delete(files::delete))
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/inputs/{index}",
+            get(files::input),
+        )
+        .route(
+            "/v1/jobs/{id}/attempts/{attempt}/artifacts",
+            post(files::upload_artifact).layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/jobs/{id}/attempts/{attempt}/start",
             post(agents::start),

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 
 use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
 
-/// Jobs per multi-row INSERT (20 parameters each; below SQLite's 32766 and PostgreSQL's 65535).
+/// Jobs per multi-row INSERT (22 parameters each; below SQLite's 32766 and PostgreSQL's 65535).
 const JOB_ROWS_PER_INSERT: usize = 500;
 
 /// Columns `job_from_row` reads.
-pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
@@ -58,6 +58,8 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         secret_names: secrets.names,
         metadata: json_col(row, "metadata")?,
         idempotency_key: row.try_get("idempotency_key")?,
+        inputs: json_col(row, "inputs")?,
+        artifacts: json_col(row, "artifacts")?,
         attempts_used: row.try_get::<i64, _>("attempts_used")? as u32,
         current_attempt: row.try_get::<i64, _>("current_attempt")? as u32,
         progress,
@@ -136,6 +138,8 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         secret_names: job.secrets.into_keys().collect(),
         metadata: job.metadata,
         idempotency_key: job.idempotency_key,
+        inputs: job.inputs,
+        artifacts: job.artifacts,
         attempts_used: 0,
         current_attempt: 0,
         progress: None,
@@ -196,8 +200,8 @@ impl Store {
         // Multi-row statements: one round trip per chunk instead of three per job.
         for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
             let sql = format!(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, created_at, run_at, updated_at) VALUES {}",
-                self.values(chunk.len(), 20)
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at) VALUES {}",
+                self.values(chunk.len(), 22)
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {
@@ -221,6 +225,8 @@ impl Store {
                     .bind(self.sealer.seal(&job.secrets))
                     .bind(to_json(&job.metadata))
                     .bind(job.idempotency_key.clone())
+                    .bind(to_json(&job.inputs))
+                    .bind(to_json(&job.artifacts))
                     .bind(ms(now))
                     .bind(ms(job.run_at))
                     .bind(ms(now));

@@ -246,7 +246,7 @@ impl Store {
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
         // if another server took one in between (PostgreSQL without the row lock).
         let sql = format!(
-            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata",
+            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata, inputs, artifacts",
             placeholders(4, chosen.len())
         );
         let mut q = sqlx::query(&sql)
@@ -335,6 +335,9 @@ impl Store {
                 .map(|v| v as u64),
             grace_ms: row.try_get::<i64, _>("grace_ms")? as u64,
             metadata: super::json_col(row, "metadata")?,
+            inputs: super::json_col(row, "inputs")?,
+            artifacts: super::json_col(row, "artifacts")?,
+            artifact_limits: self.artifact_limits,
         })
     }
 

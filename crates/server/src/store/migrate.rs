@@ -10,13 +10,18 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 3] {
+fn migrations(backend: Backend) -> [Migration; 4] {
     match backend {
         Backend::Sqlite => [
             Migration {
                 component: "main",
                 version: 1,
                 sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 2,
+                sql: include_str!("../../migrations/sqlite/0002_files.sql"),
             },
             Migration {
                 component: "logs",
@@ -34,6 +39,11 @@ fn migrations(backend: Backend) -> [Migration; 3] {
                 component: "main",
                 version: 1,
                 sql: include_str!("../../migrations/postgres/0001_init.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 2,
+                sql: include_str!("../../migrations/postgres/0002_files.sql"),
             },
             Migration {
                 component: "logs",

@@ -9,6 +9,7 @@
 
 mod agents;
 mod audit;
+mod files;
 mod finish;
 mod jobs;
 mod leases;
@@ -22,11 +23,13 @@ use std::path::Path;
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
+use drover_core::files::ArtifactLimits;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
+pub use files::NewFile;
 pub use leases::{AttemptWrite, PollOutcome, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
 pub use seal::Sealer;
@@ -59,6 +62,9 @@ pub enum StoreError {
     /// The attempt belongs to another agent.
     #[error("attempt {attempt} of job {job_id} belongs to another agent")]
     NotYourAttempt { job_id: String, attempt: u32 },
+    /// Over a limit; the message names it.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
@@ -80,6 +86,8 @@ pub struct Store {
     logs_read: AnyPool,
     /// Seals job secrets before they are written.
     sealer: Sealer,
+    /// Put on every lease: what the server accepts as an attempt's artifacts.
+    artifact_limits: ArtifactLimits,
 }
 
 impl Store {
@@ -116,6 +124,7 @@ impl Store {
                     logs_write: pool.clone(),
                     logs_read: pool,
                     sealer,
+                    artifact_limits: ArtifactLimits::default(),
                 }
             }
             None => {
@@ -128,11 +137,18 @@ impl Store {
                     logs_write: sqlite_pool(&logs, 1).await?,
                     logs_read: sqlite_pool(&logs, 4).await?,
                     sealer,
+                    artifact_limits: ArtifactLimits::default(),
                 }
             }
         };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// The same store, handing out leases with these artifact limits.
+    pub fn with_artifact_limits(mut self, limits: ArtifactLimits) -> Store {
+        self.artifact_limits = limits;
+        self
     }
 
     pub fn backend(&self) -> Backend {
