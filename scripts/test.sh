@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine with only the Rust toolchain it
 # first installs what the tests need (PostgreSQL's server binaries for the store suite,
-# python3 for script jobs, busybox-static for the Docker tests' image) with apt-get.
+# python3 for script jobs, busybox-static for the Docker tests' image) with apt-get, and
+# moto (an S3-compatible server, from PyPI) into target/test-venv for the object-store
+# tests, which then must run (DROVER_REQUIRE_S3=1) rather than skip.
 # The Docker tests need a reachable Docker engine; DROVER_SKIP_DOCKER_TESTS=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,10 @@ fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v bash >/dev/null 2>&1 || need+=(bash)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+venv=target/test-venv
+if [ ! -x "$venv/bin/moto_server" ] && ! python3 -m venv --help >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (needed by the tests) with apt-get"
   sudo=""
@@ -20,6 +26,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "==> installing moto (S3-compatible test server) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+fi
+export DROVER_REQUIRE_S3=1
 
 echo "==> cargo test --workspace"
 cargo test --workspace --all-targets "$@"

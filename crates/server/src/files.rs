@@ -12,7 +12,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 use sha2::{Digest, Sha256};
 
 use crate::ServerConfig;
@@ -85,7 +85,15 @@ impl FileStore {
         if bucket.is_empty() {
             return Err(format!("object store {:?} names no bucket", os.url));
         }
+        // A few quick retries: a store that does not answer fails the request (and the
+        // start-up probe) within seconds instead of minutes.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
         let mut b = AmazonS3Builder::from_env()
+            .with_retry(retry)
             .with_bucket_name(bucket)
             .with_virtual_hosted_style_request(!os.path_style);
         if let Some(e) = &os.endpoint {

@@ -114,3 +114,6 @@ pub mod testing;
 #[cfg(feature = "testing")]
 #[path = "testing_pg.rs"]
 pub mod testing_pg;
+#[cfg(feature = "testing")]
+#[path = "testing_s3.rs"]
+pub mod testing_s3;

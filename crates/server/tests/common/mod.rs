@@ -1,0 +1,99 @@
+//! Helpers of the HTTP tests: a JSON client with a token, agents that register and poll.
+#![allow(dead_code)]
+
+use drover_core::api::*;
+use drover_server::testing::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A JSON client with one token.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Client {
+    pub fn new(server: &TestServer, token: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: server.url.clone(),
+            token: token.into(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn submit(&self, body: Value) -> Job {
+        let (status, v) = self.post("/v1/jobs", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Job {
+        let (status, v) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+pub fn shell(cmd: &str) -> Value {
+    json!({"exec": {"kind": "shell", "command": cmd}})
+}
+
+pub async fn register(server: &TestServer, name: &str, labels: Value) -> Client {
+    let join = Client::new(server, &server.join_token);
+    let (status, v) = join
+        .post("/v1/agents/register", json!({"name": name, "labels": labels, "queues": [], "slots": 4, "host": HostInfo::default()}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let resp: RegisterResponse = serde_json::from_value(v).unwrap();
+    Client::new(server, &resp.token)
+}
+
+pub async fn poll(agent: &Client, running: &[(String, u32)], wait_ms: u64) -> PollResponse {
+    let running: Vec<Value> = running
+        .iter()
+        .map(|(j, a)| json!({"job_id": j, "attempt": a}))
+        .collect();
+    let (status, v) = agent
+        .post(
+            "/v1/agents/poll",
+            json!({"running": running, "wait_ms": wait_ms}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+pub fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}

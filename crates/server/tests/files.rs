@@ -1,0 +1,299 @@
+//! The file API on both stores (the data directory, and S3 through a throwaway moto
+//! server): uploads, inputs fetched by the agent whose attempt it is, artifacts with
+//! their limits and fencing, downloads and the tar archive, byte for byte.
+
+mod common;
+
+use std::io::Read;
+
+use common::{error_code, poll, register, shell, Client};
+use drover_core::files::{FileInfo, FileList};
+use drover_server::testing::TestServer;
+use drover_server::testing_s3::S3Server;
+use drover_server::ServerConfig;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Bytes that differ from chunk to chunk, so a misplaced part shows.
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64 * 2_654_435_761 + seed as u64) >> 7) as u8)
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Sends `body` as raw bytes; the status and the answer (JSON when it is).
+async fn send_bytes(c: &Client, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let resp = c
+        .http
+        .post(format!("{}{path}", c.base))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// GETs raw bytes; the status, the announced sha256 and the bytes.
+async fn fetch(c: &Client, path: &str) -> (StatusCode, Option<String>, Vec<u8>) {
+    let resp = c
+        .http
+        .get(format!("{}{path}", c.base))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let announced = resp
+        .headers()
+        .get("x-drover-sha256")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, announced, resp.bytes().await.unwrap().to_vec())
+}
+
+fn config(data_dir: std::path::PathBuf, s3: Option<&S3Server>) -> ServerConfig {
+    let mut cfg = TestServer::config(data_dir, 0);
+    cfg.max_file_bytes = 30 << 20;
+    cfg.artifact_limits.max_files = 3;
+    cfg.artifact_limits.max_bytes = 12 << 20;
+    cfg.object_store = s3.map(|s| s.config("files-test"));
+    cfg
+}
+
+async fn uploads_inputs_and_artifacts(s3: Option<&S3Server>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(tmp.path().to_path_buf(), s3)).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (_, t) = admin
+        .post("/v1/tokens", json!({"name": "reader", "scope": "read"}))
+        .await;
+    let reader = Client::new(&server, t["token"].as_str().unwrap());
+
+    // An upload of several multipart chunks reads back identical.
+    let config_bytes = data((20 << 20) + 1234, 1);
+    let (status, v) = send_bytes(&admin, "/v1/files?name=study.yaml", config_bytes.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let upload: FileInfo = serde_json::from_value(v).unwrap();
+    assert_eq!(upload.size, config_bytes.len() as u64);
+    assert_eq!(upload.sha256, sha(&config_bytes));
+    let (status, announced, got) = fetch(&reader, &format!("/v1/files/{}", upload.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(announced.as_deref(), Some(upload.sha256.as_str()));
+    assert!(got == config_bytes, "download differs");
+
+    // Refusals store nothing.
+    let wrong = format!("/v1/files?name=bad&sha256={}", "0".repeat(64));
+    let (status, v) = send_bytes(&admin, &wrong, b"hello".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("sha256"),
+        "{v}"
+    );
+    let (status, v) = send_bytes(&admin, "/v1/files?name=big", data(31 << 20, 2)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&(30u64 << 20).to_string()),
+        "the limit is named: {v}"
+    );
+    let (status, v) = send_bytes(&reader, "/v1/files?name=r", b"x".to_vec()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (_, v) = reader.get("/v1/files").await;
+    let names: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["study.yaml"]);
+
+    // A job can only name uploads that exist.
+    let mut spec = shell("cat study.yaml");
+    spec["inputs"] = json!([{"path": "study.yaml", "from": {"file": "no-such-file"}}]);
+    let (status, v) = admin.post("/v1/jobs", spec.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["details"][0]["field"], "inputs[0].from.file");
+    spec["inputs"][0]["from"]["file"] = json!(upload.id);
+    spec["artifacts"] = json!(["out/**"]);
+    let job = admin.submit(spec).await;
+    assert_eq!(job.artifacts, ["out/**"]);
+    let (status, v) = admin
+        .call(Method::DELETE, &format!("/v1/files/{}", upload.id), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an input of a queued job is kept: {v}"
+    );
+
+    // Only the agent whose attempt it is may fetch the input.
+    let agent = register(&server, "a", json!({})).await;
+    let other = register(&server, "b", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    assert_eq!(lease.inputs.len(), 1);
+    assert_eq!(lease.artifact_limits.max_files, 3);
+    let input = format!("/v1/jobs/{}/attempts/1/inputs/0", job.id);
+    let (status, announced, got) = fetch(&agent, &input).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(announced.as_deref(), Some(upload.sha256.as_str()));
+    assert!(got == config_bytes);
+    let (status, _, _) = fetch(&other, &input).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = fetch(&reader, &input).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "client tokens are not agents"
+    );
+
+    // Artifacts: stored, replaced by path, limited, fenced.
+    let art = |path: &str| format!("/v1/jobs/{}/attempts/1/artifacts?path={path}", job.id);
+    let a = data((5 << 20) + 7, 3);
+    let (status, v) = send_bytes(&agent, &art("out/a.bin"), data(10, 9)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, v) = send_bytes(&agent, &art("out/a.bin"), a.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the same path again replaces it: {v}"
+    );
+    let (status, v) = send_bytes(&other, &art("out/x"), b"x".to_vec()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = send_bytes(&agent, &art("../escape"), b"x".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let long_path = format!("out/{}/c.txt", "d".repeat(120));
+    let small = [
+        ("out/b.txt", b"bee\n".to_vec()),
+        (long_path.as_str(), b"c".to_vec()),
+    ];
+    for (path, body) in &small {
+        let (status, v) = send_bytes(&agent, &art(path), body.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let (status, v) = send_bytes(&agent, &art("out/d.txt"), b"d".to_vec()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "a fourth file: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 artifacts"),
+        "{v}"
+    );
+    let (status, v) = send_bytes(&agent, &art("out/b.txt"), data(8 << 20, 4)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "over the bytes: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("artifact limit"),
+        "{v}"
+    );
+
+    // The attempt ends: it can no longer fetch or upload.
+    let (status, v) = agent
+        .post(
+            &format!("/v1/jobs/{}/attempts/1/finish", job.id),
+            json!({"outcome": "succeeded", "exit_code": 0, "error": null, "result": null}),
+        )
+        .await;
+    assert!(status.is_success(), "{v}");
+    let (status, v) = send_bytes(&agent, &art("out/late.txt"), b"late".to_vec()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(error_code(&v), "stale_attempt");
+    let (status, _, _) = fetch(&agent, &input).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Listed, downloaded one by one and as an archive, byte for byte.
+    let (status, v) = reader.get(&format!("/v1/jobs/{}/artifacts", job.id)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let list: FileList = serde_json::from_value(v).unwrap();
+    let mut expected: Vec<(String, Vec<u8>)> = vec![("out/a.bin".into(), a)];
+    expected.extend(small.iter().map(|(p, b)| (p.to_string(), b.clone())));
+    expected.sort();
+    let listed: Vec<(String, u32)> = list
+        .files
+        .iter()
+        .map(|f| (f.name.clone(), f.attempt.unwrap()))
+        .collect();
+    let want: Vec<(String, u32)> = expected.iter().map(|(p, _)| (p.clone(), 1)).collect();
+    assert_eq!(listed, want);
+    for (f, (_, bytes)) in list.files.iter().zip(&expected) {
+        assert_eq!(f.sha256, sha(bytes));
+        let (status, _, got) = fetch(&reader, &format!("/v1/files/{}", f.id)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(&got == bytes, "{} differs", f.name);
+    }
+    let (status, _, tar) = fetch(&reader, &format!("/v1/jobs/{}/artifacts.tar", job.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut unpacked = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        unpacked.push((path, bytes));
+    }
+    assert!(unpacked == expected, "the archive holds the artifacts");
+    let (status, _) = reader.get(&format!("/v1/jobs/{}/artifacts", "nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Once the job ended its input may go.
+    let (status, v) = admin
+        .call(Method::DELETE, &format!("/v1/files/{}", upload.id), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let (status, _, _) = fetch(&reader, &format!("/v1/files/{}", upload.id)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn files_on_the_embedded_store() {
+    uploads_inputs_and_artifacts(None).await;
+}
+
+#[tokio::test]
+async fn files_on_an_s3_store() {
+    let s3 = tokio::task::spawn_blocking(S3Server::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(s3) = &s3 {
+        uploads_inputs_and_artifacts(Some(s3)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_with_a_wrong_object_store_does_not_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = TestServer::config(tmp.path().to_path_buf(), 0);
+    cfg.object_store = Some(drover_server::ObjectStoreConfig {
+        url: "s3://no-bucket".into(),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("x".into()),
+        secret_access_key: Some("y".into()),
+        path_style: true,
+    });
+    let err = match drover_server::Server::bind(cfg).await {
+        Ok(_) => panic!("started without a reachable object store"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot write to object store s3://no-bucket"),
+        "{err}"
+    );
+}
