@@ -83,6 +83,15 @@ pub enum Command {
         /// The job id.
         job: String,
     },
+    /// Delete ended jobs with their attempts, events, logs and artifacts.
+    #[command(
+        after_help = "Example:\n  drover rm JOB\n\nA job that has not ended is a conflict (exit 5): cancel it first."
+    )]
+    Rm {
+        /// The job ids.
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
     /// Run a finished job again.
     #[command(after_help = "Example:\n  drover retry JOB && drover wait JOB")]
     Retry {

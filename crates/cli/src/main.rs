@@ -78,6 +78,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Ls(args) => jobs::ls(&client, args).await,
         Command::Logs(args) => logs::logs(&client, args).await,
         Command::Cancel { job } => jobs::cancel(&client, &job).await,
+        Command::Rm { jobs } => jobs::rm(&client, &jobs).await,
         Command::Retry { job } => jobs::retry(&client, &job).await,
         Command::Events { job } => jobs::events(&client, &job).await,
         Command::Agents => admin::agents(&client).await,
@@ -104,19 +105,24 @@ mod tests {
 
     #[test]
     fn every_command_has_examples_in_its_help() {
-        for sub in Cli::command().get_subcommands() {
-            if sub.get_name() == "token" || sub.is_hide_set() {
-                continue; // a group (its subcommands carry the examples), or internal
+        let cli = Cli::command();
+        let mut commands: Vec<(String, &clap::Command)> = Vec::new();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.has_subcommands() {
+                // A group: its subcommands carry the examples.
+                for leaf in sub.get_subcommands() {
+                    commands.push((format!("{} {}", sub.get_name(), leaf.get_name()), leaf));
+                }
+            } else {
+                commands.push((sub.get_name().to_string(), sub));
             }
+        }
+        for (name, sub) in commands {
             let help = sub
                 .get_after_help()
                 .map(|h| h.to_string())
                 .unwrap_or_default();
-            assert!(
-                help.contains("Example"),
-                "`drover {}` has no examples",
-                sub.get_name()
-            );
+            assert!(help.contains("Example"), "`drover {name}` has no examples");
         }
     }
 

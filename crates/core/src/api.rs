@@ -97,6 +97,14 @@ pub struct Attempt {
     pub finished_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// Where the attempt's log is kept: `database`, `object_store` (moved there once the
+    /// attempt ended) or `expired` (deleted by the server's retention).
+    #[serde(default = "in_database")]
+    pub log: String,
+}
+
+fn in_database() -> String {
+    "database".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -65,8 +65,13 @@ impl FileStore {
     pub async fn open(config: &ServerConfig) -> Result<FileStore, String> {
         let Some(os) = &config.object_store else {
             let dir = config.data_dir.join("files");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // Private like the database: the files are the users' data.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let local = LocalFileSystem::new_with_prefix(&config.data_dir)
                 .map_err(|e| format!("cannot use {}: {e}", config.data_dir.display()))?;
             return Ok(FileStore {

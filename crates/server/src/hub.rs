@@ -17,6 +17,8 @@ struct Inner {
     work: Notify,
     agents: Mutex<HashMap<String, Arc<Notify>>>,
     jobs: broadcast::Sender<Arc<str>>,
+    /// An attempt ended: its log may move to the object store.
+    ended: Notify,
 }
 
 impl Default for Hub {
@@ -26,6 +28,7 @@ impl Default for Hub {
                 work: Notify::new(),
                 agents: Mutex::new(HashMap::new()),
                 jobs: broadcast::channel(4096).0,
+                ended: Notify::new(),
             }),
         }
     }
@@ -67,5 +70,16 @@ impl Hub {
 
     pub fn subscribe_jobs(&self) -> broadcast::Receiver<Arc<str>> {
         self.inner.jobs.subscribe()
+    }
+
+    /// An attempt ended (its log is complete).
+    pub fn attempt_ended(&self) {
+        self.inner.ended.notify_one();
+    }
+
+    /// Resolves after the next [`Hub::attempt_ended`] (or at once for one that came
+    /// while nobody waited).
+    pub async fn logs_to_move(&self) {
+        self.inner.ended.notified().await;
     }
 }

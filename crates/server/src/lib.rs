@@ -104,6 +104,7 @@ pub use server::{Server, ServerError};
 
 pub mod api;
 pub mod files;
+mod housekeeping;
 mod hub;
 mod metrics;
 mod server;

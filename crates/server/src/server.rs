@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, auth::hash_token};
 use crate::files::FileStore;
+use crate::housekeeping;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -64,10 +65,11 @@ impl Server {
                 })?)
             }
         };
+        let files = FileStore::open(&config).await.map_err(ServerError::Files)?;
         let store = Store::open(&config.data_dir, config.database_url.as_deref())
             .await?
-            .with_artifact_limits(config.artifact_limits);
-        let files = FileStore::open(&config).await.map_err(ServerError::Files)?;
+            .with_artifact_limits(config.artifact_limits)
+            .with_files(files.clone());
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
             store
@@ -111,6 +113,8 @@ impl Server {
         let state = self.state;
         let tasks = TaskTracker::new();
         tasks.spawn(reaper(state.clone()));
+        tasks.spawn(housekeeping::log_mover(state.clone()));
+        tasks.spawn(housekeeping::retention(state.clone()));
         let inner = state.shutdown.clone();
         let watcher = {
             let inner = inner.clone();

@@ -297,3 +297,165 @@ async fn a_server_with_a_wrong_object_store_does_not_start() {
         "{err}"
     );
 }
+
+/// Runs one job through a fake agent: three log batches, an artifact, a finish.
+/// Returns the job id and the log text as `logs.txt` must give it back.
+async fn run_job_with_logs(server: &TestServer, admin: &Client) -> (String, String) {
+    let mut spec = shell("echo");
+    spec["artifacts"] = json!(["out/*"]);
+    let job = admin.submit(spec).await;
+    let agent = register(server, "logger", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    assert_eq!(lease.job_id, job.id);
+    let mut text = String::new();
+    let mut seq = 0u64;
+    for batch in 0..3 {
+        let records: Vec<Value> = (0..700)
+            .map(|i| {
+                seq += 1;
+                let line = format!("batch {batch} line {i} {}", "x".repeat(i % 50));
+                text.push_str(&line);
+                text.push('\n');
+                json!({"seq": seq, "ts": "2026-01-01T00:00:00Z", "stream": if i % 3 == 0 { "stderr" } else { "stdout" }, "text": line})
+            })
+            .collect();
+        let (status, v) = agent
+            .post(
+                &format!("/v1/jobs/{}/attempts/1/logs", job.id),
+                json!({ "records": records }),
+            )
+            .await;
+        assert!(status.is_success(), "{v}");
+    }
+    let art = format!("/v1/jobs/{}/attempts/1/artifacts?path=out/r.txt", job.id);
+    let (status, v) = send_bytes(&agent, &art, b"result".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, v) = agent
+        .post(
+            &format!("/v1/jobs/{}/attempts/1/finish", job.id),
+            json!({"outcome": "succeeded", "exit_code": 0, "error": null, "result": null}),
+        )
+        .await;
+    assert!(status.is_success(), "{v}");
+    (job.id, text)
+}
+
+async fn logs_txt(c: &Client, job: &str) -> String {
+    let (status, _, body) = fetch(c, &format!("/v1/jobs/{job}/logs.txt")).await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8(body).unwrap()
+}
+
+async fn log_place(c: &Client, job: &str) -> String {
+    c.job(job).await.attempts[0].log.clone()
+}
+
+#[tokio::test]
+async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identically() {
+    let Some(s3) = tokio::task::spawn_blocking(S3Server::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(tmp.path().to_path_buf(), Some(&s3))).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (job, text) = run_job_with_logs(&server, &admin).await;
+    let start = std::time::Instant::now();
+    while log_place(&admin, &job).await != "object_store" {
+        assert!(start.elapsed().as_secs() < 30, "the log never moved");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(logs_txt(&admin, &job).await, text);
+    // Pages from the middle, one stream only, read from the moved chunks.
+    let (_, page) = admin
+        .get(&format!(
+            "/v1/jobs/{job}/logs?after=1000&limit=5&stream=stderr"
+        ))
+        .await;
+    let seqs: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1001, 1004, 1007, 1010, 1013], "{page}");
+    assert_eq!(page["complete"], false);
+
+    // Deleting the job deletes its log and artifacts, wherever they are.
+    let (_, v) = admin.get(&format!("/v1/jobs/{job}/artifacts")).await;
+    let artifact = v["files"][0]["id"].as_str().unwrap().to_string();
+    let (status, v) = admin
+        .call(Method::DELETE, &format!("/v1/jobs/{job}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let (status, _) = admin.get(&format!("/v1/jobs/{job}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = fetch(&admin, &format!("/v1/files/{artifact}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, v) = admin
+        .call(Method::DELETE, &format!("/v1/jobs/{job}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path().to_path_buf(), None);
+    let server = TestServer::start_with(cfg.clone()).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (ended, text) = run_job_with_logs(&server, &admin).await;
+    assert_eq!(logs_txt(&admin, &ended).await, text);
+    let (_, v) = send_bytes(&admin, "/v1/files?name=old.txt", b"old".to_vec()).await;
+    let old_upload = v["id"].as_str().unwrap().to_string();
+    let (_, v) = send_bytes(&admin, "/v1/files?name=needed.txt", b"needed".to_vec()).await;
+    let needed = v["id"].as_str().unwrap().to_string();
+    let mut waiting = shell("cat needed.txt");
+    waiting["inputs"] = json!([{"path": "needed.txt", "from": {"file": needed}}]);
+    waiting["labels"] = json!({"nobody": "has-this"});
+    let waiting = admin.submit(waiting).await;
+    let (status, v) = admin
+        .call(Method::DELETE, &format!("/v1/jobs/{}", waiting.id), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a queued job is not deleted: {v}"
+    );
+    drop(server);
+
+    // A server with a short retention expires them at its start.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    cfg.retain = Some(std::time::Duration::from_secs(1));
+    let server = TestServer::start_with(cfg).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let start = std::time::Instant::now();
+    while log_place(&admin, &ended).await != "expired" {
+        assert!(start.elapsed().as_secs() < 30, "the log never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(logs_txt(&admin, &ended).await, "");
+    let (_, v) = admin.get(&format!("/v1/jobs/{ended}/artifacts")).await;
+    assert_eq!(v["files"], json!([]), "{v}");
+    let (status, _, _) = fetch(&admin, &format!("/v1/files/{old_upload}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an old upload nothing needs is gone"
+    );
+    let (status, _, got) = fetch(&admin, &format!("/v1/files/{needed}")).await;
+    assert_eq!(
+        (status, got),
+        (StatusCode::OK, b"needed".to_vec()),
+        "a queued job's input stays"
+    );
+    let job = admin.job(&ended).await;
+    assert_eq!(
+        job.state,
+        drover_core::JobState::Succeeded,
+        "the job itself stays"
+    );
+}

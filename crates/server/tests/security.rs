@@ -113,18 +113,28 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/jobs/{id}/logs"
             | "/v1/jobs/{id}/logs/stream"
             | "/v1/jobs/{id}/logs.txt"
+            | "/v1/jobs/{id}/artifacts"
+            | "/v1/jobs/{id}/artifacts.tar"
+            | "/v1/files"
+            | "/v1/files/{id}"
             | "/v1/agents",
         ) => Needs::Read,
         (
             "post",
-            "/v1/jobs" | "/v1/jobs/batch" | "/v1/jobs/{id}/cancel" | "/v1/jobs/{id}/retry",
-        ) => Needs::Submit,
+            "/v1/jobs"
+            | "/v1/jobs/batch"
+            | "/v1/jobs/{id}/cancel"
+            | "/v1/jobs/{id}/retry"
+            | "/v1/files",
+        )
+        | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}") => Needs::Submit,
         ("get" | "post", "/v1/tokens")
         | ("delete", "/v1/tokens/{id}" | "/v1/agents/{id}")
         | ("get", "/v1/audit") => Needs::Admin,
         ("post", "/v1/agents/register") => Needs::Join,
         ("post", "/v1/agents/poll" | "/v1/agents/finish") => Needs::Agent,
         ("post", p) if p.starts_with("/v1/jobs/{id}/attempts/{attempt}/") => Needs::OwnAttempt,
+        ("get", "/v1/jobs/{id}/attempts/{attempt}/inputs/{index}") => Needs::OwnAttempt,
         _ => return None,
     })
 }
@@ -265,7 +275,12 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
             )
             .replace("/v1/tokens/{id}", &format!("/v1/tokens/{throwaway_token}"))
             .replace("{id}", target)
-            .replace("{attempt}", "1");
+            .replace("{attempt}", "1")
+            .replace("{index}", "0")
+            .replace(
+                "/attempts/1/artifacts",
+                "/attempts/1/artifacts?path=matrix.txt",
+            );
         for who in order {
             let token = match who {
                 Who::Nobody => None,
@@ -738,6 +753,7 @@ async fn database_files_are_private() {
     let server = TestServer::start_with(TestServer::config(data.clone(), 0)).await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("files")), 0o700);
     for f in ["drover.db", "logs.db", "secrets.key"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }

@@ -33,6 +33,9 @@ pub enum FilesCommand {
         name: Option<String>,
     },
     /// List uploads, newest first.
+    #[command(
+        after_help = "Examples:\n  drover files ls\n  drover files ls -o json | jq -r '.files[].id'"
+    )]
     Ls {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
@@ -46,6 +49,7 @@ pub enum FilesCommand {
         out: Option<PathBuf>,
     },
     /// Delete a file (an upload that a job not yet ended takes as input is kept).
+    #[command(after_help = "Example:\n  drover files rm 0193…")]
     Rm { id: String },
 }
 

@@ -172,6 +172,18 @@ pub async fn cancel(cfg: &ClientConfig, id: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover rm`: deletes ended jobs with their logs and artifacts.
+pub async fn rm(cfg: &ClientConfig, ids: &[String]) -> Result<i32> {
+    let client = Client::new(cfg)?;
+    for id in ids {
+        client.delete::<serde_json::Value>(&job_path(id)).await?;
+        if cfg.output == OutputFormat::Table {
+            outln!("{id}: deleted");
+        }
+    }
+    Ok(0)
+}
+
 /// `drover retry`: queues a finished job again.
 pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;

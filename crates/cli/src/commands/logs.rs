@@ -87,12 +87,29 @@ pub async fn logs(cfg: &ClientConfig, args: LogsArgs) -> Result<i32> {
         for r in &page.records {
             print_record(r, json);
         }
+        if after == 0 && page.records.is_empty() {
+            note_expired(&client, &args.job, page.attempt).await;
+        }
         if page.records.is_empty() || page.complete {
             return Ok(0);
         }
         // Later pages read the same attempt even if the job is retried meanwhile.
         attempt = Some(page.attempt);
         after = page.last_seq;
+    }
+}
+
+/// Says so on stderr when an empty log is empty because the server's retention deleted it.
+async fn note_expired(client: &Client, job: &str, attempt: u32) {
+    let Ok(job) = client.get::<Job>(&job_path(job)).await else {
+        return;
+    };
+    let expired = job
+        .attempts
+        .iter()
+        .any(|a| a.number == attempt && a.log == "expired");
+    if expired {
+        eprintln!("the log of attempt {attempt} was deleted by the server's retention (--retain)");
     }
 }
 

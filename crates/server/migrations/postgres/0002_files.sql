@@ -15,3 +15,9 @@ CREATE TABLE files (
 );
 CREATE UNIQUE INDEX files_artifact ON files (job_id, attempt, name);
 CREATE INDEX files_created ON files (kind, created_at);
+
+-- Where an ended attempt's log is: `db` (log_chunks rows), `object` (moved to the
+-- object store, log_chunks keep only the keys) or `expired` (deleted by retention).
+ALTER TABLE attempts ADD COLUMN logs TEXT NOT NULL DEFAULT 'db';
+CREATE INDEX attempts_logs_in_db ON attempts (finished_at) WHERE logs = 'db';
+CREATE INDEX attempts_logs_kept ON attempts (job_id) WHERE logs <> 'expired'

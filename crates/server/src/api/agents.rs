@@ -330,6 +330,7 @@ pub async fn finish(
     }
     state.hub.wake_agent(&agent.id);
     state.hub.job_changed(&id);
+    state.hub.attempt_ended();
     Ok(Json(w.job))
 }
 

@@ -166,6 +166,21 @@ pub async fn cancel(
     Ok(Json(job))
 }
 
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Deleted with its attempts, events, logs and artifacts"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The job has not ended", body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Client(_caller): Client<SUBMIT>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::housekeeping::delete_job(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Queued again with a fresh attempt budget", body = Job),

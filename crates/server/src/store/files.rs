@@ -230,4 +230,64 @@ impl Store {
         .await?;
         rows.iter().map(file_from_row).collect()
     }
+
+    /// Artifacts of jobs that ended before `cutoff`.
+    pub async fn artifacts_to_expire(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT f.id FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.kind = 'artifact' AND j.finished_at IS NOT NULL AND j.finished_at < $1 LIMIT $2")
+            .bind(ms(cutoff))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?)
+    }
+
+    /// Uploads made before `cutoff` that no job not yet ended takes as input.
+    pub async fn uploads_to_expire(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM files WHERE kind = 'upload' AND created_at < $1 ORDER BY created_at LIMIT $2",
+        )
+        .bind(ms(cutoff))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        let mut unused = Vec::with_capacity(ids.len());
+        for id in ids {
+            let user: Option<String> = sqlx::query_scalar(USED_BY_UNFINISHED)
+                .bind(format!("%\"{id}\"%"))
+                .fetch_optional(&self.read)
+                .await?;
+            if user.is_none() {
+                unused.push(id);
+            }
+        }
+        Ok(unused)
+    }
+
+    /// Forgets files by id (their bytes are the caller's to delete, first).
+    pub async fn forget_files(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            sqlx::query("DELETE FROM files WHERE id = $1")
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ids of every artifact of a job.
+    pub async fn artifact_ids(&self, job_id: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM files WHERE kind = 'artifact' AND job_id = $1")
+                .bind(job_id)
+                .fetch_all(&self.read)
+                .await?,
+        )
+    }
 }

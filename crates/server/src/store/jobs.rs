@@ -280,6 +280,37 @@ impl Store {
     }
 
     /// One job with its attempts.
+    /// Deletes an ended job's rows: the job, its attempts, events and artifact rows
+    /// (the caller deletes artifact bytes and logs first). A job that is not ended, or
+    /// was retried meanwhile, is kept (409).
+    pub async fn delete_job_rows(&self, id: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let terminal = "('succeeded', 'failed', 'canceled', 'timed_out')";
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM jobs WHERE id = $1 AND state IN {terminal}"
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            tx.rollback().await?;
+            let job = self.job(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "job {id} is {}; cancel it or wait for it to end before deleting it",
+                job.state
+            )));
+        }
+        for table in ["attempts", "job_events", "files"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn job(&self, id: &str) -> Result<Job> {
         let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
             .bind(id)
@@ -288,7 +319,7 @@ impl Store {
             .ok_or_else(|| not_found(id))?;
         let mut job = job_from_row(&row)?;
         let rows = sqlx::query(
-            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error FROM attempts WHERE job_id = $1 ORDER BY number",
+            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs FROM attempts WHERE job_id = $1 ORDER BY number",
         )
         .bind(id)
         .fetch_all(&self.read)
@@ -307,6 +338,7 @@ impl Store {
                     .try_get::<Option<i64>, _>("exit_code")?
                     .map(|v| v as i32),
                 error: row.try_get("error")?,
+                log: super::logs::log_place(&row.try_get::<String, _>("logs")?).into(),
             });
         }
         Ok(job)

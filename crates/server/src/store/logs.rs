@@ -92,7 +92,7 @@ impl Store {
                 .await?;
         }
         let overlapping = sqlx::query(
-            "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq >= $3 AND first_seq <= $4",
+            "SELECT last_seq, records, object_key FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq >= $3 AND first_seq <= $4",
         )
         .bind(job_id)
         .bind(i64::from(attempt))
@@ -101,8 +101,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut stored: Vec<LogRecord> = Vec::new();
+        let mut replaced_objects = Vec::new();
         for row in &overlapping {
-            stored.extend(decode(row.try_get("records")?)?);
+            stored.extend(decode(&self.chunk_text(row).await?)?);
+            replaced_objects.extend(row.try_get::<Option<String>, _>("object_key")?);
             sqlx::query(
                 "DELETE FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq = $3",
             )
@@ -129,6 +131,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.delete_objects(&replaced_objects).await;
         Ok(())
     }
 
@@ -174,7 +177,7 @@ impl Store {
         let mut chunk_cursor = db_seq(after);
         loop {
             let rows = sqlx::query(
-                "SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq > $3 ORDER BY last_seq LIMIT $4",
+                "SELECT last_seq, records, object_key FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND last_seq > $3 ORDER BY last_seq LIMIT $4",
             )
             .bind(job_id)
             .bind(i64::from(attempt))
@@ -184,7 +187,7 @@ impl Store {
             .await?;
             for row in &rows {
                 chunk_cursor = row.try_get("last_seq")?;
-                for r in decode(row.try_get("records")?)? {
+                for r in decode(&self.chunk_text(row).await?)? {
                     if r.seq <= page.cursor {
                         continue;
                     }
@@ -204,6 +207,168 @@ impl Store {
                 return Ok(page);
             }
         }
+    }
+}
+
+/// Where an ended attempt's log went from the log database (`attempts.logs`, which
+/// starts as `db`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogsAt {
+    /// Moved to the object store; the log database keeps each chunk's key.
+    Object,
+    /// Deleted by retention.
+    Expired,
+}
+
+impl LogsAt {
+    /// As stored.
+    fn as_str(self) -> &'static str {
+        match self {
+            LogsAt::Object => "object",
+            LogsAt::Expired => "expired",
+        }
+    }
+}
+
+impl Store {
+    /// The records of a chunk row (`records`, `object_key`): in the row, or in the
+    /// object store when it was moved there.
+    async fn chunk_text(&self, row: &sqlx::any::AnyRow) -> Result<String> {
+        let Some(key) = row.try_get::<Option<String>, _>("object_key")? else {
+            return Ok(row.try_get("records")?);
+        };
+        let files = self.files.as_ref().ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "log chunk {key} is in an object store this server does not use"
+            ))
+        })?;
+        let (_, mut body) = files
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot read log chunk {key}: {e}")))?;
+        let mut bytes = Vec::new();
+        while let Some(part) = futures::StreamExt::next(&mut body).await {
+            let part = part.map_err(|e| {
+                StoreError::Unavailable(format!("cannot read log chunk {key}: {e}"))
+            })?;
+            bytes.extend_from_slice(&part);
+        }
+        String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("log chunk {key}: {e}")))
+    }
+
+    /// Deletes objects of moved chunks; one that cannot be deleted is only logged.
+    async fn delete_objects(&self, keys: &[String]) {
+        let Some(files) = &self.files else { return };
+        for key in keys {
+            if let Err(e) = files
+                .delete(&object_store::path::Path::from(key.as_str()))
+                .await
+            {
+                tracing::warn!(key = %key, error = %e, "cannot delete a log chunk from the object store");
+            }
+        }
+    }
+
+    /// Ended attempts whose log is still in the log database, oldest first.
+    pub async fn logs_to_move(&self, limit: u32) -> Result<Vec<(String, u32)>> {
+        let rows = sqlx::query("SELECT job_id, number FROM attempts WHERE logs = 'db' AND finished_at IS NOT NULL ORDER BY finished_at LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("job_id")?, r.try_get::<i64, _>("number")? as u32)))
+            .collect()
+    }
+
+    /// Attempts whose job ended before `cutoff` and whose log was not deleted yet.
+    pub async fn logs_to_expire(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, u32)>> {
+        let rows = sqlx::query("SELECT a.job_id, a.number FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.logs <> 'expired' AND a.finished_at IS NOT NULL AND j.finished_at IS NOT NULL AND j.finished_at < $1 LIMIT $2")
+            .bind(ms(cutoff))
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("job_id")?, r.try_get::<i64, _>("number")? as u32)))
+            .collect()
+    }
+
+    async fn set_logs_at(&self, job_id: &str, attempt: u32, at: LogsAt) -> Result<()> {
+        sqlx::query("UPDATE attempts SET logs = $1 WHERE job_id = $2 AND number = $3")
+            .bind(at.as_str())
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves an ended attempt's log chunks to the object store, one chunk at a time
+    /// (each chunk is one shipped batch, so none is large); readers find them there.
+    /// Returns how many chunks moved; none without an object store.
+    pub async fn move_logs(&self, job_id: &str, attempt: u32) -> Result<usize> {
+        let Some(files) = self.files.as_ref().filter(|f| f.is_remote()) else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        loop {
+            let rows = sqlx::query("SELECT last_seq, records FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND object_key IS NULL ORDER BY last_seq LIMIT $3")
+                .bind(job_id)
+                .bind(i64::from(attempt))
+                .bind(CHUNKS_PER_READ)
+                .fetch_all(&self.logs_read)
+                .await?;
+            for row in &rows {
+                let last: i64 = row.try_get("last_seq")?;
+                let text: String = row.try_get("records")?;
+                let key = format!("logs/{job_id}/{attempt}/{last}.jsonl");
+                files
+                    .put_bytes(&object_store::path::Path::from(key.as_str()), text.into())
+                    .await
+                    .map_err(StoreError::Unavailable)?;
+                sqlx::query("UPDATE log_chunks SET records = '', object_key = $1 WHERE job_id = $2 AND attempt = $3 AND last_seq = $4 AND object_key IS NULL")
+                    .bind(&key)
+                    .bind(job_id)
+                    .bind(i64::from(attempt))
+                    .bind(last)
+                    .execute(&self.logs_write)
+                    .await?;
+                moved += 1;
+            }
+            if (rows.len() as i64) < CHUNKS_PER_READ {
+                break;
+            }
+        }
+        self.set_logs_at(job_id, attempt, LogsAt::Object).await?;
+        Ok(moved)
+    }
+
+    /// Deletes an attempt's log, wherever it is.
+    pub async fn delete_logs(&self, job_id: &str, attempt: u32) -> Result<()> {
+        let keys: Vec<String> = sqlx::query_scalar("SELECT object_key FROM log_chunks WHERE job_id = $1 AND attempt = $2 AND object_key IS NOT NULL")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .fetch_all(&self.logs_read)
+            .await?;
+        self.delete_objects(&keys).await;
+        sqlx::query("DELETE FROM log_chunks WHERE job_id = $1 AND attempt = $2")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .execute(&self.logs_write)
+            .await?;
+        self.set_logs_at(job_id, attempt, LogsAt::Expired).await
+    }
+}
+
+/// How the API names a stored `attempts.logs` value.
+pub(crate) fn log_place(stored: &str) -> &'static str {
+    match stored {
+        "object" => "object_store",
+        "expired" => "expired",
+        _ => "database",
     }
 }
 

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 4] {
+fn migrations(backend: Backend) -> [Migration; 5] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -33,6 +33,11 @@ fn migrations(backend: Backend) -> [Migration; 4] {
                 version: 2,
                 sql: include_str!("../../migrations/sqlite/logs_0002_chunks.sql"),
             },
+            Migration {
+                component: "logs",
+                version: 3,
+                sql: include_str!("../../migrations/sqlite/logs_0003_objects.sql"),
+            },
         ],
         Backend::Postgres => [
             Migration {
@@ -54,6 +59,11 @@ fn migrations(backend: Backend) -> [Migration; 4] {
                 component: "logs",
                 version: 2,
                 sql: include_str!("../../migrations/postgres/logs_0002_chunks.sql"),
+            },
+            Migration {
+                component: "logs",
+                version: 3,
+                sql: include_str!("../../migrations/postgres/logs_0003_objects.sql"),
             },
         ],
     }

@@ -24,6 +24,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
 use drover_core::files::ArtifactLimits;
+
+use crate::files::FileStore;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -62,6 +64,9 @@ pub enum StoreError {
     /// The attempt belongs to another agent.
     #[error("attempt {attempt} of job {job_id} belongs to another agent")]
     NotYourAttempt { job_id: String, attempt: u32 },
+    /// The object store failed; the request may succeed later.
+    #[error("object store: {0}")]
+    Unavailable(String),
     /// Over a limit; the message names it.
     #[error("{0}")]
     TooLarge(String),
@@ -88,6 +93,8 @@ pub struct Store {
     sealer: Sealer,
     /// Put on every lease: what the server accepts as an attempt's artifacts.
     artifact_limits: ArtifactLimits,
+    /// Where log chunks moved out of the database are (see `logs`).
+    files: Option<FileStore>,
 }
 
 impl Store {
@@ -125,6 +132,7 @@ impl Store {
                     logs_read: pool,
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
+                    files: None,
                 }
             }
             None => {
@@ -138,11 +146,18 @@ impl Store {
                     logs_read: sqlite_pool(&logs, 4).await?,
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
+                    files: None,
                 }
             }
         };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// The same store, reading (and, for an object store, moving) log chunks there.
+    pub fn with_files(mut self, files: FileStore) -> Store {
+        self.files = Some(files);
+        self
     }
 
     /// The same store, handing out leases with these artifact limits.
