@@ -142,9 +142,11 @@ async fn stream_to_file(
     dest: &Path,
     limits: InputLimits,
 ) -> Result<(u64, String), String> {
-    let mut file = tokio::fs::File::create(dest)
+    let file = tokio::fs::File::create(dest)
         .await
         .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    // Large writes: the body arrives in small frames.
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut body = resp.bytes_stream();
@@ -299,7 +301,7 @@ async fn upload_one(client: &Client, lease: &Lease, f: &Found) -> Result<u64, St
             .map_err(|e| Stop::Skip(format!("cannot open it: {e}")))?;
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
             file,
-            256 * 1024,
+            1024 * 1024,
         ));
         match client
             .upload_artifact(&lease.job_id, lease.attempt, &f.rel, body)

@@ -59,6 +59,26 @@ impl Api {
             .await?)
     }
 
+    /// Streams the bytes at `path` into `dest`; returns how many.
+    pub async fn download(&self, path: &str, dest: &std::path::Path) -> anyhow::Result<u64> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.url)))
+            .await?;
+        let mut out =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(dest).await?);
+        let mut body = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            n += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(n)
+    }
+
     /// Submits `specs` in batches of `batch`.
     pub async fn submit_all(&self, specs: &[Value], batch: usize) -> anyhow::Result<Vec<String>> {
         let mut ids = Vec::with_capacity(specs.len());

@@ -65,6 +65,8 @@ enum BenchCommand {
     Memory(BenchArgs),
     /// `true` in a container through drover, against `docker run --rm IMAGE true`.
     Docker(BenchArgs),
+    /// A 1 GiB artifact uploaded and downloaded, against `cp`; agent and server RSS.
+    Files(BenchArgs),
     /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
     /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
     Chaos(BenchArgs),
@@ -99,9 +101,12 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Logs(a) => (vec!["logs"], a),
                 BenchCommand::Memory(a) => (vec!["memory"], a),
                 BenchCommand::Docker(a) => (vec!["docker"], a),
+                BenchCommand::Files(a) => (vec!["files"], a),
                 BenchCommand::Chaos(a) => (vec!["chaos"], a),
                 BenchCommand::All(a) => (
-                    vec!["dispatch", "latency", "queue", "logs", "memory", "docker"],
+                    vec![
+                        "dispatch", "latency", "queue", "logs", "memory", "docker", "files",
+                    ],
                     a,
                 ),
             };

@@ -23,6 +23,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "logs" => logs(size, runs).await,
         "memory" => memory(size).await,
         "docker" => docker(size, runs).await,
+        "files" => files(size, runs).await,
         "chaos" => crate::chaos::run(size).await,
         other => bail!("unknown scenario {other:?}"),
     }
@@ -374,6 +375,100 @@ async fn logs(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             "peak agent RSS while streaming",
             "MiB",
             &rss,
+            None,
+            Target::AtMost(64.0),
+        ),
+    ])
+}
+
+/// A 1 GiB artifact uploaded by the agent after its job and downloaded by a client,
+/// against `cp` of the same file on the same disk; peak RSS of agent and server.
+async fn files(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let bytes: u64 = if size == Size::Tiny {
+        16 << 20
+    } else {
+        1 << 30
+    };
+    let (mut cp, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut agent_rss, mut server_rss) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let sys = System::start(Some(1), None).await?;
+        let src = sys._dir.path().join("big.bin");
+        timed_shell(&format!(
+            "head -c {bytes} /dev/urandom > {0} && sync",
+            src.display()
+        ))?;
+        let copy = sys._dir.path().join("copy.bin");
+        cp.push(
+            bytes as f64
+                / 1e6
+                / timed_shell(&format!("cp {} {} && sync", src.display(), copy.display()))?,
+        );
+        std::fs::remove_file(&copy)?;
+        // The job links the file into its workspace: what is timed is the upload.
+        let start = Instant::now();
+        let job: drover_core::api::Job = sys
+            .api
+            .post(
+                "/v1/jobs",
+                json!({"exec": {"kind": "shell", "command": format!("mkdir out && ln {} out/big.bin", src.display())}, "artifacts": ["out/*"]}),
+            )
+            .await?;
+        let done = sys.api.wait_done(&job.id, LONG).await?;
+        if done.state != drover_core::JobState::Succeeded {
+            bail!("artifact job ended {}: {:?}", done.state, done.error);
+        }
+        up.push(bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
+        let list: Value = sys
+            .api
+            .get(&format!("/v1/jobs/{}/artifacts", job.id))
+            .await?;
+        let id = list["files"][0]["id"]
+            .as_str()
+            .context("no artifact listed")?
+            .to_string();
+        let start = Instant::now();
+        let got = sys.api.download(&format!("/v1/files/{id}"), &copy).await?;
+        timed_shell("sync")?;
+        down.push(bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
+        if got != bytes {
+            bail!("downloaded {got} bytes of {bytes}");
+        }
+        agent_rss.push(sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().1));
+        server_rss.push(sys.server.rss_mib().1);
+        sys.stop();
+    }
+    let what = format!("{} MiB artifact", bytes >> 20);
+    Ok(vec![
+        Row::new(
+            "files",
+            &format!("{what}: agent upload after the job"),
+            "MB/s",
+            &up,
+            Some(&cp),
+            Target::RatioAtLeast(0.5),
+        ),
+        Row::new(
+            "files",
+            &format!("{what}: client download"),
+            "MB/s",
+            &down,
+            Some(&cp),
+            Target::RatioAtLeast(0.5),
+        ),
+        Row::new(
+            "files",
+            "peak agent RSS while uploading",
+            "MiB",
+            &agent_rss,
+            None,
+            Target::AtMost(64.0),
+        ),
+        Row::new(
+            "files",
+            "peak server RSS while receiving and sending",
+            "MiB",
+            &server_rss,
             None,
             Target::AtMost(64.0),
         ),

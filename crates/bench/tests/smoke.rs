@@ -6,7 +6,9 @@ mod common;
 #[test]
 fn every_scenario_runs_at_a_tiny_size() {
     let (rows, _) = common::bench_rows(&["all", "--size", "tiny", "--runs", "1"]);
-    for scenario in ["dispatch", "latency", "queue", "logs", "memory", "docker"] {
+    for scenario in [
+        "dispatch", "latency", "queue", "logs", "memory", "docker", "files",
+    ] {
         let mine: Vec<_> = rows.iter().filter(|r| r["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no rows for {scenario}");
         for r in mine {

@@ -20,6 +20,8 @@ use crate::ServerConfig;
 /// Bytes per part of a multipart upload (S3 wants at least 5 MiB); a file smaller than
 /// this is stored with one request.
 const CHUNK: usize = 8 * 1024 * 1024;
+/// Bytes per read when streaming a local file.
+const READ_CHUNK: usize = 1024 * 1024;
 /// Parts uploading at once; with [`CHUNK`] this bounds what one upload buffers.
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -31,6 +33,10 @@ pub struct FileStore {
     location: String,
     /// True for an object store (logs of finished attempts move there).
     remote: bool,
+    /// The data directory, for the embedded store: files are read from it directly in
+    /// large reads (`object_store` reads local files 8 KiB per blocking call, which
+    /// made downloads five times slower than `cp`).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// How a stored file turned out.
@@ -78,6 +84,7 @@ impl FileStore {
                 inner: Arc::new(local),
                 location: dir.display().to_string(),
                 remote: false,
+                local_root: Some(config.data_dir.clone()),
             });
         };
         let rest = os.url.strip_prefix("s3://").ok_or_else(|| {
@@ -124,6 +131,7 @@ impl FileStore {
             inner,
             location: os.url.clone(),
             remote: true,
+            local_root: None,
         };
         let probe = Key::from(format!("probe/{}", uuid::Uuid::new_v4()));
         store
@@ -241,6 +249,28 @@ impl FileStore {
         key: &Key,
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, object_store::Error>>), object_store::Error>
     {
+        if let Some(root) = &self.local_root {
+            let path = root.join(key.as_ref());
+            let io = |source: std::io::Error| match source.kind() {
+                std::io::ErrorKind::NotFound => object_store::Error::NotFound {
+                    path: key.to_string(),
+                    source: source.into(),
+                },
+                _ => object_store::Error::Generic {
+                    store: "local",
+                    source: source.into(),
+                },
+            };
+            let file = tokio::fs::File::open(&path).await.map_err(io)?;
+            let size = file.metadata().await.map_err(io)?.len();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).map(|r| {
+                r.map_err(|source| object_store::Error::Generic {
+                    store: "local",
+                    source: source.into(),
+                })
+            });
+            return Ok((size, stream.boxed()));
+        }
         let got = self.inner.get(key).await?;
         let size = got.meta.size;
         Ok((size, got.into_stream()))

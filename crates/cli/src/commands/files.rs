@@ -139,7 +139,9 @@ async fn download(client: &Client, path: &str, dest: &Path) -> Result<u64> {
     }
     let write_error =
         |e: std::io::Error| CliError::Other(format!("cannot write {}: {e}", dest.display()));
-    let mut out = tokio::fs::File::create(dest).await.map_err(write_error)?;
+    let file = tokio::fs::File::create(dest).await.map_err(write_error)?;
+    // Large writes: the body arrives in small frames.
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut body = resp.bytes_stream();
