@@ -78,6 +78,46 @@ impl Shell<'_> {
 
 const TERMINAL: [&str; 4] = ["succeeded", "failed", "canceled", "timed_out"];
 
+/// The "Files in and out" block: an input in, artifacts listed and downloaded, an upload.
+fn files_section(sh: &Shell, blocks: &[Vec<String>]) {
+    let block = blocks
+        .iter()
+        .find(|b| {
+            b.iter()
+                .any(|l| l.starts_with("drover submit --wait --input"))
+        })
+        .expect("the files block");
+    std::fs::write(sh.dir.join("study.yaml"), "b: 2\na: 1\n").unwrap();
+    let mut job = String::new();
+    for line in block {
+        let line = line.replace(" JOB", &format!(" {job}"));
+        let out = sh.run(&line);
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        let text = stdout(&out);
+        match line.split_whitespace().nth(1) {
+            Some("submit") => {
+                job = sh.json("ls --limit 1")["jobs"][0]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+            }
+            Some("artifacts") if line.contains(" ls ") => {
+                assert!(text.contains("out/sorted.txt"), "{text}")
+            }
+            Some("artifacts") => {
+                let got = std::fs::read_to_string(sh.dir.join("results/out/sorted.txt")).unwrap();
+                assert_eq!(got, "a: 1\nb: 2\n");
+            }
+            Some("files") => {
+                let id = text.trim();
+                let list = sh.json("files ls");
+                assert_eq!(list["files"][0]["id"], id, "{list}");
+            }
+            _ => panic!("the files block has a command this test does not know: {line}"),
+        }
+    }
+}
+
 #[test]
 fn the_readme_first_screen_and_tour_work_as_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -231,6 +271,8 @@ fn the_readme_first_screen_and_tour_work_as_written() {
             }
         }
     }
+
+    files_section(&sh, &blocks);
 
     up.signal("INT");
     let status = up.wait_exit(LIMIT);

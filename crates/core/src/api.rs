@@ -4,10 +4,13 @@
 //! - client: `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs`, `GET /v1/jobs/{id}`,
 //!   `POST /v1/jobs/{id}/cancel`, `POST /v1/jobs/{id}/retry`, `GET /v1/jobs/{id}/events`,
 //!   `GET /v1/jobs/{id}/logs` (JSON page), `GET /v1/jobs/{id}/logs/stream` (SSE),
-//!   `GET /v1/jobs/{id}/logs.txt` (plain text), `GET /v1/agents`.
+//!   `GET /v1/jobs/{id}/logs.txt` (plain text), `DELETE /v1/jobs/{id}`, `GET /v1/agents`;
+//!   files: `POST /v1/files` (raw bytes), `GET /v1/files`, `GET|DELETE /v1/files/{id}`,
+//!   `GET /v1/jobs/{id}/artifacts` and `…/artifacts.tar`.
 //! - agent: `POST /v1/agents/register` (join token), `POST /v1/agents/poll`, and per
 //!   attempt `POST /v1/jobs/{id}/attempts/{n}/{start|logs|progress|finish}` (session token;
-//!   `logs?start=true` also reports the start).
+//!   `logs?start=true` also reports the start), `GET …/inputs/{index}` and
+//!   `POST …/artifacts?path=P` (raw bytes).
 //!   A write for an attempt that is no longer current gets 409 with code `stale_attempt`.
 
 use std::collections::BTreeMap;

@@ -44,6 +44,16 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     if let Some(e) = &job.error {
         outln!("error:     {e}");
     }
+    for input in &job.inputs {
+        outln!("input:     {}", input.describe());
+    }
+    if !job.artifacts.is_empty() {
+        outln!(
+            "artifacts: {} (drover artifacts ls {})",
+            job.artifacts.join(" "),
+            job.id
+        );
+    }
     if let Some(r) = &job.result {
         outln!("result:    {r}");
     }

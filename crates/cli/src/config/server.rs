@@ -333,4 +333,44 @@ mod tests {
         assert_eq!(setup.config.bootstrap_tokens[0].secret, "mine");
         assert_eq!(setup.config.bootstrap_tokens[1].secret, tokens.join);
     }
+
+    #[test]
+    fn files_settings_come_from_flags_file_and_env() {
+        let f = file(
+            "[server]\nobject_store = \"s3://b/p\"\nobject_store_path_style = true\nobject_store_access_key_id = \"k\"\nmax_file_size = \"1GiB\"\nartifact_max_files = 7\nretain = \"30d\"\n",
+        );
+        let env = Env {
+            vars: vec![
+                ("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:9000".into()),
+                ("AWS_REGION".into(), "eu-west-1".into()),
+            ],
+            ..Env::default()
+        };
+        let (cfg, _) = resolve_config(&ServerArgs::default(), &f, &env).unwrap();
+        let os = cfg.object_store.unwrap();
+        assert_eq!(os.url, "s3://b/p");
+        assert_eq!(os.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(os.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(os.access_key_id.as_deref(), Some("k"));
+        assert!(os.path_style);
+        assert_eq!(cfg.max_file_bytes, 1 << 30);
+        assert_eq!(cfg.artifact_limits.max_files, 7);
+        assert_eq!(cfg.retain, Some(Duration::from_secs(30 * 86_400)));
+
+        let args = ServerArgs {
+            object_store: Some("https://b".into()),
+            ..ServerArgs::default()
+        };
+        let err = resolve_config(&args, &f, &env).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        let args = ServerArgs {
+            retain: Some(Duration::from_secs(5)),
+            ..ServerArgs::default()
+        };
+        let err = resolve_config(&args, &f, &env).unwrap_err();
+        assert!(err.to_string().contains("at least 1m"), "{err}");
+        let (cfg, _) =
+            resolve_config(&ServerArgs::default(), &FileConfig::default(), &env).unwrap();
+        assert!(cfg.object_store.is_none() && cfg.retain.is_none());
+    }
 }
