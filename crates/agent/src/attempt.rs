@@ -259,9 +259,8 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
 async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    // Spool, workspace and process in one trip to a blocking thread: each trip costs a
-    // thread wake-up on the way from lease to running job.
-    // With no inputs to fetch, the process starts in the same trip.
+    // Spool, workspace and (with no inputs to fetch first) process in one trip to a
+    // blocking thread: each trip costs a thread wake-up on the way from lease to job.
     let with_inputs = !lease.inputs.is_empty();
     let prepared = {
         let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
@@ -499,10 +498,10 @@ async fn execute_docker(
     spec: &DockerSpec,
 ) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    let (limits, names2) = (ctx.limits, names.clone());
+    let (limits, own) = (ctx.limits, names.clone());
     let prepared = tokio::task::spawn_blocking(move || {
-        let files = SpoolFiles::create(&names2.files.spool, limits, names2.mirror.clone())?;
-        Ok((files, prepare_container_dirs(&names2)))
+        let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone())?;
+        Ok((files, prepare_container_dirs(&own)))
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));

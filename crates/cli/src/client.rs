@@ -170,7 +170,8 @@ impl Client {
         ))
     }
 
-    async fn http_error(&self, resp: reqwest::Response) -> CliError {
+    /// The error an unsuccessful answer stands for.
+    pub async fn http_error(&self, resp: reqwest::Response) -> CliError {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let (message, details) = match serde_json::from_str::<ErrorBody>(&text) {

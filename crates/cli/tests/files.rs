@@ -162,7 +162,9 @@ fn inputs_and_artifacts_end_to_end() {
         error.contains(&format!("input missing.txt ({missing})")) && error.contains("404"),
         "{error}"
     );
-    let log = stdout(&up.drover(&["logs", &bad]));
+    // drover's own lines (and the command's header) go to stderr.
+    let log = stderr(&up.drover(&["logs", &bad]));
+    assert!(log.contains("404"), "the failure is in the log: {log}");
     assert!(!log.contains("$ touch ran"), "the command never ran: {log}");
 
     // A wrong sha256 fails the same way.
@@ -269,4 +271,97 @@ fn a_container_reads_its_input_and_hands_back_an_artifact_progress_and_a_result(
         "container input\n"
     );
     up.stop();
+}
+
+/// `drover server` on S3 (moto) with small artifact limits, and a real agent: the input
+/// comes from the object store, artifacts over the limits are left out and named, and
+/// the log, moved to the object store, reads back.
+#[test]
+fn a_server_on_s3_with_artifact_limits_end_to_end() {
+    use common::{client, free_port, healthy, wait_until, Daemon, BIN};
+    let Some(s3) = drover_server::testing_s3::S3Server::start().unwrap_or_else(|e| panic!("{e}"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = std::process::Command::new(BIN);
+    server
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.join("data"))
+        .args(["--object-store", &format!("s3://{}/e2e", s3.bucket)])
+        .args([
+            "--object-store-endpoint",
+            &s3.endpoint(),
+            "--object-store-path-style",
+        ])
+        .args(["--artifact-max-files", "2", "--artifact-max-size", "1KiB"])
+        .args(["--max-file-size", "1MiB"])
+        .args(["--admin-token", "adm", "--join-token", "join"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("DROVER_CONFIG")
+        .current_dir(dir);
+    let _server = Daemon::spawn(server, dir, "server");
+    wait_until("the server", Duration::from_secs(60), || healthy(port));
+    let mut agent = std::process::Command::new(BIN);
+    agent
+        .args([
+            "agent", "--name", "s3-agent", "--server", &url, "--token", "join",
+        ])
+        .arg("--work-dir")
+        .arg(dir.join("agent"))
+        .env_remove("DROVER_CONFIG")
+        .current_dir(dir);
+    let _agent = Daemon::spawn(agent, dir, "agent");
+    let drover = |args: &[&str]| {
+        client(&dir.join("ctx"), dir)
+            .args(["--server", &url, "--token", "adm"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(dir.join("cfg.txt"), "from s3\n").unwrap();
+    let out = drover(&[
+        "submit",
+        "--wait",
+        "--input",
+        "cfg.txt",
+        "--artifact",
+        "out/*",
+        "--",
+        "mkdir out; cp cfg.txt out/a.txt; echo b > out/b.txt; echo c > out/c.txt; head -c 2000 /dev/zero > out/big.bin",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let job = json(&drover(&["ls", "-o", "json", "--limit", "1"]))["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = json(&drover(&["artifacts", "ls", "-o", "json", &job]));
+    let names: Vec<&str> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["out/a.txt", "out/b.txt"]);
+    let got = drover(&["artifacts", "get", &job, "out/a.txt", "-O", "dl"]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(read(&dir.join("dl/out/a.txt")), "from s3\n");
+    wait_until("the log to move", Duration::from_secs(30), || {
+        json(&drover(&["status", "-o", "json", &job]))["attempts"][0]["log"] == "object_store"
+    });
+    // drover's own lines go to stderr.
+    let log = stderr(&drover(&["logs", &job]));
+    assert!(log.contains("input cfg.txt (file "), "{log}");
+    assert!(
+        log.contains("left out 2 files over the limits of 2 files and 1024 bytes per attempt: out/big.bin, out/c.txt"),
+        "{log}"
+    );
+    std::fs::write(dir.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
+    let out = drover(&["files", "put", "big.bin"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("file size limit"), "{}", stderr(&out));
 }

@@ -143,7 +143,8 @@ fn err(field: String, message: String) -> FieldError {
     FieldError { field, message }
 }
 
-fn is_sha256(s: &str) -> bool {
+/// Whether `s` is a sha256 in hex.
+pub fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

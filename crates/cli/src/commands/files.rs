@@ -105,11 +105,24 @@ pub async fn upload(client: &Client, path: &Path, name: &str) -> Result<FileInfo
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .header(reqwest::header::CONTENT_LENGTH, size)
         .body(reqwest::Body::wrap_stream(stream));
-    let resp = client.send(req).await;
+    let resp = req.send().await;
     if live {
         eprintln!();
     }
-    let info: FileInfo = resp?
+    let resp = match resp {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => return Err(client.http_error(r).await),
+        // A server that refuses a body for its size answers 413 and hangs up while it
+        // is still being sent; the client then sees the hang-up, not the answer.
+        Err(e) if !e.is_connect() && !e.is_timeout() => {
+            return Err(CliError::Invalid(format!(
+                "the server closed the connection while receiving {} ({size} bytes): most likely it is over the server's file size limit (its --max-file-size)",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(client.connect_error(e)),
+    };
+    let info: FileInfo = resp
         .json()
         .await
         .map_err(|e| CliError::Other(format!("unexpected answer to an upload: {e}")))?;

@@ -4,12 +4,12 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::ErrorBody;
-use drover_core::files::{check_workspace_path, FileInfo, FileList, InputSource};
+use drover_core::files::{check_workspace_path, is_sha256, FileInfo, FileList, InputSource};
 use drover_core::spec::FieldError;
 use drover_core::ValidJob;
 use futures::StreamExt;
@@ -86,7 +86,7 @@ fn put_error(e: PutError, what: &str, server_limit: u64) -> ApiError {
 }
 
 /// `1.5 GiB`, for messages.
-pub fn human_bytes(n: u64) -> String {
+fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -103,9 +103,26 @@ pub fn human_bytes(n: u64) -> String {
 
 fn check_sha256(sha: Option<&str>) -> Result<(), ApiError> {
     match sha {
-        Some(s) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => Err(
-            ApiError::BadRequest(format!("sha256 {s:?} is not 64 hexadecimal digits")),
-        ),
+        Some(s) if !is_sha256(s) => Err(ApiError::BadRequest(format!(
+            "sha256 {s:?} is not 64 hexadecimal digits"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a body whose declared length is over `limit` before reading any of it.
+fn check_declared(
+    headers: &HeaderMap,
+    limit: u64,
+    what: &str,
+    server_limit: u64,
+) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(put_error(PutError::TooLarge { limit }, what, server_limit)),
         _ => Ok(()),
     }
 }
@@ -119,6 +136,7 @@ pub async fn upload(
     State(state): State<AppState>,
     Client(_caller): Client<SUBMIT>,
     ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<FileInfo>), ApiError> {
     let name = q.name.unwrap_or_else(|| "upload".to_string());
@@ -128,8 +146,9 @@ pub async fn upload(
         )));
     }
     check_sha256(q.sha256.as_deref())?;
-    let id = uuid::Uuid::now_v7().to_string();
     let limit = state.config.max_file_bytes;
+    check_declared(&headers, limit, "the upload", limit)?;
+    let id = uuid::Uuid::now_v7().to_string();
     let stored = state
         .files
         .put(
@@ -426,6 +445,7 @@ pub async fn upload_artifact(
     AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiQuery(q): ApiQuery<ArtifactUpload>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<FileInfo>), ApiError> {
     check_workspace_path(&q.path)
@@ -438,9 +458,10 @@ pub async fn upload_artifact(
         .artifact_room(&id, attempt, &q.path, limits)
         .await?;
     let server_limit = state.config.max_file_bytes;
+    let what = format!("artifact {}", q.path);
+    check_declared(&headers, room.min(server_limit), &what, server_limit)?;
     let file_id = uuid::Uuid::now_v7().to_string();
     let key = file_key(&file_id);
-    let what = format!("artifact {}", q.path);
     let stored = state
         .files
         .put(
