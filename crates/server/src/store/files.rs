@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use drover_core::files::{ArtifactLimits, FileInfo};
-use drover_core::JobState;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -163,27 +162,7 @@ impl Store {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let row = sqlx::query(&format!(
-            "SELECT state, agent_id, current_attempt FROM jobs WHERE id = $1{lock}"
-        ))
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| super::jobs::not_found(job_id))?;
-        let state: JobState = super::parse_col(&row, "state")?;
-        let current = row.try_get::<i64, _>("current_attempt")? as u32;
-        if current != attempt || !state.is_active() {
-            return Err(StoreError::StaleAttempt {
-                job_id: job_id.into(),
-                attempt,
-            });
-        }
-        if row.try_get::<Option<String>, _>("agent_id")?.as_deref() != Some(agent_id) {
-            return Err(StoreError::NotYourAttempt {
-                job_id: job_id.into(),
-                attempt,
-            });
-        }
+        super::leases::fence(&mut tx, lock, agent_id, job_id, attempt).await?;
         let (files, bytes) = artifact_usage(&mut tx, job_id, attempt, f.name).await?;
         if files >= limits.max_files || bytes.saturating_add(f.size) > limits.max_bytes {
             return Err(StoreError::TooLarge(format!(

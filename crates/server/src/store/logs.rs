@@ -275,9 +275,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("job_id")?, r.try_get::<i64, _>("number")? as u32)))
-            .collect()
+        rows.iter().map(job_attempt).collect()
     }
 
     /// Attempts whose job ended before `cutoff` and whose log was not deleted yet.
@@ -291,9 +289,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("job_id")?, r.try_get::<i64, _>("number")? as u32)))
-            .collect()
+        rows.iter().map(job_attempt).collect()
     }
 
     async fn set_logs_at(&self, job_id: &str, attempt: u32, at: LogsAt) -> Result<()> {
@@ -361,6 +357,14 @@ impl Store {
             .await?;
         self.set_logs_at(job_id, attempt, LogsAt::Expired).await
     }
+}
+
+/// `(job_id, number)` of an attempts row.
+fn job_attempt(row: &sqlx::any::AnyRow) -> Result<(String, u32)> {
+    Ok((
+        row.try_get("job_id")?,
+        row.try_get::<i64, _>("number")? as u32,
+    ))
 }
 
 /// How the API names a stored `attempts.logs` value.
