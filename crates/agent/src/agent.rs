@@ -169,7 +169,7 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
         remove_orphans(&engine, &config).await;
     }
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
-    tracing::info!(parent: &span, agent_id = %registered.agent_id, slots = config.slots, resumed, "registered");
+    tracing::info!(parent: &span, agent_id = %registered.agent_id, name = %registered.name, slots = config.slots, resumed, "registered");
     let mut session = Session::new(config, client, register, registered, signals, engine);
     session.start_watchdog();
     session.run().instrument(span).await
@@ -465,6 +465,11 @@ impl Session {
         self.watchdog = None;
         self.tracker.close();
         self.tracker.wait().await;
+        // Say goodbye, so that the agent shows offline now rather than a TTL later; a
+        // server that does not answer finds out by the TTL, as after a crash.
+        if let Err(e) = self.client.leave().await {
+            tracing::info!(error = %e, "could not tell the server this agent leaves");
+        }
         let exit = self.winding.exit();
         tracing::info!(?exit, "agent stopped");
         Ok(exit)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_core::api::{FinishRequest, Lease};
+use drover_core::api::{FinishRequest, Gpus, Lease};
 use drover_core::spec::DockerSpec;
 use drover_core::{Exec, Outcome};
 use tokio::sync::Semaphore;
@@ -124,6 +124,7 @@ async fn report_unstarted(
         exit_code: None,
         error: Some(error),
         result: None,
+        gpus: None,
     };
     let masker = ctx.masker();
     let reported = ctx.reporter(masker).end(req, stopped).await.is_ok();
@@ -283,7 +284,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         Err(e) => return spool_failed(ctx, e).await,
     };
     let (reporter, logs) = start_logs(ctx, files);
-    let header = format!("$ {}", lease.exec.display());
+    let header = lease.exec.log_header();
     let (spawned, logs) = match spawned {
         Some(spawned) => (spawned, logs),
         None => {
@@ -304,14 +305,18 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
     let (mut proc, stdout, stderr) = match spawned {
         Ok(parts) => parts,
         Err(error) => {
-            logs.system(&header).await;
+            for line in &header {
+                logs.system(line).await;
+            }
             return not_started(&reporter, logs, error).await;
         }
     };
     tracing::info!(pid = proc.pid(), "job process started");
-    // The start goes out with the header record, which is the first record.
+    // The start goes out with the header records, the first records.
     let started = logs.report_start();
-    logs.system(&header).await;
+    for line in &header {
+        logs.system(line).await;
+    }
     let mut output = OutputTasks::start(
         stdout,
         stderr,
@@ -333,6 +338,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         exit_code,
         error,
         stopped: ended.stopped,
+        gpus: None,
     };
     let parts = Running {
         reporter,
@@ -350,6 +356,8 @@ struct Ending {
     exit_code: Option<i32>,
     error: Option<String>,
     stopped: Option<StopReason>,
+    /// For a container that asked for GPUs: whether it got them.
+    gpus: Option<Gpus>,
 }
 
 /// The reporting side of a started job.
@@ -378,11 +386,24 @@ async fn conclude(
         record,
     } = parts;
     let Ending {
-        outcome,
+        mut outcome,
         exit_code,
         mut error,
         stopped,
+        gpus,
     } = ending;
+    // A result file that cannot be read fails a job that otherwise succeeded: whoever
+    // waits for its result would get nothing, or garbage, from a "succeeded" job.
+    let (result, result_error) = read_result(&files.result()).await;
+    if let Some(re) = result_error {
+        if outcome == Outcome::Succeeded {
+            outcome = Outcome::Failed;
+        }
+        error = Some(match error {
+            Some(e) => format!("{e}; {re}"),
+            None => re,
+        });
+    }
     if let Some(e) = &error {
         logs.system(&format!("[drover] {e}")).await;
     }
@@ -411,6 +432,7 @@ async fn conclude(
             exit_code,
             error: error.clone().map(|e| ctx.masker().mask(e)),
             result: None,
+            gpus,
         };
         let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
         if let Ok(Err(e)) = marked {
@@ -429,18 +451,12 @@ async fn conclude(
     }
     logs.shipped().await?;
     output.progress_sent().await;
-    let (result, result_error) = read_result(&files.result()).await;
-    if let Some(re) = result_error {
-        error = Some(match error {
-            Some(e) => format!("{e}; {re}"),
-            None => re,
-        });
-    }
     let req = FinishRequest {
         outcome,
         exit_code,
         error,
         result,
+        gpus,
     };
     reporter.end(req, stopped).await?;
     Ok(AttemptEnd {
@@ -553,7 +569,11 @@ async fn execute_docker(
             return stopped_before_start(ctx, &reporter, logs, r).await;
         }
     };
-    let Started { container, notes } = match created {
+    let Started {
+        container,
+        notes,
+        gpus,
+    } = match created {
         Ok(s) => s,
         Err(error) => return not_started(&reporter, logs, error).await,
     };
@@ -579,7 +599,10 @@ async fn execute_docker(
     if !docker.keep_containers {
         container.remove().await;
     }
-    let ending = docker_ending(&ended, lease, spec);
+    let ending = Ending {
+        gpus,
+        ..docker_ending(&ended, lease, spec)
+    };
     let parts = Running {
         reporter,
         logs,
@@ -631,6 +654,7 @@ fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> En
         exit_code,
         error,
         stopped: ended.stopped,
+        gpus: None,
     }
 }
 
@@ -727,6 +751,7 @@ async fn stopped_before_start(
         exit_code: None,
         error: Some(error),
         result: None,
+        gpus: None,
     };
     reporter.end(req, Some(reason)).await?;
     Ok(AttemptEnd {
@@ -741,6 +766,7 @@ fn failed(error: String) -> FinishRequest {
         exit_code: None,
         error: Some(error),
         result: None,
+        gpus: None,
     }
 }
 

@@ -180,6 +180,19 @@ impl Client {
         self.attempt_write(job_id, attempt, "finish", req).await
     }
 
+    /// `POST /v1/agents/leave`: a clean exit; the server shows the agent offline at once.
+    pub async fn leave(&self) -> Result<(), CallError> {
+        let url = format!("{}/v1/agents/leave", self.base);
+        self.send::<_, serde_json::Value>(
+            &url,
+            &self.session_token(),
+            &serde_json::json!({}),
+            Duration::from_secs(5),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST .../release`: the agent is shutting down; the job goes back to the queue.
     pub async fn release(&self, job_id: &str, attempt: u32) -> Result<(), CallError> {
         self.attempt_write(job_id, attempt, "release", &serde_json::json!({}))

@@ -17,8 +17,8 @@ use bollard::query_parameters::{
     LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
-use drover_core::api::Lease;
-use drover_core::spec::{DockerCommand, DockerSpec};
+use drover_core::api::{Gpus, Lease};
+use drover_core::spec::{quote_words, shell_quote, DockerCommand, DockerSpec};
 use futures::StreamExt;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::{watch, OnceCell};
@@ -336,12 +336,12 @@ impl ContainerSpec {
             ));
         }
         if let Some(ep) = &spec.entrypoint {
-            words.push(format!("--entrypoint {}", ep.join(" ")));
+            words.push(format!("--entrypoint {}", quote_words(ep)));
         }
         words.push(spec.image.clone());
         match &spec.command {
-            Some(DockerCommand::Line(l)) => words.push(l.clone()),
-            Some(DockerCommand::Argv(a)) => words.extend(a.iter().cloned()),
+            Some(DockerCommand::Line(l)) => words.push(shell_quote(l)),
+            Some(DockerCommand::Argv(a)) => words.extend(a.iter().map(|w| shell_quote(w))),
             None => {}
         }
         words.join(" ")
@@ -395,6 +395,8 @@ pub struct Started {
     pub container: Container,
     /// Notes for the job's log (e.g. GPUs were not available).
     pub notes: Vec<String>,
+    /// For a job that asked for GPUs: whether it got them.
+    pub gpus: Option<Gpus>,
 }
 
 /// How supervision ended.
@@ -435,23 +437,25 @@ impl Engine {
         remove(&docker, &spec.name).await;
         let mut notes = Vec::new();
         let with_gpus = spec.gpus.is_some();
-        match create_start(&docker, spec, with_gpus).await {
-            Ok(()) => {}
+        let gpus = match create_start(&docker, spec, with_gpus).await {
+            Ok(()) => with_gpus.then_some(Gpus::Granted),
             Err(e) if with_gpus && !spec.gpus_required && is_gpu_error(&e) => {
                 remove(&docker, &spec.name).await;
                 notes.push(format!(
                     "[drover] the Docker engine cannot provide the requested GPUs ({e}); running without GPUs"
                 ));
                 create_start(&docker, spec, false).await?;
+                Some(Gpus::Unavailable)
             }
             Err(e) => return Err(e),
-        }
+        };
         Ok(Started {
             container: Container {
                 docker,
                 name: spec.name.clone(),
             },
             notes,
+            gpus,
         })
     }
 }

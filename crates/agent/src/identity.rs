@@ -77,6 +77,7 @@ mod tests {
             agent_id: "a-1".into(),
             token: "dra_x".into(),
             lease_ttl_ms: 1000,
+            name: "a".into(),
         };
         save(dir.path(), "http://a", &r).await;
         let got = load(dir.path(), "http://a").await.unwrap();

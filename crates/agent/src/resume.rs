@@ -94,14 +94,9 @@ async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(
         .await?;
     }
     let mut finish = finish;
-    let (result, problem) = crate::attempt::read_result(&files.result()).await;
-    finish.result = result;
-    if let Some(p) = problem {
-        finish.error = Some(match finish.error {
-            Some(e) => format!("{e}; {p}"),
-            None => p,
-        });
-    }
+    // The recorded outcome and error already account for a result file that cannot be
+    // read (it was read before the end was noted); only its value is missing.
+    finish.result = crate::attempt::read_result(&files.result()).await.0;
     retry(give_up, || client.finish(&rec.job_id, rec.attempt, &finish)).await
 }
 

@@ -201,6 +201,7 @@ impl Api {
             exit_code: Some(0),
             error: None,
             result: None,
+            gpus: None,
         };
         let _: Value = self
             .post(

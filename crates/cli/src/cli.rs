@@ -110,11 +110,14 @@ pub enum Command {
         /// The job id.
         job: String,
     },
-    /// List agents: status, running/slots, labels, last seen.
+    /// List agents: status, running/slots, labels, CPU, memory, last seen; `rm` removes one.
     #[command(
-        after_help = "Example:\n  drover agents\n  drover agents -o json | jq '.agents[] | {name, status}'"
+        after_help = "Examples:\n  drover agents\n  drover agents -o json | jq '.agents[] | {name, status}'\n  drover agents rm AGENT_ID"
     )]
-    Agents,
+    Agents {
+        #[command(subcommand)]
+        command: Option<admin::AgentsCommand>,
+    },
     /// Uploaded files: put, ls, get, rm.
     #[command(subcommand)]
     Files(files::FilesCommand),

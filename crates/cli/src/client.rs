@@ -33,6 +33,8 @@ pub struct Client {
     /// The server's base URL.
     pub base: String,
     token: String,
+    /// See [`ClientConfig::server_starting`].
+    server_starting: bool,
 }
 
 impl Client {
@@ -71,6 +73,7 @@ impl Client {
             http,
             base: cfg.server.clone(),
             token,
+            server_starting: cfg.server_starting,
         })
     }
 
@@ -81,9 +84,38 @@ impl Client {
             .bearer_auth(&self.token)
     }
 
+    /// Sends `req`; while a `drover up` that wrote its context moments ago is still
+    /// starting, a refused connection is tried again for a few seconds.
+    async fn dispatch(&self, req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut req, mut said) = (req, false);
+        loop {
+            let again = if self.server_starting {
+                req.try_clone()
+            } else {
+                None
+            };
+            match req.send().await {
+                Err(e) if e.is_connect() && std::time::Instant::now() < give_up => {
+                    let Some(next) = again else { return Err(e) };
+                    if !said {
+                        eprintln!("waiting for the drover server at {} to start…", self.base);
+                        said = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    req = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends and maps failures; returns the successful response.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| self.connect_error(e))?;
+        let resp = self
+            .dispatch(req)
+            .await
+            .map_err(|e| self.connect_error(e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -119,7 +151,7 @@ impl Client {
             .request(Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let resp = match req.send().await {
+        let resp = match self.dispatch(req).await {
             Ok(resp) if resp.status().is_success() => resp,
             Ok(resp) => return Err(self.http_error(resp).await),
             Err(e) => return Err(self.upload_error(e, size)),
@@ -186,10 +218,15 @@ impl Client {
             }
             Err(_) => (format!("{status}: {}", text.trim()), Vec::new()),
         };
+        // The server's message repeats the details on one line for API users; here
+        // each problem is printed once, on a line of its own.
         let full = if details.is_empty() {
             message.clone()
         } else {
-            format!("{message}\n{}", details.join("\n"))
+            let head = message
+                .split_once(": ")
+                .map_or(message.as_str(), |(h, _)| h);
+            format!("{head}:\n{}", details.join("\n"))
         };
         match status {
             StatusCode::UNAUTHORIZED => CliError::Auth(format!(

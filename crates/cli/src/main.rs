@@ -67,7 +67,12 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
-    let client = cli.client.resolve(&env);
+    let client = match cli.command {
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Completions { .. } => {
+            cli.client.resolve(&env)
+        }
+        _ => cli.client.resolve_for_commands(&env).await,
+    };
     match cli.command {
         Command::Up(args) => up::run(UpSetup::resolve(&args, &env)?).await,
         Command::Server(args) => commands::server::run(ServerSetup::resolve(&args, &env)?).await,
@@ -81,7 +86,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Rm { jobs } => jobs::rm(&client, &jobs).await,
         Command::Retry { job } => jobs::retry(&client, &job).await,
         Command::Events { job } => jobs::events(&client, &job).await,
-        Command::Agents => admin::agents(&client).await,
+        Command::Agents { command } => admin::agents(&client, command).await,
         Command::Files(cmd) => commands::files::files(&client, cmd).await,
         Command::Artifacts(cmd) => commands::files::artifacts(&client, cmd).await,
         Command::Token(cmd) => admin::token(&client, cmd).await,

@@ -13,15 +13,31 @@ use crate::error::{CliError, Result};
 pub async fn run(setup: UpSetup) -> Result<i32> {
     init_tracing(&setup.log);
     let port = setup.server.listen.port();
-    let server = Server::bind(setup.server.clone())
-        .await
-        .map_err(|e| match e {
-            ServerError::Bind { .. } => CliError::Other(format!(
-                "{e}; is another drover running on port {port}? pick another with --port"
-            )),
-            other => CliError::Other(other.to_string()),
-        })?;
-    let url = format!("http://{}", server.local_addr());
+    // The context goes first, so that a client started right after (`drover up &
+    // drover submit …`) finds it and waits for the server; restored if we cannot start.
+    let ctx = Context {
+        server: format!("http://{}", setup.server.listen),
+        token: setup.tokens.admin.clone(),
+    };
+    let ctx_file = setup.context_dir.join("context.toml");
+    let previous = std::fs::read_to_string(&ctx_file).ok();
+    let ctx_path = write_context(&setup.context_dir, &ctx)?;
+    let server = match Server::bind(setup.server.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = match &previous {
+                Some(text) => std::fs::write(&ctx_file, text),
+                None => std::fs::remove_file(&ctx_file),
+            };
+            return Err(match e {
+                ServerError::Bind { .. } => CliError::Other(format!(
+                    "{e}; is another drover running on port {port}? pick another with --port"
+                )),
+                other => CliError::Other(other.to_string()),
+            });
+        }
+    };
+    let url = ctx.server.clone();
     let server_stop = CancellationToken::new();
     let server_task = tokio::spawn(server.serve(server_stop.clone()));
 
@@ -35,11 +51,6 @@ pub async fn run(setup: UpSetup) -> Result<i32> {
             tokio::spawn(drover_agent::run(a, signals.clone()))
         })
         .collect();
-    let ctx = Context {
-        server: url.clone(),
-        token: setup.tokens.admin.clone(),
-    };
-    let ctx_path = write_context(&setup.context_dir, &ctx)?;
     print_banner(&url, &setup, &ctx_path);
 
     // First Ctrl-C/SIGTERM: agents drain; a second one force-stops them.

@@ -87,6 +87,27 @@ pub struct Job {
     /// Filled in by `GET /v1/jobs/{id}`; empty in lists.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// For a queued job that may start now (`GET /v1/jobs/{id}` only): 1 when it is the
+    /// next its queue hands out, by priority, then age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+}
+
+impl Job {
+    /// Attempts counted so far, and allowed in all. A retry grants `max_attempts` more,
+    /// so while a retried job's second attempt runs this is `(2, 2)`, not `(1, 1)`.
+    pub fn attempt_counts(&self) -> (u32, u32) {
+        let started = self
+            .attempts
+            .iter()
+            .filter(|a| a.started_at.is_some())
+            .count() as u32;
+        let before_retries = started.saturating_sub(self.attempts_used);
+        (
+            before_retries + self.attempts_used,
+            before_retries + self.max_attempts,
+        )
+    }
 }
 
 /// One lease of a job by an agent.
@@ -104,6 +125,9 @@ pub struct Attempt {
     /// attempt ended) or `expired` (deleted by the server's retention).
     #[serde(default = "in_database")]
     pub log: String,
+    /// For a container job that asked for GPUs: whether this attempt got them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Gpus>,
 }
 
 fn in_database() -> String {
@@ -422,6 +446,10 @@ pub struct RegisterResponse {
     pub token: String,
     /// Leases expire when not renewed by a poll for this long.
     pub lease_ttl_ms: u64,
+    /// The name the agent is listed under: the one it asked for, with `-N` added when
+    /// an online agent has that name already.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// An attempt an agent says it runs (`job_id`, `attempt`).
@@ -510,6 +538,37 @@ pub struct FinishRequest {
     /// Why it ended, e.g. `timeout after 30s`, `canceled by user`, `force-stop`, `out of memory`.
     pub error: Option<String>,
     pub result: Option<serde_json::Value>,
+    /// For a container job that asked for GPUs: whether it got them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Gpus>,
+}
+
+/// What a container job got of the GPUs it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Gpus {
+    /// The engine gave the container the GPUs it asked for.
+    Granted,
+    /// The engine could not provide them, and the job (without `gpus_required`) ran
+    /// without them.
+    Unavailable,
+}
+
+impl Gpus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gpus::Granted => "granted",
+            Gpus::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Gpus> {
+        match s {
+            "granted" => Some(Gpus::Granted),
+            "unavailable" => Some(Gpus::Unavailable),
+            _ => None,
+        }
+    }
 }
 
 /// An agent as `GET /v1/agents` shows it.

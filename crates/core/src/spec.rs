@@ -38,13 +38,37 @@ impl Exec {
         }
     }
 
-    /// A one-line rendering for log headers and tables.
+    /// A one-line rendering for headers and tables, argv shell-quoted so it can be
+    /// pasted back into a shell.
     pub fn display(&self) -> String {
         match self {
             Exec::Shell { command } => command.clone(),
-            Exec::Process { argv } => argv.join(" "),
+            Exec::Process { argv } => quote_words(argv),
             Exec::Script { interpreter, .. } => format!("{interpreter} <script>"),
-            Exec::Docker(d) => format!("docker {}", d.image),
+            Exec::Docker(d) => match &d.command {
+                None => format!("docker {}", d.image),
+                Some(DockerCommand::Line(l)) => format!("docker {} {}", d.image, shell_quote(l)),
+                Some(DockerCommand::Argv(a)) => format!("docker {} {}", d.image, quote_words(a)),
+            },
+        }
+    }
+
+    /// The lines a job's log starts with: `$ ` and the command, as a CI runner shows it;
+    /// a script's body in full as a here-document.
+    pub fn log_header(&self) -> Vec<String> {
+        match self {
+            Exec::Script { interpreter, body } => {
+                // A delimiter that no line of the body is.
+                let mut delim = "EOF".to_string();
+                while body.lines().any(|l| l == delim) {
+                    delim.push('_');
+                }
+                let mut lines = vec![format!("$ {interpreter} <<'{delim}'")];
+                lines.extend(body.lines().map(str::to_string));
+                lines.push(delim);
+                lines
+            }
+            other => vec![format!("$ {}", other.display())],
         }
     }
 
@@ -56,6 +80,29 @@ impl Exec {
         }
         l
     }
+}
+
+/// `word` as a POSIX shell reads it back: unchanged when it holds only characters no
+/// shell treats specially, else in single quotes (a `'` inside becomes `'\''`).
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Words shell-quoted and joined by spaces.
+pub fn quote_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A container job.
@@ -552,6 +599,44 @@ mod tests {
 
     fn now() -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn argv_is_shown_as_a_shell_reads_it_back() {
+        let argv: Vec<String> = ["python3", "-c", "print('hi there')", "a b", "", "x=1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            quote_words(&argv),
+            r#"python3 -c 'print('\''hi there'\'')' 'a b' '' x=1"#
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s\\n' {}", quote_words(&argv))])
+            .output()
+            .unwrap();
+        let back: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(back, argv, "sh reads the words back unchanged");
+    }
+
+    #[test]
+    fn a_scripts_log_header_is_a_here_document_of_its_body() {
+        let exec = Exec::Script {
+            interpreter: "python3".into(),
+            body: "print(1)\nEOF\nprint(2)\n".into(),
+        };
+        assert_eq!(
+            exec.log_header(),
+            ["$ python3 <<'EOF_'", "print(1)", "EOF", "print(2)", "EOF_"]
+        );
+        let exec = Exec::Process {
+            argv: vec!["echo".into(), "a b".into()],
+        };
+        assert_eq!(exec.log_header(), ["$ echo 'a b'"]);
     }
 
     #[test]

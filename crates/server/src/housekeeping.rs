@@ -1,6 +1,6 @@
-//! Work on stored files that no request waits for: moving ended attempts' logs to the
-//! object store, expiring files, artifacts and logs past `--retain`, and deleting a job
-//! with everything it left behind. Bytes go before rows, so an interrupted run leaves
+//! Work that no request waits for: moving ended attempts' logs to the object store,
+//! expiring files, artifacts and logs past `--retain`, deleting a job with everything
+//! it left behind, and forgetting agents gone for longer than `--prune-agents-after`. Bytes go before rows, so an interrupted run leaves
 //! rows that the next run (or a repeated delete) finishes, never bytes nobody can find.
 
 use std::time::Duration;
@@ -93,6 +93,34 @@ pub async fn expire(state: &AppState, cutoff: chrono::DateTime<Utc>) -> Result<u
             state.store.delete_logs(job_id, *attempt).await?;
         }
         deleted += ids.len() + logs.len();
+    }
+}
+
+/// Removes agents not seen for `--prune-agents-after`, once a minute (or twice per
+/// that time, when it is shorter).
+pub async fn agent_pruner(state: AppState) {
+    loop {
+        let after = chrono::Duration::from_std(state.config.prune_agents_after)
+            .unwrap_or(chrono::Duration::MAX);
+        let now = Utc::now();
+        match state.store.agents_unseen_since(now - after).await {
+            Ok(ids) => {
+                for id in ids {
+                    match state.store.remove_agent(&id, "server:prune", now).await {
+                        Ok(()) => {
+                            tracing::info!(agent = %id, "forgot an agent not seen for longer than --prune-agents-after")
+                        }
+                        Err(e) => tracing::warn!(agent = %id, error = %e, "cannot prune an agent"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for agents to prune"),
+        }
+        let every = (state.config.prune_agents_after / 2).min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub artifact_limits: drover_core::files::ArtifactLimits,
     /// Delete files, artifacts and logs of jobs that finished longer ago than this.
     pub retain: Option<Duration>,
+    /// Forget agents not seen for this long.
+    pub prune_agents_after: Duration,
 }
 
 /// Where an S3-compatible object store is and how to sign in to it. Fields left out are
@@ -96,6 +98,7 @@ impl ServerConfig {
             max_file_bytes: 10 * 1024 * 1024 * 1024,
             artifact_limits: Default::default(),
             retain: None,
+            prune_agents_after: Duration::from_secs(86_400),
         }
     }
 }

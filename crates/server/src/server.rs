@@ -115,6 +115,7 @@ impl Server {
         tasks.spawn(reaper(state.clone()));
         tasks.spawn(housekeeping::log_mover(state.clone()));
         tasks.spawn(housekeeping::retention(state.clone()));
+        tasks.spawn(housekeeping::agent_pruner(state.clone()));
         let inner = state.shutdown.clone();
         let watcher = {
             let inner = inner.clone();

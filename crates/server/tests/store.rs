@@ -96,8 +96,14 @@ async fn agent(
         slots,
         host: HostInfo::default(),
     };
-    let id = store
-        .register_agent(&new, &format!("hash-{name}-{}", uuid_like()), "test", t0())
+    let (id, _) = store
+        .register_agent(
+            &new,
+            &format!("hash-{name}-{}", uuid_like()),
+            "test",
+            t0(),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     AgentAuth {
@@ -130,6 +136,7 @@ fn finish(outcome: Outcome, code: Option<i32>) -> FinishRequest {
         exit_code: code,
         error: None,
         result: None,
+        gpus: None,
     }
 }
 

@@ -4,14 +4,25 @@ use crate::output::outln;
 use drover_core::api::{AgentList, AuditPage, CreatedToken, TokenList, TokenView};
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::client::{segment, Client};
 use crate::config::{parse_duration, ClientConfig, OutputFormat};
 use crate::error::Result;
 use crate::output;
 
 /// `drover agents`: the fleet as a table or the AgentList JSON.
-pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
+pub async fn agents(cfg: &ClientConfig, cmd: Option<AgentsCommand>) -> Result<i32> {
     let client = Client::new(cfg)?;
+    if let Some(AgentsCommand::Rm { ids }) = cmd {
+        for id in &ids {
+            client
+                .delete::<serde_json::Value>(&format!("/v1/agents/{}", segment(id)))
+                .await?;
+            if cfg.output == OutputFormat::Table {
+                outln!("{id}: removed");
+            }
+        }
+        return Ok(0);
+    }
     let list: AgentList = client.get("/v1/agents").await?;
     if cfg.output == OutputFormat::Json {
         output::json(&list);
@@ -33,6 +44,7 @@ pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
                     .collect::<Vec<_>>()
                     .join(","),
                 format!("{:.0}%", a.stats.cpu_percent),
+                memory(a.stats.memory_used_bytes, a.host.memory_bytes),
                 format!("{} ago", output::elapsed(now - a.last_seen_at)),
             ]
         })
@@ -45,11 +57,41 @@ pub async fn agents(cfg: &ClientConfig) -> Result<i32> {
             "RUNNING",
             "LABELS",
             "CPU",
+            "MEMORY",
             "LAST SEEN",
         ],
         &rows,
     );
     Ok(0)
+}
+
+/// `3.1/15.6 GiB (20%)`: memory in use of the host's, and the share.
+fn memory(used: u64, total: u64) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if total == 0 {
+        return format!("{:.1} GiB", gib(used));
+    }
+    format!(
+        "{:.1}/{:.1} GiB ({:.0}%)",
+        gib(used),
+        gib(total),
+        used as f64 * 100.0 / total as f64
+    )
+}
+
+/// `drover agents …`.
+#[derive(clap::Subcommand)]
+pub enum AgentsCommand {
+    /// Remove agents: their tokens stop working and the jobs they held are retried
+    /// where attempts remain (admin).
+    #[command(
+        after_help = "Example:\n  drover agents rm a-0193…\n\nAgents not seen for --prune-agents-after (24h) are removed by the server itself."
+    )]
+    Rm {
+        /// Agent ids, as `drover agents` lists them.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// `drover token …`.

@@ -23,18 +23,20 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     };
     outln!("id:        {}", job.id);
     outln!("name:      {}", job.name);
-    outln!(
-        "state:     {}{}",
-        output::state(job.state, color),
-        if job.cancel_requested && !job.state.is_terminal() {
-            " (cancel requested)"
-        } else {
-            ""
-        }
-    );
+    let note = if job.cancel_requested && !job.state.is_terminal() {
+        " (cancel requested)".to_string()
+    } else if let Some(n) = job.queue_position {
+        format!(" (number {n} in queue {})", job.queue)
+    } else if job.state == JobState::Queued {
+        format!(" (not before {})", job.run_at.to_rfc3339())
+    } else {
+        String::new()
+    };
+    outln!("state:     {}{note}", output::state(job.state, color));
     outln!("command:   {}", job.exec.display());
     outln!("queue:     {} (priority {})", job.queue, job.priority);
-    outln!("attempts:  {} of {}", job.attempts_used, job.max_attempts);
+    let (used, allowed) = job.attempt_counts();
+    outln!("attempts:  {used} of {allowed}");
     if let Some(p) = &job.progress {
         outln!("progress:  {:.0}% {}", p.percent, p.message);
     }
@@ -43,6 +45,11 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     }
     if let Some(e) = &job.error {
         outln!("error:     {e}");
+    }
+    for a in &job.attempts {
+        if let Some(g) = a.gpus {
+            outln!("gpus:      attempt {}: {}", a.number, g.as_str());
+        }
     }
     for input in &job.inputs {
         outln!("input:     {}", input.describe());

@@ -79,13 +79,43 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Table or JSON.
     pub output: OutputFormat,
+    /// The server came from a context written moments ago: a `drover up` that is still
+    /// starting, so a refused connection is worth a few retries.
+    pub server_starting: bool,
 }
+
+/// How long a context counts as just written by a `drover up` that is still starting.
+const FRESH_CONTEXT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a client with neither flags nor a context waits for `drover up` to write one.
+const WAIT_FOR_CONTEXT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl ClientArgs {
     /// Flags and env first, then the context; a context token is only used for the
     /// context's own server.
     pub fn resolve(&self, env: &Env) -> ClientConfig {
         resolve(self, read_context(env))
+    }
+
+    /// [`ClientArgs::resolve`] for client commands: with neither flags nor a context, it
+    /// waits a moment for one, so that `drover up & drover submit …` works the first
+    /// time too; and it notes a context that `drover up` wrote moments ago.
+    pub async fn resolve_for_commands(&self, env: &Env) -> ClientConfig {
+        let path = env.context_dir().join("context.toml");
+        let on_our_own = self.server.is_none() && self.token.is_none();
+        let start = std::time::Instant::now();
+        while on_our_own && !path.exists() && start.elapsed() < WAIT_FOR_CONTEXT {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let ctx = read_context(env);
+        let mut cfg = resolve(self, ctx.clone());
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < FRESH_CONTEXT);
+        cfg.server_starting =
+            fresh && ctx.is_some_and(|c| c.server.trim_end_matches('/') == cfg.server);
+        cfg
     }
 }
 
@@ -106,6 +136,7 @@ fn resolve(args: &ClientArgs, ctx: Option<Context>) -> ClientConfig {
         token,
         ca_file: args.ca_file.clone(),
         output: args.output,
+        server_starting: false,
     }
 }
 

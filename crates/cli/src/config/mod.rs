@@ -181,6 +181,8 @@ pub struct ServerFile {
     pub artifact_max_size: Option<String>,
     /// How long ended jobs keep files, artifacts and logs, e.g. `30d`.
     pub retain: Option<String>,
+    /// Forget agents not seen for this long, e.g. `24h`.
+    pub prune_agents_after: Option<String>,
 }
 
 /// The `[agent]` table of the config file; every key is optional.

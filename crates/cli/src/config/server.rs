@@ -89,6 +89,9 @@ pub struct ServerArgs {
     /// Delete files, artifacts and logs of jobs that ended longer ago than this, e.g. 30d [default: keep] [env: DROVER_RETAIN].
     #[arg(long, env = "DROVER_RETAIN", hide_env = true, value_parser = parse_duration)]
     pub retain: Option<Duration>,
+    /// Forget agents not seen for this long [default: 24h] [env: DROVER_PRUNE_AGENTS_AFTER].
+    #[arg(long, env = "DROVER_PRUNE_AGENTS_AFTER", hide_env = true, value_parser = parse_duration)]
+    pub prune_agents_after: Option<Duration>,
 }
 
 /// Everything `drover server` needs to start.
@@ -202,6 +205,17 @@ fn resolve_config(
         cfg.artifact_limits.max_bytes = n;
     }
     cfg.retain = duration_from(args.retain, f.retain.as_deref(), "retain")?;
+    let prune = f.prune_agents_after.as_deref();
+    if let Some(d) = duration_from(args.prune_agents_after, prune, "prune_agents_after")? {
+        if d < cfg.lease_ttl {
+            return Err(CliError::Usage(format!(
+                "prune_agents_after ({}) must be at least the lease TTL ({}): an agent is forgotten only once it is offline",
+                humantime::format_duration(d),
+                humantime::format_duration(cfg.lease_ttl)
+            )));
+        }
+        cfg.prune_agents_after = d;
+    }
     if cfg.retain.is_some_and(|r| r < Duration::from_secs(60)) {
         return Err(CliError::Usage(
             "retain must be at least 1m (it is how long ended jobs keep their files and logs)"

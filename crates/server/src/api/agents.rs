@@ -76,6 +76,7 @@ pub async fn register(
                     agent_id: id.agent_id,
                     token: id.token,
                     lease_ttl_ms: ttl_ms,
+                    name: agent.name,
                 }),
             ));
         }
@@ -92,19 +93,39 @@ pub async fn register(
     }
     let agent = bootstrapped(&caller, agent);
     let token = new_token("dra_");
-    let agent_id = state
+    let (agent_id, name) = state
         .store
-        .register_agent(&agent, &hash_token(&token), &caller.actor, Utc::now())
+        .register_agent(
+            &agent,
+            &hash_token(&token),
+            &caller.actor,
+            Utc::now(),
+            state.config.lease_ttl,
+        )
         .await?;
-    tracing::info!(agent = %agent_id, name = %agent.name, slots = agent.slots, "agent registered");
+    tracing::info!(agent = %agent_id, name = %name, slots = agent.slots, "agent registered");
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
             agent_id,
             token,
             lease_ttl_ms: ttl_ms,
+            name,
         }),
     ))
+}
+
+#[utoipa::path(post, path = "/v1/agents/leave", tag = "agents",
+    responses((status = 204, description = "The agent shows offline at once; attempts it still held are lost and retried where attempts remain"), (status = 401, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn leave(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+) -> Result<StatusCode, ApiError> {
+    state.store.agent_left(&agent.id, Utc::now()).await?;
+    tracing::info!(agent = %agent.id, name = %agent.name, "agent left");
+    state.hub.work_available();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Labels that describe the host an agent runs on rather than grant it work.

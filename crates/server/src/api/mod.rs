@@ -31,7 +31,7 @@ use crate::Scope;
         jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::retry, jobs::events,
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
-        agents::register, agents::poll, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
+        agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
     ),
@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/register", post(agents::register))
         .route("/v1/agents/poll", post(agents::poll))
+        .route("/v1/agents/leave", post(agents::leave))
         .route("/v1/agents/finish", post(agents::finish_batch))
         .route(
             "/v1/agents/{id}",

@@ -31,21 +31,39 @@ pub struct AgentAuth {
 }
 
 impl Store {
-    /// Stores a new agent with the hash of its session token; returns its id.
+    /// Stores a new agent with the hash of its session token; returns its id and name
+    /// (its own, or with a `-N` suffix when an online agent has that name already).
     pub async fn register_agent(
         &self,
         agent: &NewAgent,
         token_hash: &str,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<String> {
+        ttl: Duration,
+    ) -> Result<(String, String)> {
         let id = format!("a-{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.write.begin().await?;
+        // Two agents on one host both default to its name: the second online one
+        // becomes `NAME-2`, and so on, so that lists tell them apart.
+        let mut name = agent.name.clone();
+        for n in 2.. {
+            let taken: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM agents WHERE name = $1 AND last_seen_at > $2 AND (left_at IS NULL OR left_at < last_seen_at) LIMIT 1",
+            )
+            .bind(&name)
+            .bind(ms(now) - ttl.as_millis() as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if taken.is_none() {
+                break;
+            }
+            name = format!("{}-{n}", agent.name);
+        }
         sqlx::query(
             "INSERT INTO agents (id, name, token_hash, labels, queues, slots, host, stats, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
         .bind(&id)
-        .bind(&agent.name)
+        .bind(&name)
         .bind(token_hash)
         .bind(to_json(&agent.labels))
         .bind(to_json(&agent.queues))
@@ -55,17 +73,9 @@ impl Store {
         .bind(ms(now))
         .execute(&mut *tx)
         .await?;
-        audit_in_tx(
-            &mut tx,
-            actor,
-            "agent.register",
-            &id,
-            Some(&agent.name),
-            now,
-        )
-        .await?;
+        audit_in_tx(&mut tx, actor, "agent.register", &id, Some(&name), now).await?;
         tx.commit().await?;
-        Ok(id)
+        Ok((id, name))
     }
 
     /// Registers an agent again under the id it had, when `token_hash` is still its
@@ -108,6 +118,51 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// An agent leaves (its clean exit): it shows offline at once, and attempts it
+    /// still holds are lost now rather than when their leases expire.
+    pub async fn agent_left(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE agents SET left_at = $1 WHERE id = $2")
+            .bind(ms(now))
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        self.lose_held(&mut tx, agent_id, "the agent left", now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Loses every attempt `agent_id` holds.
+    async fn lose_held(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        agent_id: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
+        )
+        .bind(agent_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        for job in held {
+            self.lose(tx, &job, why, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Agents not seen since `cutoff`, for pruning.
+    pub async fn agents_unseen_since(&self, cutoff: DateTime<Utc>) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM agents WHERE last_seen_at < $1")
+                .bind(ms(cutoff))
+                .fetch_all(&self.read)
+                .await?,
+        )
+    }
+
     /// Removes an agent: its session token stops working and the attempts it held are
     /// lost (retried where attempts remain).
     pub async fn remove_agent(
@@ -127,16 +182,8 @@ impl Store {
                 "no agent with id {agent_id:?}"
             )));
         }
-        let held: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
-        )
-        .bind(agent_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        for job in held {
-            self.lose(&mut tx, &job, "the agent was removed", now)
-                .await?;
-        }
+        self.lose_held(&mut tx, agent_id, "the agent was removed", now)
+            .await?;
         audit_in_tx(&mut tx, actor, "agent.remove", agent_id, None, now).await?;
         tx.commit().await?;
         Ok(())
@@ -161,19 +208,19 @@ impl Store {
         .transpose()
     }
 
-    /// Every agent seen within the last day, newest first; `online` when it polled within `ttl`.
+    /// Every agent not pruned yet, newest first; `online` when it polled within `ttl`
+    /// and has not left since.
     pub async fn list_agents(&self, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Agent>> {
-        let since = ms(now) - 86_400_000;
         let rows = sqlx::query(
-            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a WHERE a.last_seen_at > $1 ORDER BY a.registered_at DESC",
+            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, a.left_at, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a ORDER BY a.registered_at DESC",
         )
-        .bind(since)
         .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|row| {
                 let last_seen = from_ms(row.try_get("last_seen_at")?);
-                let online = (now - last_seen).to_std().map(|d| d <= ttl).unwrap_or(true);
+                let left = super::opt_time(row, "left_at")?.is_some_and(|t| t >= last_seen);
+                let online = !left && (now - last_seen).to_std().map(|d| d <= ttl).unwrap_or(true);
                 Ok(Agent {
                     id: row.try_get("id")?,
                     name: row.try_get("name")?,

@@ -48,6 +48,7 @@ struct AttemptRow {
     state: &'static str,
     exit_code: Option<i64>,
     error: Option<String>,
+    gpus: Option<&'static str>,
 }
 
 /// Decides how the attempt ends (retry or final state, backoff, event).
@@ -91,6 +92,7 @@ fn plan(held: &Held, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Re
             state: AttemptState::from(req.outcome).as_str(),
             exit_code,
             error: req.error.clone(),
+            gpus: req.gpus.map(|g| g.as_str()),
         },
         event_kind: if run_at.is_some() {
             "retry_scheduled"
@@ -318,21 +320,23 @@ impl Store {
         for (w, keys) in attempts {
             for chunk in keys.chunks(CHUNK) {
                 let pairs = (0..chunk.len())
-                    .map(|i| format!("({})", self.params(4 + 2 * i, 2)))
+                    .map(|i| format!("({})", self.params(5 + 2 * i, 2)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = format!(
-                    "UPDATE attempts SET state = {}, finished_at = {}, exit_code = {}, error = {} WHERE (job_id, number) IN (VALUES {pairs})",
+                    "UPDATE attempts SET state = {}, finished_at = {}, exit_code = {}, error = {}, gpus = {} WHERE (job_id, number) IN (VALUES {pairs})",
                     self.param(1),
                     self.param(2),
                     self.param(3),
                     self.param(4),
+                    self.param(5),
                 );
                 let mut q = sqlx::query(&sql)
                     .bind(w.state)
                     .bind(ms(now))
                     .bind(w.exit_code)
-                    .bind(w.error.clone());
+                    .bind(w.error.clone())
+                    .bind(w.gpus);
                 for (job_id, number) in chunk {
                     q = q.bind(*job_id).bind(i64::from(*number));
                 }

@@ -1,7 +1,7 @@
 //! Job verbs for clients: enqueue, read, list, cancel, retry, timeline.
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{Attempt, AttemptState, Job, JobEvent, ListJobsQuery, Progress};
+use drover_core::api::{Attempt, AttemptState, Gpus, Job, JobEvent, ListJobsQuery, Progress};
 use drover_core::backoff::Backoff;
 use drover_core::{transition, Event, JobState, ValidJob};
 use sqlx::any::AnyRow;
@@ -73,6 +73,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
         attempts: Vec::new(),
+        queue_position: None,
     })
 }
 
@@ -151,6 +152,7 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         started_at: None,
         finished_at: None,
         attempts: Vec::new(),
+        queue_position: None,
     }
 }
 
@@ -318,8 +320,21 @@ impl Store {
             .await?
             .ok_or_else(|| not_found(id))?;
         let mut job = job_from_row(&row)?;
+        if job.state == JobState::Queued && job.run_at <= Utc::now() {
+            // Jobs its queue hands out first: higher priority, or as high and older.
+            let ahead: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND queue = $1 AND run_at <= $2 AND (priority > $3 OR (priority = $3 AND num < $4))",
+            )
+            .bind(&job.queue)
+            .bind(ms(Utc::now()))
+            .bind(i64::from(job.priority))
+            .bind(row.try_get::<i64, _>("num")?)
+            .fetch_one(&self.read)
+            .await?;
+            job.queue_position = Some(ahead as u64 + 1);
+        }
         let rows = sqlx::query(
-            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs FROM attempts WHERE job_id = $1 ORDER BY number",
+            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs, gpus FROM attempts WHERE job_id = $1 ORDER BY number",
         )
         .bind(id)
         .fetch_all(&self.read)
@@ -339,6 +354,10 @@ impl Store {
                     .map(|v| v as i32),
                 error: row.try_get("error")?,
                 log: super::logs::log_place(&row.try_get::<String, _>("logs")?).into(),
+                gpus: row
+                    .try_get::<Option<String>, _>("gpus")?
+                    .as_deref()
+                    .and_then(Gpus::parse),
             });
         }
         Ok(job)

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 5] {
+fn migrations(backend: Backend) -> [Migration; 6] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -22,6 +22,11 @@ fn migrations(backend: Backend) -> [Migration; 5] {
                 component: "main",
                 version: 2,
                 sql: include_str!("../../migrations/sqlite/0002_files.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 3,
+                sql: include_str!("../../migrations/sqlite/0003_agents_gpus.sql"),
             },
             Migration {
                 component: "logs",
@@ -49,6 +54,11 @@ fn migrations(backend: Backend) -> [Migration; 5] {
                 component: "main",
                 version: 2,
                 sql: include_str!("../../migrations/postgres/0002_files.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 3,
+                sql: include_str!("../../migrations/postgres/0003_agents_gpus.sql"),
             },
             Migration {
                 component: "logs",
