@@ -132,7 +132,7 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
         | ("delete", "/v1/tokens/{id}" | "/v1/agents/{id}")
         | ("get", "/v1/audit") => Needs::Admin,
         ("post", "/v1/agents/register") => Needs::Join,
-        ("post", "/v1/agents/poll" | "/v1/agents/finish") => Needs::Agent,
+        ("post", "/v1/agents/poll" | "/v1/agents/finish" | "/v1/agents/leave") => Needs::Agent,
         ("post", p) if p.starts_with("/v1/jobs/{id}/attempts/{attempt}/") => Needs::OwnAttempt,
         ("get", "/v1/jobs/{id}/attempts/{attempt}/inputs/{index}") => Needs::OwnAttempt,
         _ => return None,
@@ -246,8 +246,9 @@ async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
         }
     }
     assert!(routes.len() >= 26, "{routes:?}");
-    // `finish` by the own agent ends the attempt; every other attempt route must run before it.
-    routes.sort_by_key(|(_, p)| p.ends_with("/finish"));
+    // `finish` by the own agent ends the attempt, and `leave` ends its session's
+    // attempts: every other attempt route must run before them, and `leave` last.
+    routes.sort_by_key(|(_, p)| (p.ends_with("/leave"), p.ends_with("/finish")));
     let order = [
         Who::Nobody,
         Who::BadToken,
