@@ -105,14 +105,16 @@ with open(os.environ["DROVER_RESULT"], "w") as f:
         (90.0, "almost")
     );
     let logs = api.logs(&job.id).await;
-    assert_eq!(logs[0].text, "$ python3 <script>");
+    // The header is the script's body as a here-document.
+    assert_eq!(logs[0].text, "$ python3 <<'EOF'");
+    assert_eq!(logs[0].stream, Stream::System);
     let out = texts(&logs, Stream::Stdout);
     assert_eq!(out[0], "hello from script");
     assert_eq!(out[2], "::progress 90 almost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_result_file_is_reported_not_dropped() {
+async fn a_bad_result_file_fails_the_job_and_says_why() {
     let (_server, api, _agent) = server_and_agent().await;
     let job = api
         .submit(SubmitRequest::shell(
@@ -120,7 +122,8 @@ async fn a_bad_result_file_is_reported_not_dropped() {
         ))
         .await;
     let done = api.wait_done(&job.id).await;
-    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.exit_code, Some(0), "the job's own exit code is kept");
     assert!(done.result.is_none());
     let error = done.error.unwrap_or_default();
     assert!(

@@ -106,6 +106,7 @@ impl ServerConfig {
 pub use server::{Server, ServerError};
 
 pub mod api;
+mod dashboard;
 pub mod files;
 mod housekeeping;
 mod hub;

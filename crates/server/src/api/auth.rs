@@ -95,6 +95,43 @@ pub async fn require(
         .token_by_hash(&hash_token(secret))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
+    authorize(token, needed)
+}
+
+/// The name of the dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "drover_session";
+
+/// The value of the session cookie, if the request has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks a dashboard session for `needed`; the caller and the session's CSRF secret.
+pub async fn require_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<(Caller, String), ApiError> {
+    let secret =
+        session_cookie(headers).ok_or_else(|| ApiError::Unauthorized("not signed in".into()))?;
+    let (token, csrf) = state
+        .store
+        .session(&hash_token(secret), Utc::now())
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the session has ended; sign in again".into()))?;
+    Ok((authorize(token, needed)?, csrf))
+}
+
+/// Whether `token` may do what `needed` allows: not revoked, not expired, in scope.
+fn authorize(token: TokenInfo, needed: Scope) -> Result<Caller, ApiError> {
     if token.revoked_at.is_some() {
         return Err(ApiError::Unauthorized("this token was revoked".into()));
     }
@@ -155,6 +192,21 @@ impl<const S: u8> axum::extract::FromRequestParts<AppState> for Client<S> {
             ADMIN => Scope::Admin,
             _ => Scope::Join,
         };
+        // A signed-in browser reads the API with its session cookie (the dashboard's
+        // scripts and live streams); writes always need the token itself, so a page on
+        // another site cannot make a browser act (CSRF).
+        let safe = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        let has_bearer = parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
+        if safe && !has_bearer && session_cookie(&parts.headers).is_some() {
+            return require_session(state, &parts.headers, needed)
+                .await
+                .map(|(caller, _)| Client(caller));
+        }
         require(state, &parts.headers, needed).await.map(Client)
     }
 }

@@ -313,6 +313,16 @@ impl Store {
         Ok(())
     }
 
+    /// The id of the job with this idempotency key.
+    pub async fn job_by_key(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
     pub async fn job(&self, id: &str) -> Result<Job> {
         let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
             .bind(id)

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 6] {
+fn migrations(backend: Backend) -> [Migration; 7] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -27,6 +27,11 @@ fn migrations(backend: Backend) -> [Migration; 6] {
                 component: "main",
                 version: 3,
                 sql: include_str!("../../migrations/sqlite/0003_agents_gpus.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 4,
+                sql: include_str!("../../migrations/sqlite/0004_sessions.sql"),
             },
             Migration {
                 component: "logs",
@@ -59,6 +64,11 @@ fn migrations(backend: Backend) -> [Migration; 6] {
                 component: "main",
                 version: 3,
                 sql: include_str!("../../migrations/postgres/0003_agents_gpus.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 4,
+                sql: include_str!("../../migrations/postgres/0004_sessions.sql"),
             },
             Migration {
                 component: "logs",

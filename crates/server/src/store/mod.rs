@@ -16,6 +16,7 @@ mod leases;
 mod logs;
 mod migrate;
 mod seal;
+mod sessions;
 mod tokens;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -106,6 +106,15 @@ impl Store {
         Ok(info)
     }
 
+    /// One token by id.
+    pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenInfo>> {
+        let row = sqlx::query(&format!("SELECT {COLS} FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
     /// Every token, newest first.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(&format!(

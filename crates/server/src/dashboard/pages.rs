@@ -1,0 +1,338 @@
+//! The dashboard's pages: the jobs list (filters, search, cursor pages), a job (spec,
+//! attempts, progress, result, artifacts, timeline, live log, actions), and the agents.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::{DateTime, Utc};
+use drover_core::api::{Job, ListJobsQuery};
+use drover_core::{Exec, JobState};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::{error_page, layout, refuse_action, CsrfForm, Viewer};
+use crate::api::ApiError;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Jobs per page of the list.
+const PAGE: u32 = 50;
+
+/// The list's filters, as the form sends them (empty fields mean no filter).
+#[derive(Debug, Default, Deserialize)]
+pub struct Filters {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    name: String,
+    /// A job id, name or idempotency key.
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl Filters {
+    fn query(&self) -> ListJobsQuery {
+        ListJobsQuery {
+            state: some(&self.state),
+            queue: some(&self.queue),
+            label: some(&self.label),
+            name: some(&self.name),
+            limit: Some(PAGE),
+            cursor: some(&self.cursor),
+        }
+    }
+
+    /// The same filters as a query string, without the cursor.
+    fn query_string(&self) -> String {
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("state", &self.state),
+            ("queue", &self.queue),
+            ("label", &self.label),
+            ("name", &self.name),
+        ] {
+            if !v.trim().is_empty() {
+                parts.push(format!("{k}={}", encode(v.trim())));
+            }
+        }
+        parts.join("&")
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn state_cell(s: JobState) -> Markup {
+    html! { span class=(format!("state state-{}", s.as_str())) { (s.as_str()) } }
+}
+
+pub async fn jobs(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(f): Query<Filters>,
+) -> Response {
+    // Search: a job id opens the job; else a name or an idempotency key filters.
+    let mut f = f;
+    if let Some(q) = some(&f.q) {
+        if state.store.job(&q).await.is_ok() {
+            return Redirect::to(&format!("/jobs/{}", encode(&q))).into_response();
+        }
+        if let Ok(Some(id)) = state.store.job_by_key(&q).await {
+            return Redirect::to(&format!("/jobs/{}", encode(&id))).into_response();
+        }
+        f.name = q;
+    }
+    let job_state = match some(&f.state).map(|s| s.parse::<JobState>()).transpose() {
+        Ok(s) => s,
+        Err(m) => return error_page(StatusCode::BAD_REQUEST, &m),
+    };
+    let (jobs, next) = match state.store.list_jobs(&f.query(), job_state).await {
+        Ok(page) => page,
+        Err(StoreError::Conflict(m)) => return error_page(StatusCode::BAD_REQUEST, &m),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let filters = f.query_string();
+    let api = format!("/v1/jobs?limit={PAGE}&{filters}");
+    let body = html! {
+        h1 { "Jobs" }
+        form.filters method="get" action="/jobs" role="search" {
+            label { "Search" input type="search" name="q" value=(f.q) placeholder="id, name or key"; }
+            label { "State"
+                select name="state" {
+                    option value="" { "any" }
+                    @for s in JobState::ALL {
+                        option value=(s.as_str()) selected[f.state == s.as_str()] { (s.as_str()) }
+                    }
+                }
+            }
+            label { "Queue" input name="queue" value=(f.queue); }
+            label { "Label" input name="label" value=(f.label) placeholder="key=value"; }
+            label { "Name" input name="name" value=(f.name); }
+            button type="submit" { "Filter" }
+        }
+        table #jobs data-api=(api) {
+            thead { tr { th { "Job" } th { "State" } th { "Progress" } th.wide { "Queue" } th.wide { "Created" } } }
+            tbody {
+                @for j in &jobs {
+                    tr id=(format!("job-{}", j.id)) {
+                        td { a href=(format!("/jobs/{}", encode(&j.id))) { (j.name) } br; small { (j.id) } }
+                        td { (state_cell(j.state)) }
+                        td { progress max="100" value=(j.progress.as_ref().map_or(0.0, |p| p.percent)) aria-label="progress" {} }
+                        td.wide { (j.queue) }
+                        td.wide { (when(Some(j.created_at))) }
+                    }
+                }
+            }
+        }
+        @if jobs.is_empty() { p { "No jobs match." } }
+        @if let Some(c) = next {
+            p.pager { a href=(format!("/jobs?{filters}&cursor={}", encode(&c))) { "Older jobs →" } }
+        }
+    };
+    layout("Jobs", Some(&viewer), body).into_response()
+}
+
+/// The command as the page shows it: argv shell-quoted, a script's body in full.
+fn command(exec: &Exec) -> Markup {
+    match exec {
+        Exec::Script { .. } => html! { pre { (exec.log_header().join("\n")) } },
+        other => html! { pre { (other.display()) } },
+    }
+}
+
+pub async fn job(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    let job: Job = match state.store.job(&id).await {
+        Ok(j) => j,
+        Err(StoreError::NotFound(m)) => return error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let events = state.store.events(&id).await.unwrap_or_default();
+    let artifacts = state.store.artifacts(&id, None).await.unwrap_or_default();
+    let path = format!("/jobs/{}", encode(&job.id));
+    let api = format!("/v1/jobs/{}", encode(&job.id));
+    let body = html! {
+        h1 { (job.name) }
+        @if viewer.can_act() {
+            div.actions {
+                @if !job.state.is_terminal() {
+                    form method="post" action=(format!("{path}/cancel")) {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        button.danger #cancel type="submit" { "Cancel" }
+                    }
+                } @else {
+                    form method="post" action=(format!("{path}/retry")) {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        button #retry type="submit" { "Retry" }
+                    }
+                }
+            }
+        }
+        dl {
+            dt { "State" } dd { span #job-state class=(format!("state-{}", job.state.as_str())) data-api=(api) { (job.state.as_str()) } }
+            dt { "Progress" } dd {
+                progress #job-progress max="100" value=(job.progress.as_ref().map_or(0.0, |p| p.percent)) aria-label="progress" {}
+                " " span #job-progress-text { (job.progress.as_ref().map(|p| format!("{:.0}% {}", p.percent, p.message)).unwrap_or_default()) }
+            }
+            dt { "Id" } dd { (job.id) }
+            dt { "Queue" } dd { (job.queue) " (priority " (job.priority) ")" }
+            @if let Some(e) = &job.error { dt { "Error" } dd.error { (e) } }
+            @if let Some(code) = job.exit_code { dt { "Exit code" } dd { (code) } }
+            @if let Some(r) = &job.result { dt { "Result" } dd { pre { (serde_json::to_string_pretty(r).unwrap_or_default()) } } }
+        }
+        h2 { "Command" }
+        (command(&job.exec))
+        h2 { "Log" }
+        p { a href=(format!("{api}/logs.txt")) download { "Download as text" } }
+        pre.log #log data-stream=(format!("{api}/logs/stream")) aria-live="polite" {}
+        h2 { "Attempts" }
+        table {
+            thead { tr { th { "#" } th { "State" } th { "Agent" } th.wide { "Started" } th.wide { "Finished" } th { "Error" } } }
+            tbody {
+                @for a in &job.attempts {
+                    tr { td { (a.number) } td { (a.state.as_str()) } td { (a.agent_id) } td.wide { (when(a.started_at)) } td.wide { (when(a.finished_at)) } td { (a.error.clone().unwrap_or_default()) } }
+                }
+            }
+        }
+        @if !artifacts.is_empty() {
+            h2 { "Artifacts" }
+            table {
+                thead { tr { th { "Attempt" } th { "Path" } th { "Bytes" } } }
+                tbody {
+                    @for f in &artifacts {
+                        tr { td { (f.attempt.unwrap_or_default()) } td { a href=(format!("/v1/files/{}", encode(&f.id))) { (f.name) } } td { (f.size) } }
+                    }
+                }
+            }
+        }
+        h2 { "Timeline" }
+        table {
+            thead { tr { th { "When" } th { "What" } th { "State" } th { "By" } th { "Why" } } }
+            tbody {
+                @for e in &events {
+                    tr { td { (when(Some(e.at))) } td { (e.kind) } td { (e.to_state.as_str()) } td { (e.actor) } td { (e.reason.clone().unwrap_or_default()) } }
+                }
+            }
+        }
+    };
+    layout(&job.name, Some(&viewer), body).into_response()
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &f) {
+        return refused;
+    }
+    match state
+        .store
+        .cancel(&id, &viewer.caller.actor, Utc::now())
+        .await
+    {
+        Ok((_, agent)) => {
+            if let Some(agent) = agent {
+                state.hub.wake_agent(&agent);
+            }
+            state.hub.job_changed(&id);
+            Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
+        }
+        Err(StoreError::Conflict(m)) => error_page(StatusCode::CONFLICT, &m),
+        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub async fn retry(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &f) {
+        return refused;
+    }
+    match state
+        .store
+        .retry(&id, &viewer.caller.actor, Utc::now())
+        .await
+    {
+        Ok(_) => {
+            state.hub.work_available();
+            Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
+        }
+        Err(StoreError::Conflict(m)) => error_page(StatusCode::CONFLICT, &m),
+        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let list = match state
+        .store
+        .list_agents(Utc::now(), state.config.lease_ttl)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let body = html! {
+        h1 { "Agents" }
+        table #agents {
+            thead { tr { th { "Name" } th { "Status" } th { "Running" } th.wide { "Labels" } th { "CPU" } th { "Memory" } th.wide { "Version" } th { "Last seen" } } }
+            tbody {
+                @for a in &list {
+                    tr id=(format!("agent-{}", a.id)) {
+                        td { (a.name) br; small { (a.id) } }
+                        td class=(format!("status-{}", a.status)) { (a.status) }
+                        td { (a.running) "/" (a.slots) }
+                        td.wide { (a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                        td { (format!("{:.0}%", a.stats.cpu_percent)) }
+                        td { (memory(a.stats.memory_used_bytes, a.host.memory_bytes)) }
+                        td.wide { (a.host.version) }
+                        td { (when(Some(a.last_seen_at))) }
+                    }
+                }
+            }
+        }
+        @if list.is_empty() { p { "No agents. Start one with " code { "drover agent --server URL --token JOIN_TOKEN" } "." } }
+    };
+    layout("Agents", Some(&viewer), body).into_response()
+}
+
+fn memory(used: u64, total: u64) -> String {
+    match total {
+        0 => "-".into(),
+        t => format!("{:.0}%", used as f64 * 100.0 / t as f64),
+    }
+}
