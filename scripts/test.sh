@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine with only the Rust toolchain it
 # first installs what the tests need (PostgreSQL's server binaries for the store suite,
-# python3 for script jobs, busybox-static for the Docker tests' image) with apt-get, and
+# python3 for script jobs, busybox-static for the Docker tests' image, Chromium and its
+# WebDriver for the dashboard's browser test) with apt-get, and
 # moto (an S3-compatible server, from PyPI) into target/test-venv for the object-store
 # tests, which then must run (DROVER_REQUIRE_S3=1) rather than skip.
 # The Docker tests need a reachable Docker engine; DROVER_SKIP_DOCKER_TESTS=1 skips them.
@@ -15,6 +16,8 @@ fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v bash >/dev/null 2>&1 || need+=(bash)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 venv=target/test-venv
 if [ ! -x "$venv/bin/moto_server" ] && ! python3 -m venv --help >/dev/null 2>&1; then
   need+=(python3-venv)
@@ -34,6 +37,7 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
 fi
 export DROVER_REQUIRE_S3=1
+export DROVER_REQUIRE_BROWSER=1
 
 echo "==> cargo test --workspace"
 cargo test --workspace --all-targets "$@"
