@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(required = true)]
         jobs: Vec<String>,
     },
+    /// Submit a new job with the same spec as JOB (secrets included; any state).
+    #[command(
+        after_help = "Example:\n  drover rerun JOB && drover wait $(drover ls --limit 1 -o json | jq -r '.jobs[0].id')"
+    )]
+    Rerun {
+        /// The job id.
+        job: String,
+    },
     /// Run a finished job again.
     #[command(after_help = "Example:\n  drover retry JOB && drover wait JOB")]
     Retry {

@@ -84,6 +84,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Logs(args) => logs::logs(&client, args).await,
         Command::Cancel { job } => jobs::cancel(&client, &job).await,
         Command::Rm { jobs } => jobs::rm(&client, &jobs).await,
+        Command::Rerun { job } => jobs::rerun(&client, &job).await,
         Command::Retry { job } => jobs::retry(&client, &job).await,
         Command::Events { job } => jobs::events(&client, &job).await,
         Command::Agents { command } => admin::agents(&client, command).await,

@@ -250,6 +250,9 @@ async fn the_dashboard_in_a_real_browser() {
 
     // A bad token is refused with a message; the admin token signs in.
     b.sign_in(&base, "drt_not_a_token").await;
+    // The click returns before the answer's page has loaded.
+    b.wait("the refusal", "return !!document.querySelector('.error');")
+        .await;
     assert!(b.text(".error").await.contains("does not sign in"));
     b.sign_in(&base, "adm").await;
     b.wait("the jobs list", "return location.pathname === '/jobs';")
@@ -348,6 +351,8 @@ async fn the_dashboard_in_a_real_browser() {
         .trim()
         .to_string();
     b.sign_in(&base, &token).await;
+    b.wait("the read session", "return location.pathname === '/jobs';")
+        .await;
     b.goto(&format!("{base}/jobs/{other}")).await;
     assert!(
         b.find("#cancel").await.is_none(),

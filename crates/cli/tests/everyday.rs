@@ -373,3 +373,39 @@ fn progress_markers_stay_in_the_log_and_work_in_containers() {
     assert!(log.contains("::progress 75 three quarters\n"), "{log}");
     up.stop();
 }
+
+#[test]
+fn rerun_submits_the_same_spec_secrets_included() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
+    let first = submit(
+        &up,
+        &[
+            "--env",
+            "GREETING=hello",
+            "--secret",
+            "TOKEN=s3cr3t-value",
+            "--",
+            "echo $GREETING ${#TOKEN}",
+        ],
+    );
+    wait_state(&up, &first, "succeeded");
+    let out = up.drover(&["rerun", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = stdout(&out).trim().to_string();
+    assert_ne!(second, first);
+    wait_state(&up, &second, "succeeded");
+    assert_eq!(
+        stdout(&up.drover(&["logs", &second])),
+        "hello 12\n",
+        "env and the secret came along"
+    );
+    let events = stdout(&up.drover(&["events", &second]));
+    assert!(
+        events.contains(&format!("run again of {first}")),
+        "{events}"
+    );
+    let out = up.drover(&["rerun", "no-such-job"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    up.stop();
+}

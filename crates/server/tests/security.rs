@@ -125,6 +125,7 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/jobs/batch"
             | "/v1/jobs/{id}/cancel"
             | "/v1/jobs/{id}/retry"
+            | "/v1/jobs/{id}/rerun"
             | "/v1/files",
         )
         | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}") => Needs::Submit,

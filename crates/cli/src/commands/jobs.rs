@@ -201,6 +201,19 @@ pub async fn rm(cfg: &ClientConfig, ids: &[String]) -> Result<i32> {
     Ok(0)
 }
 
+/// `drover rerun`: a new job with the same spec; prints its id.
+pub async fn rerun(cfg: &ClientConfig, id: &str) -> Result<i32> {
+    let client = Client::new(cfg)?;
+    let job: Job = client
+        .post(&format!("{}/rerun", job_path(id)), &serde_json::json!({}))
+        .await?;
+    match cfg.output {
+        OutputFormat::Json => output::json(&job),
+        OutputFormat::Table => outln!("{}", job.id),
+    }
+    Ok(0)
+}
+
 /// `drover retry`: queues a finished job again.
 pub async fn retry(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;

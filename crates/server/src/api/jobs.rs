@@ -181,6 +181,21 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/rerun", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 201, description = "A new job with the same spec (secrets included; no idempotency key), in any state of the first", body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn rerun(
+    State(state): State<AppState>,
+    Client(caller): Client<SUBMIT>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let job = state.store.rerun(&id, &caller.actor, Utc::now()).await?;
+    state.hub.work_available();
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Queued again with a fresh attempt budget", body = Job),

@@ -28,7 +28,7 @@ use crate::Scope;
 #[openapi(
     info(title = "drover", description = "drover's HTTP API: jobs, agents, logs. Every endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`."),
     paths(
-        jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::retry, jobs::events,
+        jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::retry, jobs::rerun, jobs::events,
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::delete))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/rerun", post(jobs::rerun))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/logs", get(logs::page))
         .route("/v1/jobs/{id}/logs/stream", get(logs::follow))

@@ -36,7 +36,9 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}", get(pages::job))
         .route("/jobs/{id}/cancel", post(pages::cancel))
         .route("/jobs/{id}/retry", post(pages::retry))
+        .route("/jobs/{id}/rerun", post(pages::rerun))
         .route("/agents", get(pages::agents))
+        .route("/agents/{id}/remove", post(pages::remove_agent))
         .route("/ui/app.css", get(css))
         .route("/ui/app.js", get(js))
 }
@@ -65,6 +67,11 @@ impl Viewer {
     /// Whether the viewer may act (cancel, retry): the submit scope.
     pub fn can_act(&self) -> bool {
         self.caller.scope >= Scope::Submit
+    }
+
+    /// Whether the viewer may remove agents: the admin scope.
+    pub fn can_admin(&self) -> bool {
+        self.caller.scope >= Scope::Admin
     }
 }
 
@@ -235,7 +242,7 @@ pub fn refuse_action(viewer: &Viewer, form: &CsrfForm) -> Option<Response> {
         return Some(error_page(
             StatusCode::FORBIDDEN,
             &format!(
-                "token {:?} has scope {}; cancel and retry need submit",
+                "token {:?} has scope {}; cancel, retry and run again need submit",
                 viewer.caller.token.name,
                 viewer.caller.scope.as_str()
             ),

@@ -194,6 +194,10 @@ pub async fn job(
                         button #retry type="submit" { "Retry" }
                     }
                 }
+                form method="post" action=(format!("{path}/rerun")) {
+                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    button #rerun type="submit" title="A new job with the same spec" { "Run again" }
+                }
             }
         }
         dl {
@@ -297,6 +301,59 @@ pub async fn retry(
     }
 }
 
+pub async fn rerun(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &f) {
+        return refused;
+    }
+    match state
+        .store
+        .rerun(&id, &viewer.caller.actor, Utc::now())
+        .await
+    {
+        Ok(job) => {
+            state.hub.work_available();
+            Redirect::to(&format!("/jobs/{}", encode(&job.id))).into_response()
+        }
+        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub async fn remove_agent(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refuse_action(&viewer, &f) {
+        return refused;
+    }
+    if !viewer.can_admin() {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "removing an agent needs the admin scope",
+        );
+    }
+    match state
+        .store
+        .remove_agent(&id, &viewer.caller.actor, Utc::now())
+        .await
+    {
+        Ok(()) => {
+            state.hub.wake_agent(&id);
+            state.hub.work_available();
+            Redirect::to("/agents").into_response()
+        }
+        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
     let list = match state
         .store
@@ -321,6 +378,14 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
                         td { (memory(a.stats.memory_used_bytes, a.host.memory_bytes)) }
                         td.wide { (a.host.version) }
                         td { (when(Some(a.last_seen_at))) }
+                        @if viewer.can_admin() && a.status == "offline" {
+                            td {
+                                form method="post" action=(format!("/agents/{}/remove", encode(&a.id))) {
+                                    input type="hidden" name="csrf" value=(viewer.csrf);
+                                    button.danger type="submit" aria-label=(format!("Remove {}", a.name)) { "Remove" }
+                                }
+                            }
+                        }
                     }
                 }
             }

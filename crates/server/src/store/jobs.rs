@@ -313,6 +313,45 @@ impl Store {
         Ok(())
     }
 
+    /// A new job with the same spec as `id` (secrets included, still sealed; without
+    /// its idempotency key, which belongs to the first): "run again".
+    pub async fn rerun(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<Job> {
+        let new_id = uuid::Uuid::now_v7().to_string();
+        let mut tx = self.write.begin().await?;
+        let copied = sqlx::query(
+            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3 FROM jobs WHERE id = $4",
+        )
+        .bind(&new_id)
+        .bind(JobState::Queued.as_str())
+        .bind(ms(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if copied == 0 {
+            tx.rollback().await?;
+            return Err(not_found(id));
+        }
+        let reason = format!("run again of {id}");
+        record_event(
+            &mut tx,
+            NewEvent {
+                job_id: &new_id,
+                kind: "submitted",
+                from: None,
+                to: JobState::Queued,
+                attempt: None,
+                actor,
+                reason: Some(&reason),
+            },
+            now,
+        )
+        .await?;
+        let job = job_in_tx(&mut tx, &new_id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
     /// The id of the job with this idempotency key.
     pub async fn job_by_key(&self, key: &str) -> Result<Option<String>> {
         Ok(
