@@ -216,13 +216,22 @@ async fn probe_docker(engine: &Engine) -> Option<String> {
 /// Removes this agent's orphaned containers (at start the agent runs nothing, so every
 /// container labelled with its name is one).
 async fn remove_orphans(engine: &Engine, config: &AgentConfig) {
-    let cleanup = engine.remove_orphans(&config.name, config.keep_containers);
+    let owner = container_owner(config);
+    let cleanup = engine.remove_orphans(&owner, config.keep_containers);
     match tokio::time::timeout(ORPHAN_CLEANUP_LIMIT, cleanup).await {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => tracing::warn!(containers = n, "removed orphaned containers of this agent"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
         Err(_) => tracing::warn!("the Docker engine is slow: orphaned containers may be left"),
     }
+}
+
+/// What this agent's containers are labelled with (`drover.agent`): its name and its
+/// work dir, which no other agent shares (one agent per work dir), so that an agent
+/// never takes another's containers for its own orphans, even when both are named
+/// after the host.
+fn container_owner(config: &AgentConfig) -> String {
+    format!("{}:{}", config.name, config.work_dir.display())
 }
 
 fn register_request(config: &AgentConfig) -> RegisterRequest {
@@ -538,7 +547,7 @@ impl Session {
                 abandon: self.abandon.clone(),
                 docker: DockerCtx {
                     engine: self.engine.clone(),
-                    agent: self.config.name.clone(),
+                    agent: container_owner(&self.config),
                     mounts: self.config.docker_mounts.clone(),
                     keep_containers: self.config.keep_containers,
                 },

@@ -54,7 +54,7 @@ pub struct AttemptCtx {
 /// What docker attempts need from the agent.
 pub struct DockerCtx {
     pub engine: Arc<Engine>,
-    /// The agent's name, put on its containers' `drover.agent` label.
+    /// Put on the agent's containers' `drover.agent` label: its name and work dir.
     pub agent: String,
     /// Default mounts for every container.
     pub mounts: Vec<String>,

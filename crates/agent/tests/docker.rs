@@ -368,8 +368,11 @@ async fn kept_containers_stay_after_the_job_and_after_an_agent_restart() {
     let server = TestServer::start().await;
     let api = Api::new(&server);
     let name = unique_name("keep");
+    // One agent, run three times on its work dir: its containers are its own.
+    let work = tempfile::tempdir().unwrap();
     let agent = agent_with(&server, |c| {
         c.name = name.clone();
+        c.work_dir = work.path().to_path_buf();
         c.keep_containers = true;
     });
     let job = api
@@ -386,6 +389,7 @@ async fn kept_containers_stay_after_the_job_and_after_an_agent_restart() {
     // A restarted agent that keeps containers leaves exited ones for debugging.
     let again = agent_with(&server, |c| {
         c.name = name.clone();
+        c.work_dir = work.path().to_path_buf();
         c.keep_containers = true;
     });
     let job2 = api
@@ -397,7 +401,10 @@ async fn kept_containers_stay_after_the_job_and_after_an_agent_restart() {
     assert_eq!(containers(&kept), vec![kept.clone()]);
     drop(again);
     // One that does not keep them removes them as orphans.
-    let _cleaner = agent_with(&server, |c| c.name = name.clone());
+    let _cleaner = agent_with(&server, |c| {
+        c.name = name.clone();
+        c.work_dir = work.path().to_path_buf();
+    });
     wait_containers(&kept, "removed", |n| n.is_empty()).await;
     wait_containers(&format!("drover-{}", job2.id), "removed", |n| n.is_empty()).await;
 }
@@ -431,4 +438,52 @@ async fn a_missing_engine_fails_docker_jobs_clearly_and_the_agent_keeps_working(
     let shell = api.submit(SubmitRequest::shell("echo still here")).await;
     let done = api.wait_done(&shell.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+}
+
+/// Regression: two agents on one host, both named after it, each took the other's
+/// containers for its own orphans at start, and removed a running job's container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_never_takes_another_agents_containers_for_orphans() {
+    if !docker_ready() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let name = unique_name("twin");
+    let _first = agent_with(&server, |c| c.name = name.clone());
+    let job = api
+        .submit(docker_job(
+            serde_json::json!({"image": IMAGE, "command": "sleep 30"}),
+        ))
+        .await;
+    api.wait_for(&job.id, "running", |j| j.state == JobState::Running)
+        .await;
+    let running = format!("drover-{}-1", job.id);
+    assert_eq!(containers(&running), vec![running.clone()]);
+    // A second agent of the same name (its own work dir) starts and looks for orphans.
+    let _second = agent_with(&server, |c| c.name = name.clone());
+    let start = std::time::Instant::now();
+    let online = || async {
+        let list: AgentList = reqwest::Client::new()
+            .get(format!("{}/v1/agents", server.url))
+            .bearer_auth(&server.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list.agents.iter().filter(|a| a.status == "online").count()
+    };
+    while online().await < 2 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the second agent never came online"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(containers(&running), vec![running.clone()], "still there");
+    assert_eq!(api.job(&job.id).await.unwrap().state, JobState::Running);
+    api.cancel(&job.id).await;
 }

@@ -34,7 +34,12 @@ fn a_container_command_line_runs_in_the_images_shell() {
         "echo hi from $0; exit 5",
     ]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stdout(&out).contains("hi from /bin/sh"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("hi from /bin/sh"),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
     let out = up.drover(&[
         "submit",
         "--wait",

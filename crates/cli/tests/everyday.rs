@@ -20,22 +20,10 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn submit(up: &Up, args: &[&str]) -> String {
-    let mut all = vec!["submit"];
-    all.extend_from_slice(args);
-    let out = up.drover(&all);
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out).trim().to_string()
-}
-
-fn status(up: &Up, job: &str) -> Value {
-    json(&up.drover(&["status", "-o", "json", job]))
-}
-
 fn wait_state(up: &Up, job: &str, state: &str) -> Value {
     let mut last = Value::Null;
     wait_until(&format!("job {job} {state}"), LIMIT, || {
-        last = status(up, job);
+        last = up.status(job);
         last["state"] == state
     });
     last
@@ -46,7 +34,7 @@ fn a_scripts_log_starts_with_its_body_and_argv_is_shell_quoted() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
     std::fs::write(tmp.path().join("job.py"), "print('one')\nprint('two')\n").unwrap();
-    let script = submit(&up, &["--script", "job.py", "--interpreter", "python3"]);
+    let script = up.submit(&["--script", "job.py", "--interpreter", "python3"]);
     wait_state(&up, &script, "succeeded");
     let log = up.drover(&["logs", &script]);
     assert_eq!(
@@ -56,17 +44,14 @@ fn a_scripts_log_starts_with_its_body_and_argv_is_shell_quoted() {
     );
     assert_eq!(stdout(&log), "one\ntwo\n");
 
-    let argv = submit(
-        &up,
-        &[
-            "--no-shell",
-            "--",
-            "python3",
-            "-c",
-            "print('hi there')",
-            "a b",
-        ],
-    );
+    let argv = up.submit(&[
+        "--no-shell",
+        "--",
+        "python3",
+        "-c",
+        "print('hi there')",
+        "a b",
+    ]);
     wait_state(&up, &argv, "succeeded");
     let quoted = r#"python3 -c 'print('\''hi there'\'')' 'a b'"#;
     let shown = stdout(&up.drover(&["status", &argv]));
@@ -91,19 +76,16 @@ fn a_container_job_records_whether_it_got_gpus() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
-    let job = submit(
-        &up,
-        &[
-            "--image",
-            docker::IMAGE,
-            "--pull",
-            "never",
-            "--gpus",
-            "1",
-            "--",
-            "true",
-        ],
-    );
+    let job = up.submit(&[
+        "--image",
+        docker::IMAGE,
+        "--pull",
+        "never",
+        "--gpus",
+        "1",
+        "--",
+        "true",
+    ]);
     let done = wait_state(&up, &job, "succeeded");
     let got = done["attempts"][0]["gpus"].as_str().unwrap_or("<none>");
     assert!(matches!(got, "granted" | "unavailable"), "{done}");
@@ -114,23 +96,20 @@ fn a_container_job_records_whether_it_got_gpus() {
     );
     if got == "unavailable" {
         // This engine has no NVIDIA runtime: a job that must have GPUs fails instead.
-        let must = submit(
-            &up,
-            &[
-                "--image",
-                docker::IMAGE,
-                "--pull",
-                "never",
-                "--gpus",
-                "1",
-                "--gpus-required",
-                "--",
-                "true",
-            ],
-        );
+        let must = up.submit(&[
+            "--image",
+            docker::IMAGE,
+            "--pull",
+            "never",
+            "--gpus",
+            "1",
+            "--gpus-required",
+            "--",
+            "true",
+        ]);
         wait_state(&up, &must, "failed");
     }
-    let plain = submit(&up, &["--", "true"]);
+    let plain = up.submit(&["--", "true"]);
     let done = wait_state(&up, &plain, "succeeded");
     assert!(done["attempts"][0].get("gpus").is_none(), "{done}");
     up.stop();
@@ -280,7 +259,7 @@ fn status_tells_the_truth_about_attempts_queue_position_and_result_files() {
         "if [ -f {0} ]; then sleep 3; else touch {0}; exit 1; fi",
         marker.display()
     );
-    let job = submit(&up, &["--", &cmd]);
+    let job = up.submit(&["--", &cmd]);
     wait_state(&up, &job, "failed");
     assert!(stdout(&up.drover(&["status", &job])).contains("attempts:  1 of 1\n"));
     assert!(up.drover(&["retry", &job]).status.success());
@@ -289,16 +268,16 @@ fn status_tells_the_truth_about_attempts_queue_position_and_result_files() {
     assert!(shown.contains("attempts:  2 of 2\n"), "{shown}");
 
     let waiting = ["--label", "nobody=has-this", "--", "true"];
-    let a = submit(&up, &waiting);
-    let b = submit(&up, &waiting);
-    assert_eq!(status(&up, &a)["queue_position"], 1);
+    let a = up.submit(&waiting);
+    let b = up.submit(&waiting);
+    assert_eq!(up.status(&a)["queue_position"], 1);
     let shown = stdout(&up.drover(&["status", &b]));
     assert!(
         shown.contains("state:     queued (number 2 in queue default)"),
         "{shown}"
     );
 
-    let bad = submit(&up, &["--", "echo '{not json' > $DROVER_RESULT"]);
+    let bad = up.submit(&["--", "echo '{not json' > $DROVER_RESULT"]);
     let done = wait_state(&up, &bad, "failed");
     assert!(
         done["error"]
@@ -355,17 +334,14 @@ fn progress_markers_stay_in_the_log_and_work_in_containers() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
-    let job = submit(
-        &up,
-        &[
-            "--image",
-            docker::IMAGE,
-            "--pull",
-            "never",
-            "--",
-            "echo '::progress 75 three quarters'; sleep 1",
-        ],
-    );
+    let job = up.submit(&[
+        "--image",
+        docker::IMAGE,
+        "--pull",
+        "never",
+        "--",
+        "echo '::progress 75 three quarters'; sleep 1",
+    ]);
     let done = wait_state(&up, &job, "succeeded");
     assert_eq!(done["progress"]["percent"], 75.0, "{done}");
     assert_eq!(done["progress"]["message"], "three quarters", "{done}");
@@ -378,17 +354,14 @@ fn progress_markers_stay_in_the_log_and_work_in_containers() {
 fn rerun_submits_the_same_spec_secrets_included() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Up::start(tmp.path(), &tmp.path().join("ctx"), free_port());
-    let first = submit(
-        &up,
-        &[
-            "--env",
-            "GREETING=hello",
-            "--secret",
-            "TOKEN=s3cr3t-value",
-            "--",
-            "echo $GREETING ${#TOKEN}",
-        ],
-    );
+    let first = up.submit(&[
+        "--env",
+        "GREETING=hello",
+        "--secret",
+        "TOKEN=s3cr3t-value",
+        "--",
+        "echo $GREETING ${#TOKEN}",
+    ]);
     wait_state(&up, &first, "succeeded");
     let out = up.drover(&["rerun", &first]);
     assert!(out.status.success(), "{}", stderr(&out));

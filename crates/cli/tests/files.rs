@@ -73,20 +73,8 @@ fn post_json(up: &Up, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Submits and returns the job id (printed on stdout).
-fn submit(up: &Up, args: &[&str]) -> String {
-    let mut all = vec!["submit"];
-    all.extend_from_slice(args);
-    let out = up.drover(&all);
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out).trim().to_string()
-}
-
 fn wait(up: &Up, job: &str) -> i32 {
     up.drover(&["wait", job]).status.code().unwrap()
-}
-
-fn status(up: &Up, job: &str) -> Value {
-    json(&up.drover(&["status", "-o", "json", job]))
 }
 
 fn artifact_paths(up: &Up, job: &str) -> Vec<String> {
@@ -112,19 +100,16 @@ fn inputs_and_artifacts_end_to_end() {
 
     // An uploaded file under a path of its own and a URL, both in the workspace.
     let url = format!("http://127.0.0.1:{web}/config.txt=u.txt");
-    let ok = submit(
-        &up,
-        &[
-            "--input",
-            "study.yaml=conf/c.yaml",
-            "--input-url",
-            &url,
-            "--artifact",
-            "out/**",
-            "--",
-            "mkdir -p out/deep && cat conf/c.yaml u.txt > out/both.txt && echo x > out/deep/x.txt",
-        ],
-    );
+    let ok = up.submit(&[
+        "--input",
+        "study.yaml=conf/c.yaml",
+        "--input-url",
+        &url,
+        "--artifact",
+        "out/**",
+        "--",
+        "mkdir -p out/deep && cat conf/c.yaml u.txt > out/both.txt && echo x > out/deep/x.txt",
+    ]);
     assert_eq!(wait(&up, &ok), 0, "{}", stdout(&up.drover(&["logs", &ok])));
     assert_eq!(artifact_paths(&up, &ok), ["out/both.txt", "out/deep/x.txt"]);
     let got = up.drover(&["artifacts", "get", &ok, "-O", "dl"]);
@@ -141,21 +126,18 @@ fn inputs_and_artifacts_end_to_end() {
     // A URL that answers 404 fails the attempt before the command runs, naming the
     // input; the attempt is retried like any failed one.
     let missing = format!("http://127.0.0.1:{web}/missing.txt");
-    let bad = submit(
-        &up,
-        &[
-            "--attempts",
-            "2",
-            "--backoff",
-            "100ms",
-            "--input-url",
-            &missing,
-            "--",
-            "touch ran",
-        ],
-    );
+    let bad = up.submit(&[
+        "--attempts",
+        "2",
+        "--backoff",
+        "100ms",
+        "--input-url",
+        &missing,
+        "--",
+        "touch ran",
+    ]);
     assert_eq!(wait(&up, &bad), 1);
-    let job = status(&up, &bad);
+    let job = up.status(&bad);
     assert_eq!(job["attempts_used"], 2, "{job}");
     let error = job["error"].as_str().unwrap();
     assert!(
@@ -178,7 +160,7 @@ fn inputs_and_artifacts_end_to_end() {
     assert_eq!(code, 201, "{job}");
     let id = job["id"].as_str().unwrap();
     assert_eq!(wait(&up, id), 1);
-    let job = status(&up, id);
+    let job = up.status(id);
     assert_eq!(job["attempts_used"], 2, "{job}");
     assert!(
         job["error"]
@@ -189,28 +171,22 @@ fn inputs_and_artifacts_end_to_end() {
     );
 
     // Artifacts are kept whatever the outcome.
-    let failed = submit(
-        &up,
-        &[
-            "--artifact",
-            "out/*",
-            "--",
-            "mkdir out; echo f > out/f.txt; exit 3",
-        ],
-    );
+    let failed = up.submit(&[
+        "--artifact",
+        "out/*",
+        "--",
+        "mkdir out; echo f > out/f.txt; exit 3",
+    ]);
     assert_eq!(wait(&up, &failed), 3);
     assert_eq!(artifact_paths(&up, &failed), ["out/f.txt"]);
-    let slow = submit(
-        &up,
-        &[
-            "--timeout",
-            "1s",
-            "--artifact",
-            "out/*",
-            "--",
-            "mkdir out; echo t > out/t.txt; sleep 30",
-        ],
-    );
+    let slow = up.submit(&[
+        "--timeout",
+        "1s",
+        "--artifact",
+        "out/*",
+        "--",
+        "mkdir out; echo t > out/t.txt; sleep 30",
+    ]);
     assert_eq!(wait(&up, &slow), 124);
     assert_eq!(artifact_paths(&up, &slow), ["out/t.txt"]);
 
@@ -234,9 +210,7 @@ fn a_container_reads_its_input_and_hands_back_an_artifact_progress_and_a_result(
     let tmp = tempfile::tempdir().unwrap();
     let up = Up::start(tmp.path(), &tmp.path().join("ctx"), common::free_port());
     std::fs::write(tmp.path().join("in.txt"), "container input\n").unwrap();
-    let job = submit(
-        &up,
-        &[
+    let job = up.submit(&[
             "--image",
             docker::IMAGE,
             "--pull",
@@ -260,7 +234,7 @@ fn a_container_reads_its_input_and_hands_back_an_artifact_progress_and_a_result(
         log.contains("/drover/workspace"),
         "the workspace is the working directory: {log}"
     );
-    let done = status(&up, &job);
+    let done = up.status(&job);
     assert_eq!(done["result"], serde_json::json!({"n": 1}), "{done}");
     assert_eq!(done["progress"]["percent"], 50.0, "{done}");
     assert_eq!(done["progress"]["message"], "half way", "{done}");

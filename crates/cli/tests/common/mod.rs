@@ -196,6 +196,20 @@ impl Up {
         client(&self.ctx, &self.dir).args(args).output().unwrap()
     }
 
+    /// `drover submit ARGS…`, which must succeed; the job id it printed.
+    pub fn submit(&self, args: &[&str]) -> String {
+        let mut all = vec!["submit"];
+        all.extend_from_slice(args);
+        let out = self.drover(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    }
+
+    /// `drover status -o json JOB`.
+    pub fn status(&self, job: &str) -> Value {
+        json(&self.drover(&["status", "-o", "json", job]))
+    }
+
     /// Stops it with SIGINT, as Ctrl-C would; returns what it printed on stdout.
     pub fn stop(self) -> String {
         self.daemon.interrupt().stdout()

@@ -172,8 +172,7 @@ pub async fn job(
 ) -> Response {
     let job: Job = match state.store.job(&id).await {
         Ok(j) => j,
-        Err(StoreError::NotFound(m)) => return error_page(StatusCode::NOT_FOUND, &m),
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return store_error_page(e),
     };
     let events = state.store.events(&id).await.unwrap_or_default();
     let artifacts = state.store.artifacts(&id, None).await.unwrap_or_default();
@@ -271,9 +270,7 @@ pub async fn cancel(
             state.hub.job_changed(&id);
             Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
         }
-        Err(StoreError::Conflict(m)) => error_page(StatusCode::CONFLICT, &m),
-        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => store_error_page(e),
     }
 }
 
@@ -295,9 +292,7 @@ pub async fn retry(
             state.hub.work_available();
             Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
         }
-        Err(StoreError::Conflict(m)) => error_page(StatusCode::CONFLICT, &m),
-        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => store_error_page(e),
     }
 }
 
@@ -319,8 +314,7 @@ pub async fn rerun(
             state.hub.work_available();
             Redirect::to(&format!("/jobs/{}", encode(&job.id))).into_response()
         }
-        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => store_error_page(e),
     }
 }
 
@@ -349,8 +343,7 @@ pub async fn remove_agent(
             state.hub.work_available();
             Redirect::to("/agents").into_response()
         }
-        Err(StoreError::NotFound(m)) => error_page(StatusCode::NOT_FOUND, &m),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => store_error_page(e),
     }
 }
 
@@ -393,6 +386,16 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
         @if list.is_empty() { p { "No agents. Start one with " code { "drover agent --server URL --token JOIN_TOKEN" } "." } }
     };
     layout("Agents", Some(&viewer), body).into_response()
+}
+
+/// The page for a store error: a message page for what the user can act on (not found,
+/// conflict), the API's error otherwise.
+fn store_error_page(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound(m) => error_page(StatusCode::NOT_FOUND, &m),
+        StoreError::Conflict(m) => error_page(StatusCode::CONFLICT, &m),
+        e => ApiError::from(e).into_response(),
+    }
 }
 
 fn memory(used: u64, total: u64) -> String {
