@@ -13,7 +13,7 @@ use std::path::Path;
 use common::docker::{containers, docker, docker_ready, unique_name, wait_containers, IMAGE};
 use common::{agent_with, texts, Api};
 use drover_agent::{AgentConfig, AgentSignals};
-use drover_core::api::{AgentList, Stream};
+use drover_core::api::Stream;
 use drover_core::{JobState, SubmitRequest};
 use drover_server::testing::TestServer;
 
@@ -113,20 +113,8 @@ async fn containers_run_with_exit_codes_streams_env_workdir_and_mounts() {
     let logs = api.logs(&job.id).await;
     assert_eq!(texts(&logs, Stream::Stdout), ["a b $HOME", "65534"]);
 
-    let agents: AgentList = reqwest::Client::new()
-        .get(format!("{}/v1/agents", server.url))
-        .bearer_auth(&server.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let me = agents
-        .agents
-        .iter()
-        .find(|a| a.name == name)
-        .expect("agent");
+    let agents = api.agents().await;
+    let me = agents.iter().find(|a| a.name == name).expect("agent");
     assert_eq!(me.labels.get("docker").map(String::as_str), Some("true"));
     assert!(me
         .labels
@@ -464,16 +452,8 @@ async fn an_agent_never_takes_another_agents_containers_for_orphans() {
     let _second = agent_with(&server, |c| c.name = name.clone());
     let start = std::time::Instant::now();
     let online = || async {
-        let list: AgentList = reqwest::Client::new()
-            .get(format!("{}/v1/agents", server.url))
-            .bearer_auth(&server.admin_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        list.agents.iter().filter(|a| a.status == "online").count()
+        let agents = api.agents().await;
+        agents.iter().filter(|a| a.status == "online").count()
     };
     while online().await < 2 {
         assert!(

@@ -63,6 +63,21 @@ impl Api {
         resp.json().await.ok()
     }
 
+    /// `GET /v1/agents`.
+    pub async fn agents(&self) -> Vec<drover_core::api::Agent> {
+        let list: drover_core::api::AgentList = self
+            .http
+            .get(format!("{}/v1/agents", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("agents")
+            .json()
+            .await
+            .expect("agents json");
+        list.agents
+    }
+
     pub async fn cancel(&self, id: &str) {
         let resp = self
             .http
