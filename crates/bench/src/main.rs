@@ -67,6 +67,9 @@ enum BenchCommand {
     Docker(BenchArgs),
     /// A 1 GiB artifact uploaded and downloaded, against `cp`; agent and server RSS.
     Files(BenchArgs),
+    /// The dashboard: a printed line → the job page's live log, and the jobs list's
+    /// first page with 1,000,000 jobs stored.
+    Dashboard(BenchArgs),
     /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
     /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
     Chaos(BenchArgs),
@@ -103,9 +106,17 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Docker(a) => (vec!["docker"], a),
                 BenchCommand::Files(a) => (vec!["files"], a),
                 BenchCommand::Chaos(a) => (vec!["chaos"], a),
+                BenchCommand::Dashboard(a) => (vec!["dashboard"], a),
                 BenchCommand::All(a) => (
                     vec![
-                        "dispatch", "latency", "queue", "logs", "memory", "docker", "files",
+                        "dispatch",
+                        "latency",
+                        "queue",
+                        "logs",
+                        "memory",
+                        "docker",
+                        "files",
+                        "dashboard",
                     ],
                     a,
                 ),

@@ -12,6 +12,7 @@ use crate::api::Api;
 use crate::report::{Row, Target};
 use crate::roles::{self, Proc, ADMIN};
 use crate::Size;
+use drover_core::api::Job;
 
 const LONG: Duration = Duration::from_secs(1800);
 
@@ -24,6 +25,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "memory" => memory(size).await,
         "docker" => docker(size, runs).await,
         "files" => files(size, runs).await,
+        "dashboard" => dashboard(size, runs).await,
         "chaos" => crate::chaos::run(size).await,
         other => bail!("unknown scenario {other:?}"),
     }
@@ -585,4 +587,128 @@ async fn docker(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         Some(&base),
         Target::RatioAtMost(1.2),
     )])
+}
+
+/// A browser's session with the dashboard: signs in with `token` like the form does.
+async fn dashboard_session(url: &str, token: &str) -> anyhow::Result<(reqwest::Client, String)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let resp = http
+        .post(format!("{url}/login"))
+        .form(&[("token", token)])
+        .send()
+        .await?;
+    let cookie = resp
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("signing in gave no session cookie")?
+        .to_string();
+    Ok((http, cookie))
+}
+
+/// The dashboard's two targets: a printed line reaching a job page's live log (the
+/// Server-Sent Events stream the page reads, with its session cookie), and the first
+/// page of the jobs list with many jobs stored.
+async fn dashboard(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let (lines, stored) = if size == Size::Tiny {
+        (20, 2_000)
+    } else {
+        (200, 1_000_000)
+    };
+    let mut line_p50 = Vec::new();
+    for _ in 0..runs {
+        let sys = System::start(Some(2), None).await?;
+        let (http, cookie) = dashboard_session(&sys.api.url, ADMIN).await?;
+        let script = format!("for i in $(seq 1 {lines}); do date +%s%N; sleep 0.02; done");
+        let job: Job = sys
+            .api
+            .post(
+                "/v1/jobs",
+                json!({"exec": {"kind": "process", "argv": ["sh", "-c", script]}}),
+            )
+            .await?;
+        let mut resp = http
+            .get(format!("{}/v1/jobs/{}/logs/stream", sys.api.url, job.id))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?;
+        let mut samples = Vec::new();
+        let mut buf = String::new();
+        while samples.len() < lines {
+            let chunk = tokio::time::timeout(Duration::from_secs(60), resp.chunk())
+                .await
+                .context("the log stream stalled")??
+                .context("the log stream ended early")?;
+            let got = now_ns();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let rec: Value = serde_json::from_str(data)?;
+                if let Some(printed) = rec["text"]
+                    .as_str()
+                    .and_then(|t| t.trim().parse::<i128>().ok())
+                {
+                    samples.push((got - printed) as f64 / 1e6);
+                }
+            }
+        }
+        line_p50.push(percentile(&samples, 0.5));
+        sys.stop();
+    }
+    let mut rows = vec![Row::new(
+        "dashboard",
+        "a printed line → the job page's live log (p50)",
+        "ms",
+        &line_p50,
+        None,
+        Target::AtMost(100.0),
+    )];
+
+    let sys = System::start(None, None).await?;
+    eprintln!("    storing {stored} jobs");
+    let specs = vec![process(&["true"]); 5000.min(stored)];
+    let mut n = 0;
+    while n < stored {
+        sys.api.submit_all(&specs, 5000).await?;
+        n += specs.len();
+    }
+    let (http, cookie) = dashboard_session(&sys.api.url, ADMIN).await?;
+    let mut first_page = Vec::new();
+    for _ in 0..runs {
+        let mut samples = Vec::new();
+        for _ in 0..50 {
+            let start = Instant::now();
+            let resp = http
+                .get(format!("{}/jobs", sys.api.url))
+                .header(reqwest::header::COOKIE, &cookie)
+                .send()
+                .await?;
+            let ok = resp.status().is_success();
+            let body = resp.text().await?;
+            samples.push(start.elapsed().as_secs_f64() * 1000.0);
+            if !ok || !body.contains("id=\"jobs\"") {
+                bail!(
+                    "the jobs page did not render: {}",
+                    &body[..body.len().min(300)]
+                );
+            }
+        }
+        first_page.push(percentile(&samples, 0.5));
+    }
+    rows.push(Row::new(
+        "dashboard",
+        &format!("first page of the jobs list, {stored} jobs stored (p50)"),
+        "ms",
+        &first_page,
+        None,
+        Target::AtMost(50.0),
+    ));
+    sys.stop();
+    Ok(rows)
 }

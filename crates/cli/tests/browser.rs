@@ -311,11 +311,16 @@ async fn the_dashboard_in_a_real_browser() {
         &format!("return document.querySelector('#job-{job} .state').textContent === 'succeeded';"),
     )
     .await;
+    // The list was loaded before this job existed: it appears, then changes, live.
+    b.eval("window.sameList = true; return true;").await;
     let live = stdout(&drover(&["submit", "--", "sleep 1"]))
         .trim()
         .to_string();
-    // The list was loaded before this job existed: a reload shows it, then it updates live.
-    b.goto(&format!("{base}/jobs")).await;
+    b.wait(
+        "the new job to appear without a reload",
+        &format!("return window.sameList === true && !!document.getElementById('job-{live}');"),
+    )
+    .await;
     b.wait(
         "the new job to succeed without a reload",
         &format!(
@@ -324,15 +329,57 @@ async fn the_dashboard_in_a_real_browser() {
     )
     .await;
     b.screenshot("dashboard-jobs.png").await;
+    assert_eq!(
+        b.eval("return window.sameList;").await,
+        json!(true),
+        "no reload happened"
+    );
 
-    // A running job is canceled from its page.
-    let running = stdout(&drover(&["submit", "--", "sleep 600"]))
-        .trim()
-        .to_string();
+    // At phone width nothing overflows the page sideways.
+    b.call(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 390, "height": 844})),
+    )
+    .await;
+    b.goto(&format!("{base}/jobs")).await;
+    b.must(&format!("#job-{live}")).await;
+    let fits = b
+        .eval("return document.documentElement.scrollWidth <= window.innerWidth;")
+        .await;
+    b.screenshot("dashboard-phone.png").await;
+    assert_eq!(fits, json!(true), "the jobs list fits a phone's width");
+    b.call(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 1280, "height": 900})),
+    )
+    .await;
+
+    // The overview: per queue, with charts of the last hour.
+    b.goto(&format!("{base}/")).await;
+    b.must("#queue-default svg.chart").await;
+    b.screenshot("dashboard-overview.png").await;
+
+    // A running job shows its progress and the history of it, and is canceled from its
+    // page.
+    let running = stdout(&drover(&[
+        "submit",
+        "--",
+        "echo '::progress 30 warming up'; sleep 600",
+    ]))
+    .trim()
+    .to_string();
     wait_until("the job to run", LIMIT, || {
         json(&drover(&["status", "-o", "json", &running]))["state"] == "running"
     });
     b.goto(&format!("{base}/jobs/{running}")).await;
+    b.wait(
+        "the progress and its history",
+        "return document.getElementById('job-progress-text').textContent.includes('warming up') \
+         && document.querySelectorAll('#progress-history tr').length === 1;",
+    )
+    .await;
     b.click("#cancel").await;
     b.wait(
         "the job to be canceled",

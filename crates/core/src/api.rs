@@ -91,6 +91,10 @@ pub struct Job {
     /// next its queue hands out, by priority, then age.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u64>,
+    /// For a queued job (`GET /v1/jobs/{id}` only): why it is not running yet, e.g.
+    /// "no online agent has labels gpu=a100".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_reason: Option<String>,
 }
 
 impl Job {
@@ -193,6 +197,36 @@ pub struct Progress {
     pub message: String,
 }
 
+/// One progress update an attempt reported, as kept in its history (the last 100 per
+/// attempt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressEntry {
+    pub attempt: u32,
+    /// 1 for the attempt's first update, then counting up.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub percent: f64,
+    pub message: String,
+}
+
+/// `GET /v1/jobs/{id}/progress`: progress updates, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProgressHistory {
+    pub updates: Vec<ProgressEntry>,
+}
+
+/// `GET /v1/jobs/{id}/progress` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressQuery {
+    /// Attempt number; default every attempt.
+    pub attempt: Option<u32>,
+    /// Only updates after this one: `ATTEMPT.SEQ`, e.g. `2.14` (what the last update
+    /// seen had).
+    pub after: Option<String>,
+}
+
 /// `POST /v1/jobs` answers 201 with the new job, or 200 with the existing one when the
 /// idempotency key was seen before.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -218,6 +252,31 @@ pub struct ListJobsQuery {
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// Filters of `GET /v1/jobs/stream`: only changes of jobs that match them are sent. There
+/// is no state filter: a job that leaves the state a list shows still gets its update.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WatchJobsQuery {
+    pub queue: Option<String>,
+    /// `key=value`: only jobs that require this label.
+    pub label: Option<String>,
+    pub name: Option<String>,
+}
+
+impl WatchJobsQuery {
+    /// Whether `job` passes the filters.
+    pub fn matches(&self, job: &Job) -> bool {
+        let label = self
+            .label
+            .as_deref()
+            .map(|l| l.split_once('=').unwrap_or((l, "")));
+        self.queue.as_ref().is_none_or(|q| *q == job.queue)
+            && self.name.as_ref().is_none_or(|n| *n == job.name)
+            && label.is_none_or(|(k, v)| job.labels.get(k).map(String::as_str) == Some(v))
+    }
 }
 
 /// A page of jobs, newest first.
@@ -391,6 +450,9 @@ pub struct LogQuery {
     pub stream: Option<String>,
     /// Page size for the JSON form, default 1000, at most 10000.
     pub limit: Option<u32>,
+    /// Only the last N records stored now (replaces `after`): how a viewer opens a long
+    /// log without reading it whole.
+    pub tail: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -581,7 +643,8 @@ pub struct Agent {
     pub slots: u32,
     /// Attempts it holds now.
     pub running: u32,
-    /// `online`, or `offline` when its polls stopped for longer than the lease TTL.
+    /// `online`; `draining` when online but taking no new work (it is shutting down);
+    /// `offline` when its polls stopped for longer than the lease TTL or it left.
     pub status: String,
     pub host: HostInfo,
     pub stats: AgentStats,

@@ -63,6 +63,14 @@ impl Hub {
         }
     }
 
+    /// Jobs were queued (submitted, retried, run again): wake polls, tell watchers.
+    pub fn queued<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.job_changed(id);
+        }
+        self.work_available();
+    }
+
     /// A job's logs or state changed.
     pub fn job_changed(&self, job_id: &str) {
         let _ = self.inner.jobs.send(Arc::from(job_id));

@@ -122,3 +122,4 @@ pub mod testing_pg;
 #[cfg(feature = "testing")]
 #[path = "testing_s3.rs"]
 pub mod testing_s3;
+pub mod waiting;

@@ -247,3 +247,273 @@ async fn sign_in_pages_scopes_and_csrf() {
     );
     assert!(resp.text().await.unwrap().contains("EventSource"));
 }
+
+/// Reads Server-Sent Events from `resp` until `done` says the events so far suffice;
+/// `(event, data)` pairs. A guard of a minute keeps a broken stream from hanging the run.
+async fn sse_until(
+    mut resp: reqwest::Response,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    let read = async {
+        while !done(&events) {
+            let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let mut kind = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event: ") {
+                        kind = k.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push_str(d);
+                    }
+                }
+                if !data.is_empty() || kind != "message" {
+                    events.push((kind, data));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("the events wanted did not come: {events:?}"));
+    events
+}
+
+#[tokio::test]
+async fn overview_wait_reasons_progress_history_log_tail_and_live_streams() {
+    let server = TestServer::start().await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (cookie, _) = sign_in(&server, &server.admin_token).await;
+
+    // A job no agent can take says why, in the API and on the overview.
+    let mut gpu = shell("true");
+    gpu["labels"] = json!({"gpu": "a100"});
+    gpu["queue"] = json!("train");
+    let waiting = admin.submit(gpu).await;
+    let agent = register(&server, "cpu-box", json!({"gpu": "none"})).await;
+    let (_, v) = admin.get(&format!("/v1/jobs/{}", waiting.id)).await;
+    assert_eq!(v["wait_reason"], "no online agent takes queue train", "{v}");
+    let (status, overview) = page(&server, &cookie, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        overview.contains("id=\"queue-train\"")
+            && overview.contains("no online agent takes queue train (1 job)"),
+        "{overview}"
+    );
+    assert!(overview.contains("<svg"), "charts: {overview}");
+
+    // The jobs list's stream announces a new job that matches its filters only.
+    let watch = browser()
+        .get(format!("{}/v1/jobs/stream?queue=default", server.url))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let other = {
+        let mut s = shell("true");
+        s["queue"] = json!("elsewhere");
+        admin.submit(s).await
+    };
+    let job = admin.submit(shell("echo hi")).await;
+    let seen = sse_until(watch, |ev| {
+        ev.iter().any(|(k, d)| k == "job" && d.contains(&job.id))
+    })
+    .await;
+    assert!(
+        seen.iter().all(|(_, d)| !d.contains(&other.id)),
+        "a job of another queue is filtered out: {seen:?}"
+    );
+
+    // Progress history: every update kept (the last 100), with a cursor.
+    let lease = common::poll(&agent, &[], 0)
+        .await
+        .leases
+        .pop()
+        .expect("a lease");
+    assert_eq!(lease.job_id, job.id);
+    let base = format!("/v1/jobs/{}/attempts/1", job.id);
+    agent.post(&format!("{base}/start"), json!({})).await;
+    for i in 1..=105 {
+        let (status, v) = agent
+            .post(
+                &format!("{base}/progress"),
+                json!({"percent": i as f64 / 1.05, "message": format!("step {i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    let (_, h) = admin.get(&format!("/v1/jobs/{}/progress", job.id)).await;
+    let updates = h["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 100, "bounded");
+    assert_eq!(
+        (updates[0]["seq"].as_u64(), updates[0]["message"].as_str()),
+        (Some(6), Some("step 6"))
+    );
+    let (_, h) = admin
+        .get(&format!("/v1/jobs/{}/progress?after=1.104", job.id))
+        .await;
+    assert_eq!(h["updates"][0]["message"], "step 105", "{h}");
+    let (status, e) = admin
+        .get(&format!("/v1/jobs/{}/progress?after=nope", job.id))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+
+    // A log opens at its tail.
+    let records: Vec<_> = (1..=50)
+        .map(|i| json!({"seq": i, "ts": chrono::Utc::now(), "stream": "stdout", "text": format!("line {i}")}))
+        .collect();
+    let (status, v) = agent
+        .post(&format!("{base}/logs"), json!({"records": records}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let (_, tail) = admin
+        .get(&format!("/v1/jobs/{}/logs?tail=10", job.id))
+        .await;
+    let seqs: Vec<u64> = tail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (41..=50).collect::<Vec<_>>());
+
+    // A draining agent shows as draining.
+    let (status, _) = agent
+        .post(
+            "/v1/agents/poll",
+            json!({"running": [{"job_id": job.id, "attempt": 1}], "wait_ms": 0, "draining": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, agents) = page(&server, &cookie, "/agents").await;
+    assert!(
+        agents.contains("status-draining") && agents.contains(&job.id),
+        "{agents}"
+    );
+
+    // The job's event stream: the job, its timeline, its progress, then the end.
+    let events = browser()
+        .get(format!("{}/v1/jobs/{}/events/stream", server.url, job.id))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = agent
+        .post(
+            &format!("{base}/finish"),
+            json!({"outcome": "succeeded", "exit_code": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let seen = sse_until(events, |ev| ev.iter().any(|(k, _)| k == "end")).await;
+    let kinds = |k: &str| seen.iter().filter(|(kind, _)| kind == k).count();
+    assert_eq!(kinds("progress"), 100, "{seen:?}");
+    assert!(
+        kinds("event") >= 3,
+        "submitted, leased, started, finished: {seen:?}"
+    );
+    let last_job = seen.iter().rev().find(|(k, _)| k == "job").unwrap();
+    assert!(last_job.1.contains("\"succeeded\""), "{last_job:?}");
+}
+
+#[tokio::test]
+async fn dashboard_authorization_matrix() {
+    let server = TestServer::start().await;
+    let admin = Client::new(&server, &server.admin_token);
+    let mut tokens = Vec::new();
+    for scope in ["read", "submit"] {
+        let (_, t) = admin
+            .post("/v1/tokens", json!({"name": scope, "scope": scope}))
+            .await;
+        tokens.push(t["token"].as_str().unwrap().to_string());
+    }
+    let job = admin.submit(shell("sleep 30")).await;
+    let gone = register(&server, "gone-box", json!({})).await;
+    gone.post("/v1/agents/leave", json!({})).await;
+    let gone_id = admin.get("/v1/agents").await.1["agents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Join and agent tokens do not sign in; read, submit and admin tokens do.
+    for t in [server.join_token.clone(), "drt_forged".to_string()] {
+        let (status, _) = post_form(&server, "", "/login", &[("token", &t)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let mut sessions = vec![("nobody", String::new())];
+    for (who, t) in [
+        ("read", &tokens[0]),
+        ("submit", &tokens[1]),
+        ("admin", &server.admin_token),
+    ] {
+        sessions.push((who, sign_in(&server, t).await.0));
+    }
+
+    let pages = ["/", "/jobs", &format!("/jobs/{}", job.id), "/agents"];
+    for (who, cookie) in &sessions {
+        for path in pages {
+            let (status, _) = page(&server, cookie, path).await;
+            let want = if *who == "nobody" {
+                StatusCode::SEE_OTHER
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(status, want, "{who} GET {path}");
+        }
+    }
+    // Actions, least harmful first; each needs its scope and the session's CSRF secret.
+    let actions = [
+        (format!("/jobs/{}/rerun", job.id), "submit"),
+        (format!("/jobs/{}/cancel", job.id), "submit"),
+        (format!("/jobs/{}/retry", job.id), "submit"),
+        (format!("/agents/{gone_id}/remove"), "admin"),
+    ];
+    let rank = |w: &str| {
+        ["nobody", "read", "submit", "admin"]
+            .iter()
+            .position(|x| *x == w)
+            .unwrap()
+    };
+    for (path, needs) in &actions {
+        for (who, cookie) in &sessions {
+            let secret = if *who == "nobody" {
+                String::new()
+            } else {
+                csrf(&page(&server, cookie, "/jobs").await.1)
+            };
+            if *who != "nobody" {
+                let (status, _) = post_form(&server, cookie, path, &[("csrf", "forged")]).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{who} POST {path} with a forged CSRF secret"
+                );
+            }
+            let (status, body) = post_form(&server, cookie, path, &[("csrf", &secret)]).await;
+            let want = match who {
+                &"nobody" => StatusCode::SEE_OTHER,
+                w if rank(w) < rank(needs) => StatusCode::FORBIDDEN,
+                _ => status,
+            };
+            assert_eq!(status, want, "{who} POST {path}: {body}");
+            if rank(who) >= rank(needs) {
+                assert_ne!(status, StatusCode::FORBIDDEN, "{who} POST {path}: {body}");
+            }
+        }
+    }
+    // What each action did, once allowed.
+    assert_eq!(
+        admin.job(&job.id).await.state,
+        drover_core::JobState::Queued,
+        "retried after the cancel"
+    );
+    assert!(admin.get("/v1/agents").await.1["agents"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{FinishRequest, HostInfo, LogRecord, RunningAttempt, Stream};
+use drover_core::api::{FinishRequest, HostInfo, LogRecord, PollRequest, RunningAttempt, Stream};
 use drover_core::labels::Labels;
 use drover_core::{JobState, Outcome, Priority, SubmitRequest, ValidJob};
 use drover_server::store::{AgentAuth, NewAgent, Store, StoreError};
@@ -702,7 +702,18 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
     ];
     let out = fx
         .store
-        .renew(&a.id, &running, &Default::default(), later, later, TTL)
+        .renew(
+            &a.id,
+            &PollRequest {
+                running: running.to_vec(),
+                wait_ms: 0,
+                draining: false,
+                stats: Default::default(),
+            },
+            later,
+            later,
+            TTL,
+        )
         .await
         .unwrap();
     assert_eq!(

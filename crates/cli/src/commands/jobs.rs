@@ -33,6 +33,9 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
         String::new()
     };
     outln!("state:     {}{note}", output::state(job.state, color));
+    if let Some(why) = &job.wait_reason {
+        outln!("waiting:   {why}");
+    }
     outln!("command:   {}", job.exec.display());
     outln!("queue:     {} (priority {})", job.queue, job.priority);
     let (used, allowed) = job.attempt_counts();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drover_core::api::Job;
+use drover_core::api::{Job, Progress, ProgressHistory};
 use drover_core::backoff::Backoff;
 use drover_core::files::{Input, InputSource};
 use drover_core::spec::{DockerCommand, DockerSpec};
@@ -325,7 +325,7 @@ pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
             json,
         };
         follow_job(&client, &follow).await?;
-        let done = wait_done(&client, &job.id, false).await?;
+        let done = wait_done(&client, &job.id, false, false).await?;
         if json {
             // One JSON value per line: the records, then the job.
             outln!("{}", serde_json::to_string(&done).expect("jobs serialize"));
@@ -337,7 +337,7 @@ pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
         if cfg.output == OutputFormat::Table {
             eprintln!("submitted {}", job.id);
         }
-        let done = wait_done(&client, &job.id, output::stderr_is_tty()).await?;
+        let done = wait_done(&client, &job.id, output::stderr_is_tty(), true).await?;
         return Ok(report_end(cfg, &done));
     }
     match cfg.output {
@@ -382,8 +382,13 @@ fn report_end(cfg: &ClientConfig, job: &Job) -> i32 {
 }
 
 /// Polls the job until it ends; on a terminal, keeps one status line up to date.
-async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
+/// Waits for the job to end. `live` redraws a status line on stderr; `progress` prints
+/// each progress update the job reports (from its history, so none is missed between
+/// two reads) as a line on stderr.
+async fn wait_done(client: &Client, id: &str, live: bool, progress: bool) -> Result<Job> {
     let mut failures = 0;
+    let mut seen: Option<Progress> = None;
+    let mut after: Option<String> = None;
     loop {
         let job: Job = match client.get(&job_path(id)).await {
             Ok(job) => {
@@ -401,6 +406,24 @@ async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
             }
             Err(e) => return Err(e),
         };
+        if progress && job.progress.is_some() && job.progress != seen {
+            seen = job.progress.clone();
+            let mut path = format!("{}/progress", job_path(id));
+            if let Some(a) = &after {
+                path += &format!("?after={a}");
+            }
+            let history: ProgressHistory = client.get(&path).await?;
+            for p in &history.updates {
+                if live {
+                    eprint!("\r\x1b[2K");
+                }
+                eprintln!(
+                    "progress: attempt {} {:>3.0}% {}",
+                    p.attempt, p.percent, p.message
+                );
+                after = Some(format!("{}.{}", p.attempt, p.seq));
+            }
+        }
         if live {
             eprint!("\r\x1b[2K{}", output::status_line(&job, chrono::Utc::now()));
             let _ = std::io::stderr().flush();
@@ -418,7 +441,7 @@ async fn wait_done(client: &Client, id: &str, live: bool) -> Result<Job> {
 /// `drover wait`: exits like the job once it ends.
 pub async fn wait(cfg: &ClientConfig, id: &str) -> Result<i32> {
     let client = Client::new(cfg)?;
-    let job = wait_done(&client, id, output::stderr_is_tty()).await?;
+    let job = wait_done(&client, id, output::stderr_is_tty(), true).await?;
     Ok(report_end(cfg, &job))
 }
 

@@ -172,7 +172,7 @@ pub async fn poll(
             first = false;
             let outcome = state
                 .store
-                .renew(&agent.id, &req.running, &req.stats, now, received, ttl)
+                .renew(&agent.id, &req, now, received, ttl)
                 .await?;
             resp.controls
                 .extend(outcome.kill.into_iter().map(|r| Control::Kill {

@@ -6,6 +6,7 @@ use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
     BatchSubmit, BatchSubmitted, ErrorBody, Job, JobEvents, JobPage, ListJobsQuery,
+    ProgressHistory, ProgressQuery,
 };
 use drover_core::spec::FieldError;
 use drover_core::{JobState, SubmitRequest};
@@ -39,7 +40,7 @@ pub async fn submit(
         .pop()
         .expect("one job in, one out");
     if created {
-        state.hub.work_available();
+        state.hub.queued([job.id.as_str()]);
     }
     let status = if created {
         StatusCode::CREATED
@@ -91,7 +92,7 @@ pub async fn submit_batch(
         .collect();
     super::files::check_uploads(&state, &named).await?;
     let jobs = state.store.enqueue(valid, &caller.actor, now).await?;
-    state.hub.work_available();
+    state.hub.queued(jobs.iter().map(|(j, _)| j.id.as_str()));
     Ok((
         StatusCode::CREATED,
         Json(BatchSubmitted {
@@ -145,7 +146,46 @@ pub async fn get(
     Client(_caller): Client<READ>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(state.store.job(&id).await?))
+    Ok(Json(job_with_reason(&state, &id).await?))
+}
+
+/// A job with its attempts, and for a queued one why it waits.
+pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError> {
+    let mut job = state.store.job(id).await?;
+    if job.state == JobState::Queued {
+        let now = Utc::now();
+        let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
+        job.wait_reason = crate::waiting::wait_reason(&job, &agents, now);
+    }
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/progress", tag = "jobs", params(("id" = String, Path, description = "Job id"), ProgressQuery),
+    responses((status = 200, description = "The job's progress updates, oldest first (the last 100 of each attempt)", body = ProgressHistory),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn progress(
+    State(state): State<AppState>,
+    Client(_caller): Client<READ>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProgressQuery>,
+) -> Result<Json<ProgressHistory>, ApiError> {
+    let after = q.after.as_deref().map(parse_progress_cursor).transpose()?;
+    state.store.job(&id).await?;
+    Ok(Json(ProgressHistory {
+        updates: state.store.progress_history(&id, q.attempt, after).await?,
+    }))
+}
+
+/// `ATTEMPT.SEQ`, the cursor of progress updates.
+fn parse_progress_cursor(s: &str) -> Result<(u32, u64), ApiError> {
+    s.split_once('.')
+        .and_then(|(a, q)| Some((a.parse().ok()?, q.parse().ok()?)))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "after {s:?} is not ATTEMPT.SEQ (e.g. 1.14, from the last update seen)"
+            ))
+        })
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -192,7 +232,7 @@ pub async fn rerun(
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let job = state.store.rerun(&id, &caller.actor, Utc::now()).await?;
-    state.hub.work_available();
+    state.hub.queued([job.id.as_str()]);
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -207,7 +247,7 @@ pub async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
     let job = state.store.retry(&id, &caller.actor, Utc::now()).await?;
-    state.hub.work_available();
+    state.hub.queued([job.id.as_str()]);
     Ok(Json(job))
 }
 

@@ -76,11 +76,19 @@ async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved,
         Some(n) => n,
         None => job.current_attempt,
     };
+    let after = match q.tail {
+        Some(n) if attempt > 0 => state
+            .store
+            .last_log_seq(&id, attempt)
+            .await?
+            .saturating_sub(u64::from(n)),
+        _ => q.after.unwrap_or(0),
+    };
     Ok(Resolved {
         job_id: id,
         attempt,
         stream,
-        after: q.after.unwrap_or(0),
+        after,
     })
 }
 
@@ -137,6 +145,7 @@ pub async fn follow(
         .and_then(|v| v.parse().ok())
     {
         q.after = Some(last);
+        q.tail = None;
     }
     let r = resolve(&state, id, &q).await?;
     Ok(Sse::new(follow_stream(state, r))
@@ -224,7 +233,7 @@ async fn follow_step(
     })
 }
 
-async fn wait_for_job(
+pub(super) async fn wait_for_job(
     rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
     job_id: &str,
 ) {
@@ -246,7 +255,7 @@ fn record_event(rec: &LogRecord) -> Event {
 }
 
 /// A stream fed by a producer task through a small channel (backpressure included).
-fn async_stream<F, Fut>(producer: F) -> impl FutStream<Item = Result<Event, Infallible>>
+pub(super) fn async_stream<F, Fut>(producer: F) -> impl FutStream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

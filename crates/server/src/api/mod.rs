@@ -6,6 +6,7 @@ pub mod auth;
 mod error;
 mod files;
 mod jobs;
+mod live;
 mod logs;
 
 use std::time::Instant;
@@ -19,6 +20,7 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
+pub use jobs::job_with_reason;
 
 use crate::state::AppState;
 use crate::Scope;
@@ -28,7 +30,8 @@ use crate::Scope;
 #[openapi(
     info(title = "drover", description = "drover's HTTP API: jobs, agents, logs. Every endpoint but /healthz and /readyz needs `Authorization: Bearer <token>`."),
     paths(
-        jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::retry, jobs::rerun, jobs::events,
+        jobs::submit, jobs::submit_batch, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::retry, jobs::rerun, jobs::events, jobs::progress,
+        live::jobs, live::job,
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
@@ -63,7 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/rerun", post(jobs::rerun))
+        .route("/v1/jobs/stream", get(live::jobs))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/events/stream", get(live::job))
+        .route("/v1/jobs/{id}/progress", get(jobs::progress))
         .route("/v1/jobs/{id}/logs", get(logs::page))
         .route("/v1/jobs/{id}/logs/stream", get(logs::follow))
         .route("/v1/jobs/{id}/logs.txt", get(logs::text))
@@ -184,7 +190,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .list_agents(chrono::Utc::now(), state.config.lease_ttl)
         .await?;
     m.agents_online
-        .set(agents.iter().filter(|a| a.status == "online").count() as i64);
+        .set(agents.iter().filter(|a| a.status != "offline").count() as i64);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.render(),

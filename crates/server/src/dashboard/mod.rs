@@ -29,7 +29,7 @@ const SESSION_HOURS: i64 = 12;
 /// The dashboard's routes (merged into the API router).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/jobs") }))
+        .route("/", get(pages::overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/jobs", get(pages::jobs))
@@ -103,9 +103,10 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Html<String
                 }
                 body {
                     header {
-                        a href="/jobs" { "drover" }
+                        a href="/" { "drover" }
                         @if let Some(v) = viewer {
                             nav aria-label="main" {
+                                a href="/" { "Overview" } " · "
                                 a href="/jobs" { "Jobs" } " · "
                                 a href="/agents" { "Agents" }
                             }

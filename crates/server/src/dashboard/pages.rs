@@ -1,5 +1,7 @@
-//! The dashboard's pages: the jobs list (filters, search, cursor pages), a job (spec,
-//! attempts, progress, result, artifacts, timeline, live log, actions), and the agents.
+//! The dashboard's pages: the overview (per queue: counts, the last hour as charts, why
+//! jobs wait), the jobs list (filters, search, cursor pages), a job (spec, attempts,
+//! progress and its history, result, artifacts, timeline, live log, actions), and the
+//! agents.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,10 +16,12 @@ use serde::Deserialize;
 use super::{error_page, layout, refuse_action, CsrfForm, Viewer};
 use crate::api::ApiError;
 use crate::state::AppState;
-use crate::store::StoreError;
+use crate::store::{QueueOverview, StoreError, OVERVIEW_MINUTES};
 
 /// Jobs per page of the list.
 const PAGE: u32 = 50;
+/// Waiting jobs per queue whose reasons the overview shows.
+const WAITING_SAMPLE: u32 = 100;
 
 /// The list's filters, as the form sends them (empty fields mean no filter).
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +121,18 @@ pub async fn jobs(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let filters = f.query_string();
-    let api = format!("/v1/jobs?limit={PAGE}&{filters}");
+    let mut api = format!("/v1/jobs?limit={PAGE}&{filters}");
+    if let Some(c) = some(&f.cursor) {
+        api += &format!("&cursor={}", encode(&c));
+    }
+    let watch = Filters {
+        queue: f.queue.clone(),
+        label: f.label.clone(),
+        name: f.name.clone(),
+        ..Default::default()
+    };
+    let stream = format!("/v1/jobs/stream?{}", watch.query_string());
+    let first_page = some(&f.cursor).is_none();
     let body = html! {
         h1 { "Jobs" }
         form.filters method="get" action="/jobs" role="search" {
@@ -135,11 +150,11 @@ pub async fn jobs(
             label { "Name" input name="name" value=(f.name); }
             button type="submit" { "Filter" }
         }
-        table #jobs data-api=(api) {
+        table #jobs data-api=(api) data-stream=(stream) data-first-page=(first_page) data-state=(f.state.trim()) {
             thead { tr { th { "Job" } th { "State" } th { "Progress" } th.wide { "Queue" } th.wide { "Created" } } }
             tbody {
                 @for j in &jobs {
-                    tr id=(format!("job-{}", j.id)) {
+                    tr id=(format!("job-{}", j.id)) data-created=(j.created_at.timestamp_millis()) {
                         td { a href=(format!("/jobs/{}", encode(&j.id))) { (j.name) } br; small { (j.id) } }
                         td { (state_cell(j.state)) }
                         td { progress max="100" value=(j.progress.as_ref().map_or(0.0, |p| p.percent)) aria-label="progress" {} }
@@ -149,7 +164,7 @@ pub async fn jobs(
                 }
             }
         }
-        @if jobs.is_empty() { p { "No jobs match." } }
+        @if jobs.is_empty() { p #no-jobs { "No jobs match." } }
         @if let Some(c) = next {
             p.pager { a href=(format!("/jobs?{filters}&cursor={}", encode(&c))) { "Older jobs →" } }
         }
@@ -170,9 +185,10 @@ pub async fn job(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let job: Job = match state.store.job(&id).await {
+    let job: Job = match crate::api::job_with_reason(&state, &id).await {
         Ok(j) => j,
-        Err(e) => return store_error_page(e),
+        Err(ApiError::NotFound(m)) => return error_page(StatusCode::NOT_FOUND, &m),
+        Err(e) => return e.into_response(),
     };
     let events = state.store.events(&id).await.unwrap_or_default();
     let artifacts = state.store.artifacts(&id, None).await.unwrap_or_default();
@@ -200,22 +216,31 @@ pub async fn job(
             }
         }
         dl {
-            dt { "State" } dd { span #job-state class=(format!("state-{}", job.state.as_str())) data-api=(api) { (job.state.as_str()) } }
+            dt { "State" } dd { span #job-state class=(format!("state-{}", job.state.as_str())) data-stream=(format!("{api}/events/stream")) { (job.state.as_str()) } }
             dt { "Progress" } dd {
                 progress #job-progress max="100" value=(job.progress.as_ref().map_or(0.0, |p| p.percent)) aria-label="progress" {}
                 " " span #job-progress-text { (job.progress.as_ref().map(|p| format!("{:.0}% {}", p.percent, p.message)).unwrap_or_default()) }
             }
+            dt { "Waiting" } dd #job-wait { (job.wait_reason.clone().unwrap_or_else(|| "-".into())) }
             dt { "Id" } dd { (job.id) }
             dt { "Queue" } dd { (job.queue) " (priority " (job.priority) ")" }
             @if let Some(e) = &job.error { dt { "Error" } dd.error { (e) } }
             @if let Some(code) = job.exit_code { dt { "Exit code" } dd { (code) } }
             @if let Some(r) = &job.result { dt { "Result" } dd { pre { (serde_json::to_string_pretty(r).unwrap_or_default()) } } }
         }
+        details #progress-history-box {
+            summary { "Progress history" }
+            table {
+                thead { tr { th { "When" } th { "Attempt" } th { "%" } th { "Message" } } }
+                tbody #progress-history {}
+            }
+        }
         h2 { "Command" }
         (command(&job.exec))
         h2 { "Log" }
         p { a href=(format!("{api}/logs.txt")) download { "Download as text" } }
-        pre.log #log data-stream=(format!("{api}/logs/stream")) aria-live="polite" {}
+        p { button.secondary #log-earlier type="button" hidden { "Show earlier lines" } }
+        pre.log #log data-api=(format!("{api}/logs")) data-stream=(format!("{api}/logs/stream")) tabindex="0" aria-label="log" {}
         h2 { "Attempts" }
         table {
             thead { tr { th { "#" } th { "State" } th { "Agent" } th.wide { "Started" } th.wide { "Finished" } th { "Error" } } }
@@ -237,7 +262,7 @@ pub async fn job(
             }
         }
         h2 { "Timeline" }
-        table {
+        table #timeline {
             thead { tr { th { "When" } th { "What" } th { "State" } th { "By" } th { "Why" } } }
             tbody {
                 @for e in &events {
@@ -289,7 +314,7 @@ pub async fn retry(
         .await
     {
         Ok(_) => {
-            state.hub.work_available();
+            state.hub.queued([id.as_str()]);
             Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
         }
         Err(e) => store_error_page(e),
@@ -311,7 +336,7 @@ pub async fn rerun(
         .await
     {
         Ok(job) => {
-            state.hub.work_available();
+            state.hub.queued([job.id.as_str()]);
             Redirect::to(&format!("/jobs/{}", encode(&job.id))).into_response()
         }
         Err(e) => store_error_page(e),
@@ -356,16 +381,25 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
         Ok(l) => l,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let held = match state.store.held_jobs().await {
+        Ok(h) => h,
+        Err(e) => return store_error_page(e),
+    };
     let body = html! {
         h1 { "Agents" }
         table #agents {
-            thead { tr { th { "Name" } th { "Status" } th { "Running" } th.wide { "Labels" } th { "CPU" } th { "Memory" } th.wide { "Version" } th { "Last seen" } } }
+            thead { tr { th { "Name" } th { "Status" } th { "Running" } th.wide { "Jobs" } th.wide { "Labels" } th { "CPU" } th { "Memory" } th.wide { "Version" } th { "Last seen" } } }
             tbody {
                 @for a in &list {
                     tr id=(format!("agent-{}", a.id)) {
                         td { (a.name) br; small { (a.id) } }
                         td class=(format!("status-{}", a.status)) { (a.status) }
                         td { (a.running) "/" (a.slots) }
+                        td.wide {
+                            @for (_, id, name) in held.iter().filter(|(agent, _, _)| *agent == a.id) {
+                                a href=(format!("/jobs/{}", encode(id))) { (name) } " "
+                            }
+                        }
                         td.wide { (a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
                         td { (format!("{:.0}%", a.stats.cpu_percent)) }
                         td { (memory(a.stats.memory_used_bytes, a.host.memory_bytes)) }
@@ -402,5 +436,123 @@ fn memory(used: u64, total: u64) -> String {
     match total {
         0 => "-".into(),
         t => format!("{:.0}%", used as f64 * 100.0 / t as f64),
+    }
+}
+
+/// How long ago, roughly: `42s`, `5m`, `3h`, `2d`.
+fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// A bar chart of one value per minute of the last hour, as inline SVG (no script), with
+/// a text alternative for screen readers.
+fn minute_chart(label: &str, values: &[Option<f64>], unit: &str) -> Markup {
+    const W: f64 = 240.0;
+    const H: f64 = 40.0;
+    let max = values.iter().flatten().cloned().fold(0.0, f64::max);
+    let bar = W / OVERVIEW_MINUTES as f64;
+    let last = values.iter().rev().flatten().next();
+    let summary = match last {
+        Some(v) => format!("{label}, last hour; peak {max:.0}{unit}, latest {v:.0}{unit}"),
+        None => format!("{label}, last hour: none"),
+    };
+    html! {
+        svg.chart width=(W) height=(H) viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(summary) {
+            title { (summary) }
+            line x1="0" y1=(H - 0.5) x2=(W) y2=(H - 0.5) stroke="#d0d7de" {}
+            @for (i, v) in values.iter().enumerate() {
+                @if let Some(v) = v.filter(|v| *v > 0.0 && max > 0.0) {
+                    @let h = (v / max * (H - 2.0)).max(1.0);
+                    rect x=(format!("{:.1}", i as f64 * bar)) y=(format!("{:.1}", H - h)) width=(format!("{:.1}", bar - 0.5)) height=(format!("{h:.1}")) fill="#0550ae" {}
+                }
+            }
+        }
+    }
+}
+
+pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let now = Utc::now();
+    let queues = match state.store.queue_overview(now).await {
+        Ok(q) => q,
+        Err(e) => return store_error_page(e),
+    };
+    let agents = match state.store.list_agents(now, state.config.lease_ttl).await {
+        Ok(a) => a,
+        Err(e) => return store_error_page(e),
+    };
+    // Why the jobs each queue hands out next wait, with how many share each reason.
+    let mut reasons: Vec<(String, Vec<(String, usize)>)> = Vec::new();
+    for (name, q) in &queues {
+        if q.due == 0 {
+            continue;
+        }
+        let waiting = match state.store.next_waiting(name, now, WAITING_SAMPLE).await {
+            Ok(w) => w,
+            Err(e) => return store_error_page(e),
+        };
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for job in &waiting {
+            let Some(r) = crate::waiting::blocker(job, &agents, now) else {
+                continue;
+            };
+            match counts.iter_mut().find(|(c, _)| *c == r) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((r, 1)),
+            }
+        }
+        reasons.push((name.clone(), counts));
+    }
+    let online = agents.iter().filter(|a| a.status != "offline").count();
+    let body = html! {
+        h1 { "Overview" }
+        p { (online) " of " (agents.len()) " agents online · " a href="/agents" { "agents" } " · " a href="/jobs" { "all jobs" } }
+        @if queues.is_empty() {
+            p { "No jobs in the last hour. Submit one with " code { "drover submit -- echo hello" } "." }
+        } @else {
+            table #queues {
+                thead { tr { th { "Queue" } th { "Waiting" } th { "Running" } th { "Oldest wait" } th.wide { "Ended per minute (last hour)" } th.wide { "Submit → start (last hour)" } } }
+                tbody {
+                    @for (name, q) in &queues {
+                        (queue_row(name, q, now))
+                    }
+                }
+            }
+        }
+        @for (name, counts) in &reasons {
+            @if !counts.is_empty() {
+                h2 { "Why jobs in " (name) " wait" }
+                ul.reasons {
+                    @for (r, n) in counts {
+                        li { (r) " (" (n) @if *n as u32 == WAITING_SAMPLE { "+" } " " (if *n == 1 { "job" } else { "jobs" }) ")" }
+                    }
+                }
+            }
+        }
+    };
+    layout("Overview", Some(&viewer), body).into_response()
+}
+
+fn queue_row(name: &str, q: &QueueOverview, now: DateTime<Utc>) -> Markup {
+    let ended: Vec<Option<f64>> = q.ended.iter().map(|n| Some(*n as f64)).collect();
+    let waiting = if q.queued > q.due {
+        format!("{} ({} later)", q.due, q.queued - q.due)
+    } else {
+        q.due.to_string()
+    };
+    html! {
+        tr id=(format!("queue-{name}")) {
+            td { a href=(format!("/jobs?queue={}", encode(name))) { (name) } }
+            td { (waiting) }
+            td { (q.running) }
+            td { (q.oldest_due.map(|t| ago(t, now)).unwrap_or_else(|| "-".into())) }
+            td.wide { (minute_chart("jobs ended per minute", &ended, "")) }
+            td.wide { (minute_chart("mean submit to start", &q.latency_ms, " ms")) }
+        }
     }
 }

@@ -212,7 +212,7 @@ impl Store {
     /// and has not left since.
     pub async fn list_agents(&self, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Agent>> {
         let rows = sqlx::query(
-            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, a.left_at, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a ORDER BY a.registered_at DESC",
+            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, a.left_at, a.draining, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a ORDER BY a.registered_at DESC",
         )
         .fetch_all(&self.read)
         .await?;
@@ -228,7 +228,12 @@ impl Store {
                     queues: json_col(row, "queues")?,
                     slots: row.try_get::<i64, _>("slots")? as u32,
                     running: row.try_get::<i64, _>("running")? as u32,
-                    status: if online { "online" } else { "offline" }.to_string(),
+                    status: match (online, row.try_get::<i64, _>("draining")? != 0) {
+                        (false, _) => "offline",
+                        (true, true) => "draining",
+                        (true, false) => "online",
+                    }
+                    .to_string(),
                     host: json_col(row, "host")?,
                     stats: json_col(row, "stats")?,
                     registered_at: from_ms(row.try_get("registered_at")?),

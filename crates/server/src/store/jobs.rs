@@ -74,6 +74,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         finished_at: opt_time(row, "finished_at")?,
         attempts: Vec::new(),
         queue_position: None,
+        wait_reason: None,
     })
 }
 
@@ -153,6 +154,7 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         finished_at: None,
         attempts: Vec::new(),
         queue_position: None,
+        wait_reason: None,
     }
 }
 
@@ -303,7 +305,7 @@ impl Store {
                 job.state
             )));
         }
-        for table in ["attempts", "job_events", "files"] {
+        for table in ["attempts", "job_events", "files", "progress_updates"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{Lease, RunningAttempt};
+use drover_core::api::{Lease, PollRequest, ProgressEntry, RunningAttempt};
 use drover_core::backoff::should_retry;
 use drover_core::labels::{satisfies, Labels};
 use drover_core::{transition, Event, JobState, Outcome};
@@ -20,6 +20,9 @@ use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreEr
 /// lacks are skipped, and more than this many unmatched ones ahead of a match hide it
 /// from this poll.
 const CLAIM_SCAN: i64 = 4096;
+
+/// Progress updates kept per attempt: the newest.
+pub const PROGRESS_KEPT: i64 = 100;
 
 /// How long after its lease expired a lost job may be leased again.
 pub const REQUEUE_MARGIN: Duration = Duration::from_secs(1);
@@ -482,7 +485,8 @@ impl Store {
         Ok(AttemptWrite { job, elapsed: None })
     }
 
-    /// Records the job's latest progress.
+    /// Records the job's latest progress, and adds it to the attempt's history (of which
+    /// the last [`PROGRESS_KEPT`] updates are kept).
     pub async fn progress(
         &self,
         agent_id: &str,
@@ -503,8 +507,65 @@ impl Store {
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM progress_updates WHERE job_id = $1 AND attempt = $2",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO progress_updates (job_id, attempt, seq, at, percent, message) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(last + 1)
+            .bind(ms(now))
+            .bind(percent.clamp(0.0, 100.0))
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+        if last + 1 > PROGRESS_KEPT {
+            sqlx::query(
+                "DELETE FROM progress_updates WHERE job_id = $1 AND attempt = $2 AND seq <= $3",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(last + 1 - PROGRESS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Progress updates of a job (of one attempt, or all), oldest first, after
+    /// `(attempt, seq)` when given.
+    pub async fn progress_history(
+        &self,
+        job_id: &str,
+        attempt: Option<u32>,
+        after: Option<(u32, u64)>,
+    ) -> Result<Vec<ProgressEntry>> {
+        let (after_attempt, after_seq) = after.unwrap_or((0, 0));
+        let rows = sqlx::query(
+            "SELECT attempt, seq, at, percent, message FROM progress_updates WHERE job_id = $1 AND ($2 = 0 OR attempt = $2) AND (attempt > $3 OR (attempt = $3 AND seq > $4)) ORDER BY attempt, seq",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt.unwrap_or(0)))
+        .bind(i64::from(after_attempt))
+        .bind(after_seq.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProgressEntry {
+                    attempt: row.try_get::<i64, _>("attempt")? as u32,
+                    seq: row.try_get::<i64, _>("seq")? as u64,
+                    at: super::from_ms(row.try_get("at")?),
+                    percent: row.try_get("percent")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
     }
 
     /// Checks that a write for `attempt` may go ahead (used before storing logs).
@@ -639,16 +700,17 @@ impl Store {
     pub async fn renew(
         &self,
         agent_id: &str,
-        running: &[RunningAttempt],
-        stats: &drover_core::api::AgentStats,
+        poll: &PollRequest,
         now: DateTime<Utc>,
         poll_received: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<PollOutcome> {
+        let running = &poll.running;
         let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE agents SET last_seen_at = $1, stats = $2 WHERE id = $3")
+        sqlx::query("UPDATE agents SET last_seen_at = $1, stats = $2, draining = $3 WHERE id = $4")
             .bind(ms(now))
-            .bind(super::to_json(stats))
+            .bind(super::to_json(&poll.stats))
+            .bind(i64::from(poll.draining))
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;

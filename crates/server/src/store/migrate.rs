@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 7] {
+fn migrations(backend: Backend) -> [Migration; 8] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -32,6 +32,11 @@ fn migrations(backend: Backend) -> [Migration; 7] {
                 component: "main",
                 version: 4,
                 sql: include_str!("../../migrations/sqlite/0004_sessions.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 5,
+                sql: include_str!("../../migrations/sqlite/0005_dashboard.sql"),
             },
             Migration {
                 component: "logs",
@@ -69,6 +74,11 @@ fn migrations(backend: Backend) -> [Migration; 7] {
                 component: "main",
                 version: 4,
                 sql: include_str!("../../migrations/postgres/0004_sessions.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 5,
+                sql: include_str!("../../migrations/postgres/0005_dashboard.sql"),
             },
             Migration {
                 component: "logs",

@@ -15,6 +15,7 @@ mod jobs;
 mod leases;
 mod logs;
 mod migrate;
+mod overview;
 mod seal;
 mod sessions;
 mod tokens;
@@ -33,8 +34,9 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
 pub use files::NewFile;
-pub use leases::{AttemptWrite, PollOutcome, REQUEUE_MARGIN};
+pub use leases::{AttemptWrite, PollOutcome, PROGRESS_KEPT, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
+pub use overview::{QueueOverview, OVERVIEW_MINUTES};
 pub use seal::Sealer;
 pub use tokens::{NewToken, TokenInfo};
 

@@ -1,4 +1,4 @@
-// drover dashboard: live job lists and live logs, hand-written, no dependencies.
+// drover dashboard: live job lists, live job pages and logs; hand-written, no dependencies.
 "use strict";
 
 // ANSI SGR colours (30-37, 90-97, bold, reset) into spans; everything else is text.
@@ -24,69 +24,158 @@ function appendAnsi(parent, text) {
   });
 }
 
-// The job page's log: follows live over server-sent events. The browser reconnects by
-// itself after a dropped connection and sends the last record's id, so the server
-// resumes after it: no gap, no repeat.
-function followLog(pre) {
-  const source = new EventSource(pre.dataset.stream);
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c);
+  return e;
+}
+
+const when = (t) => (t ? new Date(t).toISOString().replace("T", " ").slice(0, 19) : "-");
+const TERMINAL = ["succeeded", "failed", "canceled", "timed_out"];
+// Lines a log opens with (its tail), and lines each "Show earlier lines" adds.
+const LOG_PAGE = 1000;
+
+function logLine(rec) {
+  const line = el("span", { class: rec.stream, "data-seq": rec.seq });
+  appendAnsi(line, rec.text + "\n");
+  return line;
+}
+
+// The job page's log: opens at its last LOG_PAGE lines (a million-line log is never
+// loaded whole), pages backwards on request, and follows live over server-sent events.
+// The browser reconnects by itself after a dropped connection and sends the last
+// record's id, so the server resumes after it: no gap, no repeat.
+async function followLog(pre) {
+  const resp = await fetch(`${pre.dataset.api}?tail=${LOG_PAGE}&limit=${LOG_PAGE}`, { credentials: "same-origin" });
+  let after = 0;
+  let attempt = 0;
+  let first = 1;
+  if (resp.ok) {
+    const page = await resp.json();
+    attempt = page.attempt;
+    after = page.last_seq;
+    for (const rec of page.records) pre.appendChild(logLine(rec));
+    first = page.records.length ? page.records[0].seq : after + 1;
+  }
+  const earlier = document.getElementById("log-earlier");
+  const showEarlier = () => { earlier.hidden = first <= 1; };
+  showEarlier();
+  earlier.addEventListener("click", async () => {
+    const from = Math.max(0, first - 1 - LOG_PAGE);
+    const r = await fetch(`${pre.dataset.api}?attempt=${attempt}&after=${from}&limit=${first - 1 - from}`, { credentials: "same-origin" });
+    if (!r.ok) return;
+    const page = await r.json();
+    const frag = document.createDocumentFragment();
+    for (const rec of page.records) frag.appendChild(logLine(rec));
+    pre.insertBefore(frag, pre.firstChild);
+    first = from + 1;
+    showEarlier();
+  });
+  const query = attempt ? `?attempt=${attempt}&after=${after}` : "";
+  const source = new EventSource(pre.dataset.stream + query);
   source.addEventListener("record", (e) => {
-    const rec = JSON.parse(e.data);
-    const line = document.createElement("span");
-    line.className = rec.stream;
-    line.dataset.seq = rec.seq;
-    appendAnsi(line, rec.text + "\n");
     const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.appendChild(line);
+    pre.appendChild(logLine(JSON.parse(e.data)));
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   });
   source.addEventListener("end", () => {
     source.close();
     pre.dataset.ended = "true";
-    refreshJob();
   });
 }
 
-// State and progress of the job page, refreshed while the job has not ended.
-async function refreshJob() {
-  const el = document.getElementById("job-state");
-  if (!el) return;
-  const resp = await fetch(el.dataset.api, { credentials: "same-origin" });
-  if (!resp.ok) return;
-  const job = await resp.json();
-  el.textContent = job.state;
-  el.className = "state-" + job.state;
-  const bar = document.getElementById("job-progress");
-  if (bar && job.progress) {
-    bar.value = job.progress.percent;
-    document.getElementById("job-progress-text").textContent =
-      `${Math.round(job.progress.percent)}% ${job.progress.message}`;
-  }
-  const terminal = ["succeeded", "failed", "canceled", "timed_out"].includes(job.state);
-  if (!terminal) setTimeout(refreshJob, 1000);
+// The job page's state, wait reason, progress, its history and the timeline, from the
+// job's event stream. A reconnect sends everything again, so lists restart then.
+function watchJob(stateEl) {
+  const source = new EventSource(stateEl.dataset.stream);
+  const timeline = document.querySelector("#timeline tbody");
+  const history = document.getElementById("progress-history");
+  let fresh = { timeline: true, history: true };
+  source.addEventListener("open", () => { fresh = { timeline: true, history: true }; });
+  source.addEventListener("job", (e) => {
+    const job = JSON.parse(e.data);
+    stateEl.textContent = job.state;
+    stateEl.className = "state-" + job.state;
+    document.getElementById("job-wait").textContent = job.wait_reason || "-";
+    if (job.progress) {
+      document.getElementById("job-progress").value = job.progress.percent;
+      document.getElementById("job-progress-text").textContent =
+        `${Math.round(job.progress.percent)}% ${job.progress.message}`;
+    }
+    if (TERMINAL.includes(job.state)) {
+      const cancel = document.getElementById("cancel");
+      if (cancel) cancel.closest("form").hidden = true;
+    }
+  });
+  source.addEventListener("event", (e) => {
+    if (fresh.timeline) { timeline.replaceChildren(); fresh.timeline = false; }
+    const ev = JSON.parse(e.data);
+    timeline.append(el("tr", {}, el("td", {}, when(ev.at)), el("td", {}, ev.kind),
+      el("td", {}, ev.to_state), el("td", {}, ev.actor), el("td", {}, ev.reason || "")));
+  });
+  source.addEventListener("progress", (e) => {
+    if (fresh.history) { history.replaceChildren(); fresh.history = false; }
+    const p = JSON.parse(e.data);
+    history.append(el("tr", {}, el("td", {}, when(p.at)), el("td", {}, String(p.attempt)),
+      el("td", {}, String(Math.round(p.percent))), el("td", {}, p.message)));
+  });
+  source.addEventListener("end", () => source.close());
 }
 
-// The jobs list: states and progress of the rows shown, refreshed every second.
-async function refreshList(table) {
-  const resp = await fetch(table.dataset.api, { credentials: "same-origin" });
-  if (resp.ok) {
-    const page = await resp.json();
-    for (const job of page.jobs) {
-      const row = document.getElementById("job-" + job.id);
-      if (!row) continue;
-      const cell = row.querySelector(".state");
-      cell.textContent = job.state;
-      cell.className = "state state-" + job.state;
-      const bar = row.querySelector("progress");
-      if (bar && job.progress) bar.value = job.progress.percent;
-    }
+// The jobs list: rows change as their jobs do, and on the first page new jobs that
+// match the filters appear at the top, all over server-sent events.
+function jobRow(job) {
+  const link = el("a", { href: "/jobs/" + encodeURIComponent(job.id) }, job.name);
+  return el("tr", { id: "job-" + job.id },
+    el("td", {}, link, el("br"), el("small", {}, job.id)),
+    el("td", {}, el("span", { class: "state state-" + job.state }, job.state)),
+    el("td", {}, el("progress", { max: "100", value: job.progress ? job.progress.percent : 0, "aria-label": "progress" })),
+    el("td", { class: "wide" }, job.queue),
+    el("td", { class: "wide" }, when(job.created_at)));
+}
+
+function showJob(table, job) {
+  const row = document.getElementById("job-" + job.id);
+  if (row) {
+    const cell = row.querySelector(".state");
+    cell.textContent = job.state;
+    cell.className = "state state-" + job.state;
+    row.querySelector("progress").value = job.progress ? job.progress.percent : 0;
+    return;
   }
-  setTimeout(() => refreshList(table), 1000);
+  const wanted = !table.dataset.state || table.dataset.state === job.state;
+  if (table.dataset.firstPage !== "true" || !wanted) return;
+  const body = table.tBodies[0];
+  // Newest first: a job goes above the first row that is older than it.
+  const t = Date.parse(job.created_at);
+  const older = [...body.rows].find((r) => Number(r.dataset.created) < t);
+  const tr = jobRow(job);
+  tr.dataset.created = t;
+  body.insertBefore(tr, older || null);
+  document.getElementById("no-jobs")?.remove();
+}
+
+async function reloadList(table) {
+  const resp = await fetch(table.dataset.api, { credentials: "same-origin" });
+  if (!resp.ok) return;
+  const page = await resp.json();
+  for (const job of page.jobs.slice().reverse()) showJob(table, job);
+}
+
+function watchList(table) {
+  const source = new EventSource(table.dataset.stream);
+  source.addEventListener("job", (e) => showJob(table, JSON.parse(e.data)));
+  source.addEventListener("reload", () => reloadList(table));
+  // What changed while the connection was down.
+  source.addEventListener("open", () => reloadList(table));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   const pre = document.getElementById("log");
   if (pre) followLog(pre);
-  refreshJob();
+  const state = document.getElementById("job-state");
+  if (state) watchJob(state);
   const table = document.getElementById("jobs");
-  if (table) refreshList(table);
+  if (table) watchList(table);
 });
