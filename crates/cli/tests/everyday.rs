@@ -276,6 +276,23 @@ fn status_tells_the_truth_about_attempts_queue_position_and_result_files() {
         shown.contains("state:     queued (number 2 in queue default)"),
         "{shown}"
     );
+    assert!(
+        shown.contains("waiting:   no online agent has labels nobody=has-this; 1 job is ahead of it in queue default"),
+        "a job nobody can run says so: {shown}"
+    );
+
+    // `drover wait` prints each progress update the server received (the agent sends
+    // at most one per 200 ms, the latest), none skipped between two of its reads.
+    let steps = up.submit(&[
+        "--",
+        "for p in 10 20 30; do echo \"::progress $p step $p\"; sleep 0.4; done; echo '::progress 100 done'",
+    ]);
+    let out = up.drover(&["wait", &steps]);
+    assert!(out.status.success());
+    let told = stderr(&out);
+    for p in ["10% step 10", "20% step 20", "30% step 30", "100% done"] {
+        assert!(told.contains(p), "{p} missing from {told}");
+    }
 
     let bad = up.submit(&["--", "echo '{not json' > $DROVER_RESULT"]);
     let done = wait_state(&up, &bad, "failed");
