@@ -126,6 +126,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<admin::AgentsCommand>,
     },
+    /// Providers of agents on demand: their agents, starts, failures and the last failure.
+    #[command(after_help = "Examples:\n  drover providers\n  drover providers -o json")]
+    Providers,
     /// Uploaded files: put, ls, get, rm.
     #[command(subcommand)]
     Files(files::FilesCommand),

@@ -88,6 +88,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Retry { job } => jobs::retry(&client, &job).await,
         Command::Events { job } => jobs::events(&client, &job).await,
         Command::Agents { command } => admin::agents(&client, command).await,
+        Command::Providers => admin::providers(&client).await,
         Command::Files(cmd) => commands::files::files(&client, cmd).await,
         Command::Artifacts(cmd) => commands::files::artifacts(&client, cmd).await,
         Command::Token(cmd) => admin::token(&client, cmd).await,

@@ -650,11 +650,58 @@ pub struct Agent {
     pub stats: AgentStats,
     pub registered_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
+    /// The provider that started it, for an agent the server started on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<Agent>,
+}
+
+/// An agent a provider started (or is starting).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProvidedAgent {
+    /// Also the agent's name.
+    pub id: String,
+    /// `starting` (not registered yet), `running`, `stopping` (told to drain and exit).
+    pub state: String,
+    /// Once registered.
+    pub agent_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A provider of agents on demand (`[[provider]]` in the server's config file) and how
+/// it has been doing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Provider {
+    pub name: String,
+    /// `process` or `docker`.
+    pub kind: String,
+    /// What its agents offer.
+    pub labels: crate::labels::Labels,
+    pub queues: Vec<String>,
+    pub slots: u32,
+    pub max_agents: u32,
+    pub min_idle: u32,
+    /// Its agents run one job, then exit.
+    pub ephemeral: bool,
+    /// Agents it runs now (starting, running or stopping).
+    pub agents: Vec<ProvidedAgent>,
+    /// Agents it started, ever.
+    pub starts: u64,
+    /// Starts that failed (the agent exited or did not register in time).
+    pub failures: u64,
+    /// Why the last failed start failed, with the agent's last output.
+    pub last_failure: Option<String>,
+    /// No new start before this, after failed starts.
+    pub backoff_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<Provider>,
 }
 
 /// `POST /v1/tokens` (admin).

@@ -37,6 +37,64 @@ pub struct ServerConfig {
     pub retain: Option<Duration>,
     /// Forget agents not seen for this long.
     pub prune_agents_after: Duration,
+    /// Providers of agents on demand (`[[provider]]` in the config file).
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// A provider: how the server starts agents for work no running agent can take, what
+/// those agents offer, and its limits.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Labels its agents get (their bootstrap token binds exactly these).
+    pub labels: drover_core::labels::Labels,
+    /// Queues its agents take jobs from; empty means `default`.
+    pub queues: Vec<String>,
+    /// Slots of each agent.
+    pub slots: u32,
+    pub max_agents: u32,
+    /// Agents kept running without work.
+    pub min_idle: u32,
+    pub max_starts_per_minute: u32,
+    /// An agent without work for this long is stopped (drained, then it exits).
+    pub idle_timeout: Duration,
+    /// An agent that has not registered this long after its start is killed and the
+    /// start counts as failed.
+    pub start_timeout: Duration,
+    /// Agents run one job, then exit.
+    pub ephemeral: bool,
+    /// The URL its agents reach the server at; default from the listen address.
+    pub server_url: Option<String>,
+    /// Environment of the agent (not of its jobs).
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// How a provider starts an agent.
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    /// `drover agent` processes on the server's machine: `command` (default: this
+    /// executable) followed by `agent` and its flags.
+    Process { command: Vec<String> },
+    /// An agent container from `image` (whose entrypoint is `drover`) on the Docker
+    /// engine the `docker` CLI reaches.
+    Docker {
+        image: String,
+        network: Option<String>,
+        /// `HOST:CONTAINER[:ro]`.
+        mounts: Vec<String>,
+        /// Ask for the host's GPUs (`--gpus all`).
+        gpus: bool,
+    },
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::Process { .. } => "process",
+            ProviderKind::Docker { .. } => "docker",
+        }
+    }
 }
 
 /// Where an S3-compatible object store is and how to sign in to it. Fields left out are
@@ -99,6 +157,7 @@ impl ServerConfig {
             artifact_limits: Default::default(),
             retain: None,
             prune_agents_after: Duration::from_secs(86_400),
+            providers: Vec::new(),
         }
     }
 }
@@ -111,6 +170,7 @@ pub mod files;
 mod housekeeping;
 mod hub;
 mod metrics;
+mod provision;
 mod server;
 mod state;
 pub mod store;

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub job_duration: HistogramVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Agents providers started, failed starts, and agents they run now.
+    pub provider_starts: IntCounterVec,
+    pub provider_failures: IntCounterVec,
+    pub provider_agents: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -73,6 +77,27 @@ impl Default for Metrics {
             &["method", "route"],
         )
         .expect("metric");
+        let provider_starts = IntCounterVec::new(
+            Opts::new("drover_provider_starts_total", "Agents a provider started"),
+            &["provider"],
+        )
+        .expect("metric");
+        let provider_failures = IntCounterVec::new(
+            Opts::new(
+                "drover_provider_failures_total",
+                "Agent starts that failed (exited or did not register in time)",
+            ),
+            &["provider"],
+        )
+        .expect("metric");
+        let provider_agents = IntGaugeVec::new(
+            Opts::new(
+                "drover_provider_agents",
+                "Agents a provider runs now (starting, running or stopping)",
+            ),
+            &["provider"],
+        )
+        .expect("metric");
         // Show every outcome's series from the start, so dashboards never see gaps.
         for outcome in ["succeeded", "failed", "timed_out", "canceled"] {
             job_duration.with_label_values(&[outcome]);
@@ -85,6 +110,9 @@ impl Default for Metrics {
             Box::new(job_duration.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
+            Box::new(provider_starts.clone()),
+            Box::new(provider_failures.clone()),
+            Box::new(provider_agents.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -97,6 +125,9 @@ impl Default for Metrics {
             job_duration,
             http_requests,
             http_duration,
+            provider_starts,
+            provider_failures,
+            provider_agents,
         }
     }
 }

@@ -90,6 +90,8 @@ impl Server {
         let state = AppState {
             store,
             files,
+            providers: crate::provision::Board::new(&config.providers),
+            local_addr: addr,
             config: Arc::new(config),
             hub: Hub::default(),
             metrics: Metrics::default(),
@@ -116,6 +118,7 @@ impl Server {
         tasks.spawn(housekeeping::log_mover(state.clone()));
         tasks.spawn(housekeeping::retention(state.clone()));
         tasks.spawn(housekeeping::agent_pruner(state.clone()));
+        tasks.spawn(crate::provision::run(state.clone()));
         let inner = state.shutdown.clone();
         let watcher = {
             let inner = inner.clone();

@@ -2,13 +2,19 @@
 //! and the dashboard give, from the job and the agents the server knows.
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{Agent, Job};
+use drover_core::api::{Agent, Job, Provider};
 use drover_core::labels::{satisfies, Labels};
 use drover_core::JobState;
 
-/// Why `job` waits, or None when it is not queued. `agents` is every known agent.
-pub fn wait_reason(job: &Job, agents: &[Agent], now: DateTime<Utc>) -> Option<String> {
-    let why = blocker(job, agents, now)?;
+/// Why `job` waits, or None when it is not queued. `agents` is every known agent,
+/// `providers` the providers of agents on demand as last seen.
+pub fn wait_reason(
+    job: &Job,
+    agents: &[Agent],
+    providers: &[Provider],
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let why = blocker(job, agents, providers, now)?;
     let ahead = job.queue_position.map_or(0, |p| p.saturating_sub(1));
     Some(match ahead {
         0 => why,
@@ -19,7 +25,12 @@ pub fn wait_reason(job: &Job, agents: &[Agent], now: DateTime<Utc>) -> Option<St
 
 /// What keeps `job` from running, leaving out its place in the queue: the part jobs
 /// waiting for the same thing share (the overview counts jobs by it).
-pub fn blocker(job: &Job, agents: &[Agent], now: DateTime<Utc>) -> Option<String> {
+pub fn blocker(
+    job: &Job,
+    agents: &[Agent],
+    providers: &[Provider],
+    now: DateTime<Utc>,
+) -> Option<String> {
     if job.state != JobState::Queued {
         return None;
     }
@@ -33,30 +44,41 @@ pub fn blocker(job: &Job, agents: &[Agent], now: DateTime<Utc>) -> Option<String
     }
     let mut required: Labels = job.labels.clone();
     required.extend(job.exec.implied_labels());
+    let provider = providers
+        .iter()
+        .find(|p| crate::provision::offers(p, job))
+        .map(|p| provider_state(p, now));
     let online: Vec<&Agent> = agents.iter().filter(|a| a.status != "offline").collect();
-    if online.is_empty() {
-        return Some("no agent is online".into());
-    }
     let serving: Vec<&Agent> = online
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|a| a.queues.contains(&job.queue))
         .collect();
-    if serving.is_empty() {
-        return Some(format!("no online agent takes queue {}", job.queue));
-    }
     let fitting: Vec<&Agent> = serving
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|a| satisfies(&a.labels, &required))
         .collect();
     if fitting.is_empty() {
-        return Some(format!(
-            "no online agent has labels {}",
-            required
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
+        let missing = if online.is_empty() {
+            "no agent is online".to_string()
+        } else if serving.is_empty() {
+            format!("no online agent takes queue {}", job.queue)
+        } else {
+            format!(
+                "no online agent has labels {}",
+                required
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        return Some(match provider {
+            Some(p) => format!("{missing}; {p}"),
+            None if providers.is_empty() => missing,
+            None => format!("{missing}, and no provider offers them"),
+        });
     }
     let taking: Vec<&Agent> = fitting
         .into_iter()
@@ -67,11 +89,34 @@ pub fn blocker(job: &Job, agents: &[Agent], now: DateTime<Utc>) -> Option<String
     }
     if taking.iter().all(|a| a.running >= a.slots) {
         let slots: u32 = taking.iter().map(|a| a.slots).sum();
-        return Some(format!(
-            "all {slots} slots of the agents that could run it are in use"
-        ));
+        let busy = format!("all {slots} slots of the agents that could run it are in use");
+        return Some(match provider {
+            Some(p) => format!("{busy}; {p}"),
+            None => busy,
+        });
     }
     Some("an agent with a free slot takes it at its next poll".into())
+}
+
+/// What a provider that could run the job is doing about it.
+fn provider_state(p: &Provider, now: DateTime<Utc>) -> String {
+    let name = &p.name;
+    if p.agents.iter().any(|a| a.state == "starting") {
+        format!("provider {name} is starting an agent")
+    } else if let Some(until) = p.backoff_until.filter(|t| *t > now) {
+        let why = p.last_failure.as_deref().unwrap_or("unknown");
+        format!(
+            "provider {name} is backing off after failed starts until {} (last failure: {why})",
+            until.format("%H:%M:%S UTC")
+        )
+    } else if p.agents.len() as u32 >= p.max_agents {
+        format!(
+            "provider {name} is at its maximum ({} agents)",
+            p.max_agents
+        )
+    } else {
+        format!("provider {name} will start an agent")
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +140,7 @@ mod tests {
             stats: AgentStats::default(),
             registered_at: Utc::now(),
             last_seen_at: Utc::now(),
+            provider: None,
         }
     }
 
@@ -122,23 +168,26 @@ mod tests {
     fn says_what_is_missing() {
         let now = Utc::now() + chrono::Duration::seconds(1);
         let j = job(&[("gpu", "a100")]);
-        assert_eq!(wait_reason(&j, &[], now).unwrap(), "no agent is online");
+        assert_eq!(
+            wait_reason(&j, &[], &[], now).unwrap(),
+            "no agent is online"
+        );
         let cpu = agent("online", &[("gpu", "none")], 0);
         assert_eq!(
-            wait_reason(&j, std::slice::from_ref(&cpu), now).unwrap(),
+            wait_reason(&j, std::slice::from_ref(&cpu), &[], now).unwrap(),
             "no online agent has labels gpu=a100"
         );
         let gpu = agent("draining", &[("gpu", "a100")], 0);
-        assert!(wait_reason(&j, &[cpu, gpu.clone()], now)
+        assert!(wait_reason(&j, &[cpu, gpu.clone()], &[], now)
             .unwrap()
             .contains("draining"));
         let busy = agent("online", &[("gpu", "a100")], 2);
-        assert!(wait_reason(&j, &[busy], now)
+        assert!(wait_reason(&j, &[busy], &[], now)
             .unwrap()
             .contains("slots of the agents that could run it are in use"));
         let mut later = j.clone();
         later.run_at = now + chrono::Duration::hours(1);
-        assert!(wait_reason(&later, &[gpu], now)
+        assert!(wait_reason(&later, &[gpu], &[], now)
             .unwrap()
             .starts_with("waiting for its start time"));
     }

@@ -120,7 +120,8 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/jobs/{id}/artifacts.tar"
             | "/v1/files"
             | "/v1/files/{id}"
-            | "/v1/agents",
+            | "/v1/agents"
+            | "/v1/providers",
         ) => Needs::Read,
         (
             "post",

@@ -1,7 +1,7 @@
 //! Admin and fleet commands: agents, tokens, audit.
 
 use crate::output::outln;
-use drover_core::api::{AgentList, AuditPage, CreatedToken, TokenList, TokenView};
+use drover_core::api::{AgentList, AuditPage, CreatedToken, ProviderList, TokenList, TokenView};
 use std::time::Duration;
 
 use crate::client::{segment, Client};
@@ -28,8 +28,10 @@ pub async fn agents(cfg: &ClientConfig, cmd: Option<AgentsCommand>) -> Result<i3
         output::json(&list);
         return Ok(0);
     }
+    // Agents providers are still starting have not registered: they come from there.
+    let providers: ProviderList = client.get("/v1/providers").await?;
     let now = chrono::Utc::now();
-    let rows: Vec<Vec<String>> = list
+    let mut rows: Vec<Vec<String>> = list
         .agents
         .iter()
         .map(|a| {
@@ -37,6 +39,7 @@ pub async fn agents(cfg: &ClientConfig, cmd: Option<AgentsCommand>) -> Result<i3
                 a.id.clone(),
                 a.name.clone(),
                 a.status.clone(),
+                a.provider.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", a.running, a.slots),
                 a.labels
                     .iter()
@@ -49,11 +52,27 @@ pub async fn agents(cfg: &ClientConfig, cmd: Option<AgentsCommand>) -> Result<i3
             ]
         })
         .collect();
+    for p in &providers.providers {
+        for a in p.agents.iter().filter(|a| a.state == "starting") {
+            rows.push(vec![
+                "-".into(),
+                a.id.clone(),
+                "starting".into(),
+                p.name.clone(),
+                format!("0/{}", p.slots),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("started {} ago", output::elapsed(now - a.started_at)),
+            ]);
+        }
+    }
     output::table(
         &[
             "ID",
             "NAME",
             "STATUS",
+            "PROVIDER",
             "RUNNING",
             "LABELS",
             "CPU",
@@ -219,5 +238,62 @@ pub async fn audit(cfg: &ClientConfig, limit: u32) -> Result<i32> {
         })
         .collect();
     output::table(&["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"], &rows);
+    Ok(0)
+}
+
+/// `drover providers`: each provider of agents on demand, its agents and its starts.
+pub async fn providers(cfg: &ClientConfig) -> Result<i32> {
+    let client = Client::new(cfg)?;
+    let list: ProviderList = client.get("/v1/providers").await?;
+    if cfg.output == OutputFormat::Json {
+        output::json(&list);
+        return Ok(0);
+    }
+    if list.providers.is_empty() {
+        outln!("No providers. Add [[provider]] tables to the server's config file (see drover.example.toml).");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list
+        .providers
+        .iter()
+        .map(|p| {
+            let count = |s: &str| p.agents.iter().filter(|a| a.state == s).count();
+            let mut last = p.last_failure.clone().unwrap_or_else(|| "-".into());
+            if let Some(t) = p.backoff_until.filter(|t| *t > chrono::Utc::now()) {
+                last = format!("(backing off until {}) {last}", t.format("%H:%M:%S"));
+            }
+            vec![
+                p.name.clone(),
+                p.kind.clone(),
+                p.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!(
+                    "{}/{} ({} starting, {} stopping)",
+                    p.agents.len(),
+                    p.max_agents,
+                    count("starting"),
+                    count("stopping")
+                ),
+                p.starts.to_string(),
+                p.failures.to_string(),
+                last,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "NAME",
+            "KIND",
+            "LABELS",
+            "AGENTS",
+            "STARTS",
+            "FAILURES",
+            "LAST FAILURE",
+        ],
+        &rows,
+    );
     Ok(0)
 }

@@ -7,6 +7,7 @@
 
 mod agent;
 mod client;
+mod provider;
 mod server;
 mod up;
 
@@ -137,6 +138,9 @@ pub struct FileConfig {
     /// The `[agent]` table.
     #[serde(default)]
     pub agent: AgentFile,
+    /// `[[provider]]` tables: providers of agents on demand (server only).
+    #[serde(default)]
+    pub provider: Vec<provider::ProviderFile>,
 }
 
 /// The `[server]` table of the config file; every key is optional.

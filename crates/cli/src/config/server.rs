@@ -228,6 +228,7 @@ fn resolve_config(
             "log_format = {other:?} in the config file: use \"text\" or \"json\""
         )));
     }
+    cfg.providers = super::provider::resolve(&file.provider)?;
     let level = args.log_level.as_deref().or(f.log_level.as_deref());
     Ok((cfg, LogConfig::resolve(format, level, env, "info")))
 }

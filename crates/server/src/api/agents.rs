@@ -8,7 +8,8 @@ use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
     AgentList, Control, ErrorBody, FinishBatch, FinishBatchResult, FinishItemResult, FinishRequest,
-    Job, LogBatch, PollRequest, PollResponse, ProgressUpdate, RegisterRequest, RegisterResponse,
+    Job, LogBatch, PollRequest, PollResponse, ProgressUpdate, ProviderList, RegisterRequest,
+    RegisterResponse,
 };
 use drover_core::Outcome;
 use serde::Deserialize;
@@ -103,6 +104,13 @@ pub async fn register(
             state.config.lease_ttl,
         )
         .await?;
+    if caller.scope == Scope::Bootstrap {
+        // An agent a provider started: its start is running now.
+        state
+            .store
+            .start_registered(&caller.token.id, &agent_id)
+            .await?;
+    }
     tracing::info!(agent = %agent_id, name = %name, slots = agent.slots, "agent registered");
     Ok((
         StatusCode::CREATED,
@@ -113,6 +121,19 @@ pub async fn register(
             name,
         }),
     ))
+}
+
+#[utoipa::path(get, path = "/v1/providers", tag = "agents",
+    responses((status = 200, description = "Each provider of agents on demand, the agents it runs and how its starts went (as of the provisioner's last round, at most a second old)", body = ProviderList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("token" = [])))]
+pub async fn providers(
+    State(state): State<AppState>,
+    Client(_caller): Client<READ>,
+) -> Json<ProviderList> {
+    Json(ProviderList {
+        providers: state.providers.providers(),
+    })
 }
 
 #[utoipa::path(post, path = "/v1/agents/leave", tag = "agents",

@@ -155,7 +155,8 @@ pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError
     if job.state == JobState::Queued {
         let now = Utc::now();
         let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
-        job.wait_reason = crate::waiting::wait_reason(&job, &agents, now);
+        job.wait_reason =
+            crate::waiting::wait_reason(&job, &agents, &state.providers.providers(), now);
     }
     Ok(job)
 }

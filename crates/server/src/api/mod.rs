@@ -34,7 +34,7 @@ use crate::Scope;
         live::jobs, live::job,
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
-        agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list,
+        agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list, agents::providers,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
     ),
@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
             post(agents::release),
         )
         .route("/v1/agents", get(agents::list))
+        .route("/v1/providers", get(agents::providers))
         .route("/v1/agents/register", post(agents::register))
         .route("/v1/agents/poll", post(agents::poll))
         .route("/v1/agents/leave", post(agents::leave))

@@ -486,6 +486,7 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
         Ok(a) => a,
         Err(e) => return store_error_page(e),
     };
+    let providers = state.providers.providers();
     // Why the jobs each queue hands out next wait, with how many share each reason.
     let mut reasons: Vec<(String, Vec<(String, usize)>)> = Vec::new();
     for (name, q) in &queues {
@@ -498,7 +499,7 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> Response
         };
         let mut counts: Vec<(String, usize)> = Vec::new();
         for job in &waiting {
-            let Some(r) = crate::waiting::blocker(job, &agents, now) else {
+            let Some(r) = crate::waiting::blocker(job, &agents, &providers, now) else {
                 continue;
             };
             match counts.iter_mut().find(|(c, _)| *c == r) {

@@ -212,7 +212,7 @@ impl Store {
     /// and has not left since.
     pub async fn list_agents(&self, now: DateTime<Utc>, ttl: Duration) -> Result<Vec<Agent>> {
         let rows = sqlx::query(
-            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, a.left_at, a.draining, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running FROM agents a ORDER BY a.registered_at DESC",
+            "SELECT a.id, a.name, a.labels, a.queues, a.slots, a.host, a.stats, a.registered_at, a.last_seen_at, a.left_at, a.draining, (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id AND j.state IN ('leased', 'running')) AS running, (SELECT p.provider FROM provisioned p WHERE p.agent_id = a.id LIMIT 1) AS provider FROM agents a ORDER BY a.registered_at DESC",
         )
         .fetch_all(&self.read)
         .await?;
@@ -238,6 +238,7 @@ impl Store {
                     stats: json_col(row, "stats")?,
                     registered_at: from_ms(row.try_get("registered_at")?),
                     last_seen_at: last_seen,
+                    provider: row.try_get("provider")?,
                 })
             })
             .collect()

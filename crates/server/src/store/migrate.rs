@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 8] {
+fn migrations(backend: Backend) -> [Migration; 9] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -37,6 +37,11 @@ fn migrations(backend: Backend) -> [Migration; 8] {
                 component: "main",
                 version: 5,
                 sql: include_str!("../../migrations/sqlite/0005_dashboard.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 6,
+                sql: include_str!("../../migrations/sqlite/0006_provisioned.sql"),
             },
             Migration {
                 component: "logs",
@@ -79,6 +84,11 @@ fn migrations(backend: Backend) -> [Migration; 8] {
                 component: "main",
                 version: 5,
                 sql: include_str!("../../migrations/postgres/0005_dashboard.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 6,
+                sql: include_str!("../../migrations/postgres/0006_provisioned.sql"),
             },
             Migration {
                 component: "logs",

@@ -16,6 +16,7 @@ mod leases;
 mod logs;
 mod migrate;
 mod overview;
+mod provisioned;
 mod seal;
 mod sessions;
 mod tokens;
@@ -37,6 +38,7 @@ pub use files::NewFile;
 pub use leases::{AttemptWrite, PollOutcome, PROGRESS_KEPT, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
 pub use overview::{QueueOverview, OVERVIEW_MINUTES};
+pub use provisioned::{LiveStart, StartCounts};
 pub use seal::Sealer;
 pub use tokens::{NewToken, TokenInfo};
 

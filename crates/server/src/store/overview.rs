@@ -103,6 +103,18 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// The due queued jobs of every queue, in claim order, at most `limit`.
+    pub async fn next_waiting_all(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND run_at <= $1 ORDER BY priority DESC, num LIMIT $2"
+        ))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// The jobs with these ids that exist (without their attempts), in no set order.
     pub async fn jobs_by_ids(&self, ids: &[String]) -> Result<Vec<Job>> {
         if ids.is_empty() {
