@@ -85,6 +85,8 @@ pub enum ProviderKind {
         mounts: Vec<String>,
         /// Ask for the host's GPUs (`--gpus all`).
         gpus: bool,
+        /// `docker run --pull`: `missing` (the default), `always` or `never`.
+        pull: Option<String>,
     },
 }
 

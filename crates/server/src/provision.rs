@@ -404,12 +404,7 @@ impl Provisioner {
         let args = self.agent_args(cfg, &id, &token);
         let launched = match &cfg.kind {
             ProviderKind::Process { command } => self.spawn_process(cfg, &id, command, &args).await,
-            ProviderKind::Docker {
-                image,
-                network,
-                mounts,
-                gpus,
-            } => docker_run(cfg, &id, image, network.as_deref(), mounts, *gpus, &args).await,
+            ProviderKind::Docker { .. } => docker_run(cfg, &id, &args).await,
         };
         match launched {
             Ok((handle, text)) => {
@@ -704,12 +699,18 @@ async fn docker(args: &[&str]) -> Result<String, String> {
 async fn docker_run(
     cfg: &ProviderConfig,
     id: &str,
-    image: &str,
-    network: Option<&str>,
-    mounts: &[String],
-    gpus: bool,
     args: &[String],
 ) -> Result<(Handle, String), String> {
+    let ProviderKind::Docker {
+        image,
+        network,
+        mounts,
+        gpus,
+        pull,
+    } = &cfg.kind
+    else {
+        return Err("not a docker provider".into());
+    };
     let name = format!("drover-agent-{id}");
     let label = format!("drover.provisioned={id}");
     let mut argv: Vec<String> = vec![
@@ -721,18 +722,21 @@ async fn docker_run(
         label,
     ];
     if let Some(n) = network {
-        argv.extend(["--network".into(), n.into()]);
+        argv.extend(["--network".into(), n.clone()]);
+    }
+    if let Some(p) = pull {
+        argv.push(format!("--pull={p}"));
     }
     for m in mounts {
         argv.extend(["-v".into(), m.clone()]);
     }
-    if gpus {
+    if *gpus {
         argv.extend(["--gpus".into(), "all".into()]);
     }
     for (k, v) in &cfg.env {
         argv.extend(["-e".into(), format!("{k}={v}")]);
     }
-    argv.push(image.into());
+    argv.push(image.clone());
     argv.extend(args.iter().cloned());
     argv.extend(["--work-dir".into(), "/var/lib/drover-agent".into()]);
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();

@@ -44,6 +44,8 @@ pub struct ProviderFile {
     pub mounts: Vec<String>,
     #[serde(default)]
     pub gpus: bool,
+    /// docker: `missing` (default), `always` or `never`.
+    pub pull: Option<String>,
 }
 
 /// Checks every `[[provider]]` table; each problem names the provider and the key.
@@ -70,6 +72,7 @@ pub fn resolve(files: &[ProviderFile]) -> Result<Vec<ProviderConfig>> {
                 only("network", f.network.is_some(), "docker")?;
                 only("mounts", !f.mounts.is_empty(), "docker")?;
                 only("gpus", f.gpus, "docker")?;
+                only("pull", f.pull.is_some(), "docker")?;
                 ProviderKind::Process { command: f.command.clone() }
             }
             "docker" => {
@@ -77,7 +80,16 @@ pub fn resolve(files: &[ProviderFile]) -> Result<Vec<ProviderConfig>> {
                 let image = f.image.clone().filter(|i| !i.trim().is_empty()).ok_or_else(|| {
                     bad("a docker provider needs image = \"…\" (an image with drover as its entrypoint; see docker/agent.Dockerfile)".into())
                 })?;
-                ProviderKind::Docker { image, network: f.network.clone(), mounts: f.mounts.clone(), gpus: f.gpus }
+                if let Some(p) = f.pull.as_deref().filter(|p| !matches!(*p, "missing" | "always" | "never")) {
+                    return Err(bad(format!("pull = {p:?}: use \"missing\", \"always\" or \"never\"")));
+                }
+                ProviderKind::Docker {
+                    image,
+                    network: f.network.clone(),
+                    mounts: f.mounts.clone(),
+                    gpus: f.gpus,
+                    pull: f.pull.clone(),
+                }
             }
             other => return Err(bad(format!("kind = {other:?}: use \"process\" or \"docker\""))),
         };
