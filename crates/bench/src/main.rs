@@ -70,6 +70,9 @@ enum BenchCommand {
     /// The dashboard: a printed line → the job page's live log, and the jobs list's
     /// first page with 1,000,000 jobs stored.
     Dashboard(BenchArgs),
+    /// Submit → start of a job only agents on demand can take: process and docker
+    /// providers (needs `drover` built next to `drover-bench`, and Docker).
+    Provision(BenchArgs),
     /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
     /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
     Chaos(BenchArgs),
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Files(a) => (vec!["files"], a),
                 BenchCommand::Chaos(a) => (vec!["chaos"], a),
                 BenchCommand::Dashboard(a) => (vec!["dashboard"], a),
+                BenchCommand::Provision(a) => (vec!["provision"], a),
                 BenchCommand::All(a) => (
                     vec![
                         "dispatch",
@@ -117,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                         "docker",
                         "files",
                         "dashboard",
+                        "provision",
                     ],
                     a,
                 ),

@@ -26,6 +26,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "docker" => docker(size, runs).await,
         "files" => files(size, runs).await,
         "dashboard" => dashboard(size, runs).await,
+        "provision" => provision(size, runs).await,
         "chaos" => crate::chaos::run(size).await,
         other => bail!("unknown scenario {other:?}"),
     }
@@ -711,4 +712,206 @@ async fn dashboard(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
     ));
     sys.stop();
     Ok(rows)
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Submit → the job's process starts, for a job only a provider's (ephemeral) agents can
+/// take: with the process provider, and with the docker provider against `docker run` of
+/// the agent image until the agent has registered. Runs the real `drover` binary (built
+/// next to this one) with a config file.
+async fn provision(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let samples_per_run = if size == Size::Tiny { 2 } else { 10 };
+    let drover = std::env::current_exe()?.with_file_name("drover");
+    if !drover.is_file() {
+        bail!(
+            "{} is missing: cargo build --release -p drover",
+            drover.display()
+        );
+    }
+    let image = "drover-bench-agent:latest";
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/agent-image.sh");
+    let built = Command::new(&script).arg(image).arg(&drover).status()?;
+    if !built.success() {
+        bail!("scripts/agent-image.sh could not build the agent image");
+    }
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        dir.path().join("drover.toml"),
+        format!(
+            "[[provider]]\nname = \"proc\"\nkind = \"process\"\nlabels = {{ pool = \"proc\" }}\nephemeral = true\n\n\
+             [[provider]]\nname = \"dock\"\nkind = \"docker\"\nimage = \"{image}\"\nnetwork = \"host\"\npull = \"never\"\nlabels = {{ pool = \"dock\" }}\nephemeral = true\n"
+        ),
+    )?;
+    let server = Killed(
+        Command::new(&drover)
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-token",
+                ADMIN,
+                "--join-token",
+                "bench-join",
+            ])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("drover.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let api = Api::new(&url, ADMIN);
+    let start = Instant::now();
+    while api.get::<Value>("/v1/providers").await.is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started_after = |pool: &'static str| {
+        let api = api.clone();
+        async move {
+            // The previous sample's agent must be gone, so each sample starts one.
+            let t = Instant::now();
+            loop {
+                let v: Value = api.get("/v1/providers").await?;
+                let busy = v["providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["agents"].as_array().is_some_and(|a| !a.is_empty()));
+                if !busy {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    bail!("the providers' agents did not stop");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let submitted = now_ns();
+            let job: Job = api
+                .post(
+                    "/v1/jobs",
+                    json!({"labels": {"pool": pool}, "exec": {"kind": "shell", "command": "true"}}),
+                )
+                .await?;
+            let done = api.wait_done(&job.id, Duration::from_secs(120)).await?;
+            if done.state != drover_core::JobState::Succeeded {
+                bail!("the {pool} job ended {}: {:?}", done.state, done.error);
+            }
+            // When the agent reported the process started (busybox's `date`, in the
+            // container, has no nanoseconds).
+            let started = done
+                .started_at
+                .and_then(|t| t.timestamp_nanos_opt())
+                .context("the job has no start time")? as i128;
+            anyhow::Ok((started - submitted) as f64 / 1e6)
+        }
+    };
+    let (mut process_p50, mut docker_p50, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut p = Vec::new();
+        let mut d = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..samples_per_run {
+            p.push(started_after("proc").await?);
+            d.push(started_after("dock").await?);
+            b.push(docker_run_and_register(&api, &url, image).await?);
+        }
+        process_p50.push(percentile(&p, 0.5));
+        docker_p50.push(percentile(&d, 0.5));
+        baseline.push(percentile(&b, 0.5));
+    }
+    drop(server);
+    Ok(vec![
+        Row::new(
+            "provision",
+            "submit → process start, process provider, no agent running (p50)",
+            "ms",
+            &process_p50,
+            None,
+            Target::AtMost(1000.0),
+        ),
+        Row::new(
+            "provision",
+            "submit → process start, docker provider, no agent running (p50)",
+            "ms",
+            &docker_p50,
+            Some(&baseline),
+            Target::RatioAtMost(1.5),
+        ),
+    ])
+}
+
+/// The baseline of the docker provider: `docker run` of the agent image by hand, with a
+/// bootstrap token, until the agent is listed; in ms.
+async fn docker_run_and_register(api: &Api, url: &str, image: &str) -> anyhow::Result<f64> {
+    let token: Value = api
+        .post(
+            "/v1/tokens",
+            json!({"name": "bench-baseline", "scope": "bootstrap", "labels": {"pool": "baseline"}}),
+        )
+        .await?;
+    let secret = token["token"].as_str().context("no token")?;
+    let name = format!("baseline-{}", now_ns());
+    let start = Instant::now();
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--network",
+            "host",
+            "--pull=never",
+            "--name",
+            &name,
+            image,
+        ])
+        .args([
+            "agent",
+            "--server",
+            url,
+            "--token",
+            secret,
+            "--name",
+            &name,
+            "--work-dir",
+            "/var/lib/drover-agent",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    loop {
+        let v: Value = api.get("/v1/agents").await?;
+        if v["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["name"] == name.as_str())
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the baseline agent did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = start.elapsed().as_secs_f64() * 1000.0;
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    Ok(took)
 }

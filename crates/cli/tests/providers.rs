@@ -263,75 +263,15 @@ fn the_process_provider_starts_and_stops_agents_for_waiting_work() {
     });
 }
 
-/// An agent image made here, as docker/agent.Dockerfile would make it but without a
-/// registry: busybox for `/bin/sh`, the `drover` binary under test and the shared
-/// libraries it links, imported as a root filesystem with `drover` as its entrypoint.
+/// An agent image made here by scripts/agent-image.sh from the binary under test.
 fn agent_image(tag: &str) -> Result<(), String> {
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let r = root.path();
-    for d in [
-        "bin",
-        "tmp",
-        "etc",
-        "proc",
-        "sys",
-        "dev",
-        "root",
-        "usr/local/bin",
-        "var/lib",
-    ] {
-        std::fs::create_dir_all(r.join(d)).map_err(|e| e.to_string())?;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .ok_or("busybox is not installed (scripts/test.sh installs busybox-static)")?;
-    std::fs::copy(busybox, r.join("bin/busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "echo", "cat", "sleep", "true", "hostname"] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet))
-            .map_err(|e| e.to_string())?;
-    }
-    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .map_err(|e| e.to_string())?;
-    std::fs::copy(BIN, r.join("usr/local/bin/drover")).map_err(|e| e.to_string())?;
-    let ldd = Command::new("ldd")
-        .arg(BIN)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/agent-image.sh");
+    let out = Command::new(script)
+        .args([tag, BIN])
         .output()
-        .map_err(|e| format!("ldd: {e}"))?;
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(std::path::PathBuf::from);
-        if let Some(lib) = path {
-            let dest = r.join(lib.strip_prefix("/").unwrap());
-            std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| e.to_string())?;
-            std::fs::copy(&lib, &dest).map_err(|e| format!("{}: {e}", lib.display()))?;
-        }
-    }
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(r)
-        .args(["-cf", "-", "."])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("tar: {e}"))?;
-    let import = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            "ENTRYPOINT [\"/usr/local/bin/drover\"]",
-            "-",
-            tag,
-        ])
-        .stdin(tar.stdout.unwrap())
-        .output()
-        .map_err(|e| format!("docker import: {e}"))?;
-    if !import.status.success() {
-        return Err(format!(
-            "docker import: {}",
-            String::from_utf8_lossy(&import.stderr)
-        ));
+        .map_err(|e| format!("scripts/agent-image.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     Ok(())
 }

@@ -400,6 +400,8 @@ mod tests {
         assert_eq!(cfg.server.listen.as_deref(), Some("127.0.0.1:7070"));
         assert_eq!(cfg.agent.slots, Some(4));
         assert!(parse_duration(cfg.server.lease_ttl.as_deref().unwrap()).is_ok());
+        let providers = provider::resolve(&cfg.provider).unwrap();
+        assert_eq!(providers[0].name, "burst");
         assert_eq!(
             parse_size(cfg.agent.spool_limit.as_deref().unwrap()),
             Ok(1 << 30)
