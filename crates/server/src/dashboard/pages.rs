@@ -381,6 +381,7 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
         Ok(l) => l,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let providers = state.providers.providers();
     let held = match state.store.held_jobs().await {
         Ok(h) => h,
         Err(e) => return store_error_page(e),
@@ -388,7 +389,7 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
     let body = html! {
         h1 { "Agents" }
         table #agents {
-            thead { tr { th { "Name" } th { "Status" } th { "Running" } th.wide { "Jobs" } th.wide { "Labels" } th { "CPU" } th { "Memory" } th.wide { "Version" } th { "Last seen" } } }
+            thead { tr { th { "Name" } th { "Status" } th { "Running" } th.wide { "Jobs" } th.wide { "Provider" } th.wide { "Labels" } th { "CPU" } th { "Memory" } th.wide { "Version" } th { "Last seen" } } }
             tbody {
                 @for a in &list {
                     tr id=(format!("agent-{}", a.id)) {
@@ -400,6 +401,7 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
                                 a href=(format!("/jobs/{}", encode(id))) { (name) } " "
                             }
                         }
+                        td.wide { (a.provider.as_deref().unwrap_or("-")) }
                         td.wide { (a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
                         td { (format!("{:.0}%", a.stats.cpu_percent)) }
                         td { (memory(a.stats.memory_used_bytes, a.host.memory_bytes)) }
@@ -418,6 +420,28 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
             }
         }
         @if list.is_empty() { p { "No agents. Start one with " code { "drover agent --server URL --token JOIN_TOKEN" } "." } }
+        @if !providers.is_empty() {
+            h2 { "Providers" }
+            table #providers {
+                thead { tr { th { "Name" } th { "Kind" } th.wide { "Labels" } th { "Agents" } th { "Starts" } th { "Failures" } th { "Last failure" } } }
+                tbody {
+                    @for p in &providers {
+                        tr {
+                            td { (p.name) }
+                            td { (p.kind) }
+                            td.wide { (p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                            td {
+                                (p.agents.len()) "/" (p.max_agents)
+                                @for a in p.agents.iter().filter(|a| a.state != "running") { br; small { (a.id) " " (a.state) } }
+                            }
+                            td { (p.starts) }
+                            td { (p.failures) }
+                            td { (p.last_failure.as_deref().unwrap_or("-")) }
+                        }
+                    }
+                }
+            }
+        }
     };
     layout("Agents", Some(&viewer), body).into_response()
 }
