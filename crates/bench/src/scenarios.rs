@@ -752,7 +752,7 @@ async fn provision(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         dir.path().join("drover.toml"),
         format!(
             "[[provider]]\nname = \"proc\"\nkind = \"process\"\nlabels = {{ pool = \"proc\" }}\nephemeral = true\n\n\
-             [[provider]]\nname = \"dock\"\nkind = \"docker\"\nimage = \"{image}\"\nnetwork = \"host\"\npull = \"never\"\nlabels = {{ pool = \"dock\" }}\nephemeral = true\n"
+             [[provider]]\nname = \"benchdock\"\nkind = \"docker\"\nimage = \"{image}\"\nnetwork = \"host\"\npull = \"never\"\nlabels = {{ pool = \"benchdock\" }}\nephemeral = true\n"
         ),
     )?;
     let server = Killed(
@@ -829,7 +829,7 @@ async fn provision(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         let mut b = Vec::new();
         for _ in 0..samples_per_run {
             p.push(started_after("proc").await?);
-            d.push(started_after("dock").await?);
+            d.push(started_after("benchdock").await?);
             b.push(docker_run_and_register(&api, &url, image).await?);
         }
         process_p50.push(percentile(&p, 0.5));
@@ -837,6 +837,13 @@ async fn provision(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         baseline.push(percentile(&b, 0.5));
     }
     drop(server);
+    // The killed server's last agents: ended, not yet removed.
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "name=drover-agent-benchdock-"])
+        .output()?;
+    for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
     Ok(vec![
         Row::new(
             "provision",

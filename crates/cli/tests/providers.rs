@@ -374,11 +374,11 @@ labels = {{ pool = "noimage" }}
         .unwrap();
     assert_eq!(agent["provider"], "dock", "{agent}");
     // Ephemeral: the agent exits after its job, and its container is removed.
+    let container = format!("drover.provisioned={}", agent["name"].as_str().unwrap());
     wait_until("the container agent to exit and be removed", LIMIT, || {
         let dock = provider(&providers(), "dock");
         let left = Command::new("docker")
-            .args(["ps", "-aq", "--filter", "label=drover.provisioned"])
-            .args(["--filter", "name=drover-agent-dock-"])
+            .args(["ps", "-aq", "--filter", &format!("label={container}")])
             .output()
             .unwrap();
         dock["agents"].as_array().unwrap().is_empty() && left.stdout.is_empty()
