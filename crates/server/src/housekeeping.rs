@@ -24,7 +24,7 @@ pub async fn log_mover(state: AppState) {
         return;
     }
     loop {
-        loop {
+        while state.leader.is_leader() {
             match move_some_logs(&state).await {
                 Ok(n) if n == BATCH as usize => continue,
                 Ok(_) => break,
@@ -62,7 +62,12 @@ pub async fn retention(state: AppState) {
     loop {
         let cutoff =
             Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
-        match expire(&state, cutoff).await {
+        let round = if state.leader.is_leader() {
+            expire(&state, cutoff).await
+        } else {
+            Ok(0)
+        };
+        match round {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 deleted = n,
@@ -103,7 +108,12 @@ pub async fn agent_pruner(state: AppState) {
         let after = chrono::Duration::from_std(state.config.prune_agents_after)
             .unwrap_or(chrono::Duration::MAX);
         let now = Utc::now();
-        match state.store.agents_unseen_since(now - after).await {
+        let unseen = if state.leader.is_leader() {
+            state.store.agents_unseen_since(now - after).await
+        } else {
+            Ok(Vec::new())
+        };
+        match unseen {
             Ok(ids) => {
                 for id in ids {
                     match state.store.remove_agent(&id, "server:prune", now).await {

@@ -1,11 +1,44 @@
-//! Wake-ups inside one server: new work for waiting polls, messages for one agent, and
-//! changes to a job that log followers wait on. Nothing here is durable: every waiter
-//! re-reads the store after waking, so a missed wake-up only costs latency.
+//! Wake-ups: new work for waiting polls, messages for one agent, and changes to a job
+//! that log followers wait on. With several servers on PostgreSQL each wake-up is also
+//! published to the others (see `cluster`), which replay it here. Nothing here is
+//! durable: every waiter re-reads the store after waking, so a missed wake-up only costs
+//! latency.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+/// One wake-up, as servers tell each other.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    Work,
+    Agent(String),
+    Job(Arc<str>),
+    Ended,
+}
+
+impl Wake {
+    /// One line: `w`, `a:ID`, `j:ID` or `e`.
+    pub fn encode(&self) -> String {
+        match self {
+            Wake::Work => "w".into(),
+            Wake::Agent(id) => format!("a:{id}"),
+            Wake::Job(id) => format!("j:{id}"),
+            Wake::Ended => "e".into(),
+        }
+    }
+
+    pub fn decode(line: &str) -> Option<Wake> {
+        match line.split_once(':') {
+            Some(("a", id)) => Some(Wake::Agent(id.to_string())),
+            Some(("j", id)) => Some(Wake::Job(Arc::from(id))),
+            None if line == "w" => Some(Wake::Work),
+            None if line == "e" => Some(Wake::Ended),
+            _ => None,
+        }
+    }
+}
 
 /// Shared wake-up channels; cheap to clone.
 #[derive(Clone)]
@@ -19,25 +52,57 @@ struct Inner {
     jobs: broadcast::Sender<Arc<str>>,
     /// An attempt ended: its log may move to the object store.
     ended: Notify,
+    /// Where this server's wake-ups go to reach the other servers.
+    publish: Option<mpsc::UnboundedSender<Wake>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        Hub::with_publisher(None)
+    }
+}
+
+impl Hub {
+    fn with_publisher(publish: Option<mpsc::UnboundedSender<Wake>>) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 work: Notify::new(),
                 agents: Mutex::new(HashMap::new()),
                 jobs: broadcast::channel(4096).0,
                 ended: Notify::new(),
+                publish,
             }),
         }
     }
-}
 
-impl Hub {
+    /// A hub whose wake-ups are also sent to the receiver (for the other servers).
+    pub fn published() -> (Hub, mpsc::UnboundedReceiver<Wake>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Hub::with_publisher(Some(tx)), rx)
+    }
+
+    fn publish(&self, w: Wake) {
+        if let Some(tx) = &self.inner.publish {
+            let _ = tx.send(w);
+        }
+    }
+
+    /// A wake-up from another server: acted on here only.
+    pub fn replay(&self, w: Wake) {
+        match w {
+            Wake::Work => self.inner.work.notify_waiters(),
+            Wake::Agent(id) => self.wake_agent_here(&id),
+            Wake::Job(id) => {
+                let _ = self.inner.jobs.send(id);
+            }
+            Wake::Ended => self.inner.ended.notify_one(),
+        }
+    }
+
     /// Jobs became claimable: wake every waiting poll.
     pub fn work_available(&self) {
         self.inner.work.notify_waiters();
+        self.publish(Wake::Work);
     }
 
     pub fn work(&self) -> &Notify {
@@ -51,6 +116,11 @@ impl Hub {
     }
 
     pub fn wake_agent(&self, agent_id: &str) {
+        self.wake_agent_here(agent_id);
+        self.publish(Wake::Agent(agent_id.to_string()));
+    }
+
+    fn wake_agent_here(&self, agent_id: &str) {
         let notify = self
             .inner
             .agents
@@ -73,7 +143,9 @@ impl Hub {
 
     /// A job's logs or state changed.
     pub fn job_changed(&self, job_id: &str) {
-        let _ = self.inner.jobs.send(Arc::from(job_id));
+        let id: Arc<str> = Arc::from(job_id);
+        let _ = self.inner.jobs.send(id.clone());
+        self.publish(Wake::Job(id));
     }
 
     pub fn subscribe_jobs(&self) -> broadcast::Receiver<Arc<str>> {
@@ -83,6 +155,7 @@ impl Hub {
     /// An attempt ended (its log is complete).
     pub fn attempt_ended(&self) {
         self.inner.ended.notify_one();
+        self.publish(Wake::Ended);
     }
 
     /// Resolves after the next [`Hub::attempt_ended`] (or at once for one that came

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub prune_agents_after: Duration,
     /// Providers of agents on demand (`[[provider]]` in the config file).
     pub providers: Vec<ProviderConfig>,
+    /// The key that seals job secrets; None: `DATA/secrets.key` (created when missing).
+    /// Every server on one database must have the same.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// A provider: how the server starts agents for work no running agent can take, what
@@ -160,6 +163,7 @@ impl ServerConfig {
             retain: None,
             prune_agents_after: Duration::from_secs(86_400),
             providers: Vec::new(),
+            secrets_key_file: None,
         }
     }
 }
@@ -167,6 +171,7 @@ impl ServerConfig {
 pub use server::{Server, ServerError};
 
 pub mod api;
+mod cluster;
 mod dashboard;
 pub mod files;
 mod housekeeping;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub provider_starts: IntCounterVec,
     pub provider_failures: IntCounterVec,
     pub provider_agents: IntGaugeVec,
+    /// 1 while this server does the singleton duties (of several on one database).
+    pub leader: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -98,6 +100,11 @@ impl Default for Metrics {
             &["provider"],
         )
         .expect("metric");
+        let leader = IntGauge::new(
+            "drover_leader",
+            "1 while this server runs the lease reaper, provisioner and retention",
+        )
+        .expect("metric");
         // Show every outcome's series from the start, so dashboards never see gaps.
         for outcome in ["succeeded", "failed", "timed_out", "canceled"] {
             job_duration.with_label_values(&[outcome]);
@@ -113,6 +120,7 @@ impl Default for Metrics {
             Box::new(provider_starts.clone()),
             Box::new(provider_failures.clone()),
             Box::new(provider_agents.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -128,6 +136,7 @@ impl Default for Metrics {
             provider_starts,
             provider_failures,
             provider_agents,
+            leader,
         }
     }
 }

@@ -122,6 +122,9 @@ enum Handle {
     Child(tokio::process::Child),
     /// A process a previous run of the server started.
     Pid(i32),
+    /// A process another server started on another machine (it led before this one):
+    /// alive while its agent is, not signalled from here.
+    Foreign,
     Container(String),
 }
 
@@ -142,12 +145,25 @@ pub async fn run(state: AppState) {
         handles: HashMap::new(),
         idle_since: HashMap::new(),
     };
-    if let Err(e) = p.adopt().await {
-        tracing::error!(error = %e, "provisioner cannot read the agents it started; it will try again");
-    }
+    let mut adopted = false;
     loop {
-        if let Err(e) = p.round().await {
-            tracing::warn!(error = %e, "provisioning round failed; trying again");
+        // With several servers, the leader provisions; it finds the agents it (or the
+        // server before it) started when it begins.
+        if state.leader.is_leader() {
+            if !adopted {
+                match p.adopt().await {
+                    Ok(()) => adopted = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "provisioner cannot read the agents it started; it will try again")
+                    }
+                }
+            }
+            if let Err(e) = p.round().await {
+                tracing::warn!(error = %e, "provisioning round failed; trying again");
+            }
+        } else {
+            adopted = false;
+            p.handles.clear();
         }
         let work = state.hub.work().notified();
         tokio::select! {
@@ -164,11 +180,15 @@ impl Provisioner {
     async fn adopt(&mut self) -> Result<(), StoreError> {
         for s in self.state.store.live_starts().await? {
             let handle = match (s.kind.as_str(), &s.handle) {
-                ("process", Some(pid)) => pid
-                    .parse()
-                    .ok()
-                    .filter(|pid| pid_is_agent(*pid, &s.id))
-                    .map(Handle::Pid),
+                ("process", Some(h)) => match h.split_once('@') {
+                    Some((_, host)) if host != hostname() => Some(Handle::Foreign),
+                    Some((pid, _)) => pid
+                        .parse()
+                        .ok()
+                        .filter(|pid| pid_is_agent(*pid, &s.id))
+                        .map(Handle::Pid),
+                    None => None,
+                },
                 ("docker", Some(id)) => Some(Handle::Container(id.clone())),
                 _ => None,
             };
@@ -322,11 +342,19 @@ impl Provisioner {
             self.forget(&s.id).await;
             return Ok(false);
         }
-        if let Some(agent) = s
+        let agent = s
             .agent_id
             .as_ref()
-            .and_then(|id| agents.iter().find(|a| a.id == *id))
+            .and_then(|id| agents.iter().find(|a| a.id == *id));
+        if matches!(self.handles.get(&s.id), Some(Handle::Foreign))
+            && s.agent_id.is_some()
+            && agent.is_none_or(|a| a.status == "offline")
         {
+            store.start_ended(&s.id, "exited", None, now).await?;
+            self.forget(&s.id).await;
+            return Ok(false);
+        }
+        if let Some(agent) = agent {
             if agent.running > 0 {
                 self.idle_since.remove(&s.id);
             } else {
@@ -511,8 +539,10 @@ impl Provisioner {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        // `PID@HOST`: after a restart, or on another server, a pid means something only
+        // on its own machine.
         let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
-        Ok((Handle::Child(child), pid))
+        Ok((Handle::Child(child), format!("{pid}@{}", hostname())))
     }
 
     async fn alive(&mut self, id: &str) -> bool {
@@ -520,6 +550,7 @@ impl Provisioner {
             None => false,
             Some(Handle::Child(c)) => matches!(c.try_wait(), Ok(None)),
             Some(Handle::Pid(pid)) => pid_is_agent(*pid, id),
+            Some(Handle::Foreign) => true,
             Some(Handle::Container(c)) => docker(&["inspect", "-f", "{{.State.Running}}", c])
                 .await
                 .is_ok_and(|out| out.trim() == "true"),
@@ -557,6 +588,9 @@ impl Provisioner {
         match self.handles.get(&s.id) {
             Some(Handle::Child(c)) => signal(c.id().map(|p| p as i32), Signal::SIGTERM),
             Some(Handle::Pid(pid)) => signal(Some(*pid), Signal::SIGTERM),
+            Some(Handle::Foreign) => {
+                tracing::warn!(agent = %s.id, "cannot stop an agent another server started on another machine")
+            }
             Some(Handle::Container(c)) => {
                 let _ = docker(&["kill", "--signal", "TERM", c]).await;
             }
@@ -570,6 +604,7 @@ impl Provisioner {
                 let _ = c.kill().await;
             }
             Some(Handle::Pid(pid)) => signal(Some(*pid), Signal::SIGKILL),
+            Some(Handle::Foreign) => {}
             Some(Handle::Container(c)) => {
                 let _ = docker(&["kill", c]).await;
             }
@@ -668,6 +703,13 @@ fn pid_is_agent(pid: i32, id: &str) -> bool {
             text.split('\0').any(|a| a == id) && !zombie
         })
         .unwrap_or(false)
+}
+
+/// This machine's name, which process handles carry.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn signal(pid: Option<i32>, sig: Signal) {

@@ -66,10 +66,14 @@ impl Server {
             }
         };
         let files = FileStore::open(&config).await.map_err(ServerError::Files)?;
-        let store = Store::open(&config.data_dir, config.database_url.as_deref())
-            .await?
-            .with_artifact_limits(config.artifact_limits)
-            .with_files(files.clone());
+        let store = Store::open_with_key(
+            &config.data_dir,
+            config.database_url.as_deref(),
+            config.secrets_key_file.as_deref(),
+        )
+        .await?
+        .with_artifact_limits(config.artifact_limits)
+        .with_files(files.clone());
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
             store
@@ -87,15 +91,29 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let shutdown = CancellationToken::new();
+        // Several servers on PostgreSQL: wake-ups cross them, one of them leads.
+        let (hub, leader, wakes) = match &config.database_url {
+            Some(url) => {
+                let (hub, wakes) = Hub::published();
+                let leader = crate::cluster::lead(url.clone(), shutdown.clone());
+                (hub, leader, Some(wakes))
+            }
+            None => (Hub::default(), crate::cluster::Leader::always(), None),
+        };
+        if let (Some(url), Some(wakes)) = (&config.database_url, wakes) {
+            crate::cluster::bridge(url.clone(), store.pool(), &hub, wakes, shutdown.clone());
+        }
         let state = AppState {
             store,
             files,
+            leader,
             providers: crate::provision::Board::new(&config.providers),
             local_addr: addr,
             config: Arc::new(config),
-            hub: Hub::default(),
+            hub,
             metrics: Metrics::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
         };
         Ok(Server {
             state,
@@ -181,6 +199,9 @@ async fn reaper(state: AppState) {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = state.shutdown.cancelled() => return,
+        }
+        if !state.leader.is_leader() {
+            continue;
         }
         match state.store.reap(Utc::now()).await {
             Ok(0) => {}

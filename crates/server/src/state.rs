@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Fires when the server begins to shut down; long-polls and log streams end on it.
     pub shutdown: CancellationToken,
+    /// Whether this server does the singleton duties (reaper, provisioner, retention).
+    pub leader: crate::cluster::Leader,
     /// Each provider's state, as the provisioner last saw it.
     pub providers: crate::provision::Board,
     /// The address the server listens at (the port chosen when the config said 0).

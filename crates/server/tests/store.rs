@@ -871,6 +871,20 @@ async fn a_job_whose_lease_cannot_be_built_fails_alone(url: Option<String>) {
     let ids = enqueue(&store, vec![sealed, shell("echo plain")], t0()).await;
     store.close().await;
     std::fs::write(tmp.path().join("secrets.key"), "ab".repeat(32)).unwrap();
+    // Another key is refused at once now …
+    let err = Store::open(tmp.path(), url.as_deref()).await.unwrap_err();
+    assert!(err.to_string().contains("sealed with key"), "{err}");
+    // … but a database from before the key's fingerprint was kept takes any key.
+    sqlx::any::install_default_drivers();
+    let db = url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("drover.db").display()));
+    let pool = sqlx::AnyPool::connect(&db).await.unwrap();
+    sqlx::query("DELETE FROM server_meta")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
     let store = Store::open(tmp.path(), url.as_deref()).await.unwrap();
     let a = agent(&store, "a", 1, &[], &["default"]).await;
     let leases = store.claim(&a, t0(), TTL).await.unwrap();

@@ -187,6 +187,8 @@ pub struct ServerFile {
     pub retain: Option<String>,
     /// Forget agents not seen for this long, e.g. `24h`.
     pub prune_agents_after: Option<String>,
+    /// The key file that seals job secrets (the same for every server on one database).
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// The `[agent]` table of the config file; every key is optional.

@@ -92,6 +92,14 @@ pub struct ServerArgs {
     /// Forget agents not seen for this long [default: 24h] [env: DROVER_PRUNE_AGENTS_AFTER].
     #[arg(long, env = "DROVER_PRUNE_AGENTS_AFTER", hide_env = true, value_parser = parse_duration)]
     pub prune_agents_after: Option<Duration>,
+    /// The key that seals job secrets; every server on one database needs the same [default: DATA/secrets.key, created when missing] [env: DROVER_SECRETS_KEY_FILE].
+    #[arg(
+        long,
+        env = "DROVER_SECRETS_KEY_FILE",
+        hide_env = true,
+        value_name = "FILE"
+    )]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// Everything `drover server` needs to start.
@@ -229,6 +237,10 @@ fn resolve_config(
         )));
     }
     cfg.providers = super::provider::resolve(&file.provider)?;
+    cfg.secrets_key_file = args
+        .secrets_key_file
+        .clone()
+        .or_else(|| f.secrets_key_file.clone());
     let level = args.log_level.as_deref().or(f.log_level.as_deref());
     Ok((cfg, LogConfig::resolve(format, level, env, "info")))
 }

@@ -190,6 +190,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .store
         .list_agents(chrono::Utc::now(), state.config.lease_ttl)
         .await?;
+    m.leader.set(i64::from(state.leader.is_leader()));
     m.agents_online
         .set(agents.iter().filter(|a| a.status != "offline").count() as i64);
     Ok((

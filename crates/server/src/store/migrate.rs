@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 9] {
+fn migrations(backend: Backend) -> [Migration; 10] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -42,6 +42,11 @@ fn migrations(backend: Backend) -> [Migration; 9] {
                 component: "main",
                 version: 6,
                 sql: include_str!("../../migrations/sqlite/0006_provisioned.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 7,
+                sql: include_str!("../../migrations/sqlite/0007_server_meta.sql"),
             },
             Migration {
                 component: "logs",
@@ -89,6 +94,11 @@ fn migrations(backend: Backend) -> [Migration; 9] {
                 component: "main",
                 version: 6,
                 sql: include_str!("../../migrations/postgres/0006_provisioned.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 7,
+                sql: include_str!("../../migrations/postgres/0007_server_meta.sql"),
             },
             Migration {
                 component: "logs",

@@ -100,12 +100,66 @@ pub struct Store {
     artifact_limits: ArtifactLimits,
     /// Where log chunks moved out of the database are (see `logs`).
     files: Option<FileStore>,
+    /// On SQLite: this server's hold on the data directory.
+    lock: Option<DirLock>,
+}
+
+/// An exclusive lock on `DATA/drover.db.lock`: one SQLite database takes one server
+/// (two would each think their claims are serial). Released by [`Store::close`] or when
+/// the process ends.
+#[derive(Clone)]
+struct DirLock(std::sync::Arc<std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>>);
+
+impl std::fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirLock")
+    }
+}
+
+impl DirLock {
+    fn take(data_dir: &Path) -> Result<DirLock> {
+        let path = data_dir.join("drover.db.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::Conflict(format!("cannot open {}: {e}", path.display())))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| {
+                StoreError::Conflict(format!(
+                    "another drover server is using the SQLite database in {} ({e}); one SQLite database takes one server: stop the other, or use PostgreSQL (--database) for several servers",
+                    data_dir.display()
+                ))
+            })?;
+        Ok(DirLock(std::sync::Arc::new(std::sync::Mutex::new(Some(
+            lock,
+        )))))
+    }
+
+    fn release(&self) {
+        if let Some(l) = self.0.lock().expect("lock mutex").take() {
+            let _ = l.unlock();
+        }
+    }
 }
 
 impl Store {
     /// Opens (and migrates) the store: PostgreSQL when `database_url` is given, else
     /// SQLite files `drover.db` and `logs.db` in `data_dir`.
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Store> {
+        Store::open_with_key(data_dir, database_url, None).await
+    }
+
+    /// [`Store::open`] with the key that seals job secrets in `key_file` (default
+    /// `DATA/secrets.key`, created when missing). A database whose secrets another key
+    /// sealed is refused: every server on one database needs the same key.
+    pub async fn open_with_key(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        key_file: Option<&Path>,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -117,7 +171,10 @@ impl Store {
                     data_dir.display()
                 ))
             })?;
-        let sealer = Sealer::load_or_create(&data_dir.join("secrets.key"))?;
+        let key_path = key_file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| data_dir.join("secrets.key"));
+        let sealer = Sealer::load_or_create(&key_path)?;
         let store = match database_url {
             Some(url) => {
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -138,9 +195,11 @@ impl Store {
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
                     files: None,
+                    lock: None,
                 }
             }
             None => {
+                let lock = DirLock::take(data_dir)?;
                 let main = data_dir.join("drover.db");
                 let logs = data_dir.join("logs.db");
                 Store {
@@ -152,11 +211,33 @@ impl Store {
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
                     files: None,
+                    lock: Some(lock),
                 }
             }
         };
         migrate::run(&store).await?;
+        store.check_key(&key_path).await?;
         Ok(store)
+    }
+
+    /// Records the sealing key's fingerprint on first use, and refuses a different key.
+    async fn check_key(&self, key_path: &Path) -> Result<()> {
+        let mine = self.sealer.fingerprint();
+        sqlx::query("INSERT INTO server_meta (name, value) VALUES ('secrets_key', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(mine)
+            .execute(&self.write)
+            .await?;
+        let theirs: String =
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'secrets_key'")
+                .fetch_one(&self.write)
+                .await?;
+        if theirs != mine {
+            return Err(StoreError::Conflict(format!(
+                "this database's job secrets are sealed with key {theirs}, but this server's key ({}) is {mine}: every server on one database needs the same key; copy the first server's key file here or point --secrets-key-file at it",
+                key_path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The same store, reading (and, for an object store, moving) log chunks there.
@@ -169,6 +250,11 @@ impl Store {
     pub fn with_artifact_limits(mut self, limits: ArtifactLimits) -> Store {
         self.artifact_limits = limits;
         self
+    }
+
+    /// The pool writes go through (on PostgreSQL, one pool serves everything).
+    pub(crate) fn pool(&self) -> AnyPool {
+        self.write.clone()
     }
 
     pub fn backend(&self) -> Backend {
@@ -186,6 +272,9 @@ impl Store {
         self.read.close().await;
         self.logs_write.close().await;
         self.logs_read.close().await;
+        if let Some(l) = &self.lock {
+            l.release();
+        }
     }
 }
 

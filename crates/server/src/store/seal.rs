@@ -15,6 +15,8 @@ use super::StoreError;
 #[derive(Clone)]
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// Names the key without revealing it (the first 8 bytes of its SHA-256, in hex).
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -57,9 +59,17 @@ impl Sealer {
                 )))
             }
         };
+        use sha2::Digest;
         Ok(Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            fingerprint: hex::encode(&sha2::Sha256::digest(&key)[..8]),
         })
+    }
+
+    /// The key's fingerprint, which the database keeps so that every server sealing
+    /// into it uses the same key.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub(crate) fn seal(&self, secrets: &BTreeMap<String, String>) -> String {

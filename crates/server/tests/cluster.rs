@@ -1,0 +1,178 @@
+//! Several servers on one PostgreSQL database: wake-ups cross servers (a submit on one
+//! answers a poll held on another, a cancel reaches an agent polling another, a log
+//! follower on one sees lines stored through another), the singleton duties move when
+//! their server goes, and a server with another secrets key, or a second server on one
+//! SQLite database, is refused.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{register, shell, Client};
+use drover_core::api::Control;
+use drover_server::testing::TestServer;
+use drover_server::{testing_pg, Server};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn server(db: &str, dir: &Path, name: &str) -> TestServer {
+    let mut config = TestServer::config(dir.join(name), 0);
+    config.database_url = Some(db.to_string());
+    config.secrets_key_file = Some(dir.join("secrets.key"));
+    TestServer::start_with(config).await
+}
+
+async fn is_leader(s: &TestServer) -> bool {
+    let (_, text) = Client::new(s, &s.admin_token).get("/metrics").await;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "drover_leader 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_one_postgres_act_as_one() {
+    let db = testing_pg::fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        servers.push(server(&db, dir, name).await);
+    }
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+
+    // A poll held on B is answered by a submit on C, long before its 20 s are up.
+    let agent = register(a, "cross", json!({})).await;
+    let on_b = Client::new(b, &agent.token);
+    let held = tokio::spawn(async move { common::poll(&on_b, &[], 20_000).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = Client::new(c, &c.admin_token)
+        .submit(shell("sleep 30"))
+        .await;
+    let got = held.await.unwrap();
+    assert_eq!(
+        got.leases.first().map(|l| l.job_id.as_str()),
+        Some(job.id.as_str())
+    );
+    let on_a = Client::new(a, &agent.token);
+    let (status, _) = on_a
+        .post(&format!("/v1/jobs/{}/attempts/1/start", job.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A log follower on B sees lines stored through A.
+    let follow = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/{}/logs/stream", b.url, job.id))
+        .bearer_auth(&b.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let rec = json!({"records": [{"seq": 1, "ts": chrono::Utc::now(), "stream": "stdout", "text": "through a"}]});
+    let (status, _) = on_a
+        .post(&format!("/v1/jobs/{}/attempts/1/logs", job.id), rec)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut follow = follow;
+    let mut seen = String::new();
+    while !seen.contains("through a") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), follow.chunk())
+            .await
+            .expect("the line reached B's follower")
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    // A cancel sent to A reaches the agent's poll held on B.
+    let on_b = Client::new(b, &agent.token);
+    let running = [(job.id.clone(), 1)];
+    let held = tokio::spawn(async move { common::poll(&on_b, &running, 20_000).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = Client::new(a, &a.admin_token)
+        .post(&format!("/v1/jobs/{}/cancel", job.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = held.await.unwrap();
+    assert!(
+        got.controls
+            .iter()
+            .any(|c| matches!(c, Control::Cancel { job_id, .. } if *job_id == job.id)),
+        "{:?}",
+        got.controls
+    );
+
+    // One server leads; when it goes, another takes over and still reaps lost leases.
+    let mut leaders = Vec::new();
+    for s in &servers {
+        leaders.push(is_leader(s).await);
+    }
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
+    let first = leaders.iter().position(|l| *l).unwrap();
+    servers[first].stop().await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let lost = {
+        let s = &servers[rest[0]];
+        let victim = register(s, "victim", json!({})).await;
+        let job = Client::new(s, &s.admin_token)
+            .submit(shell("sleep 30"))
+            .await;
+        let got = common::poll(&victim, &[], 5_000).await;
+        assert_eq!(
+            got.leases.first().map(|l| l.job_id.clone()),
+            Some(job.id.clone())
+        );
+        job.id // the victim never polls again: its lease expires
+    };
+    let start = Instant::now();
+    loop {
+        let s = &servers[rest[1]];
+        let state = Client::new(s, &s.admin_token).job(&lost).await.state;
+        if state != drover_core::JobState::Leased {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the lost lease was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut now_leading = 0;
+    for i in &rest {
+        now_leading += usize::from(is_leader(&servers[*i]).await);
+    }
+    assert_eq!(now_leading, 1);
+
+    // A server with another secrets key refuses to start, and says why.
+    let mut config = TestServer::config(dir.join("d"), 0);
+    config.database_url = Some(db.clone());
+    config.secrets_key_file = Some(dir.join("other.key"));
+    let err = Server::bind(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("sealed with key") && err.contains("same key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn two_servers_on_one_sqlite_database_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut first = TestServer::start_with(TestServer::config(tmp.path().to_path_buf(), 0)).await;
+    let err = Server::bind(TestServer::config(tmp.path().to_path_buf(), 0))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("another drover server is using the SQLite database"),
+        "{err}"
+    );
+    first.stop().await;
+    // Once the first stopped, the database is free again.
+    let mut again = TestServer::start_with(TestServer::config(tmp.path().to_path_buf(), 0)).await;
+    again.stop().await;
+}
