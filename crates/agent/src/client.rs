@@ -1,5 +1,6 @@
 //! The agent's HTTP client: typed calls to the agent routes, and retry with backoff.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -63,26 +64,69 @@ impl RetryBackoff {
     }
 }
 
-/// Talks to one drover server with the agent's session token.
+/// Talks to a drover server with the agent's session token. Given several servers (one
+/// database behind them), it uses one until a request to it fails in transport (refused,
+/// cut, timed out), then the next: the caller's retry goes there. Every agent write is
+/// fenced and idempotent, so a request that reached a dying server may be sent again.
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    current: AtomicUsize,
     session: RwLock<String>,
 }
 
 impl Client {
-    /// A client for `base` (e.g. `http://127.0.0.1:7070`).
+    /// A client for `base` (e.g. `http://127.0.0.1:7070`, or several, comma-separated).
     pub fn new(base: &str, ca: Option<reqwest::Certificate>) -> Result<Client, reqwest::Error> {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         if let Some(ca) = ca {
             builder = builder.add_root_certificate(ca);
         }
         let http = builder.build()?;
+        let bases = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
         Ok(Client {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: AtomicUsize::new(0),
             session: RwLock::new(String::new()),
         })
+    }
+
+    /// The server requests go to now.
+    pub fn base(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map_or("", String::as_str)
+    }
+
+    /// A request to `url` failed in transport: later ones go to the next server (once,
+    /// however many requests to the same server failed at the same time).
+    fn fail_over(&self, url: &str) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        let i = self.current.load(Ordering::Relaxed);
+        if url.starts_with(self.bases[i % self.bases.len()].as_str())
+            && self
+                .current
+                .compare_exchange(
+                    i,
+                    (i + 1) % self.bases.len(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(from = %url, to = %self.base(), "server unreachable; going on with the next one");
+        }
+    }
+
+    fn transport(&self, url: &str, e: &reqwest::Error) -> CallError {
+        self.fail_over(url);
+        CallError::Transient(error_chain(e))
     }
 
     fn session_token(&self) -> String {
@@ -98,7 +142,7 @@ impl Client {
         join_token: &str,
         req: &RegisterRequest,
     ) -> Result<RegisterResponse, CallError> {
-        let url = format!("{}/v1/agents/register", self.base);
+        let url = format!("{}/v1/agents/register", self.base());
         let resp: RegisterResponse = self
             .send(&url, join_token, req, Duration::from_secs(30))
             .await?
@@ -109,7 +153,7 @@ impl Client {
 
     /// One long-poll; the HTTP timeout leaves room beyond `wait_ms`.
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, CallError> {
-        let url = format!("{}/v1/agents/poll", self.base);
+        let url = format!("{}/v1/agents/poll", self.base());
         let timeout = Duration::from_millis(req.wait_ms) + Duration::from_secs(15);
         self.send(&url, &self.session_token(), req, timeout)
             .await?
@@ -117,7 +161,7 @@ impl Client {
     }
 
     fn attempt_url(&self, job_id: &str, attempt: u32, verb: &str) -> String {
-        format!("{}/v1/jobs/{job_id}/attempts/{attempt}/{verb}", self.base)
+        format!("{}/v1/jobs/{job_id}/attempts/{attempt}/{verb}", self.base())
     }
 
     /// `POST .../VERB` of an attempt with a JSON body; the answer's body is not needed.
@@ -182,7 +226,7 @@ impl Client {
 
     /// `POST /v1/agents/leave`: a clean exit; the server shows the agent offline at once.
     pub async fn leave(&self) -> Result<(), CallError> {
-        let url = format!("{}/v1/agents/leave", self.base);
+        let url = format!("{}/v1/agents/leave", self.base());
         self.send::<_, serde_json::Value>(
             &url,
             &self.session_token(),
@@ -229,7 +273,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+            .map_err(|e| self.transport(url, &e))?;
         answer(resp, url).await
     }
 
@@ -247,7 +291,7 @@ impl Client {
             .bearer_auth(self.session_token())
             .send()
             .await
-            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+            .map_err(|e| self.transport(&url, &e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -275,7 +319,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| CallError::Transient(error_chain(&e)))?;
+            .map_err(|e| self.transport(&url, &e))?;
         answer(resp, &url)
             .await?
             .ok_or_else(|| CallError::Transient(format!("{url} answered without a body")))

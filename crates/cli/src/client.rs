@@ -26,12 +26,15 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-/// A client bound to one server and token.
+/// A client bound to a server (or several on one database: a request whose connection
+/// is refused goes to the next) and a token.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    /// The server's base URL.
-    pub base: String,
+    /// The servers' base URLs.
+    bases: Vec<String>,
+    /// Which of them requests go to now.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     /// See [`ClientConfig::server_starting`].
     server_starting: bool,
@@ -46,12 +49,10 @@ impl Client {
                 cfg.server
             ))
         })?;
-        if !cfg.server.starts_with("http://") && !cfg.server.starts_with("https://") {
-            return Err(CliError::Usage(format!(
-                "server URL {:?} must start with http:// or https://",
-                cfg.server
-            )));
-        }
+        let bases = crate::config::server_urls(&cfg.server)?
+            .split(',')
+            .map(str::to_string)
+            .collect();
         let mut builder =
             reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
         if let Some(ca) = &cfg.ca_file {
@@ -71,35 +72,63 @@ impl Client {
             .map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
         Ok(Client {
             http,
-            base: cfg.server.clone(),
+            bases,
+            current: Default::default(),
             token,
             server_starting: cfg.server_starting,
         })
     }
 
+    /// The server requests go to now.
+    pub fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
     /// A request to `path` with the token.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
     }
 
-    /// Sends `req`; while a `drover up` that wrote its context moments ago is still
-    /// starting, a refused connection is tried again for a few seconds.
+    /// After a refused connection: the next server, with `req` pointed at it; None when
+    /// every server was tried or there is only one.
+    fn next_server(&self, req: &mut reqwest::Request, tried: &mut usize) -> Option<()> {
+        if *tried + 1 >= self.bases.len() {
+            return None;
+        }
+        *tried += 1;
+        let from = self.base().to_string();
+        self.current
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let to = self.base();
+        let rest = req.url().as_str().strip_prefix(from.as_str())?.to_string();
+        *req.url_mut() = format!("{to}{rest}").parse().ok()?;
+        eprintln!("cannot reach {from}; trying {to}");
+        Some(())
+    }
+
+    /// Sends `req`. A refused connection goes to the next server when there are several
+    /// (the request never reached the first); while a `drover up` that wrote its context
+    /// moments ago is still starting, it is tried again for a few seconds.
     async fn dispatch(&self, req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (mut req, mut said) = (req, false);
+        let (mut req, mut said, mut tried) = (req.build()?, false, 0);
         loop {
-            let again = if self.server_starting {
-                req.try_clone()
-            } else {
-                None
-            };
-            match req.send().await {
-                Err(e) if e.is_connect() && std::time::Instant::now() < give_up => {
-                    let Some(next) = again else { return Err(e) };
+            let again = req.try_clone();
+            match self.http.execute(req).await {
+                Err(e) if e.is_connect() => {
+                    let Some(mut next) = again else { return Err(e) };
+                    if self.next_server(&mut next, &mut tried).is_some() {
+                        req = next;
+                        continue;
+                    }
+                    if !self.server_starting || std::time::Instant::now() >= give_up {
+                        return Err(e);
+                    }
                     if !said {
-                        eprintln!("waiting for the drover server at {} to start…", self.base);
+                        eprintln!("waiting for the drover server at {} to start…", self.base());
                         said = true;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -198,7 +227,7 @@ impl Client {
         }
         CliError::Connect(format!(
             "cannot reach the drover server at {} ({reason}); is it running? start one with `drover up`",
-            self.base
+            self.bases.join(" or ")
         ))
     }
 

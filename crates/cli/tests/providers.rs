@@ -141,6 +141,25 @@ fn the_process_provider_starts_and_stops_agents_for_waiting_work() {
             .to_string()
     };
 
+    // Given several servers, the CLI goes on with the next one when a connection is
+    // refused.
+    let out = client(&dir.join("ctx"), dir)
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:1,{base}"),
+            "--token",
+            "adm",
+        ])
+        .args(["providers", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains(&format!("cannot reach http://127.0.0.1:1; trying {base}")),
+        "{}",
+        common::stderr(&out)
+    );
+
     // A job nobody can run says so, naming that no provider offers its labels.
     let nobody = submit(&["--label", "gpu=a100", "--", "true"]);
     let shown = stdout(&drover(&["status", &nobody]));

@@ -119,11 +119,7 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
         .ok_or_else(|| {
             CliError::Usage("no server: pass --server URL or set DROVER_SERVER".into())
         })?;
-    if !server.starts_with("http://") && !server.starts_with("https://") {
-        return Err(CliError::Usage(format!(
-            "server URL {server:?} must start with http:// or https://"
-        )));
-    }
+    let server = super::server_urls(&server)?;
     let token = args.token.clone().or_else(|| f.token.clone()).ok_or_else(|| {
         CliError::Usage(
             "no join token: pass --token or set DROVER_TOKEN (`drover server` prints one at its first start)"

@@ -376,6 +376,28 @@ fn size_from(flag: Option<u64>, file: Option<&str>, key: &str) -> Result<Option<
     }
 }
 
+/// Checks one server URL or several, comma-separated (servers on one database; clients
+/// and agents go on with the next when one cannot be reached); returns them
+/// comma-separated, without trailing slashes.
+pub fn server_urls(list: &str) -> Result<String> {
+    let urls: Vec<&str> = list
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(CliError::Usage("no server URL given".into()));
+    }
+    for u in &urls {
+        if !u.starts_with("http://") && !u.starts_with("https://") {
+            return Err(CliError::Usage(format!(
+                "server URL {u:?} must start with http:// or https://"
+            )));
+        }
+    }
+    Ok(urls.join(","))
+}
+
 /// Applies a duration from a flag or, failing that, the config file.
 fn duration_from(
     flag: Option<Duration>,
