@@ -74,6 +74,15 @@ fn server(dir: &Path, port: u16, name: &str) -> Daemon {
     d
 }
 
+/// `drover ARGS` against the server at `base` with the admin token.
+fn cli(dir: &Path, base: &str, args: &[&str]) -> std::process::Output {
+    client(&dir.join("ctx"), dir)
+        .args(["--server", base, "--token", "adm"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Processes whose command line mentions `needle`, as (pid, command line).
 fn processes_with(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
@@ -127,13 +136,7 @@ fn the_process_provider_starts_and_stops_agents_for_waiting_work() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let srv = server(dir, port, "server");
-    let drover = |args: &[&str]| {
-        client(&dir.join("ctx"), dir)
-            .args(["--server", &base, "--token", "adm"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let drover = |args: &[&str]| cli(dir, &base, args);
     let providers = || json(&drover(&["providers", "-o", "json"]));
     let submit = |args: &[&str]| {
         stdout(&drover(&[&["submit"], args].concat()))
@@ -356,13 +359,7 @@ labels = {{ pool = "noimage" }}
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _srv = server(dir, port, "server");
-    let drover = |args: &[&str]| {
-        client(&dir.join("ctx"), dir)
-            .args(["--server", &base, "--token", "adm"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let drover = |args: &[&str]| cli(dir, &base, args);
     let providers = || json(&drover(&["providers", "-o", "json"]));
 
     let job = stdout(&drover(&[
