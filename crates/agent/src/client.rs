@@ -295,10 +295,7 @@ impl Client {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        answer::<serde_json::Value>(resp, &url).await?;
-        Err(CallError::Transient(format!(
-            "{url} answered without a body"
-        )))
+        Err(refusal(resp).await)
     }
 
     /// `POST …/artifacts?path=PATH`, streaming `body`.
@@ -326,6 +323,32 @@ impl Client {
     }
 }
 
+/// The error an unsuccessful answer stands for.
+async fn refusal(resp: reqwest::Response) -> CallError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (String::new(), text),
+    };
+    match status {
+        StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(if code.is_empty() {
+            message
+        } else {
+            format!("{code}: {message}")
+        }),
+        StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+            CallError::Transient(format!("{status}: {message}"))
+        }
+        s if s.is_server_error() => CallError::Transient(format!("{status}: {message}")),
+        s => CallError::Refused {
+            status: s.as_u16(),
+            message,
+        },
+    }
+}
+
 /// Reads an answer: its JSON body on success, else the error it stands for.
 async fn answer<T: DeserializeOwned>(
     resp: reqwest::Response,
@@ -347,27 +370,7 @@ async fn answer<T: DeserializeOwned>(
             .map(Some)
             .map_err(|e| CallError::Transient(format!("unreadable answer from {url}: {e}")));
     }
-    let text = resp.text().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => (String::new(), text),
-    };
-    Err(match status {
-        StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(if code.is_empty() {
-            message
-        } else {
-            format!("{code}: {message}")
-        }),
-        StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-            CallError::Transient(format!("{status}: {message}"))
-        }
-        s if s.is_server_error() => CallError::Transient(format!("{status}: {message}")),
-        s => CallError::Refused {
-            status: s.as_u16(),
-            message,
-        },
-    })
+    Err(refusal(resp).await)
 }
 
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

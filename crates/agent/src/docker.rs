@@ -222,11 +222,14 @@ impl ContainerSpec {
         env.push(format!("DROVER_JOB_ID={}", lease.job_id));
         env.push(format!("DROVER_ATTEMPT={}", lease.attempt));
         env.push(format!("DROVER_WORKSPACE={CONTAINER_WORKSPACE}"));
+        let inside = Path::new(CONTAINER_WORKSPACE);
         env.push(format!(
-            "DROVER_PROGRESS={CONTAINER_WORKSPACE}/.drover/progress"
+            "DROVER_PROGRESS={}",
+            crate::layout::progress_in(inside).display()
         ));
         env.push(format!(
-            "DROVER_RESULT={CONTAINER_WORKSPACE}/.drover/result.json"
+            "DROVER_RESULT={}",
+            crate::layout::result_in(inside).display()
         ));
         let (entrypoint, cmd) = match (&spec.command, &spec.entrypoint) {
             (Some(DockerCommand::Line(line)), None) => (

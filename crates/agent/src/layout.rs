@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use drover_core::files::META_DIR;
+
 /// Job workspaces, one folder per attempt.
 pub fn workspaces_dir(work_dir: &Path) -> PathBuf {
     work_dir.join("workspaces")
@@ -62,18 +64,29 @@ impl AttemptFiles {
 
     /// drover's own files inside the workspace.
     pub fn meta(&self) -> PathBuf {
-        self.workspace.join(".drover")
+        self.workspace.join(META_DIR)
     }
 
     /// The file a job appends progress lines to (`DROVER_PROGRESS`).
     pub fn progress(&self) -> PathBuf {
-        self.meta().join("progress")
+        progress_in(&self.workspace)
     }
 
     /// The file a job writes its JSON result to (`DROVER_RESULT`).
     pub fn result(&self) -> PathBuf {
-        self.meta().join("result.json")
+        result_in(&self.workspace)
     }
+}
+
+/// The progress file of the workspace at `workspace` (on the host, or as a container
+/// sees it).
+pub fn progress_in(workspace: &Path) -> PathBuf {
+    workspace.join(META_DIR).join("progress")
+}
+
+/// The result file of the workspace at `workspace`.
+pub fn result_in(workspace: &Path) -> PathBuf {
+    workspace.join(META_DIR).join("result.json")
 }
 
 #[cfg(test)]

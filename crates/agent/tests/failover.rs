@@ -13,14 +13,8 @@ use drover_server::testing::TestServer;
 async fn an_agent_goes_on_through_another_server_when_its_server_stops() {
     let db = drover_server::testing_pg::fresh_database().await;
     let tmp = tempfile::tempdir().unwrap();
-    let config = |name: &str| {
-        let mut c = TestServer::config(tmp.path().join(name), 0);
-        c.database_url = Some(db.clone());
-        c.secrets_key_file = Some(tmp.path().join("secrets.key"));
-        c
-    };
-    let mut a = TestServer::start_with(config("a")).await;
-    let b = TestServer::start_with(config("b")).await;
+    let mut a = TestServer::start_with(TestServer::config_shared(tmp.path(), "a", &db)).await;
+    let b = TestServer::start_with(TestServer::config_shared(tmp.path(), "b", &db)).await;
     let api = Api::new(&b);
     let both = format!("{},{}", a.url, b.url);
     let _agent = agent_with(&a, |c| c.server = both);

@@ -134,6 +134,12 @@ pub struct Proc {
     child: Child,
 }
 
+impl From<Child> for Proc {
+    fn from(child: Child) -> Proc {
+        Proc { child }
+    }
+}
+
 impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()

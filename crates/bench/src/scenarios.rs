@@ -137,7 +137,7 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         let mut samples = Vec::new();
         for _ in 0..jobs {
             let submitted = now_ns();
-            let job: drover_core::api::Job = sys
+            let job: Job = sys
                 .api
                 .post("/v1/jobs", process(&["date", "+%s%N"]))
                 .await?;
@@ -156,7 +156,7 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         p50.push(percentile(&samples, 0.5));
         p99.push(percentile(&samples, 0.99));
         for _ in 0..cancels {
-            let job: drover_core::api::Job = sys
+            let job: Job = sys
                 .api
                 .post(
                     "/v1/jobs",
@@ -349,7 +349,7 @@ async fn logs(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         drop(tmp);
         let sys = System::start(Some(1), None).await?;
         let start = Instant::now();
-        let job: drover_core::api::Job = sys
+        let job: Job = sys
             .api
             .post(
                 "/v1/jobs",
@@ -410,7 +410,7 @@ async fn files(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         std::fs::remove_file(&copy)?;
         // The job links the file into its workspace: what is timed is the upload.
         let start = Instant::now();
-        let job: drover_core::api::Job = sys
+        let job: Job = sys
             .api
             .post(
                 "/v1/jobs",
@@ -568,7 +568,7 @@ async fn docker(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         for _ in 0..per_run {
             base.push(timed_shell(&format!("docker run --rm {IMAGE} true"))? * 1000.0);
             let start = Instant::now();
-            let job: drover_core::api::Job = sys
+            let job: Job = sys
                 .api
                 .post("/v1/jobs", json!({"exec": {"kind": "docker", "image": IMAGE, "command": ["true"], "pull": "never"}}))
                 .await?;
@@ -714,16 +714,6 @@ async fn dashboard(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A child process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Submit → the job's process starts, for a job only a provider's (ephemeral) agents can
 /// take: with the process provider, and with the docker provider against `docker run` of
 /// the agent image until the agent has registered. Runs the real `drover` binary (built
@@ -755,7 +745,7 @@ async fn provision(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
              [[provider]]\nname = \"benchdock\"\nkind = \"docker\"\nimage = \"{image}\"\nnetwork = \"host\"\npull = \"never\"\nlabels = {{ pool = \"benchdock\" }}\nephemeral = true\n"
         ),
     )?;
-    let server = Killed(
+    let server = Proc::from(
         Command::new(&drover)
             .args([
                 "server",

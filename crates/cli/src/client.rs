@@ -26,6 +26,13 @@ pub fn segment(s: &str) -> String {
     out
 }
 
+/// Whether the server hung up while the request's body was still being sent: one that
+/// refuses a body for its size answers 413 and closes the connection before reading the
+/// rest, and the client then sees the hang-up, not the answer.
+pub fn hung_up(e: &reqwest::Error) -> bool {
+    !e.is_connect() && !e.is_timeout()
+}
+
 /// A client bound to a server (or several on one database: a request whose connection
 /// is refused goes to the next) and a token.
 #[derive(Clone)]
@@ -49,10 +56,7 @@ impl Client {
                 cfg.server
             ))
         })?;
-        let bases = crate::config::server_urls(&cfg.server)?
-            .split(',')
-            .map(str::to_string)
-            .collect();
+        let bases = crate::config::server_urls(&cfg.server)?;
         let mut builder =
             reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
         if let Some(ca) = &cfg.ca_file {
@@ -207,8 +211,7 @@ impl Client {
     /// 413 and closes the connection before reading the rest).
     fn upload_error(&self, e: reqwest::Error, size: usize) -> CliError {
         const LARGE: usize = 1 << 20;
-        let hung_up = !e.is_connect() && !e.is_timeout();
-        if size > LARGE && hung_up {
+        if size > LARGE && hung_up(&e) {
             return CliError::Invalid(format!(
                 "the server closed the connection while receiving this {:.1} MiB request: it is most likely over the server's body limit (8 MiB unless its operator changed it); send less per request",
                 size as f64 / (1024.0 * 1024.0)

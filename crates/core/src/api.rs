@@ -98,6 +98,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// The labels an agent needs to run it: its own and those its executor implies
+    /// (`docker=true` for a container job).
+    pub fn required_labels(&self) -> crate::labels::Labels {
+        let mut required = self.labels.clone();
+        required.extend(self.exec.implied_labels());
+        required
+    }
+
     /// Attempts counted so far, and allowed in all. A retry grants `max_attempts` more,
     /// so while a retried job's second attempt runs this is `(2, 2)`, not `(1, 1)`.
     pub fn attempt_counts(&self) -> (u32, u32) {

@@ -10,6 +10,15 @@ pub fn satisfies(agent: &Labels, required: &Labels) -> bool {
     required.iter().all(|(k, v)| agent.get(k) == Some(v))
 }
 
+/// `k=v` items joined by `sep`, as lists show labels.
+pub fn display(labels: &Labels, sep: &str) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// Parses `k=v,k2=v2` (or repeated `k=v` words) into labels; an item without `=` is an error.
 pub fn parse(items: &[String]) -> Result<Labels, String> {
     let mut out = Labels::new();

@@ -81,9 +81,14 @@ impl Hub {
         (Hub::with_publisher(Some(tx)), rx)
     }
 
-    fn publish(&self, w: Wake) {
-        if let Some(tx) = &self.inner.publish {
-            let _ = tx.send(w);
+    /// A wake-up of this server: acted on here, and sent to the other servers.
+    fn emit(&self, w: Wake) {
+        match &self.inner.publish {
+            Some(tx) => {
+                self.replay(w.clone());
+                let _ = tx.send(w);
+            }
+            None => self.replay(w),
         }
     }
 
@@ -91,7 +96,18 @@ impl Hub {
     pub fn replay(&self, w: Wake) {
         match w {
             Wake::Work => self.inner.work.notify_waiters(),
-            Wake::Agent(id) => self.wake_agent_here(&id),
+            Wake::Agent(id) => {
+                let notify = self
+                    .inner
+                    .agents
+                    .lock()
+                    .expect("hub lock")
+                    .get(&id)
+                    .cloned();
+                if let Some(n) = notify {
+                    n.notify_waiters();
+                }
+            }
             Wake::Job(id) => {
                 let _ = self.inner.jobs.send(id);
             }
@@ -101,8 +117,7 @@ impl Hub {
 
     /// Jobs became claimable: wake every waiting poll.
     pub fn work_available(&self) {
-        self.inner.work.notify_waiters();
-        self.publish(Wake::Work);
+        self.emit(Wake::Work);
     }
 
     pub fn work(&self) -> &Notify {
@@ -116,21 +131,7 @@ impl Hub {
     }
 
     pub fn wake_agent(&self, agent_id: &str) {
-        self.wake_agent_here(agent_id);
-        self.publish(Wake::Agent(agent_id.to_string()));
-    }
-
-    fn wake_agent_here(&self, agent_id: &str) {
-        let notify = self
-            .inner
-            .agents
-            .lock()
-            .expect("hub lock")
-            .get(agent_id)
-            .cloned();
-        if let Some(n) = notify {
-            n.notify_waiters();
-        }
+        self.emit(Wake::Agent(agent_id.to_string()));
     }
 
     /// Jobs were queued (submitted, retried, run again): wake polls, tell watchers.
@@ -143,9 +144,7 @@ impl Hub {
 
     /// A job's logs or state changed.
     pub fn job_changed(&self, job_id: &str) {
-        let id: Arc<str> = Arc::from(job_id);
-        let _ = self.inner.jobs.send(id.clone());
-        self.publish(Wake::Job(id));
+        self.emit(Wake::Job(Arc::from(job_id)));
     }
 
     pub fn subscribe_jobs(&self) -> broadcast::Receiver<Arc<str>> {
@@ -154,8 +153,7 @@ impl Hub {
 
     /// An attempt ended (its log is complete).
     pub fn attempt_ended(&self) {
-        self.inner.ended.notify_one();
-        self.publish(Wake::Ended);
+        self.emit(Wake::Ended);
     }
 
     /// Resolves after the next [`Hub::attempt_ended`] (or at once for one that came

@@ -39,6 +39,8 @@ const DEMAND_SAMPLE: u32 = 2000;
 const TICK: Duration = Duration::from_secs(1);
 /// Longest backoff after failed starts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often starts that ended a day ago are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Lines of an agent's output kept as the reason of a failed start.
 const OUTPUT_LINES: usize = 15;
 
@@ -112,9 +114,7 @@ pub fn offered(labels: &Labels) -> Labels {
 
 /// Whether a provider's agents could run `job`.
 pub fn offers(p: &Provider, job: &Job) -> bool {
-    let mut required = job.labels.clone();
-    required.extend(job.exec.implied_labels());
-    p.queues.contains(&job.queue) && satisfies(&offered(&p.labels), &required)
+    p.queues.contains(&job.queue) && satisfies(&offered(&p.labels), &job.required_labels())
 }
 
 /// What the provisioner holds of an agent it started.
@@ -133,6 +133,8 @@ struct Provisioner {
     handles: HashMap<String, Handle>,
     /// Since when each running agent has had no work.
     idle_since: HashMap<String, DateTime<Utc>>,
+    /// When ended starts were last pruned (a write; once an hour is enough).
+    pruned: Option<std::time::Instant>,
 }
 
 /// Runs the provisioner until shutdown (at once returns without providers).
@@ -144,6 +146,7 @@ pub async fn run(state: AppState) {
         state: state.clone(),
         handles: HashMap::new(),
         idle_since: HashMap::new(),
+        pruned: None,
     };
     let mut adopted = false;
     loop {
@@ -271,10 +274,13 @@ impl Provisioner {
             board.push(snapshot(cfg, agents_now, counts, backoff_until));
         }
         state.providers.set(board);
-        state
-            .store
-            .prune_starts(now - chrono::Duration::days(1))
-            .await?;
+        if self.pruned.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
+            state
+                .store
+                .prune_starts(now - chrono::Duration::days(1))
+                .await?;
+            self.pruned = Some(std::time::Instant::now());
+        }
         Ok(())
     }
 
@@ -628,8 +634,7 @@ fn wanted(cfg: &ProviderConfig, mine: &[&LiveStart], agents: &[Agent], waiting: 
     let for_me = waiting
         .iter()
         .filter(|job| {
-            let mut required = job.labels.clone();
-            required.extend(job.exec.implied_labels());
+            let required = job.required_labels();
             queues.contains(&job.queue)
                 && satisfies(&offered, &required)
                 && !agents.iter().any(|a| {

@@ -93,17 +93,14 @@ impl Server {
         })?;
         let shutdown = CancellationToken::new();
         // Several servers on PostgreSQL: wake-ups cross them, one of them leads.
-        let (hub, leader, wakes) = match &config.database_url {
+        let (hub, leader) = match &config.database_url {
             Some(url) => {
                 let (hub, wakes) = Hub::published();
-                let leader = crate::cluster::lead(url.clone(), shutdown.clone());
-                (hub, leader, Some(wakes))
+                crate::cluster::bridge(url.clone(), store.pool(), &hub, wakes, shutdown.clone());
+                (hub, crate::cluster::lead(url.clone(), shutdown.clone()))
             }
-            None => (Hub::default(), crate::cluster::Leader::always(), None),
+            None => (Hub::default(), crate::cluster::Leader::always()),
         };
-        if let (Some(url), Some(wakes)) = (&config.database_url, wakes) {
-            crate::cluster::bridge(url.clone(), store.pool(), &hub, wakes, shutdown.clone());
-        }
         let state = AppState {
             store,
             files,

@@ -52,6 +52,15 @@ impl TestServer {
         config
     }
 
+    /// The config of one of several servers on the PostgreSQL database `database_url`:
+    /// data in `dir/name`, the secrets key every one of them shares in `dir`.
+    pub fn config_shared(dir: &std::path::Path, name: &str, database_url: &str) -> ServerConfig {
+        let mut config = Self::config(dir.join(name), 0);
+        config.database_url = Some(database_url.to_string());
+        config.secrets_key_file = Some(dir.join("secrets.key"));
+        config
+    }
+
     /// Starts a server with `config` (e.g. the same data dir and port again after `stop`).
     pub async fn start_with(config: ServerConfig) -> TestServer {
         let data_dir = config.data_dir.clone();

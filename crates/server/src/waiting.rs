@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use drover_core::api::{Agent, Job, Provider};
-use drover_core::labels::{satisfies, Labels};
+use drover_core::labels::{self, satisfies};
 use drover_core::JobState;
 
 /// Why `job` waits, or None when it is not queued. `agents` is every known agent,
@@ -42,8 +42,7 @@ pub fn blocker(
             format!("waiting for its start time, {at}")
         });
     }
-    let mut required: Labels = job.labels.clone();
-    required.extend(job.exec.implied_labels());
+    let required = job.required_labels();
     let provider = providers
         .iter()
         .find(|p| crate::provision::offers(p, job))
@@ -67,11 +66,7 @@ pub fn blocker(
         } else {
             format!(
                 "no online agent has labels {}",
-                required
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                labels::display(&required, ",")
             )
         };
         return Some(match provider {
@@ -123,6 +118,7 @@ fn provider_state(p: &Provider, now: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use drover_core::api::{AgentStats, HostInfo};
+    use drover_core::labels::Labels;
 
     fn agent(status: &str, labels: &[(&str, &str)], running: u32) -> Agent {
         Agent {

@@ -6,22 +6,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{register, shell, Client};
+use common::{register, shell, sse_until, Client};
 use drover_core::api::Control;
 use drover_server::testing::TestServer;
 use drover_server::{testing_pg, Server};
 use reqwest::StatusCode;
 use serde_json::json;
-
-async fn server(db: &str, dir: &Path, name: &str) -> TestServer {
-    let mut config = TestServer::config(dir.join(name), 0);
-    config.database_url = Some(db.to_string());
-    config.secrets_key_file = Some(dir.join("secrets.key"));
-    TestServer::start_with(config).await
-}
 
 async fn is_leader(s: &TestServer) -> bool {
     let (_, text) = Client::new(s, &s.admin_token).get("/metrics").await;
@@ -38,7 +30,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
     let dir = tmp.path();
     let mut servers = Vec::new();
     for name in ["a", "b", "c"] {
-        servers.push(server(&db, dir, name).await);
+        servers.push(TestServer::start_with(TestServer::config_shared(dir, name, &db)).await);
     }
     let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
 
@@ -73,16 +65,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
         .post(&format!("/v1/jobs/{}/attempts/1/logs", job.id), rec)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let mut follow = follow;
-    let mut seen = String::new();
-    while !seen.contains("through a") {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), follow.chunk())
-            .await
-            .expect("the line reached B's follower")
-            .unwrap()
-            .expect("stream open");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    sse_until(follow, |ev| ev.iter().any(|(_, d)| d.contains("through a"))).await;
 
     // A cancel sent to A reaches the agent's poll held on B.
     let on_b = Client::new(b, &agent.token);
@@ -144,8 +127,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
     assert_eq!(now_leading, 1);
 
     // A server with another secrets key refuses to start, and says why.
-    let mut config = TestServer::config(dir.join("d"), 0);
-    config.database_url = Some(db.clone());
+    let mut config = TestServer::config_shared(dir, "d", &db);
     config.secrets_key_file = Some(dir.join("other.key"));
     let err = Server::bind(config)
         .await

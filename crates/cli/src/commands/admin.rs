@@ -2,6 +2,7 @@
 
 use crate::output::outln;
 use drover_core::api::{AgentList, AuditPage, CreatedToken, ProviderList, TokenList, TokenView};
+use drover_core::labels;
 use std::time::Duration;
 
 use crate::client::{segment, Client};
@@ -41,11 +42,7 @@ pub async fn agents(cfg: &ClientConfig, cmd: Option<AgentsCommand>) -> Result<i3
                 a.status.clone(),
                 a.provider.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", a.running, a.slots),
-                a.labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                labels::display(&a.labels, ","),
                 format!("{:.0}%", a.stats.cpu_percent),
                 memory(a.stats.memory_used_bytes, a.host.memory_bytes),
                 format!("{} ago", output::elapsed(now - a.last_seen_at)),
@@ -265,11 +262,7 @@ pub async fn providers(cfg: &ClientConfig) -> Result<i32> {
             vec![
                 p.name.clone(),
                 p.kind.clone(),
-                p.labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                labels::display(&p.labels, ","),
                 format!(
                     "{}/{} ({} starting, {} stopping)",
                     p.agents.len(),

@@ -112,9 +112,7 @@ pub async fn upload(client: &Client, path: &Path, name: &str) -> Result<FileInfo
     let resp = match resp {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => return Err(client.http_error(r).await),
-        // A server that refuses a body for its size answers 413 and hangs up while it
-        // is still being sent; the client then sees the hang-up, not the answer.
-        Err(e) if !e.is_connect() && !e.is_timeout() => {
+        Err(e) if crate::client::hung_up(&e) => {
             return Err(CliError::Invalid(format!(
                 "the server closed the connection while receiving {} ({size} bytes): most likely it is over the server's file size limit (its --max-file-size)",
                 path.display()

@@ -119,7 +119,8 @@ fn resolve(args: &AgentArgs, f: &AgentFile, env: &Env) -> Result<AgentSetup> {
         .ok_or_else(|| {
             CliError::Usage("no server: pass --server URL or set DROVER_SERVER".into())
         })?;
-    let server = super::server_urls(&server)?;
+    // The agent library takes the list as one string, as the flag gives it.
+    let server = super::server_urls(&server)?.join(",");
     let token = args.token.clone().or_else(|| f.token.clone()).ok_or_else(|| {
         CliError::Usage(
             "no join token: pass --token or set DROVER_TOKEN (`drover server` prints one at its first start)"

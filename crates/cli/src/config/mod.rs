@@ -377,9 +377,9 @@ fn size_from(flag: Option<u64>, file: Option<&str>, key: &str) -> Result<Option<
 }
 
 /// Checks one server URL or several, comma-separated (servers on one database; clients
-/// and agents go on with the next when one cannot be reached); returns them
-/// comma-separated, without trailing slashes.
-pub fn server_urls(list: &str) -> Result<String> {
+/// and agents go on with the next when one cannot be reached); returns them without
+/// trailing slashes.
+pub fn server_urls(list: &str) -> Result<Vec<String>> {
     let urls: Vec<&str> = list
         .split(',')
         .map(|u| u.trim().trim_end_matches('/'))
@@ -395,7 +395,7 @@ pub fn server_urls(list: &str) -> Result<String> {
             )));
         }
     }
-    Ok(urls.join(","))
+    Ok(urls.into_iter().map(str::to_string).collect())
 }
 
 /// Applies a duration from a flag or, failing that, the config file.

@@ -140,13 +140,21 @@ pub async fn remove_agent(
     Client(caller): Client<ADMIN>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .store
-        .remove_agent(&id, &caller.actor, Utc::now())
-        .await?;
-    state.hub.wake_agent(&id);
-    state.hub.work_available();
+    remove_agent_now(&state, &id, &caller.actor).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes an agent; the jobs it held go back to the queue (the API's and the
+/// dashboard's remove).
+pub(crate) async fn remove_agent_now(
+    state: &AppState,
+    id: &str,
+    actor: &str,
+) -> Result<(), crate::store::StoreError> {
+    state.store.remove_agent(id, actor, Utc::now()).await?;
+    state.hub.wake_agent(id);
+    state.hub.work_available();
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", params(AuditQuery), responses((status = 200, body = AuditPage), (status = 403, body = ErrorBody)), security(("token" = [])))]

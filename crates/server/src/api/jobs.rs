@@ -14,6 +14,7 @@ use drover_core::{JobState, SubmitRequest};
 use super::auth::{Client, READ, SUBMIT};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// Most jobs in one batch request.
 pub const MAX_BATCH: usize = 10_000;
@@ -149,11 +150,15 @@ pub async fn get(
     Ok(Json(job_with_reason(&state, &id).await?))
 }
 
-/// A job with its attempts, and for a queued one why it waits.
+/// A job with its attempts, and for a queued one its place in the queue and why it
+/// waits.
 pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError> {
     let mut job = state.store.job(id).await?;
     if job.state == JobState::Queued {
         let now = Utc::now();
+        if job.run_at <= now {
+            job.queue_position = Some(state.store.queue_position(id, now).await?);
+        }
         let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
         job.wait_reason =
             crate::waiting::wait_reason(&job, &agents, &state.providers.providers(), now);
@@ -199,12 +204,31 @@ pub async fn cancel(
     Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let (job, agent) = state.store.cancel(&id, &caller.actor, Utc::now()).await?;
+    Ok(Json(cancel_job(&state, &id, &caller.actor).await?))
+}
+
+/// Cancels a job and wakes its agent and watchers (the API's and the dashboard's cancel).
+pub(crate) async fn cancel_job(state: &AppState, id: &str, actor: &str) -> Result<Job, StoreError> {
+    let (job, agent) = state.store.cancel(id, actor, Utc::now()).await?;
     if let Some(agent) = agent {
         state.hub.wake_agent(&agent);
     }
-    state.hub.job_changed(&id);
-    Ok(Json(job))
+    state.hub.job_changed(id);
+    Ok(job)
+}
+
+/// Queues an ended job again (the API's and the dashboard's retry).
+pub(crate) async fn retry_job(state: &AppState, id: &str, actor: &str) -> Result<Job, StoreError> {
+    let job = state.store.retry(id, actor, Utc::now()).await?;
+    state.hub.queued([job.id.as_str()]);
+    Ok(job)
+}
+
+/// A new job with the same spec (the API's and the dashboard's run again).
+pub(crate) async fn rerun_job(state: &AppState, id: &str, actor: &str) -> Result<Job, StoreError> {
+    let job = state.store.rerun(id, actor, Utc::now()).await?;
+    state.hub.queued([job.id.as_str()]);
+    Ok(job)
 }
 
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -232,9 +256,10 @@ pub async fn rerun(
     Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    let job = state.store.rerun(&id, &caller.actor, Utc::now()).await?;
-    state.hub.queued([job.id.as_str()]);
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((
+        StatusCode::CREATED,
+        Json(rerun_job(&state, &id, &caller.actor).await?),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -247,9 +272,7 @@ pub async fn retry(
     Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = state.store.retry(&id, &caller.actor, Utc::now()).await?;
-    state.hub.queued([job.id.as_str()]);
-    Ok(Json(job))
+    Ok(Json(retry_job(&state, &id, &caller.actor).await?))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "Job id")),

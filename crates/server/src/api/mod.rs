@@ -1,11 +1,11 @@
 //! The HTTP API: routes, the OpenAPI document, operational endpoints, request metrics.
 
-mod admin;
+pub(crate) mod admin;
 mod agents;
 pub mod auth;
 mod error;
 mod files;
-mod jobs;
+pub(crate) mod jobs;
 mod live;
 mod logs;
 
@@ -20,7 +20,6 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
-pub use jobs::job_with_reason;
 
 use crate::state::AppState;
 use crate::Scope;

@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::{DateTime, Utc};
 use drover_core::api::{Job, ListJobsQuery};
-use drover_core::{Exec, JobState};
+use drover_core::{labels, Exec, JobState};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{error_page, layout, refuse_action, CsrfForm, Viewer};
-use crate::api::ApiError;
+use crate::api::{admin, jobs, ApiError};
 use crate::state::AppState;
 use crate::store::{QueueOverview, StoreError, OVERVIEW_MINUTES};
 
@@ -104,10 +104,10 @@ pub async fn jobs(
     let mut f = f;
     if let Some(q) = some(&f.q) {
         if state.store.job(&q).await.is_ok() {
-            return Redirect::to(&format!("/jobs/{}", encode(&q))).into_response();
+            return Redirect::to(&job_page(&q)).into_response();
         }
         if let Ok(Some(id)) = state.store.job_by_key(&q).await {
-            return Redirect::to(&format!("/jobs/{}", encode(&id))).into_response();
+            return Redirect::to(&job_page(&id)).into_response();
         }
         f.name = q;
     }
@@ -155,7 +155,7 @@ pub async fn jobs(
             tbody {
                 @for j in &jobs {
                     tr id=(format!("job-{}", j.id)) data-created=(j.created_at.timestamp_millis()) {
-                        td { a href=(format!("/jobs/{}", encode(&j.id))) { (j.name) } br; small { (j.id) } }
+                        td { a href=(job_page(&j.id)) { (j.name) } br; small { (j.id) } }
                         td { (state_cell(j.state)) }
                         td { progress max="100" value=(j.progress.as_ref().map_or(0.0, |p| p.percent)) aria-label="progress" {} }
                         td.wide { (j.queue) }
@@ -185,14 +185,14 @@ pub async fn job(
     viewer: Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let job: Job = match crate::api::job_with_reason(&state, &id).await {
+    let job: Job = match jobs::job_with_reason(&state, &id).await {
         Ok(j) => j,
         Err(ApiError::NotFound(m)) => return error_page(StatusCode::NOT_FOUND, &m),
         Err(e) => return e.into_response(),
     };
     let events = state.store.events(&id).await.unwrap_or_default();
     let artifacts = state.store.artifacts(&id, None).await.unwrap_or_default();
-    let path = format!("/jobs/{}", encode(&job.id));
+    let path = job_page(&job.id);
     let api = format!("/v1/jobs/{}", encode(&job.id));
     let body = html! {
         h1 { (job.name) }
@@ -274,29 +274,37 @@ pub async fn job(
     layout(&job.name, Some(&viewer), body).into_response()
 }
 
+/// Runs an action a form asked for, unless it was `refused`: then the page of the
+/// outcome (`action` names it), or one saying why the action failed.
+async fn act(
+    refused: Option<Response>,
+    action: impl std::future::Future<Output = Result<String, StoreError>>,
+) -> Response {
+    if let Some(r) = refused {
+        return r;
+    }
+    match action.await {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(e) => store_error_page(e),
+    }
+}
+
+fn job_page(id: &str) -> String {
+    format!("/jobs/{}", encode(id))
+}
+
 pub async fn cancel(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&viewer, &f) {
-        return refused;
-    }
-    match state
-        .store
-        .cancel(&id, &viewer.caller.actor, Utc::now())
-        .await
-    {
-        Ok((_, agent)) => {
-            if let Some(agent) = agent {
-                state.hub.wake_agent(&agent);
-            }
-            state.hub.job_changed(&id);
-            Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
-        }
-        Err(e) => store_error_page(e),
-    }
+    let actor = &viewer.caller.actor;
+    act(refuse_action(&viewer, &f), async {
+        let job = jobs::cancel_job(&state, &id, actor).await?;
+        Ok(job_page(&job.id))
+    })
+    .await
 }
 
 pub async fn retry(
@@ -305,20 +313,12 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&viewer, &f) {
-        return refused;
-    }
-    match state
-        .store
-        .retry(&id, &viewer.caller.actor, Utc::now())
-        .await
-    {
-        Ok(_) => {
-            state.hub.queued([id.as_str()]);
-            Redirect::to(&format!("/jobs/{}", encode(&id))).into_response()
-        }
-        Err(e) => store_error_page(e),
-    }
+    let actor = &viewer.caller.actor;
+    act(refuse_action(&viewer, &f), async {
+        let job = jobs::retry_job(&state, &id, actor).await?;
+        Ok(job_page(&job.id))
+    })
+    .await
 }
 
 pub async fn rerun(
@@ -327,20 +327,12 @@ pub async fn rerun(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&viewer, &f) {
-        return refused;
-    }
-    match state
-        .store
-        .rerun(&id, &viewer.caller.actor, Utc::now())
-        .await
-    {
-        Ok(job) => {
-            state.hub.queued([job.id.as_str()]);
-            Redirect::to(&format!("/jobs/{}", encode(&job.id))).into_response()
-        }
-        Err(e) => store_error_page(e),
-    }
+    let actor = &viewer.caller.actor;
+    act(refuse_action(&viewer, &f), async {
+        let job = jobs::rerun_job(&state, &id, actor).await?;
+        Ok(job_page(&job.id))
+    })
+    .await
 }
 
 pub async fn remove_agent(
@@ -349,27 +341,19 @@ pub async fn remove_agent(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&viewer, &f) {
-        return refused;
-    }
-    if !viewer.can_admin() {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "removing an agent needs the admin scope",
-        );
-    }
-    match state
-        .store
-        .remove_agent(&id, &viewer.caller.actor, Utc::now())
-        .await
-    {
-        Ok(()) => {
-            state.hub.wake_agent(&id);
-            state.hub.work_available();
-            Redirect::to("/agents").into_response()
-        }
-        Err(e) => store_error_page(e),
-    }
+    let refused = refuse_action(&viewer, &f).or_else(|| {
+        (!viewer.can_admin()).then(|| {
+            error_page(
+                StatusCode::FORBIDDEN,
+                "removing an agent needs the admin scope",
+            )
+        })
+    });
+    act(refused, async {
+        admin::remove_agent_now(&state, &id, &viewer.caller.actor).await?;
+        Ok("/agents".to_string())
+    })
+    .await
 }
 
 pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
@@ -398,11 +382,11 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
                         td { (a.running) "/" (a.slots) }
                         td.wide {
                             @for (_, id, name) in held.iter().filter(|(agent, _, _)| *agent == a.id) {
-                                a href=(format!("/jobs/{}", encode(id))) { (name) } " "
+                                a href=(job_page(id)) { (name) } " "
                             }
                         }
                         td.wide { (a.provider.as_deref().unwrap_or("-")) }
-                        td.wide { (a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                        td.wide { (labels::display(&a.labels, ", ")) }
                         td { (format!("{:.0}%", a.stats.cpu_percent)) }
                         td { (memory(a.stats.memory_used_bytes, a.host.memory_bytes)) }
                         td.wide { (a.host.version) }
@@ -429,7 +413,7 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
                         tr {
                             td { (p.name) }
                             td { (p.kind) }
-                            td.wide { (p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                            td.wide { (labels::display(&p.labels, ", ")) }
                             td {
                                 (p.agents.len()) "/" (p.max_agents)
                                 @for a in p.agents.iter().filter(|a| a.state != "running") { br; small { (a.id) " " (a.state) } }

@@ -7,7 +7,7 @@ use drover_core::files::{ArtifactLimits, FileInfo};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{from_ms, ms, Backend, Result, Store, StoreError};
+use super::{from_ms, ms, Result, Store, StoreError};
 
 const FILE_COLS: &str = "id, kind, name, size, sha256, job_id, attempt, created_at";
 
@@ -158,11 +158,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(FileInfo, Option<String>)> {
         let mut tx = self.write.begin().await?;
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        super::leases::fence(&mut tx, lock, agent_id, job_id, attempt).await?;
+        self.fence(&mut tx, agent_id, job_id, attempt).await?;
         let (files, bytes) = artifact_usage(&mut tx, job_id, attempt, f.name).await?;
         if files >= limits.max_files || bytes.saturating_add(f.size) > limits.max_bytes {
             return Err(StoreError::TooLarge(format!(

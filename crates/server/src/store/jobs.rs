@@ -283,7 +283,6 @@ impl Store {
             .collect())
     }
 
-    /// One job with its attempts.
     /// Deletes an ended job's rows: the job, its attempts, events and artifact rows
     /// (the caller deletes artifact bytes and logs first). A job that is not ended, or
     /// was retried meanwhile, is kept (409).
@@ -364,6 +363,20 @@ impl Store {
         )
     }
 
+    /// Where a queued, due job stands in its queue: 1 when it is the next its queue
+    /// hands out (by priority, then age).
+    pub async fn queue_position(&self, id: &str, now: DateTime<Utc>) -> Result<u64> {
+        let ahead: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs o JOIN jobs j ON j.id = $1 WHERE o.state = 'queued' AND o.queue = j.queue AND o.run_at <= $2 AND (o.priority > j.priority OR (o.priority = j.priority AND o.num < j.num))",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .fetch_one(&self.read)
+        .await?;
+        Ok(ahead as u64 + 1)
+    }
+
+    /// One job with its attempts.
     pub async fn job(&self, id: &str) -> Result<Job> {
         let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
             .bind(id)
@@ -371,19 +384,6 @@ impl Store {
             .await?
             .ok_or_else(|| not_found(id))?;
         let mut job = job_from_row(&row)?;
-        if job.state == JobState::Queued && job.run_at <= Utc::now() {
-            // Jobs its queue hands out first: higher priority, or as high and older.
-            let ahead: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND queue = $1 AND run_at <= $2 AND (priority > $3 OR (priority = $3 AND num < $4))",
-            )
-            .bind(&job.queue)
-            .bind(ms(Utc::now()))
-            .bind(i64::from(job.priority))
-            .bind(row.try_get::<i64, _>("num")?)
-            .fetch_one(&self.read)
-            .await?;
-            job.queue_position = Some(ahead as u64 + 1);
-        }
         let rows = sqlx::query(
             "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs, gpus FROM attempts WHERE job_id = $1 ORDER BY number",
         )

@@ -570,8 +570,12 @@ impl Store {
 
     /// Checks that a write for `attempt` may go ahead (used before storing logs).
     pub async fn check_attempt(&self, agent_id: &str, job_id: &str, attempt: u32) -> Result<()> {
-        let mut conn = self.read.acquire().await?;
-        fence(&mut conn, "", agent_id, job_id, attempt).await
+        let row = sqlx::query(&format!("SELECT {} FROM jobs WHERE id = $1", Held::COLUMNS))
+            .bind(job_id)
+            .fetch_optional(&self.read)
+            .await?;
+        let held = row.as_ref().map(Held::from_row).transpose()?;
+        check_fence(held.as_ref(), agent_id, job_id, attempt)
     }
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
@@ -807,38 +811,4 @@ impl Store {
             .filter(|r| running.contains(r))
             .collect())
     }
-}
-
-/// Fails unless `attempt` is the current attempt of `job_id`, still active and held by
-/// `agent_id`; `lock` is appended to the read (` FOR UPDATE` inside a transaction on
-/// PostgreSQL).
-pub(crate) async fn fence(
-    conn: &mut sqlx::AnyConnection,
-    lock: &str,
-    agent_id: &str,
-    job_id: &str,
-    attempt: u32,
-) -> Result<()> {
-    let row = sqlx::query(&format!(
-        "SELECT state, agent_id, current_attempt FROM jobs WHERE id = $1{lock}"
-    ))
-    .bind(job_id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| not_found(job_id))?;
-    let state: JobState = super::parse_col(&row, "state")?;
-    let current = row.try_get::<i64, _>("current_attempt")? as u32;
-    if current != attempt || !state.is_active() {
-        return Err(StoreError::StaleAttempt {
-            job_id: job_id.into(),
-            attempt,
-        });
-    }
-    if row.try_get::<Option<String>, _>("agent_id")?.as_deref() != Some(agent_id) {
-        return Err(StoreError::NotYourAttempt {
-            job_id: job_id.into(),
-            attempt,
-        });
-    }
-    Ok(())
 }

@@ -7,7 +7,8 @@ use drover_core::labels::Labels;
 use sqlx::Row;
 
 use super::audit::audit_in_tx;
-use super::{from_ms, ms, to_json, Result, Store};
+use super::tokens::{insert_token, NewToken};
+use super::{from_ms, ms, Result, Store};
 
 /// A start that has not ended.
 #[derive(Debug, Clone)]
@@ -49,19 +50,15 @@ impl Store {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let token_id = format!("t-{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO tokens (id, name, scope, hash, created_at, expires_at, labels) VALUES ($1, $2, 'bootstrap', $3, $4, $5, $6)",
-        )
-        .bind(&token_id)
-        .bind(format!("provider:{provider}:{id}"))
-        .bind(token_hash)
-        .bind(ms(now))
-        .bind(ms(expires_at))
-        .bind(to_json(labels))
-        .execute(&mut *tx)
-        .await?;
+        let token = NewToken {
+            name: format!("provider:{provider}:{id}"),
+            scope: "bootstrap".into(),
+            hash: token_hash.into(),
+            expires_at: Some(expires_at),
+            labels: labels.clone(),
+        };
+        let token_id = insert_token(&mut tx, &token, now).await?;
         sqlx::query(
             "INSERT INTO provisioned (id, provider, kind, token_id, state, started_at) VALUES ($1, $2, $3, $4, 'starting', $5)",
         )
@@ -182,25 +179,16 @@ impl Store {
             ..Default::default()
         };
         let recent = row.try_get::<Option<i64>, _>("recent")?.unwrap_or(0) as u32;
-        // The latest starts, newest first, up to the last one that registered.
-        let rows = sqlx::query(
-            "SELECT state, reason, ended_at, agent_id FROM provisioned WHERE provider = $1 AND (ended_at IS NOT NULL OR agent_id IS NOT NULL) ORDER BY started_at DESC LIMIT 20",
+        // Failed starts in a row: the latest ended or registered starts, newest first,
+        // up to one that did not fail.
+        let states: Vec<String> = sqlx::query_scalar(
+            "SELECT state FROM provisioned WHERE provider = $1 AND (ended_at IS NOT NULL OR agent_id IS NOT NULL) ORDER BY started_at DESC LIMIT 20",
         )
         .bind(provider)
         .fetch_all(&self.read)
         .await?;
-        for r in &rows {
-            let state: String = r.try_get("state")?;
-            if state != "failed" {
-                break;
-            }
-            c.failures_in_a_row += 1;
-            if c.last_failure.is_none() {
-                c.last_failure = r.try_get("reason")?;
-                c.last_failure_at = super::opt_time(r, "ended_at")?;
-            }
-        }
-        if c.last_failure.is_none() && c.failures > 0 {
+        c.failures_in_a_row = states.iter().take_while(|s| *s == "failed").count() as u32;
+        if c.failures > 0 {
             let r = sqlx::query(
                 "SELECT reason, ended_at FROM provisioned WHERE provider = $1 AND state = 'failed' ORDER BY started_at DESC LIMIT 1",
             )

@@ -52,6 +52,28 @@ fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
     })
 }
 
+/// Stores a new token in `tx`; its id.
+pub(super) async fn insert_token(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    t: &NewToken,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let id = format!("t-{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(
+        "INSERT INTO tokens (id, name, scope, hash, created_at, expires_at, labels) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(&t.name)
+    .bind(&t.scope)
+    .bind(&t.hash)
+    .bind(ms(now))
+    .bind(t.expires_at.map(ms))
+    .bind((!t.labels.is_empty()).then(|| to_json(&t.labels)))
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
 impl Store {
     /// Stores a token unless one with the same hash exists (bootstrap tokens from config).
     pub async fn ensure_token(
@@ -81,20 +103,8 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenInfo> {
-        let id = format!("t-{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO tokens (id, name, scope, hash, created_at, expires_at, labels) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&id)
-        .bind(&t.name)
-        .bind(&t.scope)
-        .bind(&t.hash)
-        .bind(ms(now))
-        .bind(t.expires_at.map(ms))
-        .bind((!t.labels.is_empty()).then(|| to_json(&t.labels)))
-        .execute(&mut *tx)
-        .await?;
+        let id = insert_token(&mut tx, t, now).await?;
         let detail = format!("scope {}", t.scope);
         audit_in_tx(&mut tx, actor, "token.create", &id, Some(&detail), now).await?;
         let row = sqlx::query(&format!("SELECT {COLS} FROM tokens WHERE id = $1"))

@@ -97,3 +97,39 @@ pub async fn poll(agent: &Client, running: &[(String, u32)], wait_ms: u64) -> Po
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
+
+/// Reads Server-Sent Events from `resp` until `done` says the events so far suffice;
+/// `(event, data)` pairs. A guard of a minute keeps a broken stream from hanging the run.
+pub async fn sse_until(
+    mut resp: reqwest::Response,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    let read = async {
+        while !done(&events) {
+            let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let mut kind = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event: ") {
+                        kind = k.to_string();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data.push_str(d);
+                    }
+                }
+                if !data.is_empty() || kind != "message" {
+                    events.push((kind, data));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("the events wanted did not come: {events:?}"));
+    events
+}
