@@ -232,7 +232,7 @@ impl Provisioner {
                 live.push(s);
             }
         }
-        let waiting = state.store.next_waiting_all(now, DEMAND_SAMPLE).await?;
+        let waiting = state.store.waiting_demand(now, DEMAND_SAMPLE).await?;
         let mut board = Vec::new();
         for cfg in &state.config.providers {
             let (counts, recent) = state.store.start_counts(&cfg.name, now).await?;
@@ -628,20 +628,24 @@ impl Provisioner {
 }
 
 /// Agents `cfg` should start now for the waiting jobs, before its limits.
-fn wanted(cfg: &ProviderConfig, mine: &[&LiveStart], agents: &[Agent], waiting: &[Job]) -> usize {
+fn wanted(
+    cfg: &ProviderConfig,
+    mine: &[&LiveStart],
+    agents: &[Agent],
+    waiting: &[(String, Labels)],
+) -> usize {
     let offered = offered(&cfg.labels);
     let queues = queues(cfg);
     let for_me = waiting
         .iter()
-        .filter(|job| {
-            let required = job.required_labels();
-            queues.contains(&job.queue)
-                && satisfies(&offered, &required)
+        .filter(|(queue, required)| {
+            queues.contains(queue)
+                && satisfies(&offered, required)
                 && !agents.iter().any(|a| {
                     a.status == "online"
                         && a.provider.as_deref() != Some(cfg.name.as_str())
-                        && a.queues.contains(&job.queue)
-                        && satisfies(&a.labels, &required)
+                        && a.queues.contains(queue)
+                        && satisfies(&a.labels, required)
                 })
         })
         .count();

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use drover_core::api::Job;
+use drover_core::labels::Labels;
 use sqlx::Row;
 
 use super::jobs::{job_from_row, JOB_COLS};
-use super::{from_ms, ms, placeholders, Result, Store};
+use super::{from_ms, json_col, ms, placeholders, Result, Store};
 
 /// Minutes the overview's charts cover.
 pub const OVERVIEW_MINUTES: usize = 60;
@@ -103,16 +104,23 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// The due queued jobs of every queue, in claim order, at most `limit`.
-    pub async fn next_waiting_all(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Job>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLS} FROM jobs WHERE state = 'queued' AND run_at <= $1 ORDER BY priority DESC, num LIMIT $2"
-        ))
+    /// Queue and required labels of the due queued jobs of every queue, in claim order,
+    /// at most `limit`: what the provisioner weighs (no more of each row than that).
+    pub async fn waiting_demand(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, Labels)>> {
+        let rows = sqlx::query(
+            "SELECT queue, required FROM jobs WHERE state = 'queued' AND run_at <= $1 ORDER BY priority DESC, num LIMIT $2",
+        )
         .bind(ms(now))
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("queue")?, json_col(r, "required")?)))
+            .collect()
     }
 
     /// The jobs with these ids that exist (without their attempts), in no set order.
