@@ -1,35 +1,85 @@
 //! The benchmark's HTTP client: what a user or a synthetic agent sends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use drover_core::api::{
     BatchSubmitted, FinishRequest, Job, LogPage, PollResponse, RegisterResponse,
 };
+use reqwest::Method;
 use serde_json::{json, Value};
 
+/// A client of one server, or of several on one database: after a transport failure it
+/// goes on with the next (callers retry).
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// The first server's base URL.
     pub url: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
 impl Api {
-    pub fn new(url: &str, token: &str) -> Api {
+    /// `urls`: one base URL, or several separated by commas.
+    pub fn new(urls: &str, token: &str) -> Api {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()
             .expect("http client");
+        let bases: Vec<String> = urls.split(',').map(str::to_string).collect();
         Api {
             http,
-            url: url.to_string(),
+            url: bases[0].clone(),
+            bases: Arc::new(bases),
+            current: Arc::default(),
             token: token.to_string(),
         }
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req.bearer_auth(&self.token).send().await?;
+    /// The base URL requests go to now.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Moves on to the next server after `base` failed; once, however many requests to
+    /// it failed at the same time.
+    pub fn fail_over(&self, base: &str) {
+        let i = self.current.load(Ordering::Relaxed);
+        if self.bases[i % self.bases.len()] == base {
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % self.bases.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let base = self.base().to_string();
+        let mut req = self
+            .http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.fail_over(&base);
+                return Err(e.into());
+            }
+        };
         if !resp.status().is_success() {
             let status = resp.status();
             bail!("{status}: {}", resp.text().await.unwrap_or_default());
@@ -42,9 +92,7 @@ impl Api {
         path: &str,
         body: Value,
     ) -> anyhow::Result<T> {
-        let resp = self
-            .send(self.http.post(format!("{}{path}", self.url)).json(&body))
-            .await?;
+        let resp = self.send(Method::POST, path, Some(&body)).await?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(serde_json::from_value(Value::Null)?);
         }
@@ -52,20 +100,14 @@ impl Api {
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        Ok(self
-            .send(self.http.get(format!("{}{path}", self.url)))
-            .await?
-            .json()
-            .await?)
+        Ok(self.send(Method::GET, path, None).await?.json().await?)
     }
 
     /// Streams the bytes at `path` into `dest`; returns how many.
     pub async fn download(&self, path: &str, dest: &std::path::Path) -> anyhow::Result<u64> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
-        let resp = self
-            .send(self.http.get(format!("{}{path}", self.url)))
-            .await?;
+        let resp = self.send(Method::GET, path, None).await?;
         let mut out =
             tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(dest).await?);
         let mut body = resp.bytes_stream();
@@ -98,7 +140,7 @@ impl Api {
     /// The server's Prometheus metrics.
     pub async fn metrics_text(&self) -> anyhow::Result<String> {
         Ok(self
-            .send(self.http.get(format!("{}/metrics", self.url)))
+            .send(Method::GET, "/metrics", None)
             .await?
             .text()
             .await?)
@@ -156,7 +198,7 @@ impl Api {
             .post("/v1/agents/register", json!({"name": name, "slots": slots, "host": {"hostname": "bench", "os": "linux", "arch": "x86_64", "cpus": 1, "memory_bytes": 1, "version": "bench"}}))
             .await
             .context("register synthetic agent")?;
-        Ok(Api::new(&self.url, &r.token))
+        Ok(Api::new(&self.bases.join(","), &r.token))
     }
 
     pub async fn poll(

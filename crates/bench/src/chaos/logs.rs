@@ -136,16 +136,20 @@ async fn follow(api: &Api, id: &str) -> anyhow::Result<BTreeMap<u32, Vec<LogReco
             .get(&attempt)
             .and_then(|r| r.last())
             .map_or(0, |r| r.seq);
+        let base = api.base().to_string();
         let resp = http
             .get(format!(
-                "{}/v1/jobs/{id}/logs/stream?attempt={attempt}&after={after}",
-                api.url
+                "{base}/v1/jobs/{id}/logs/stream?attempt={attempt}&after={after}"
             ))
             .bearer_auth(ADMIN)
             .send()
             .await;
         let ended = match resp {
             Ok(r) if r.status().is_success() => read_sse(r, out.entry(attempt).or_default()).await,
+            Err(_) => {
+                api.fail_over(&base);
+                false
+            }
             _ => false,
         };
         if ended {

@@ -23,7 +23,7 @@ use crate::roles::{self, ADMIN};
 use crate::Size;
 use ledger::{check_ledger, classify_reruns, job_spec};
 use logs::{count_logs, follow_some};
-use system::{containers_left, free_port, jitter, processes_mentioning, Chaos, Proxy};
+use system::{containers_left, free_port, jitter, processes_mentioning, Chaos, Proxy, Slot};
 
 /// Output lines each job prints (and ledger heartbeats it writes), 50 ms apart.
 const LINES_PER_JOB: usize = 8;
@@ -44,9 +44,44 @@ struct Plan {
     /// Progress at which one agent is cut off, and for how long.
     partition: (f64, Duration),
     followers: usize,
+    /// Servers on one database (1 but for the cluster run).
+    servers: usize,
+    /// With several servers: one of them is killed this often, and restarted after
+    /// `server_down` (the first kill, and every other one, hits the leader).
+    server_kill_every: Option<Duration>,
+    server_down: Duration,
 }
 
-fn plan(size: Size) -> Plan {
+fn plan(size: Size, backend: &str) -> Plan {
+    let plan = one_server_plan(size);
+    if backend != "cluster" {
+        return plan;
+    }
+    // Three servers on PostgreSQL, one killed every 20 s (every 4 s at the small size,
+    // so a short run sees several), besides everything the one-server runs do.
+    match size {
+        Size::Tiny => Plan {
+            jobs: 300,
+            server_kills: Vec::new(),
+            servers: 3,
+            server_kill_every: Some(Duration::from_secs(4)),
+            server_down: Duration::from_millis(1500),
+            ..plan
+        },
+        Size::Full => Plan {
+            jobs: 4000,
+            server_kills: Vec::new(),
+            servers: 3,
+            server_kill_every: Some(Duration::from_secs(20)),
+            server_down: Duration::from_secs(3),
+            ..plan
+        },
+    }
+}
+
+fn one_server_plan(size: Size) -> Plan {
+    let one = (1, None, Duration::ZERO);
+    let (servers, server_kill_every, server_down) = one;
     match size {
         Size::Tiny => Plan {
             jobs: 200,
@@ -57,6 +92,9 @@ fn plan(size: Size) -> Plan {
             pg_restarts: vec![0.45],
             partition: (0.15, Duration::from_secs(5)),
             followers: 10,
+            servers,
+            server_kill_every,
+            server_down,
         },
         Size::Full => Plan {
             jobs: 1200,
@@ -73,14 +111,17 @@ fn plan(size: Size) -> Plan {
             pg_restarts: vec![0.4, 0.6],
             partition: (0.2, Duration::from_secs(8)),
             followers: 40,
+            servers,
+            server_kill_every,
+            server_down,
         },
     }
 }
 
-/// Runs the scenario on SQLite and on PostgreSQL.
+/// Runs the scenario on SQLite, on PostgreSQL, and on three servers sharing PostgreSQL.
 pub async fn run(size: Size) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for backend in ["sqlite", "postgres"] {
+    for backend in ["sqlite", "postgres", "cluster"] {
         eprintln!("    chaos on {backend}");
         rows.extend(one(size, backend).await?);
     }
@@ -119,48 +160,63 @@ struct Tally {
     agent_kills: usize,
     server_restarts: usize,
     pg_restarts: usize,
+    /// Servers of a cluster killed while the others went on (and of those, leaders).
+    cluster_kills: usize,
+    leader_kills: usize,
 }
 
 async fn one(size: Size, backend: &str) -> anyhow::Result<Vec<Row>> {
-    let plan = plan(size);
+    let plan = plan(size, backend);
     let dir = tempfile::tempdir()?;
     let root = dir.path().to_path_buf();
     let ledger = root.join("ledger");
     std::fs::create_dir_all(&ledger)?;
     let pg = match backend {
-        "postgres" => Some(
+        "sqlite" => None,
+        _ => Some(
             tokio::task::spawn_blocking(drover_server::testing_pg::OwnCluster::start)
                 .await?
                 .map_err(anyhow::Error::msg)?,
         ),
-        _ => None,
     };
-    let db = pg.as_ref().map(|c| c.url());
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
+    let mut servers = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..plan.servers {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let api = Api::new(&format!("http://{listen}"), ADMIN);
+        servers.push(Slot {
+            listen,
+            proc: None,
+            api,
+            errors_from: None,
+        });
+        proxies.push(Proxy::start(port).await?);
+    }
+    let all: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.listen))
+        .collect();
     let mut sys = Chaos {
         root: root.clone(),
-        db,
-        listen,
+        db: pg.as_ref().map(|c| c.url()),
         ttl: plan.ttl,
         slots: plan.slots,
-        server: None,
+        servers,
         agents: Vec::new(),
-        api: Api::new(&url, ADMIN),
-        proxy: Proxy::start(port).await?,
+        api: Api::new(&all.join(","), ADMIN),
+        proxies,
         kills: Vec::new(),
         outages: Vec::new(),
+        errors_closed: 0,
     };
-    sys.start_server()?;
-    sys.wait_healthy().await?;
+    for k in 0..plan.servers {
+        sys.start_server(k)?;
+        sys.wait_healthy(k).await?;
+    }
     for i in 0..plan.agents {
-        // The first agent talks to the server through the proxy that cuts it off.
-        let via = if i == 0 {
-            format!("http://127.0.0.1:{}", sys.proxy.port)
-        } else {
-            url.clone()
-        };
+        // The first agent talks to the servers through the proxies that cut it off.
+        let via = sys.urls_from(i, i == 0);
         let agent = roles::start_agent_named(&via, plan.slots, &sys.work_dir(i), &name(i))?;
         sys.agents.push((agent, via));
     }
@@ -222,9 +278,9 @@ async fn shake(
     let mut pg_restarts = plan.pg_restarts.clone().into_iter().peekable();
     let mut partition = Some(plan.partition);
     let mut next_agent_kill = Instant::now() + jitter(Duration::from_secs(2));
-    // 5xx are counted in windows that leave out database restarts: the server's counter
-    // when the current window opened, and the sum of closed windows.
-    let (mut window_start, mut outside_5xx) = (0, 0);
+    let mut next_server_kill = plan.server_kill_every.map(|every| started + every);
+    // A cluster server that is down, and when it comes back.
+    let mut down: Option<(usize, Instant)> = None;
     loop {
         let done = sys.terminal_count().await;
         let progress = done as f64 / jobs as f64;
@@ -239,28 +295,59 @@ async fn shake(
             partition = None;
             eprintln!("    partition agent 0 for {cut:?}");
             sys.outages.push(Utc::now());
-            sys.proxy.cut(true);
+            sys.proxies.iter().for_each(|p| p.cut(true));
             let until = Instant::now() + cut;
             // Agents keep being killed meanwhile; the cut one is left alone.
             while Instant::now() < until {
                 sys.maybe_kill_agent(&mut next_agent_kill, tally).await?;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            sys.proxy.cut(false);
+            sys.proxies.iter().for_each(|p| p.cut(false));
         }
         if let Some(&(at, hard)) = server_kills.peek() {
             if progress >= at {
                 server_kills.next();
-                outside_5xx += sys.errors_5xx().await - window_start;
-                window_start = 0;
                 eprintln!(
                     "    server {} at {:.0}%",
                     if hard { "SIGKILL" } else { "SIGTERM" },
                     progress * 100.0
                 );
                 sys.outages.push(Utc::now());
-                sys.restart_server(hard).await?;
+                sys.restart_server(0, hard).await?;
                 tally.server_restarts += 1;
+            }
+        }
+        if let Some((k, back)) = down.filter(|(_, back)| Instant::now() >= *back) {
+            let _ = back;
+            down = None;
+            sys.start_server(k)?;
+            sys.wait_healthy(k).await?;
+            tally.server_restarts += 1;
+        }
+        if let (Some(due), None) = (next_server_kill, down) {
+            if Instant::now() >= due {
+                next_server_kill = plan.server_kill_every.map(|every| due + every);
+                // Every other kill hits the leader, so the singleton duties move; the
+                // others go round the servers. Two in three are SIGKILLs.
+                let mut k = tally.cluster_kills % sys.servers.len();
+                if tally.cluster_kills.is_multiple_of(2) {
+                    for j in 0..sys.servers.len() {
+                        if sys.leads(j).await {
+                            k = j;
+                            tally.leader_kills += 1;
+                        }
+                    }
+                }
+                let hard = tally.cluster_kills % 3 != 2;
+                eprintln!(
+                    "    server {k} of {} {} at {:.0}%",
+                    sys.servers.len(),
+                    if hard { "SIGKILL" } else { "SIGTERM" },
+                    progress * 100.0
+                );
+                sys.stop_server(k, hard).await;
+                down = Some((k, Instant::now() + plan.server_down));
+                tally.cluster_kills += 1;
             }
         }
         if let (Some(&at), Some(cluster)) = (pg_restarts.peek(), pg) {
@@ -268,7 +355,7 @@ async fn shake(
                 pg_restarts.next();
                 // 5xx while the database is down are expected; count up to the restart,
                 // and again from a moment after it is back.
-                outside_5xx += sys.errors_5xx().await - window_start;
+                sys.close_windows().await;
                 eprintln!(
                     "    PostgreSQL immediate restart at {:.0}%",
                     progress * 100.0
@@ -277,14 +364,18 @@ async fn shake(
                 tokio::task::block_in_place(|| cluster.restart_immediately())
                     .map_err(anyhow::Error::msg)?;
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                window_start = sys.errors_5xx().await;
+                sys.open_windows().await;
                 tally.pg_restarts += 1;
             }
         }
         sys.maybe_kill_agent(&mut next_agent_kill, tally).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tally.errors_5xx = outside_5xx + sys.errors_5xx().await - window_start;
+    if let Some((k, _)) = down {
+        sys.start_server(k)?;
+        sys.wait_healthy(k).await?;
+    }
+    tally.errors_5xx = sys.errors_outside_outages().await;
 
     Ok(())
 }
@@ -319,6 +410,7 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
             "restarts",
             t.pg_restarts as f64,
         ),
+
         zero("jobs lost", "jobs", t.lost as f64),
         zero(
             "jobs finished twice (server)",
@@ -388,9 +480,30 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
             Target::AtMost(2.0),
         ),
     ];
+    if backend == "cluster" {
+        rows.splice(
+            4..4,
+            [
+                info(
+                    "servers of three killed while the others went on",
+                    "kills",
+                    t.cluster_kills as f64,
+                ),
+                info(
+                    "of them, the server holding the singleton duties",
+                    "kills",
+                    t.leader_kills as f64,
+                ),
+            ],
+        );
+    }
     if t.docker {
+        let after_processes = 1 + rows
+            .iter()
+            .position(|r| r.metric.starts_with("processes left"))
+            .unwrap_or(0);
         rows.insert(
-            17,
+            after_processes,
             zero(
                 "containers left after the run",
                 "containers",

@@ -91,21 +91,36 @@ pub(super) fn processes_mentioning(root: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// One server of the run: where it listens and, while it is up, its process.
+pub(super) struct Slot {
+    pub(super) listen: String,
+    pub(super) proc: Option<Proc>,
+    /// This server alone (for its own metrics).
+    pub(super) api: Api,
+    /// Its 5xx counter when the current counting window opened; `None` while closed
+    /// (the server is down, or the database restarting).
+    pub(super) errors_from: Option<u64>,
+}
+
 /// The processes of one run and the wall-clock times agents were killed.
 pub(super) struct Chaos {
     pub(super) root: PathBuf,
     pub(super) db: Option<String>,
-    pub(super) listen: String,
     pub(super) ttl: Duration,
     pub(super) slots: u32,
-    pub(super) server: Option<Proc>,
+    /// One server, or several on one PostgreSQL database.
+    pub(super) servers: Vec<Slot>,
     pub(super) agents: Vec<(Proc, String)>,
+    /// Every server, failing over between them.
     pub(super) api: Api,
-    pub(super) proxy: Proxy,
+    /// One proxy per server in front of agent 0, to cut it off.
+    pub(super) proxies: Vec<Proxy>,
     /// (agent index, when it was killed, on the wall clock and on the ledger's clock).
     pub(super) kills: Vec<(usize, DateTime<Utc>, u128)>,
     /// When the server or the database went down, or the partition began.
     pub(super) outages: Vec<DateTime<Utc>>,
+    /// 5xx answers counted in closed windows.
+    pub(super) errors_closed: u64,
 }
 
 impl Chaos {
@@ -113,32 +128,98 @@ impl Chaos {
         self.root.join(format!("agent-{i}"))
     }
 
-    pub(super) fn start_server(&mut self) -> anyhow::Result<()> {
+    /// Every server's URL, comma-separated, starting with server `first` (so agents
+    /// spread their polls over the servers).
+    pub(super) fn urls_from(&self, first: usize, proxied: bool) -> String {
+        let n = self.servers.len();
+        (0..n)
+            .map(|k| (first + k) % n)
+            .map(|k| match proxied {
+                true => format!("http://127.0.0.1:{}", self.proxies[k].port),
+                false => format!("http://{}", self.servers[k].listen),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts server `k` on its address; servers sharing a database share a secrets key.
+    pub(super) fn start_server(&mut self, k: usize) -> anyhow::Result<()> {
+        let several = self.servers.len() > 1;
+        let data = match several {
+            true => self.root.join(format!("server-{k}")),
+            false => self.root.join("server"),
+        };
+        let key = self.root.join("secrets.key");
         let (proc, _) = roles::start_server_at(
-            &self.root.join("server"),
+            &data,
             self.db.as_deref(),
-            &self.listen,
+            &self.servers[k].listen,
             self.ttl,
+            several.then_some(key.as_path()),
         )?;
-        self.server = Some(proc);
+        let slot = &mut self.servers[k];
+        slot.proc = Some(proc);
+        slot.errors_from = Some(0);
         Ok(())
     }
 
-    pub(super) async fn wait_healthy(&self) -> anyhow::Result<()> {
-        retry(|| self.api.get::<Value>("/v1/agents")).await?;
+    pub(super) async fn wait_healthy(&self, k: usize) -> anyhow::Result<()> {
+        retry(|| self.servers[k].api.get::<Value>("/v1/agents")).await?;
         Ok(())
     }
 
-    pub(super) async fn restart_server(&mut self, hard: bool) -> anyhow::Result<()> {
-        if let Some(mut s) = self.server.take() {
-            if hard {
-                s.kill();
-            } else {
-                s.terminate();
-            }
+    /// Stops server `k` (SIGKILL or SIGTERM) and leaves it down.
+    pub(super) async fn stop_server(&mut self, k: usize, hard: bool) {
+        self.close_window(k).await;
+        if let Some(mut s) = self.servers[k].proc.take() {
+            tokio::task::block_in_place(|| match hard {
+                true => s.kill(),
+                false => s.terminate(),
+            });
         }
-        self.start_server()?;
-        self.wait_healthy().await
+    }
+
+    pub(super) async fn restart_server(&mut self, k: usize, hard: bool) -> anyhow::Result<()> {
+        self.stop_server(k, hard).await;
+        self.start_server(k)?;
+        self.wait_healthy(k).await
+    }
+
+    /// Whether server `k` holds the singleton duties now.
+    pub(super) async fn leads(&self, k: usize) -> bool {
+        self.servers[k]
+            .api
+            .metrics_text()
+            .await
+            .is_ok_and(|t| t.lines().any(|l| l == "drover_leader 1"))
+    }
+
+    /// Adds server `k`'s 5xx since its window opened to the closed count.
+    pub(super) async fn close_window(&mut self, k: usize) {
+        if let Some(from) = self.servers[k].errors_from.take() {
+            self.errors_closed += errors_5xx(&self.servers[k].api).await.saturating_sub(from);
+        }
+    }
+
+    /// Closes every server's window (the database is about to go down).
+    pub(super) async fn close_windows(&mut self) {
+        for k in 0..self.servers.len() {
+            self.close_window(k).await;
+        }
+    }
+
+    /// Opens a window on every server that is up.
+    pub(super) async fn open_windows(&mut self) {
+        for slot in self.servers.iter_mut().filter(|s| s.proc.is_some()) {
+            slot.errors_from = Some(errors_5xx(&slot.api).await);
+        }
+    }
+
+    /// 5xx answers outside database restarts, over the whole run so far.
+    pub(super) async fn errors_outside_outages(&mut self) -> u64 {
+        self.close_windows().await;
+        self.open_windows().await;
+        self.errors_closed
     }
 
     /// Kills a random agent (not the cut-off one while it is cut off) when it is time,
@@ -152,7 +233,7 @@ impl Chaos {
             return Ok(());
         }
         *next = Instant::now() + jitter(Duration::from_secs(2));
-        let first = usize::from(self.proxy.is_cut());
+        let first = usize::from(self.proxies[0].is_cut());
         let n = self.agents.len() - first;
         let i = first + (rand_unit() * n as f64) as usize % n;
         let work_dir = self.work_dir(i);
@@ -170,17 +251,6 @@ impl Chaos {
             n += self.api.count(state).await.unwrap_or(0) as usize;
         }
         n
-    }
-
-    /// 5xx answers counted by the running server since it started.
-    pub(super) async fn errors_5xx(&self) -> u64 {
-        let Ok(text) = retry(|| self.api.metrics_text()).await else {
-            return 0;
-        };
-        text.lines()
-            .filter(|l| l.starts_with("drover_http_requests_total{") && l.contains("status=\"5"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
     }
 
     pub(super) async fn all_jobs(&self, ids: &[String]) -> anyhow::Result<Vec<Job>> {
@@ -284,7 +354,7 @@ impl Chaos {
         for (agent, _) in self.agents.drain(..) {
             tokio::task::block_in_place(|| agent.stop());
         }
-        if let Some(s) = self.server.take() {
+        for s in self.servers.iter_mut().filter_map(|s| s.proc.take()) {
             tokio::task::block_in_place(|| s.stop());
         }
         // Watchdogs leave once their agent did.
@@ -293,6 +363,17 @@ impl Chaos {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// 5xx answers counted by one server since it started.
+async fn errors_5xx(api: &Api) -> u64 {
+    let Ok(text) = retry(|| api.metrics_text()).await else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("drover_http_requests_total{") && l.contains("status=\"5"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A TCP proxy in front of the server for one agent; `cut` drops every connection and
