@@ -13,8 +13,8 @@ use drover_server::testing::TestServer;
 async fn an_agent_goes_on_through_another_server_when_its_server_stops() {
     let db = drover_server::testing_pg::fresh_database().await;
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = TestServer::start_with(TestServer::config_shared(tmp.path(), "a", &db)).await;
-    let b = TestServer::start_with(TestServer::config_shared(tmp.path(), "b", &db)).await;
+    let mut a = TestServer::start_with(TestServer::config_shared(tmp.path(), &db)).await;
+    let b = TestServer::start_with(TestServer::config_shared(tmp.path(), &db)).await;
     let api = Api::new(&b);
     let both = format!("{},{}", a.url, b.url);
     let _agent = agent_with(&a, |c| c.server = both);

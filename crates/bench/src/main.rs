@@ -5,6 +5,7 @@
 
 mod api;
 mod chaos;
+mod cluster;
 mod report;
 mod roles;
 mod scenarios;
@@ -73,6 +74,10 @@ enum BenchCommand {
     /// Submit → start of a job only agents on demand can take: process and docker
     /// providers (needs `drover` built next to `drover-bench`, and Docker).
     Provision(BenchArgs),
+    /// Several servers on one PostgreSQL: submit → start when the job is submitted to
+    /// another server than its agent polls, and queue throughput with two servers
+    /// against one.
+    Cluster(BenchArgs),
     /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
     /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
     Chaos(BenchArgs),
@@ -111,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Chaos(a) => (vec!["chaos"], a),
                 BenchCommand::Dashboard(a) => (vec!["dashboard"], a),
                 BenchCommand::Provision(a) => (vec!["provision"], a),
+                BenchCommand::Cluster(a) => (vec!["cluster"], a),
                 BenchCommand::All(a) => (
                     vec![
                         "dispatch",
@@ -122,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                         "files",
                         "dashboard",
                         "provision",
+                        "cluster",
                     ],
                     a,
                 ),

@@ -24,9 +24,6 @@ pub struct ServerArgs {
     listen: std::net::SocketAddr,
     #[arg(long)]
     lease_ttl_ms: Option<u64>,
-    /// The secrets key every server on one database shares.
-    #[arg(long)]
-    secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -69,7 +66,6 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         config.lease_ttl = Duration::from_millis(ms);
     }
     config.database_url = args.database;
-    config.secrets_key_file = args.secrets_key_file;
     config.max_body_bytes = 64 << 20;
     config.bootstrap_tokens = vec![
         BootstrapToken {
@@ -219,22 +215,19 @@ pub fn start_server(data: &Path, database: Option<&str>) -> anyhow::Result<(Proc
     server_child(data, database, &[])
 }
 
-/// Starts a server child on `listen` with a lease TTL (and a secrets key file, when it
-/// shares its database with other servers).
+/// Starts a server child on `listen` with a lease TTL.
 pub fn start_server_at(
     data: &Path,
     database: Option<&str>,
     listen: &str,
     ttl: Duration,
-    secrets_key_file: Option<&Path>,
 ) -> anyhow::Result<(Proc, String)> {
     let ttl = ttl.as_millis().to_string();
-    let mut args = vec!["--listen", listen, "--lease-ttl-ms", &ttl];
-    let key = secrets_key_file.map(|k| k.to_string_lossy().into_owned());
-    if let Some(key) = &key {
-        args.extend(["--secrets-key-file", key]);
-    }
-    server_child(data, database, &args)
+    server_child(
+        data,
+        database,
+        &["--listen", listen, "--lease-ttl-ms", &ttl],
+    )
 }
 
 fn server_child(

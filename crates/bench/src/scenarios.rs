@@ -28,6 +28,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "dashboard" => dashboard(size, runs).await,
         "provision" => provision(size, runs).await,
         "chaos" => crate::chaos::run(size).await,
+        "cluster" => crate::cluster::run(size, runs).await,
         other => bail!("unknown scenario {other:?}"),
     }
 }
@@ -50,18 +51,7 @@ impl System {
             None => None,
         };
         if agent.is_some() {
-            // Wait until the agent has registered and polls.
-            let start = Instant::now();
-            loop {
-                let v: Value = api.get("/v1/agents").await?;
-                if v["agents"].as_array().is_some_and(|a| !a.is_empty()) {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    bail!("the agent did not register within 30 s");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_agents(&api, 1).await?;
         }
         Ok(System {
             server,
@@ -79,7 +69,22 @@ impl System {
     }
 }
 
-fn process(argv: &[&str]) -> Value {
+/// Waits until `n` agents have registered.
+pub(crate) async fn wait_agents(api: &Api, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let v: Value = api.get("/v1/agents").await?;
+        if v["agents"].as_array().is_some_and(|a| a.len() >= n) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the agent did not register within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(crate) fn process(argv: &[&str]) -> Value {
     json!({"exec": {"kind": "process", "argv": argv}})
 }
 
@@ -120,7 +125,7 @@ fn now_ns() -> i128 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as i128
 }
 
-fn percentile(samples: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {
@@ -136,22 +141,7 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         let sys = System::start(Some(2), None).await?;
         let mut samples = Vec::new();
         for _ in 0..jobs {
-            let submitted = now_ns();
-            let job: Job = sys
-                .api
-                .post("/v1/jobs", process(&["date", "+%s%N"]))
-                .await?;
-            sys.api.wait_done(&job.id, Duration::from_secs(30)).await?;
-            let page = sys.api.logs(&job.id).await?;
-            let started: i128 = page
-                .records
-                .iter()
-                .find(|r| r.stream == drover_core::api::Stream::Stdout)
-                .context("no output from date")?
-                .text
-                .trim()
-                .parse()?;
-            samples.push((started - submitted) as f64 / 1e6);
+            samples.push(submit_to_start_ms(&sys.api).await?);
         }
         p50.push(percentile(&samples, 0.5));
         p99.push(percentile(&samples, 0.99));
@@ -206,6 +196,24 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             Target::AtMost(1000.0),
         ),
     ])
+}
+
+/// Submits a job that prints the time it started and waits for it: from submit to the
+/// process's start, in ms.
+pub(crate) async fn submit_to_start_ms(api: &Api) -> anyhow::Result<f64> {
+    let submitted = now_ns();
+    let job: Job = api.post("/v1/jobs", process(&["date", "+%s%N"])).await?;
+    api.wait_done(&job.id, Duration::from_secs(30)).await?;
+    let page = api.logs(&job.id).await?;
+    let started: i128 = page
+        .records
+        .iter()
+        .find(|r| r.stream == drover_core::api::Stream::Stdout)
+        .context("no output from date")?
+        .text
+        .trim()
+        .parse()?;
+    Ok((started - submitted) as f64 / 1e6)
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -1,5 +1,6 @@
-//! `drover up`: a server, local agents and a client context on one machine, stopped
-//! cleanly by Ctrl-C (agents drain first, then the server).
+//! `drover up`: a server (or several on one PostgreSQL database), local agents and a
+//! client context on one machine, stopped cleanly by Ctrl-C (agents drain first, then
+//! the servers).
 
 use crate::output::outln;
 use drover_server::{Server, ServerError};
@@ -12,46 +13,62 @@ use crate::error::{CliError, Result};
 /// Runs everything until Ctrl-C/SIGTERM; a second signal stops running jobs at once.
 pub async fn run(setup: UpSetup) -> Result<i32> {
     init_tracing(&setup.log);
-    let port = setup.server.listen.port();
+    let urls: Vec<String> = setup
+        .servers
+        .iter()
+        .map(|s| format!("http://{}", s.listen))
+        .collect();
     // The context goes first, so that a client started right after (`drover up &
     // drover submit …`) finds it and waits for the server; restored if we cannot start.
     let ctx = Context {
-        server: format!("http://{}", setup.server.listen),
+        server: urls.join(","),
         token: setup.tokens.admin.clone(),
     };
     let ctx_file = setup.context_dir.join("context.toml");
     let previous = std::fs::read_to_string(&ctx_file).ok();
     let ctx_path = write_context(&setup.context_dir, &ctx)?;
-    let server = match Server::bind(setup.server.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = match &previous {
-                Some(text) => std::fs::write(&ctx_file, text),
-                None => std::fs::remove_file(&ctx_file),
-            };
-            return Err(match e {
-                ServerError::Bind { .. } => CliError::Other(format!(
-                    "{e}; is another drover running on port {port}? pick another with --port"
-                )),
-                other => CliError::Other(other.to_string()),
-            });
+    let mut bound = Vec::new();
+    for config in &setup.servers {
+        match Server::bind(config.clone()).await {
+            Ok(s) => bound.push(s),
+            Err(e) => {
+                let _ = match &previous {
+                    Some(text) => std::fs::write(&ctx_file, text),
+                    None => std::fs::remove_file(&ctx_file),
+                };
+                let port = config.listen.port();
+                return Err(match e {
+                    ServerError::Bind { .. } => CliError::Other(format!(
+                        "{e}; is another drover running on port {port}? pick another with --port"
+                    )),
+                    other => CliError::Other(other.to_string()),
+                });
+            }
         }
-    };
-    let url = ctx.server.clone();
+    }
     let server_stop = CancellationToken::new();
-    let server_task = tokio::spawn(server.serve(server_stop.clone()));
+    let server_tasks: Vec<_> = bound
+        .into_iter()
+        .map(|s| tokio::spawn(s.serve(server_stop.clone())))
+        .collect();
 
     let signals = drover_agent::AgentSignals::default();
     let agents: Vec<_> = setup
         .agents
         .iter()
         .cloned()
-        .map(|mut a| {
-            a.server = url.clone();
+        .enumerate()
+        .map(|(i, mut a)| {
+            // Each agent starts with another server, so their polls spread out.
+            let n = urls.len();
+            a.server = (0..n)
+                .map(|k| urls[(i + k) % n].as_str())
+                .collect::<Vec<_>>()
+                .join(",");
             tokio::spawn(drover_agent::run(a, signals.clone()))
         })
         .collect();
-    print_banner(&url, &setup, &ctx_path);
+    print_banner(&urls, &setup, &ctx_path);
 
     // First Ctrl-C/SIGTERM: agents drain; a second one force-stops them.
     let first = CancellationToken::new();
@@ -74,17 +91,26 @@ pub async fn run(setup: UpSetup) -> Result<i32> {
         }
     }
     server_stop.cancel();
-    match server_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(CliError::Other(e.to_string())),
-        Err(e) => return Err(CliError::Other(e.to_string())),
+    for task in server_tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(CliError::Other(e.to_string())),
+            Err(e) => return Err(CliError::Other(e.to_string())),
+        }
     }
     eprintln!("stopped");
     Ok(0)
 }
 
-fn print_banner(url: &str, setup: &UpSetup, ctx_path: &std::path::Path) {
-    outln!("drover is up at {url}");
+fn print_banner(urls: &[String], setup: &UpSetup, ctx_path: &std::path::Path) {
+    match urls {
+        [url] => outln!("drover is up at {url}"),
+        _ => outln!(
+            "drover is up at {} ({} servers on one PostgreSQL database)",
+            urls.join(", "),
+            urls.len()
+        ),
+    }
     outln!("  data:        {}", setup.data.display());
     outln!("  admin token: {}", setup.tokens.admin);
     outln!(

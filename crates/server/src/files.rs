@@ -148,6 +148,26 @@ impl FileStore {
         &self.location
     }
 
+    /// What names this store among all stores, so that servers sharing a database can
+    /// check they share it too: an object store's URL, or for a local folder the id in
+    /// its `.store-id` (written on first use; another machine's folder has another).
+    pub fn identity(&self) -> Result<String, String> {
+        let Some(root) = &self.local_root else {
+            return Ok(self.location.clone());
+        };
+        let marker = root.join("files").join(".store-id");
+        match std::fs::read_to_string(&marker) {
+            Ok(id) => Ok(format!("local folder {} ({})", self.location, id.trim())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                std::fs::write(&marker, &id)
+                    .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+                Ok(format!("local folder {} ({id})", self.location))
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", marker.display())),
+        }
+    }
+
     /// True for an object store: logs of finished attempts are moved there.
     pub fn is_remote(&self) -> bool {
         self.remote

@@ -168,7 +168,7 @@ impl ServerConfig {
     }
 }
 
-pub use server::{Server, ServerError};
+pub use server::{rotate_secrets_key, Server, ServerError};
 
 pub mod api;
 mod cluster;

@@ -47,6 +47,25 @@ pub enum ServerError {
     },
 }
 
+/// Re-seals the secrets of every job in `config`'s database, sealed with `config`'s key,
+/// under the key in `new_key` (created when missing), and makes it the database's key;
+/// returns how many jobs had secrets, and the new key's fingerprint. Every server on the
+/// database must be stopped first, and started again with the new key.
+pub async fn rotate_secrets_key(
+    config: &ServerConfig,
+    new_key: &std::path::Path,
+) -> Result<(u64, String), ServerError> {
+    let store = Store::open_with_key(
+        &config.data_dir,
+        config.database_url.as_deref(),
+        config.secrets_key_file.as_deref(),
+    )
+    .await?;
+    let new = crate::store::Sealer::load_or_create(new_key)?;
+    let n = store.reseal_secrets(&new).await?;
+    Ok((n, new.fingerprint().to_string()))
+}
+
 impl Server {
     /// Opens the store, runs migrations, makes sure bootstrap tokens exist, binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
@@ -74,6 +93,7 @@ impl Server {
         .await?
         .with_artifact_limits(config.artifact_limits)
         .with_files(files.clone());
+        store.check_files(&files).await?;
         let now = Utc::now();
         for t in &config.bootstrap_tokens {
             store

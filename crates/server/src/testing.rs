@@ -52,12 +52,11 @@ impl TestServer {
         config
     }
 
-    /// The config of one of several servers on the PostgreSQL database `database_url`:
-    /// data in `dir/name`, the secrets key every one of them shares in `dir`.
-    pub fn config_shared(dir: &std::path::Path, name: &str, database_url: &str) -> ServerConfig {
-        let mut config = Self::config(dir.join(name), 0);
+    /// The config of one of several servers on the PostgreSQL database `database_url`,
+    /// all sharing the data directory `dir` (the secrets key and the files in it).
+    pub fn config_shared(dir: &std::path::Path, database_url: &str) -> ServerConfig {
+        let mut config = Self::config(dir.to_path_buf(), 0);
         config.database_url = Some(database_url.to_string());
-        config.secrets_key_file = Some(dir.join("secrets.key"));
         config
     }
 

@@ -29,8 +29,8 @@ async fn three_servers_on_one_postgres_act_as_one() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut servers = Vec::new();
-    for name in ["a", "b", "c"] {
-        servers.push(TestServer::start_with(TestServer::config_shared(dir, name, &db)).await);
+    for _ in 0..3 {
+        servers.push(TestServer::start_with(TestServer::config_shared(dir, &db)).await);
     }
     let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
 
@@ -127,7 +127,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
     assert_eq!(now_leading, 1);
 
     // A server with another secrets key refuses to start, and says why.
-    let mut config = TestServer::config_shared(dir, "d", &db);
+    let mut config = TestServer::config_shared(dir, &db);
     config.secrets_key_file = Some(dir.join("other.key"));
     let err = Server::bind(config)
         .await
@@ -136,6 +136,20 @@ async fn three_servers_on_one_postgres_act_as_one() {
         .to_string();
     assert!(
         err.contains("sealed with key") && err.contains("same key"),
+        "{err}"
+    );
+
+    // So does one with the same key but its own folder of files (another machine's
+    // data directory, and no object store): files uploaded elsewhere would be missing.
+    let mut config = TestServer::config_shared(&dir.join("elsewhere"), &db);
+    config.secrets_key_file = Some(dir.join("secrets.key"));
+    let err = Server::bind(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("files are kept in local folder") && err.contains("--object-store"),
         "{err}"
     );
 }
@@ -157,4 +171,53 @@ async fn two_servers_on_one_sqlite_database_are_refused() {
     // Once the first stopped, the database is free again.
     let mut again = TestServer::start_with(TestServer::config(tmp.path().to_path_buf(), 0)).await;
     again.stop().await;
+}
+
+/// The documented rotation: stop the servers, re-seal under a new key, start them with
+/// it. Queued jobs keep their secrets; the old key is refused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_secrets_key_reseals_queued_jobs() {
+    let db = testing_pg::fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut first = TestServer::start_with(TestServer::config_shared(dir, &db)).await;
+    let mut job = shell("echo $TOKEN");
+    job["secrets"] = json!({"TOKEN": "s3cret"});
+    let with_secret = Client::new(&first, &first.admin_token).submit(job).await;
+    // A job without secrets has nothing to re-seal.
+    Client::new(&first, &first.admin_token)
+        .submit(shell("true"))
+        .await;
+    first.stop().await;
+
+    let config = TestServer::config_shared(dir, &db);
+    let new_key = dir.join("new.key");
+    let (resealed, fingerprint) = drover_server::rotate_secrets_key(&config, &new_key)
+        .await
+        .unwrap();
+    assert_eq!(resealed, 1, "only the job with secrets is re-sealed");
+    assert_eq!(fingerprint.len(), 16);
+
+    // The old key is now the wrong one.
+    let err = Server::bind(TestServer::config_shared(dir, &db))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(&fingerprint), "{err}");
+
+    let mut config = TestServer::config_shared(dir, &db);
+    config.secrets_key_file = Some(new_key);
+    let server = TestServer::start_with(config).await;
+    let agent = register(&server, "rotated", json!({})).await;
+    let got = common::poll(&agent, &[], 5_000).await;
+    let lease = got
+        .leases
+        .iter()
+        .find(|l| l.job_id == with_secret.id)
+        .expect("the job with a secret is leased");
+    assert_eq!(
+        lease.secrets.get("TOKEN").map(String::as_str),
+        Some("s3cret")
+    );
 }

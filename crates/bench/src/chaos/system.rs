@@ -142,20 +142,14 @@ impl Chaos {
             .join(",")
     }
 
-    /// Starts server `k` on its address; servers sharing a database share a secrets key.
+    /// Starts server `k` on its address; servers sharing a database share the data
+    /// directory too (its secrets key and files).
     pub(super) fn start_server(&mut self, k: usize) -> anyhow::Result<()> {
-        let several = self.servers.len() > 1;
-        let data = match several {
-            true => self.root.join(format!("server-{k}")),
-            false => self.root.join("server"),
-        };
-        let key = self.root.join("secrets.key");
         let (proc, _) = roles::start_server_at(
-            &data,
+            &self.root.join("server"),
             self.db.as_deref(),
             &self.servers[k].listen,
             self.ttl,
-            several.then_some(key.as_path()),
         )?;
         let slot = &mut self.servers[k];
         slot.proc = Some(proc);

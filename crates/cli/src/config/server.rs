@@ -100,6 +100,11 @@ pub struct ServerArgs {
         value_name = "FILE"
     )]
     pub secrets_key_file: Option<PathBuf>,
+    /// Re-seal every stored job secret under the key in FILE (created when missing), make
+    /// it the database's key, and exit. Stop every server on the database first; then
+    /// start them all with --secrets-key-file FILE.
+    #[arg(long, value_name = "FILE")]
+    pub rotate_secrets_key: Option<PathBuf>,
 }
 
 /// Everything `drover server` needs to start.
@@ -111,6 +116,8 @@ pub struct ServerSetup {
     pub log: LogConfig,
     /// Tokens generated just now (to print once), with the file they were saved in.
     pub created_tokens: Option<(LocalTokens, PathBuf)>,
+    /// Re-seal the secrets under this key and exit, instead of serving.
+    pub rotate_secrets_key: Option<PathBuf>,
 }
 
 impl ServerSetup {
@@ -134,6 +141,7 @@ impl ServerSetup {
             config,
             log,
             created_tokens,
+            rotate_secrets_key: args.rotate_secrets_key.clone(),
         })
     }
 }

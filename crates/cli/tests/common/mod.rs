@@ -23,18 +23,20 @@ pub fn free_port() -> u16 {
 
 /// Whether `GET /healthz` on the port answers 200.
 pub fn healthy(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    http_get(port, "/healthz", None)
+        .is_some_and(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200"))
+}
+
+/// The whole answer (status line, headers, body) to a plain `GET` on the port.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").as_bytes())
+        .ok()?;
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+    Some(answer)
 }
 
 /// Polls until `cond` holds, failing the test with `what` after `limit`.
@@ -167,9 +169,15 @@ pub struct Up {
 impl Up {
     /// Starts `drover up` and waits until `/healthz` answers and an agent is online.
     pub fn start(dir: &Path, ctx: &Path, port: u16) -> Up {
+        Up::start_with(dir, ctx, port, &[])
+    }
+
+    /// [`Up::start`] with more flags.
+    pub fn start_with(dir: &Path, ctx: &Path, port: u16, flags: &[&str]) -> Up {
         let mut cmd = Command::new(BIN);
         cmd.args(["up", "--port", &port.to_string(), "--data"])
             .arg(dir.join("data"))
+            .args(flags)
             .env("DROVER_CONFIG_DIR", ctx)
             .current_dir(dir);
         let up = Up {

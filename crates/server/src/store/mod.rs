@@ -240,6 +240,57 @@ impl Store {
         Ok(())
     }
 
+    /// Re-seals every job's secrets under `new` and records it as the database's key, in
+    /// one transaction (all or nothing); returns how many jobs had secrets. Every server
+    /// must be stopped: one still sealing with the old key would seal what others
+    /// cannot open.
+    pub async fn reseal_secrets(&self, new: &Sealer) -> Result<u64> {
+        let mut tx = self.write.begin().await?;
+        let rows =
+            sqlx::query(r#"SELECT id, secrets FROM jobs WHERE secrets NOT LIKE '%"sealed":""%'"#)
+                .fetch_all(&mut *tx)
+                .await?;
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let open = self.sealer.open(&row.try_get::<String, _>("secrets")?)?;
+            sqlx::query("UPDATE jobs SET secrets = $1 WHERE id = $2")
+                .bind(new.seal(&open))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE server_meta SET value = $1 WHERE name = 'secrets_key'")
+            .bind(new.fingerprint())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// On PostgreSQL, where several servers may share the database: records which file
+    /// store holds its files on first use, and refuses a server that would keep them
+    /// elsewhere (a file uploaded through one server must be readable through all).
+    pub async fn check_files(&self, files: &FileStore) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        let mine = files.identity().map_err(StoreError::Conflict)?;
+        sqlx::query("INSERT INTO server_meta (name, value) VALUES ('files', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(&mine)
+            .execute(&self.write)
+            .await?;
+        let theirs: String =
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'files'")
+                .fetch_one(&self.write)
+                .await?;
+        if theirs != mine {
+            return Err(StoreError::Conflict(format!(
+                "this database's files are kept in {theirs}, but this server would keep them in {mine}: every server on one database needs the same --object-store (or, without one, the same data directory); to move the files for good, copy them over and then delete the row 'files' of the table server_meta"
+            )));
+        }
+        Ok(())
+    }
+
     /// The same store, reading (and, for an object store, moving) log chunks there.
     pub fn with_files(mut self, files: FileStore) -> Store {
         self.files = Some(files);
