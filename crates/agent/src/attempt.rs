@@ -203,18 +203,7 @@ fn spawn_spec(
         }
         Exec::Docker(_) => return Err("docker jobs run in containers, not processes".into()),
     };
-    let mut env: Vec<(String, String)> = lease
-        .env
-        .iter()
-        .chain(lease.secrets.iter())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let path = |p: &Path| p.to_string_lossy().into_owned();
-    env.push(("DROVER_JOB_ID".into(), lease.job_id.clone()));
-    env.push(("DROVER_ATTEMPT".into(), lease.attempt.to_string()));
-    env.push(("DROVER_WORKSPACE".into(), path(&names.files.workspace)));
-    env.push(("DROVER_PROGRESS".into(), path(&names.files.progress())));
-    env.push(("DROVER_RESULT".into(), path(&names.files.result())));
+    let env = crate::layout::lease_env(lease, &names.files.workspace);
     Ok(SpawnSpec {
         program,
         args,

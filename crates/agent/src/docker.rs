@@ -213,24 +213,10 @@ impl ContainerSpec {
         workspace: &Path,
     ) -> Self {
         let name = container_name(&lease.job_id, lease.attempt);
-        let mut env: Vec<String> = lease
-            .env
-            .iter()
-            .chain(lease.secrets.iter())
+        let env: Vec<String> = crate::layout::lease_env(lease, Path::new(CONTAINER_WORKSPACE))
+            .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        env.push(format!("DROVER_JOB_ID={}", lease.job_id));
-        env.push(format!("DROVER_ATTEMPT={}", lease.attempt));
-        env.push(format!("DROVER_WORKSPACE={CONTAINER_WORKSPACE}"));
-        let inside = Path::new(CONTAINER_WORKSPACE);
-        env.push(format!(
-            "DROVER_PROGRESS={}",
-            crate::layout::progress_in(inside).display()
-        ));
-        env.push(format!(
-            "DROVER_RESULT={}",
-            crate::layout::result_in(inside).display()
-        ));
         let (entrypoint, cmd) = match (&spec.command, &spec.entrypoint) {
             (Some(DockerCommand::Line(line)), None) => (
                 Some(vec!["/bin/sh".to_string(), "-c".to_string()]),

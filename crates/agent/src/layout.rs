@@ -89,6 +89,28 @@ pub fn result_in(workspace: &Path) -> PathBuf {
     workspace.join(META_DIR).join("result.json")
 }
 
+/// The environment a job gets from its lease, the same for a process and a container
+/// (`workspace` as the job sees it): its env and secrets, then drover's own variables,
+/// which win. `DROVER_METADATA` is the job's metadata as JSON, when it has any.
+pub fn lease_env(lease: &drover_core::api::Lease, workspace: &Path) -> Vec<(String, String)> {
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = lease
+        .env
+        .iter()
+        .chain(lease.secrets.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("DROVER_JOB_ID".into(), lease.job_id.clone()));
+    env.push(("DROVER_ATTEMPT".into(), lease.attempt.to_string()));
+    env.push(("DROVER_WORKSPACE".into(), path(workspace.to_path_buf())));
+    env.push(("DROVER_PROGRESS".into(), path(progress_in(workspace))));
+    env.push(("DROVER_RESULT".into(), path(result_in(workspace))));
+    if !lease.metadata.is_null() {
+        env.push(("DROVER_METADATA".into(), lease.metadata.to_string()));
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, files, jobs, logs, submit};
+use crate::commands::{admin, files, jobs, logs, submit, templates};
 use crate::config::{AgentArgs, ClientArgs, ServerArgs, UpArgs};
 
 /// The exit codes, shown by `drover --help` (and documented in `error.rs`).
@@ -62,7 +62,7 @@ pub enum Command {
         after_help = "Examples:\n  drover status 01932f...\n  drover status -o json 01932f... | jq .state"
     )]
     Status {
-        /// The job id.
+        /// The job id, or key:K for the job submitted with idempotency key K.
         job: String,
     },
     /// List jobs, newest first.
@@ -135,6 +135,9 @@ pub enum Command {
     /// A job's artifacts: ls, get.
     #[command(subcommand)]
     Artifacts(files::ArtifactsCommand),
+    /// Job templates kept on the server: create, ls, show, rm.
+    #[command(subcommand)]
+    Template(templates::TemplateCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(admin::TokenCommand),

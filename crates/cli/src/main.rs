@@ -78,19 +78,29 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Server(args) => commands::server::run(ServerSetup::resolve(&args, &env)?).await,
         Command::Agent(args) => commands::agent::run(AgentSetup::resolve(&args, &env)?).await,
         Command::Submit(args) => submit::submit(&client, *args).await,
-        Command::Wait { job } => submit::wait(&client, &job).await,
-        Command::Status { job } => jobs::status(&client, &job).await,
+        Command::Wait { job } => submit::wait(&client, &jobs::resolve(&client, &job).await?).await,
+        Command::Status { job } => {
+            jobs::status(&client, &jobs::resolve(&client, &job).await?).await
+        }
         Command::Ls(args) => jobs::ls(&client, args).await,
-        Command::Logs(args) => logs::logs(&client, args).await,
-        Command::Cancel { job } => jobs::cancel(&client, &job).await,
+        Command::Logs(mut args) => {
+            args.job = jobs::resolve(&client, &args.job).await?;
+            logs::logs(&client, args).await
+        }
+        Command::Cancel { job } => {
+            jobs::cancel(&client, &jobs::resolve(&client, &job).await?).await
+        }
         Command::Rm { jobs } => jobs::rm(&client, &jobs).await,
-        Command::Rerun { job } => jobs::rerun(&client, &job).await,
-        Command::Retry { job } => jobs::retry(&client, &job).await,
-        Command::Events { job } => jobs::events(&client, &job).await,
+        Command::Rerun { job } => jobs::rerun(&client, &jobs::resolve(&client, &job).await?).await,
+        Command::Retry { job } => jobs::retry(&client, &jobs::resolve(&client, &job).await?).await,
+        Command::Events { job } => {
+            jobs::events(&client, &jobs::resolve(&client, &job).await?).await
+        }
         Command::Agents { command } => admin::agents(&client, command).await,
         Command::Providers => admin::providers(&client).await,
         Command::Files(cmd) => commands::files::files(&client, cmd).await,
         Command::Artifacts(cmd) => commands::files::artifacts(&client, cmd).await,
+        Command::Template(cmd) => commands::templates::template(&client, cmd).await,
         Command::Token(cmd) => admin::token(&client, cmd).await,
         Command::Audit { limit } => admin::audit(&client, limit).await,
         Command::AgentWatchdog { .. } => unreachable!("handled before the runtime starts"),

@@ -95,6 +95,9 @@ pub struct Job {
     /// "no online agent has labels gpu=a100".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_reason: Option<String>,
+    /// The template and version the job was made from, if any.
+    #[serde(default)]
+    pub template: Option<crate::template::TemplateRef>,
 }
 
 impl Job {
@@ -256,6 +259,8 @@ pub struct ListJobsQuery {
     /// `key=value`: only jobs that require this label.
     pub label: Option<String>,
     pub name: Option<String>,
+    /// Only the job submitted with this idempotency key (at most one).
+    pub idempotency_key: Option<String>,
     /// Page size, 1..=1000, default 100.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.

@@ -8,6 +8,7 @@ pub mod files;
 pub mod labels;
 pub mod spec;
 pub mod state;
+pub mod template;
 
 pub use spec::{Exec, Priority, SubmitRequest, ValidJob};
 pub use state::{transition, Event, InvalidTransition, JobState, Outcome};

@@ -299,6 +299,8 @@ pub struct ValidJob {
     pub idempotency_key: Option<String>,
     pub inputs: Vec<Input>,
     pub artifacts: Vec<String>,
+    /// Set by the server for a job made from a template.
+    pub template: Option<crate::template::TemplateRef>,
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
@@ -542,6 +544,7 @@ impl SubmitRequest {
             idempotency_key: self.idempotency_key,
             inputs: self.inputs,
             artifacts: self.artifacts,
+            template: None,
         })
     }
 }

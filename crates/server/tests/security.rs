@@ -121,7 +121,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/files"
             | "/v1/files/{id}"
             | "/v1/agents"
-            | "/v1/providers",
+            | "/v1/providers"
+            | "/v1/templates"
+            | "/v1/templates/{name}",
         ) => Needs::Read,
         (
             "post",
@@ -130,9 +132,11 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/jobs/{id}/cancel"
             | "/v1/jobs/{id}/retry"
             | "/v1/jobs/{id}/rerun"
-            | "/v1/files",
+            | "/v1/files"
+            | "/v1/templates"
+            | "/v1/templates/{name}/jobs",
         )
-        | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}") => Needs::Submit,
+        | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}" | "/v1/templates/{name}") => Needs::Submit,
         ("get" | "post", "/v1/tokens")
         | ("delete", "/v1/tokens/{id}" | "/v1/agents/{id}")
         | ("get", "/v1/audit") => Needs::Admin,

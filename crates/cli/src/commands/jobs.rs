@@ -4,10 +4,25 @@ use crate::output::outln;
 use drover_core::api::{Job, JobEvents, JobPage, ListJobsQuery};
 use drover_core::JobState;
 
-use crate::client::{job_path, Client};
+use crate::client::{job_path, segment, Client};
 use crate::config::{ClientConfig, OutputFormat};
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use crate::output;
+
+/// The id of the job `job` names: its id, or `key:K` for the job submitted with
+/// idempotency key K (so a backend can use its own ids).
+pub async fn resolve(cfg: &ClientConfig, job: &str) -> Result<String> {
+    let Some(key) = job.strip_prefix("key:") else {
+        return Ok(job.to_string());
+    };
+    let client = Client::new(cfg)?;
+    let page: JobPage = client
+        .get(&format!("/v1/jobs?idempotency_key={}", segment(key)))
+        .await?;
+    page.jobs.into_iter().next().map(|j| j.id).ok_or_else(|| {
+        CliError::NotFound(format!("no job was submitted with idempotency key {key:?}"))
+    })
+}
 
 /// `drover status`: one job, as fields or JSON.
 pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
@@ -130,6 +145,7 @@ pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
         name: args.name,
         limit: Some(args.limit),
         cursor: args.cursor,
+        idempotency_key: None,
     };
     let page: JobPage = client.get_with("/v1/jobs", |r| r.query(&query)).await?;
     if cfg.output == OutputFormat::Json {

@@ -21,8 +21,8 @@ use crate::error::{CliError, Result};
 /// Flags of `drover logs`.
 #[derive(clap::Args)]
 pub struct LogsArgs {
-    /// The job id.
-    job: String,
+    /// The job id, or key:K for the job submitted with idempotency key K.
+    pub job: String,
     /// Keep printing new lines until the job ends (across retries).
     #[arg(short, long)]
     follow: bool,

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod logs;
 pub mod server;
 pub mod submit;
+pub mod templates;
 
 use tokio_util::sync::CancellationToken;
 

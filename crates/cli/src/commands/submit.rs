@@ -10,9 +10,10 @@ use drover_core::api::{Job, Progress, ProgressHistory};
 use drover_core::backoff::Backoff;
 use drover_core::files::{Input, InputSource};
 use drover_core::spec::{DockerCommand, DockerSpec};
+use drover_core::template::TemplateSubmit;
 use drover_core::{Exec, JobState, Priority, SubmitRequest};
 
-use crate::client::{job_path, Client};
+use crate::client::{job_path, segment, Client};
 use crate::commands::files;
 use crate::commands::logs::{follow_job, Follow};
 use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
@@ -150,12 +151,28 @@ pub struct SubmitArgs {
     /// its outcome: * stays within a folder, ** crosses folders (repeatable).
     #[arg(long = "artifact", value_name = "PATTERN")]
     artifacts: Vec<String>,
+    /// Make the job from this template on the server (see `drover template`); the
+    /// template brings the command and everything but --name, --metadata,
+    /// --idempotency-key, --secret and --param.
+    #[arg(long, conflicts_with_all = [
+        "queue", "priority", "timeout", "grace", "attempts", "backoff", "delay", "env", "label",
+        "no_shell", "script", "image", "inputs", "input_urls", "artifacts",
+    ])]
+    template: Option<String>,
+    /// With --template: which version (default: the latest).
+    #[arg(long, requires = "template")]
+    template_version: Option<u32>,
+    /// With --template: a parameter's value, NAME=VALUE (repeatable). In `drover template
+    /// create`: a parameter's declaration, NAME[:TYPE][=DEFAULT], TYPE one of string
+    /// (the default), integer, number, boolean.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub(crate) params: Vec<String>,
     /// Wait for the job to end, showing its state; exit with its exit code.
     #[arg(long)]
-    wait: bool,
+    pub(crate) wait: bool,
     /// Stream the job's log until it ends; exit with its exit code.
     #[arg(long, conflicts_with = "wait")]
-    follow: bool,
+    pub(crate) follow: bool,
     /// The command.
     #[arg(last = true)]
     command: Vec<String>,
@@ -211,7 +228,7 @@ impl SubmitArgs {
         })
     }
 
-    fn request(&self) -> Result<SubmitRequest> {
+    pub(crate) fn request(&self) -> Result<SubmitRequest> {
         let map = |v: &[(String, String)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
         let mut req = SubmitRequest::shell("");
         req.exec = self.exec()?;
@@ -241,6 +258,33 @@ impl SubmitArgs {
         }
         req.artifacts = self.artifacts.clone();
         Ok(req)
+    }
+
+    /// With --template: what to send to `POST /v1/templates/{name}/jobs`.
+    fn template_submit(&self) -> Result<TemplateSubmit> {
+        if !self.command.is_empty() {
+            return Err(CliError::Usage(
+                "--template brings its command: give none after --".into(),
+            ));
+        }
+        let mut params = BTreeMap::new();
+        for p in &self.params {
+            let (k, v) = parse_kv(p).map_err(|e| CliError::Usage(format!("--param {e}")))?;
+            params.insert(k, serde_json::Value::String(v));
+        }
+        Ok(TemplateSubmit {
+            params,
+            version: self.template_version,
+            name: self.name.clone(),
+            metadata: self.metadata.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            secrets: self.secret.iter().cloned().collect(),
+        })
+    }
+
+    /// Whether `--input` was given.
+    pub(crate) fn has_local_inputs(&self) -> bool {
+        !self.inputs.is_empty()
     }
 
     /// The local files of `--input`: each path and where it goes in the workspace.
@@ -300,19 +344,27 @@ fn url_input(spec: &str) -> Result<Input> {
 /// `drover submit`: prints the job id (or the Job JSON); with `--wait`/`--follow` exits
 /// like the job (see [`job_exit_code`]).
 pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
-    let mut req = args.request()?;
-    let local = args.local_inputs()?;
     let client = Client::new(cfg)?;
-    for (file, path) in local {
-        let name = files::file_name(&file)?;
-        let info = files::upload(&client, &file, &name).await?;
-        req.inputs.push(Input {
-            path,
-            from: InputSource::File(info.id),
-            sha256: None,
-        });
-    }
-    let job: Job = client.post("/v1/jobs", &req).await?;
+    let job: Job = match &args.template {
+        Some(name) => {
+            let body = args.template_submit()?;
+            let path = format!("/v1/templates/{}/jobs", segment(name));
+            client.post(&path, &body).await?
+        }
+        None => {
+            let mut req = args.request()?;
+            for (file, path) in args.local_inputs()? {
+                let name = files::file_name(&file)?;
+                let info = files::upload(&client, &file, &name).await?;
+                req.inputs.push(Input {
+                    path,
+                    from: InputSource::File(info.id),
+                    sha256: None,
+                });
+            }
+            client.post("/v1/jobs", &req).await?
+        }
+    };
     if args.follow {
         let json = cfg.output == OutputFormat::Json;
         if !json {

@@ -33,10 +33,21 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let now = Utc::now();
     let valid = req.validate(now).map_err(ApiError::InvalidSpec)?;
-    super::files::check_uploads(&state, &[(String::new(), &valid)]).await?;
+    enqueue_one(&state, &caller.actor, valid, now).await
+}
+
+/// Stores one valid job (its input files checked) and wakes the agents: 201 with the
+/// job, or 200 with the earlier one of the same idempotency key.
+pub(crate) async fn enqueue_one(
+    state: &AppState,
+    actor: &str,
+    valid: drover_core::ValidJob,
+    now: chrono::DateTime<Utc>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    super::files::check_uploads(state, &[(String::new(), &valid)]).await?;
     let (job, created) = state
         .store
-        .enqueue(vec![valid], &caller.actor, now)
+        .enqueue(vec![valid], actor, now)
         .await?
         .pop()
         .expect("one job in, one out");

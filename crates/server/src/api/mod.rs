@@ -8,6 +8,7 @@ mod files;
 pub(crate) mod jobs;
 mod live;
 mod logs;
+mod templates;
 
 use std::time::Instant;
 
@@ -34,6 +35,7 @@ use crate::Scope;
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list, agents::providers,
+        templates::create, templates::list, templates::show, templates::delete, templates::submit,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
     ),
@@ -61,6 +63,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route(
+            "/v1/templates",
+            post(templates::create).get(templates::list),
+        )
+        .route(
+            "/v1/templates/{name}",
+            get(templates::show).delete(templates::delete),
+        )
+        .route("/v1/templates/{name}/jobs", post(templates::submit))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::delete))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use drover_core::api::{Attempt, AttemptState, Gpus, Job, JobEvent, ListJobsQuery, Progress};
 use drover_core::backoff::Backoff;
+use drover_core::template::TemplateRef;
 use drover_core::{transition, Event, JobState, ValidJob};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -16,7 +17,7 @@ use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, 
 const JOB_ROWS_PER_INSERT: usize = 500;
 
 /// Columns `job_from_row` reads.
-pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at";
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
@@ -72,6 +73,13 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         run_at: from_ms(row.try_get("run_at")?),
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
+        template: match row.try_get::<Option<String>, _>("template_name")? {
+            Some(name) => Some(TemplateRef {
+                name,
+                version: row.try_get::<i64, _>("template_version")? as u32,
+            }),
+            None => None,
+        },
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
@@ -155,6 +163,7 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
+        template: job.template,
     }
 }
 
@@ -204,8 +213,8 @@ impl Store {
         // Multi-row statements: one round trip per chunk instead of three per job.
         for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
             let sql = format!(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at) VALUES {}",
-                self.values(chunk.len(), 22)
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version) VALUES {}",
+                self.values(chunk.len(), 24)
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {
@@ -233,7 +242,9 @@ impl Store {
                     .bind(to_json(&job.artifacts))
                     .bind(ms(now))
                     .bind(ms(job.run_at))
-                    .bind(ms(now));
+                    .bind(ms(now))
+                    .bind(job.template.as_ref().map(|t| t.name.clone()))
+                    .bind(job.template.as_ref().map(|t| i64::from(t.version)));
             }
             q.execute(&mut *tx).await?;
             let sql = format!(
@@ -320,7 +331,7 @@ impl Store {
         let new_id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.write.begin().await?;
         let copied = sqlx::query(
-            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3 FROM jobs WHERE id = $4",
+            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3, template_name, template_version FROM jobs WHERE id = $4",
         )
         .bind(&new_id)
         .bind(JobState::Queued.as_str())
@@ -443,6 +454,9 @@ impl Store {
         if q.name.is_some() {
             sql += &format!(" AND name = {}", next());
         }
+        if q.idempotency_key.is_some() {
+            sql += &format!(" AND idempotency_key = {}", next());
+        }
         if cursor.is_some() {
             sql += &format!(" AND num < {}", next());
         }
@@ -456,6 +470,9 @@ impl Store {
         }
         if let Some(name) = &q.name {
             query = query.bind(name.clone());
+        }
+        if let Some(key) = &q.idempotency_key {
+            query = query.bind(key.clone());
         }
         if let Some(c) = cursor {
             query = query.bind(c);

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 10] {
+fn migrations(backend: Backend) -> [Migration; 11] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -47,6 +47,11 @@ fn migrations(backend: Backend) -> [Migration; 10] {
                 component: "main",
                 version: 7,
                 sql: include_str!("../../migrations/sqlite/0007_server_meta.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 8,
+                sql: include_str!("../../migrations/sqlite/0008_templates.sql"),
             },
             Migration {
                 component: "logs",
@@ -99,6 +104,11 @@ fn migrations(backend: Backend) -> [Migration; 10] {
                 component: "main",
                 version: 7,
                 sql: include_str!("../../migrations/postgres/0007_server_meta.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 8,
+                sql: include_str!("../../migrations/postgres/0008_templates.sql"),
             },
             Migration {
                 component: "logs",

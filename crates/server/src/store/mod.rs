@@ -19,6 +19,7 @@ mod overview;
 mod provisioned;
 mod seal;
 mod sessions;
+mod templates;
 mod tokens;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
