@@ -399,3 +399,42 @@ fn rerun_submits_the_same_spec_secrets_included() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     up.stop();
 }
+
+#[test]
+fn a_concurrency_key_holds_its_limit_across_agents_as_the_jobs_see_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::start_with(
+        tmp.path(),
+        &tmp.path().join("ctx"),
+        free_port(),
+        &["--agents", "4"],
+    );
+    let running = tmp.path().join("running");
+    std::fs::create_dir_all(&running).unwrap();
+    // Each job counts the jobs of the key running beside it, itself included.
+    let script = format!(
+        "touch {d}/$DROVER_JOB_ID; n=$(ls {d} | wc -l); sleep 1; rm {d}/$DROVER_JOB_ID; echo running=$n; [ $n -le 2 ]",
+        d = running.display()
+    );
+    let ids: Vec<String> = (0..8)
+        .map(|_| {
+            up.submit(&[
+                "--concurrency-key",
+                "gpu0",
+                "--concurrency-limit",
+                "2",
+                "--",
+                &script,
+            ])
+        })
+        .collect();
+    let mut saw_two = false;
+    for id in &ids {
+        let out = up.drover(&["wait", id]);
+        let log = stdout(&up.drover(&["logs", id]));
+        assert!(out.status.success(), "{id}: {log}");
+        saw_two |= log.contains("running=2");
+    }
+    assert!(saw_two, "two jobs of the key ran together at least once");
+    up.stop();
+}

@@ -98,6 +98,11 @@ pub struct Job {
     /// The template and version the job was made from, if any.
     #[serde(default)]
     pub template: Option<crate::template::TemplateRef>,
+    /// At most `concurrency_limit` jobs with this key run at once.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    #[serde(default)]
+    pub concurrency_limit: Option<u32>,
 }
 
 impl Job {

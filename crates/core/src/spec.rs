@@ -243,7 +243,19 @@ pub struct SubmitRequest {
     /// (`results/**`, `screenshots/*.png`), whatever its outcome.
     #[serde(default)]
     pub artifacts: Vec<String>,
+    /// Jobs sharing this key run at most `concurrency_limit` at a time (one per GPU, per
+    /// dataset, per external API …), whichever agents take them.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// With `concurrency_key`: how many of its jobs may be leased or running at once
+    /// (1 to 10,000; default 1). Each job carries its own: keep them equal per key.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub concurrency_limit: Option<u32>,
 }
+
+/// Most jobs of one concurrency key that may run at once.
+pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
 
 impl SubmitRequest {
     /// A shell job with every other field at its default.
@@ -268,6 +280,8 @@ impl SubmitRequest {
             idempotency_key: None,
             inputs: Vec::new(),
             artifacts: Vec::new(),
+            concurrency_key: None,
+            concurrency_limit: None,
         }
     }
 }
@@ -301,6 +315,8 @@ pub struct ValidJob {
     pub artifacts: Vec<String>,
     /// Set by the server for a job made from a template.
     pub template: Option<crate::template::TemplateRef>,
+    /// Concurrency key and its limit.
+    pub concurrency: Option<(String, u32)>,
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
@@ -514,6 +530,20 @@ impl SubmitRequest {
         if let Some(key) = &self.idempotency_key {
             check_name(&mut errs, "idempotency_key", key);
         }
+        if let Some(key) = &self.concurrency_key {
+            check_name(&mut errs, "concurrency_key", key);
+        }
+        match (&self.concurrency_key, self.concurrency_limit) {
+            (None, Some(_)) => errs.push(err(
+                "concurrency_limit",
+                "needs a concurrency_key: the jobs it limits",
+            )),
+            (_, Some(n)) if n == 0 || n > MAX_CONCURRENCY_LIMIT => errs.push(err(
+                "concurrency_limit",
+                &format!("must be between 1 and {MAX_CONCURRENCY_LIMIT}"),
+            )),
+            _ => {}
+        }
         files::check(&mut errs, &self.inputs, &self.artifacts);
         if !errs.is_empty() {
             return Err(errs);
@@ -545,6 +575,9 @@ impl SubmitRequest {
             inputs: self.inputs,
             artifacts: self.artifacts,
             template: None,
+            concurrency: self
+                .concurrency_key
+                .map(|k| (k, self.concurrency_limit.unwrap_or(1))),
         })
     }
 }

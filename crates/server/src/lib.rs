@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub artifact_limits: drover_core::files::ArtifactLimits,
     /// Delete files, artifacts and logs of jobs that finished longer ago than this.
     pub retain: Option<Duration>,
+    /// Most jobs of a queue leased or running at once, by queue (every server on one
+    /// database needs the same).
+    pub queue_limits: std::collections::BTreeMap<String, u32>,
     /// Forget agents not seen for this long.
     pub prune_agents_after: Duration,
     /// Providers of agents on demand (`[[provider]]` in the config file).
@@ -160,6 +163,7 @@ impl ServerConfig {
             object_store: None,
             max_file_bytes: 10 * 1024 * 1024 * 1024,
             artifact_limits: Default::default(),
+            queue_limits: Default::default(),
             retain: None,
             prune_agents_after: Duration::from_secs(86_400),
             providers: Vec::new(),

@@ -92,6 +92,7 @@ impl Server {
         )
         .await?
         .with_artifact_limits(config.artifact_limits)
+        .with_queue_limits(config.queue_limits.clone())
         .with_files(files.clone());
         store.check_files(&files).await?;
         let now = Utc::now();

@@ -92,6 +92,13 @@ pub struct SubmitArgs {
     /// Submitting again with the same key returns the same job.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Jobs sharing this key run at most --concurrency-limit at a time (one per GPU,
+    /// per dataset …), whichever agents take them.
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    /// With --concurrency-key: how many of its jobs may run at once (default 1).
+    #[arg(long, requires = "concurrency_key")]
+    concurrency_limit: Option<u32>,
     /// Run the words as a program and its arguments, without a shell.
     #[arg(long, conflicts_with_all = ["script", "image"])]
     no_shell: bool,
@@ -156,7 +163,7 @@ pub struct SubmitArgs {
     /// --idempotency-key, --secret and --param.
     #[arg(long, conflicts_with_all = [
         "queue", "priority", "timeout", "grace", "attempts", "backoff", "delay", "env", "label",
-        "no_shell", "script", "image", "inputs", "input_urls", "artifacts",
+        "no_shell", "script", "image", "inputs", "input_urls", "artifacts", "concurrency_key",
     ])]
     template: Option<String>,
     /// With --template: which version (default: the latest).
@@ -253,6 +260,8 @@ impl SubmitArgs {
         req.secrets = map(&self.secret);
         req.metadata = self.metadata.clone();
         req.idempotency_key = self.idempotency_key.clone();
+        req.concurrency_key = self.concurrency_key.clone();
+        req.concurrency_limit = self.concurrency_limit;
         for spec in &self.input_urls {
             req.inputs.push(url_input(spec)?);
         }

@@ -189,6 +189,9 @@ pub struct ServerFile {
     pub prune_agents_after: Option<String>,
     /// The key file that seals job secrets (the same for every server on one database).
     pub secrets_key_file: Option<PathBuf>,
+    /// Most jobs of a queue leased or running at once, e.g. `{ gpu = 2 }`.
+    #[serde(default)]
+    pub queue_limits: std::collections::BTreeMap<String, u32>,
 }
 
 /// The `[agent]` table of the config file; every key is optional.

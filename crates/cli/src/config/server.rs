@@ -105,6 +105,20 @@ pub struct ServerArgs {
     /// start them all with --secrets-key-file FILE.
     #[arg(long, value_name = "FILE")]
     pub rotate_secrets_key: Option<PathBuf>,
+    /// At most N jobs of queue NAME leased or running at once, across all agents
+    /// (repeatable; every server on one database needs the same).
+    #[arg(long = "queue-limit", value_name = "NAME=N", value_parser = parse_queue_limit)]
+    pub queue_limits: Vec<(String, u32)>,
+}
+
+fn parse_queue_limit(s: &str) -> std::result::Result<(String, u32), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=N"))?;
+    match n.parse::<u32>() {
+        Ok(n) if n > 0 && !name.is_empty() => Ok((name.to_string(), n)),
+        _ => Err(format!("{s:?}: N must be a whole number of at least 1")),
+    }
 }
 
 /// Everything `drover server` needs to start.
@@ -245,6 +259,13 @@ fn resolve_config(
         )));
     }
     cfg.providers = super::provider::resolve(&file.provider)?;
+    cfg.queue_limits = f.queue_limits.clone();
+    if let Some((q, _)) = cfg.queue_limits.iter().find(|(_, n)| **n == 0) {
+        return Err(CliError::Usage(format!(
+            "queue_limits.{q} = 0 in the config file: a queue limit is at least 1"
+        )));
+    }
+    cfg.queue_limits.extend(args.queue_limits.iter().cloned());
     cfg.secrets_key_file = args
         .secrets_key_file
         .clone()

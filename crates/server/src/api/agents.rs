@@ -364,7 +364,7 @@ pub async fn finish(
             .with_label_values(&[req.outcome.as_str()])
             .observe(ran.as_secs_f64());
     }
-    if w.job.state == drover_core::JobState::Queued {
+    if w.job.state == drover_core::JobState::Queued || state.store.limits_in_play() {
         state.hub.work_available();
     }
     if req.outcome != Outcome::Succeeded {
@@ -489,7 +489,7 @@ pub async fn finish_batch(
             }
         })
         .collect();
-    if requeued {
+    if requeued || state.store.limits_in_play() {
         state.hub.work_available();
     }
     state.hub.wake_agent(&agent.id);

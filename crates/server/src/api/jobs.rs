@@ -173,6 +173,11 @@ pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError
         let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
         job.wait_reason =
             crate::waiting::wait_reason(&job, &agents, &state.providers.providers(), now);
+        if job.run_at <= now {
+            if let Some(held) = state.store.held_by_limit(&job).await? {
+                job.wait_reason = Some(held);
+            }
+        }
     }
     Ok(job)
 }

@@ -17,7 +17,7 @@ use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, 
 const JOB_ROWS_PER_INSERT: usize = 500;
 
 /// Columns `job_from_row` reads.
-pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version";
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
@@ -80,6 +80,10 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
             }),
             None => None,
         },
+        concurrency_key: row.try_get("concurrency_key")?,
+        concurrency_limit: row
+            .try_get::<Option<i64>, _>("concurrency_limit")?
+            .map(|v| v as u32),
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
@@ -164,6 +168,8 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         queue_position: None,
         wait_reason: None,
         template: job.template,
+        concurrency_key: job.concurrency.as_ref().map(|c| c.0.clone()),
+        concurrency_limit: job.concurrency.as_ref().map(|c| c.1),
     }
 }
 
@@ -213,8 +219,8 @@ impl Store {
         // Multi-row statements: one round trip per chunk instead of three per job.
         for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
             let sql = format!(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version) VALUES {}",
-                self.values(chunk.len(), 24)
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit) VALUES {}",
+                self.values(chunk.len(), 26)
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {
@@ -244,7 +250,9 @@ impl Store {
                     .bind(ms(job.run_at))
                     .bind(ms(now))
                     .bind(job.template.as_ref().map(|t| t.name.clone()))
-                    .bind(job.template.as_ref().map(|t| i64::from(t.version)));
+                    .bind(job.template.as_ref().map(|t| i64::from(t.version)))
+                    .bind(job.concurrency.as_ref().map(|c| c.0.clone()))
+                    .bind(job.concurrency.as_ref().map(|c| i64::from(c.1)));
             }
             q.execute(&mut *tx).await?;
             let sql = format!(
@@ -331,7 +339,7 @@ impl Store {
         let new_id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.write.begin().await?;
         let copied = sqlx::query(
-            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3, template_name, template_version FROM jobs WHERE id = $4",
+            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3, template_name, template_version, concurrency_key, concurrency_limit FROM jobs WHERE id = $4",
         )
         .bind(&new_id)
         .bind(JobState::Queued.as_str())

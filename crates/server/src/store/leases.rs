@@ -118,6 +118,112 @@ pub(super) fn check_fence(
     Ok(())
 }
 
+/// The advisory lock under which claims count what runs per concurrency key and queue,
+/// so that two claims (on any servers) cannot both take a key's last place.
+const LIMITS_LOCK: i64 = 0x6472_6f76_6c69; // "drovli"
+
+/// What runs per concurrency key and per limited queue, as one claim sees it: counted
+/// once each in its transaction, plus what the claim itself took.
+#[derive(Default)]
+struct Running {
+    locked: bool,
+    keys: HashMap<String, i64>,
+    queues: HashMap<String, i64>,
+}
+
+impl Running {
+    /// Whether a job with `key` (limit `key_limit`, default 1) in `queue` (limit
+    /// `queue_limit`) fits; if so, counts it as taken.
+    async fn room(
+        &mut self,
+        store: &Store,
+        tx: &mut Transaction<'_, Any>,
+        key: Option<&str>,
+        key_limit: Option<i64>,
+        queue: &str,
+        queue_limit: Option<u32>,
+    ) -> Result<bool> {
+        if !self.locked && store.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LIMITS_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
+        self.locked = true;
+        if let Some(k) = key {
+            if !self.keys.contains_key(k) {
+                store
+                    .keyed_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let n = running_with(&mut **tx, "concurrency_key", k).await?;
+                self.keys.insert(k.to_string(), n);
+            }
+            if self.keys[k] >= key_limit.unwrap_or(1) {
+                return Ok(false);
+            }
+        }
+        if let Some(limit) = queue_limit {
+            if !self.queues.contains_key(queue) {
+                let n = running_with(&mut **tx, "queue", queue).await?;
+                self.queues.insert(queue.to_string(), n);
+            }
+            if self.queues[queue] >= i64::from(limit) {
+                return Ok(false);
+            }
+            *self.queues.get_mut(queue).expect("counted") += 1;
+        }
+        if let Some(k) = key {
+            *self.keys.get_mut(k).expect("counted") += 1;
+        }
+        Ok(true)
+    }
+}
+
+/// Jobs leased or running whose `column` is `value`.
+async fn running_with<'e, E>(ex: E, column: &str, value: &str) -> Result<i64>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM jobs WHERE {column} = $1 AND state IN ('leased', 'running')"
+    ))
+    .bind(value)
+    .fetch_one(ex)
+    .await?)
+}
+
+impl Store {
+    /// Why a queued job with a concurrency key or in a limited queue is held back by
+    /// its limit, if it is.
+    pub async fn held_by_limit(&self, job: &drover_core::api::Job) -> Result<Option<String>> {
+        if let Some(key) = &job.concurrency_key {
+            let limit = i64::from(job.concurrency_limit.unwrap_or(1));
+            let n = running_with(&self.read, "concurrency_key", key).await?;
+            if n >= limit {
+                return Ok(Some(format!(
+                    "{n} jobs with concurrency key {key} are running, its limit of {limit}"
+                )));
+            }
+        }
+        if let Some(&limit) = self.queue_limits.get(&job.queue) {
+            let n = running_with(&self.read, "queue", &job.queue).await?;
+            if n >= i64::from(limit) {
+                return Ok(Some(format!(
+                    "{n} jobs of queue {} are running, its limit of {limit}",
+                    job.queue
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a finished job may let a held-back one run: some queue has a limit, or
+    /// a job with a concurrency key was seen.
+    pub fn limits_in_play(&self) -> bool {
+        !self.queue_limits.is_empty() || self.keyed_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl Store {
     pub(super) fn lock_clause(&self) -> &'static str {
         match self.backend {
@@ -198,6 +304,7 @@ impl Store {
         let page = (free * 2).clamp(8, 256);
         let nq = agent.queues.len();
         let mut chosen = Vec::new();
+        let mut limits = Running::default();
         let mut after: Option<(i64, i64)> = None;
         let mut scanned = 0;
         loop {
@@ -211,7 +318,7 @@ impl Store {
                 String::new()
             };
             let sql = format!(
-                "SELECT id, required, priority, num FROM jobs WHERE state = 'queued' AND queue IN ({}) AND run_at <= ${}{cursor} ORDER BY priority DESC, num LIMIT ${}{skip_locked}",
+                "SELECT id, required, priority, num, queue, concurrency_key, concurrency_limit FROM jobs WHERE state = 'queued' AND queue IN ({}) AND run_at <= ${}{cursor} ORDER BY priority DESC, num LIMIT ${}{skip_locked}",
                 placeholders(0, nq),
                 nq + 1,
                 nq + 2,
@@ -228,9 +335,29 @@ impl Store {
             for row in &rows {
                 after = Some((row.try_get("priority")?, row.try_get("num")?));
                 let required: Labels = super::json_col(row, "required")?;
-                if satisfies(&agent.labels, &required) && (chosen.len() as i64) < free {
-                    chosen.push(row.try_get::<String, _>("id")?);
+                if !satisfies(&agent.labels, &required) || (chosen.len() as i64) >= free {
+                    continue;
                 }
+                let key: Option<String> = row.try_get("concurrency_key")?;
+                let queue: String = row.try_get("queue")?;
+                let queue_limit = self.queue_limits.get(&queue).copied();
+                if key.is_some() || queue_limit.is_some() {
+                    let key_limit = row.try_get::<Option<i64>, _>("concurrency_limit")?;
+                    let room = limits
+                        .room(
+                            self,
+                            &mut tx,
+                            key.as_deref(),
+                            key_limit,
+                            &queue,
+                            queue_limit,
+                        )
+                        .await?;
+                    if !room {
+                        continue;
+                    }
+                }
+                chosen.push(row.try_get::<String, _>("id")?);
             }
             scanned += rows.len() as i64;
             if chosen.len() as i64 == free || (rows.len() as i64) < page || scanned >= CLAIM_SCAN {

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 11] {
+fn migrations(backend: Backend) -> [Migration; 12] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -52,6 +52,11 @@ fn migrations(backend: Backend) -> [Migration; 11] {
                 component: "main",
                 version: 8,
                 sql: include_str!("../../migrations/sqlite/0008_templates.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 9,
+                sql: include_str!("../../migrations/sqlite/0009_concurrency.sql"),
             },
             Migration {
                 component: "logs",
@@ -109,6 +114,11 @@ fn migrations(backend: Backend) -> [Migration; 11] {
                 component: "main",
                 version: 8,
                 sql: include_str!("../../migrations/postgres/0008_templates.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 9,
+                sql: include_str!("../../migrations/postgres/0009_concurrency.sql"),
             },
             Migration {
                 component: "logs",

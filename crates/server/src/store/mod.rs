@@ -99,6 +99,10 @@ pub struct Store {
     sealer: Sealer,
     /// Put on every lease: what the server accepts as an attempt's artifacts.
     artifact_limits: ArtifactLimits,
+    /// Most jobs of a queue leased or running at once.
+    queue_limits: std::sync::Arc<std::collections::BTreeMap<String, u32>>,
+    /// A job with a concurrency key was claimed since start (see `limits_in_play`).
+    keyed_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Where log chunks moved out of the database are (see `logs`).
     files: Option<FileStore>,
     /// On SQLite: this server's hold on the data directory.
@@ -195,6 +199,8 @@ impl Store {
                     logs_read: pool,
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
+                    queue_limits: Default::default(),
+                    keyed_seen: Default::default(),
                     files: None,
                     lock: None,
                 }
@@ -211,6 +217,8 @@ impl Store {
                     logs_read: sqlite_pool(&logs, 4).await?,
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
+                    queue_limits: Default::default(),
+                    keyed_seen: Default::default(),
                     files: None,
                     lock: Some(lock),
                 }
@@ -295,6 +303,12 @@ impl Store {
     /// The same store, reading (and, for an object store, moving) log chunks there.
     pub fn with_files(mut self, files: FileStore) -> Store {
         self.files = Some(files);
+        self
+    }
+
+    /// The same store, leasing at most so many jobs of each of these queues at once.
+    pub fn with_queue_limits(mut self, limits: std::collections::BTreeMap<String, u32>) -> Store {
+        self.queue_limits = std::sync::Arc::new(limits);
         self
     }
 
