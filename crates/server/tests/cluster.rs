@@ -15,6 +15,15 @@ use drover_server::{testing_pg, Server};
 use reqwest::StatusCode;
 use serde_json::json;
 
+/// Why a server with `config` does not start (it must not).
+async fn refused(config: drover_server::ServerConfig) -> String {
+    Server::bind(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string()
+}
+
 async fn is_leader(s: &TestServer) -> bool {
     let (_, text) = Client::new(s, &s.admin_token).get("/metrics").await;
     text.as_str()
@@ -129,11 +138,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
     // A server with another secrets key refuses to start, and says why.
     let mut config = TestServer::config_shared(dir, &db);
     config.secrets_key_file = Some(dir.join("other.key"));
-    let err = Server::bind(config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refused(config).await;
     assert!(
         err.contains("sealed with key") && err.contains("same key"),
         "{err}"
@@ -143,11 +148,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
     // data directory, and no object store): files uploaded elsewhere would be missing.
     let mut config = TestServer::config_shared(&dir.join("elsewhere"), &db);
     config.secrets_key_file = Some(dir.join("secrets.key"));
-    let err = Server::bind(config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refused(config).await;
     assert!(
         err.contains("files are kept in local folder") && err.contains("--object-store"),
         "{err}"
@@ -158,11 +159,7 @@ async fn three_servers_on_one_postgres_act_as_one() {
 async fn two_servers_on_one_sqlite_database_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut first = TestServer::start_with(TestServer::config(tmp.path().to_path_buf(), 0)).await;
-    let err = Server::bind(TestServer::config(tmp.path().to_path_buf(), 0))
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refused(TestServer::config(tmp.path().to_path_buf(), 0)).await;
     assert!(
         err.contains("another drover server is using the SQLite database"),
         "{err}"
@@ -199,11 +196,7 @@ async fn rotating_the_secrets_key_reseals_queued_jobs() {
     assert_eq!(fingerprint.len(), 16);
 
     // The old key is now the wrong one.
-    let err = Server::bind(TestServer::config_shared(dir, &db))
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refused(TestServer::config_shared(dir, &db)).await;
     assert!(err.contains(&fingerprint), "{err}");
 
     let mut config = TestServer::config_shared(dir, &db);
