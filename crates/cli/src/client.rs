@@ -44,7 +44,7 @@ pub struct Client {
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     /// See [`ClientConfig::server_starting`].
-    server_starting: bool,
+    server_starting: Option<std::time::Instant>,
 }
 
 impl Client {
@@ -115,9 +115,8 @@ impl Client {
 
     /// Sends `req`. A refused connection goes to the next server when there are several
     /// (the request never reached the first); while a `drover up` that wrote its context
-    /// moments ago is still starting, it is tried again for a few seconds.
+    /// moments ago may still be starting, it is tried again.
     async fn dispatch(&self, req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let (mut req, mut said, mut tried) = (req.build()?, false, 0);
         loop {
             let again = req.try_clone();
@@ -128,7 +127,10 @@ impl Client {
                         req = next;
                         continue;
                     }
-                    if !self.server_starting || std::time::Instant::now() >= give_up {
+                    if self
+                        .server_starting
+                        .is_none_or(|until| std::time::Instant::now() >= until)
+                    {
                         return Err(e);
                     }
                     if !said {

@@ -6,13 +6,18 @@ use crate::output::outln;
 use drover_server::{Server, ServerError};
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{cancel_on_signal, init_tracing};
+use crate::commands::{cancel_on_signals, init_tracing};
 use crate::config::{write_context, Context, UpSetup};
 use crate::error::{CliError, Result};
 
 /// Runs everything until Ctrl-C/SIGTERM; a second signal stops running jobs at once.
 pub async fn run(setup: UpSetup) -> Result<i32> {
     init_tracing(&setup.log);
+    // First Ctrl-C/SIGTERM: agents drain; a second one force-stops them. Installed
+    // before anything starts, so that no signal is missed.
+    let first = CancellationToken::new();
+    let signals = drover_agent::AgentSignals::default();
+    cancel_on_signals(vec![first.clone(), signals.force.clone()]);
     let urls: Vec<String> = setup
         .servers
         .iter()
@@ -52,7 +57,6 @@ pub async fn run(setup: UpSetup) -> Result<i32> {
         .map(|s| tokio::spawn(s.serve(server_stop.clone())))
         .collect();
 
-    let signals = drover_agent::AgentSignals::default();
     let agents: Vec<_> = setup
         .agents
         .iter()
@@ -70,19 +74,9 @@ pub async fn run(setup: UpSetup) -> Result<i32> {
         .collect();
     print_banner(&urls, &setup, &ctx_path);
 
-    // First Ctrl-C/SIGTERM: agents drain; a second one force-stops them.
-    let first = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(first.clone()));
     first.cancelled().await;
     eprintln!("stopping: letting running jobs finish (Ctrl-C again to stop them now)");
     signals.drain.cancel();
-    let second = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(second.clone()));
-    let force = signals.force.clone();
-    tokio::spawn(async move {
-        second.cancelled().await;
-        force.cancel();
-    });
     for a in agents {
         match a.await {
             Ok(Ok(_)) => {}

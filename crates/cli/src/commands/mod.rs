@@ -35,8 +35,12 @@ pub fn init_tracing(log: &LogConfig) {
     };
 }
 
-/// Cancels `token` on the next Ctrl-C (SIGINT) or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
+/// Cancels `tokens[0]` on the first Ctrl-C (SIGINT) or SIGTERM, `tokens[1]` on the
+/// second, and so on. The handlers are installed before this returns, so a signal sent
+/// at any moment after it is seen: installed from inside a task, they left a window in
+/// which a Ctrl-C sent to a freshly started `drover up` was lost (a background process
+/// of a script starts with SIGINT ignored).
+pub fn cancel_on_signals(tokens: Vec<CancellationToken>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -45,9 +49,13 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    token.cancel();
+    tokio::spawn(async move {
+        for token in tokens {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            token.cancel();
+        }
+    });
 }

@@ -28,12 +28,12 @@ pub async fn run(setup: ServerSetup) -> Result<i32> {
             tokens.join
         );
     }
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signals(vec![shutdown.clone()]);
     let server = Server::bind(setup.config)
         .await
         .map_err(|e| CliError::Other(e.to_string()))?;
     tracing::info!(addr = %server.local_addr(), "drover server listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(super::cancel_on_signal(shutdown.clone()));
     server
         .serve(shutdown)
         .await

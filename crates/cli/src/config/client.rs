@@ -79,15 +79,18 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Table or JSON.
     pub output: OutputFormat,
-    /// The server came from a context written moments ago: a `drover up` that is still
-    /// starting, so a refused connection is worth a few retries.
-    pub server_starting: bool,
+    /// The server came from a context written moments ago, by a `drover up` that may
+    /// still be starting: until then a refused connection is tried again.
+    pub server_starting: Option<std::time::Instant>,
 }
 
-/// How long a context counts as just written by a `drover up` that is still starting.
+/// How long a context counts as just written by a `drover up` that may still be starting
+/// (migrations on a busy machine can take seconds).
 const FRESH_CONTEXT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a client with neither flags nor a context waits for `drover up` to write one.
-const WAIT_FOR_CONTEXT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a client with neither flags nor a context waits for a `drover up` started
+/// beside it to write one: on a busy machine, starting the process alone can take
+/// seconds.
+const WAIT_FOR_CONTEXT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl ClientArgs {
     /// Flags and env first, then the context; a context token is only used for the
@@ -103,18 +106,29 @@ impl ClientArgs {
         let path = env.context_dir().join("context.toml");
         let on_our_own = self.server.is_none() && self.token.is_none();
         let start = std::time::Instant::now();
+        let mut said = false;
         while on_our_own && !path.exists() && start.elapsed() < WAIT_FOR_CONTEXT {
+            if !said && start.elapsed() > std::time::Duration::from_secs(1) {
+                eprintln!(
+                    "no server given and no context yet: waiting up to {}s for a `drover up` to write {} (or pass --server and --token)",
+                    WAIT_FOR_CONTEXT.as_secs(),
+                    path.display()
+                );
+                said = true;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let ctx = read_context(env);
         let mut cfg = resolve(self, ctx.clone());
-        let fresh = std::fs::metadata(&path)
+        let age = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < FRESH_CONTEXT);
-        cfg.server_starting =
-            fresh && ctx.is_some_and(|c| c.server.trim_end_matches('/') == cfg.server);
+            .and_then(|t| t.elapsed().ok());
+        let ours = ctx.is_some_and(|c| c.server.trim_end_matches('/') == cfg.server);
+        cfg.server_starting = age
+            .and_then(|age| FRESH_CONTEXT.checked_sub(age))
+            .filter(|_| ours)
+            .map(|left| std::time::Instant::now() + left);
         cfg
     }
 }
@@ -136,7 +150,7 @@ fn resolve(args: &ClientArgs, ctx: Option<Context>) -> ClientConfig {
         token,
         ca_file: args.ca_file.clone(),
         output: args.output,
-        server_starting: false,
+        server_starting: None,
     }
 }
 
