@@ -2,13 +2,13 @@
 //! start (submitted to one server, its agent polling another: the wake-up goes through
 //! PostgreSQL's NOTIFY), and what a second server does for queue throughput.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crate::api::Api;
 use crate::report::{Row, Target};
 use crate::roles::{self, Proc, ADMIN};
-use crate::scenarios::{percentile, process, submit_to_start_ms, wait_agents};
+use crate::scenarios::{drain_synthetic, percentile, process, submit_to_start_ms, wait_agents};
 use crate::Size;
 
 pub async fn run(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
@@ -121,8 +121,9 @@ async fn throughput(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             let (s0, s1, d0, d1) = tokio::join!(
                 apis[0].submit_all(&half, 1000),
                 apis[1].submit_all(&half, 1000),
-                drain_shared(&agents[0], &done, n),
-                drain_shared(&agents[1], &done, n),
+                // Short polls: the other agent may take the last jobs.
+                drain_synthetic(&agents[0], &done, n, 200),
+                drain_synthetic(&agents[1], &done, n, 200),
             );
             s0?;
             s1?;
@@ -151,23 +152,4 @@ async fn throughput(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             Target::RatioAtLeast(1.0),
         ),
     ])
-}
-
-/// A synthetic agent that finishes every lease at once, until `n` jobs were finished by
-/// it and the others sharing `done`.
-async fn drain_shared(agent: &Api, done: &AtomicUsize, n: usize) -> anyhow::Result<()> {
-    while done.load(Ordering::SeqCst) < n {
-        // Short polls: the other agent may take the last jobs.
-        let resp = agent.poll(&[], 200).await?;
-        let leases: Vec<(String, u32)> = resp
-            .leases
-            .iter()
-            .map(|l| (l.job_id.clone(), l.attempt))
-            .collect();
-        if !leases.is_empty() {
-            agent.finish_many(&leases).await?;
-        }
-        done.fetch_add(leases.len(), Ordering::SeqCst);
-    }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -240,11 +241,16 @@ async fn wait_for_pid(api: &Api, id: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// A synthetic agent that finishes every lease at once, until `n` jobs were finished.
-async fn drain_synthetic(agent: &Api, n: usize) -> anyhow::Result<()> {
-    let mut done = 0;
-    while done < n {
-        let resp = agent.poll(&[], 1000).await?;
+/// A synthetic agent that finishes every lease at once, polling with `wait_ms`, until
+/// `n` jobs were finished by it and the others sharing `done`.
+pub(crate) async fn drain_synthetic(
+    agent: &Api,
+    done: &AtomicUsize,
+    n: usize,
+    wait_ms: u64,
+) -> anyhow::Result<()> {
+    while done.load(Ordering::SeqCst) < n {
+        let resp = agent.poll(&[], wait_ms).await?;
         let leases: Vec<(String, u32)> = resp
             .leases
             .iter()
@@ -253,7 +259,7 @@ async fn drain_synthetic(agent: &Api, n: usize) -> anyhow::Result<()> {
         if !leases.is_empty() {
             agent.finish_many(&leases).await?;
         }
-        done += leases.len();
+        done.fetch_add(leases.len(), Ordering::SeqCst);
     }
     Ok(())
 }
@@ -278,7 +284,8 @@ async fn queue(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             let specs = vec![process(&["true"]); n];
             let start = Instant::now();
             let submit = sys.api.submit_all(&specs, 1000);
-            let drain = drain_synthetic(&agent, n);
+            let done = AtomicUsize::new(0);
+            let drain = drain_synthetic(&agent, &done, n, 1000);
             let (s, d) = tokio::join!(submit, drain);
             s?;
             d?;

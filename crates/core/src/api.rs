@@ -109,9 +109,7 @@ impl Job {
     /// The labels an agent needs to run it: its own and those its executor implies
     /// (`docker=true` for a container job).
     pub fn required_labels(&self) -> crate::labels::Labels {
-        let mut required = self.labels.clone();
-        required.extend(self.exec.implied_labels());
-        required
+        self.exec.required_labels(&self.labels)
     }
 
     /// Attempts counted so far, and allowed in all. A retry grants `max_attempts` more,
@@ -287,13 +285,12 @@ pub struct WatchJobsQuery {
 impl WatchJobsQuery {
     /// Whether `job` passes the filters.
     pub fn matches(&self, job: &Job) -> bool {
-        let label = self
-            .label
-            .as_deref()
-            .map(|l| l.split_once('=').unwrap_or((l, "")));
         self.queue.as_ref().is_none_or(|q| *q == job.queue)
             && self.name.as_ref().is_none_or(|n| *n == job.name)
-            && label.is_none_or(|(k, v)| job.labels.get(k).map(String::as_str) == Some(v))
+            && self
+                .label
+                .as_deref()
+                .is_none_or(|f| crate::labels::matches_filter(&job.labels, f))
     }
 }
 

@@ -10,6 +10,12 @@ pub fn satisfies(agent: &Labels, required: &Labels) -> bool {
     required.iter().all(|(k, v)| agent.get(k) == Some(v))
 }
 
+/// Whether `labels` pass a `key=value` filter (`key` alone: the value is empty).
+pub fn matches_filter(labels: &Labels, filter: &str) -> bool {
+    let (k, v) = filter.split_once('=').unwrap_or((filter, ""));
+    labels.get(k).map(String::as_str) == Some(v)
+}
+
 /// `k=v` items joined by `sep`, as lists show labels.
 pub fn display(labels: &Labels, sep: &str) -> String {
     labels

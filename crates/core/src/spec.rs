@@ -72,6 +72,14 @@ impl Exec {
         }
     }
 
+    /// Every label an agent needs to run a job of this kind with `labels`: its own and
+    /// those the kind implies (`docker=true` for a container job).
+    pub fn required_labels(&self, labels: &Labels) -> Labels {
+        let mut required = labels.clone();
+        required.extend(self.implied_labels());
+        required
+    }
+
     /// Labels an agent must have to run this kind, beyond the job's own.
     pub fn implied_labels(&self) -> Labels {
         let mut l = Labels::new();
@@ -328,9 +336,23 @@ fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
 }
 
 fn err(field: &str, message: &str) -> FieldError {
-    FieldError {
-        field: field.to_string(),
-        message: message.to_string(),
+    FieldError::new(field, message)
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error for a field inside `prefix` (`job.`, `jobs[3].`).
+    pub fn within(self, prefix: &str) -> FieldError {
+        FieldError {
+            field: format!("{prefix}{}", self.field),
+            message: self.message,
+        }
     }
 }
 
@@ -370,16 +392,21 @@ fn check_ms(errs: &mut Vec<FieldError>, field: &str, value: Option<u64>, max: u6
     }
 }
 
+/// Whether `name` is an environment variable name: letters, digits and `_`, not
+/// starting with a digit.
+pub(crate) fn is_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn check_env_keys(errs: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, String>) {
     for (key, value) in map {
         // The program receives `KEY=value` as one string.
         check_arg(errs, &format!("{field}.{key}"), &format!("{key}={value}"));
     }
     for key in map.keys() {
-        let ok = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
+        if !is_var_name(key) {
             errs.push(err(
                 &format!("{field}.{key}"),
                 "must be a variable name (letters, digits, _; not starting with a digit)",

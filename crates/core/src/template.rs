@@ -27,7 +27,25 @@ pub enum ParamType {
 }
 
 impl ParamType {
-    fn as_str(self) -> &'static str {
+    /// Every type, for messages and parsing.
+    pub const ALL: [ParamType; 4] = [
+        ParamType::String,
+        ParamType::Integer,
+        ParamType::Number,
+        ParamType::Boolean,
+    ];
+
+    /// A value of this type, to try a template's job with.
+    fn sample(self) -> Value {
+        match self {
+            ParamType::String => "x".into(),
+            ParamType::Integer => 1.into(),
+            ParamType::Number => 1.5.into(),
+            ParamType::Boolean => true.into(),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             ParamType::String => "string",
             ParamType::Integer => "integer",
@@ -55,6 +73,16 @@ impl ParamType {
             true => Ok(text),
             false => Err(format!("must be a {}, not {text:?}", self.as_str())),
         }
+    }
+}
+
+impl std::str::FromStr for ParamType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ParamType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("type {s:?} is not one of string, integer, number, boolean"))
     }
 }
 
@@ -143,7 +171,7 @@ fn placeholders(s: &str) -> Vec<(usize, usize, &str)> {
         };
         let inner = s[open + 2..close].trim();
         match inner.strip_prefix("params.") {
-            Some(name) if valid_param_name(name) => {
+            Some(name) if crate::spec::is_var_name(name) => {
                 out.push((open, close + 2, name));
                 from = close + 2;
             }
@@ -151,14 +179,6 @@ fn placeholders(s: &str) -> Vec<(usize, usize, &str)> {
         }
     }
     out
-}
-
-fn valid_param_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Every string in `v`, keys of objects included (env names may be parameters too).
@@ -198,15 +218,16 @@ fn fill(v: &Value, values: &BTreeMap<String, String>) -> Value {
     }
 }
 
-fn err(field: String, message: String) -> FieldError {
-    FieldError { field, message }
-}
-
 impl TemplateCreate {
-    /// The template's name and every parameter (declared, or found in the job), or what
-    /// is wrong: a bad name, a declared parameter the job never uses, a default of the
-    /// wrong type.
-    pub fn check(&self) -> Result<BTreeMap<String, ParamSpec>, Vec<FieldError>> {
+    /// The template's name and every parameter (declared, or found in the job), or
+    /// everything that is wrong at once: a bad name, a declared parameter the job never
+    /// uses, a default of the wrong type, secrets or an idempotency key (they belong to
+    /// each submit), and a job that is invalid once filled in with each default or a
+    /// sample value of its type.
+    pub fn check(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<BTreeMap<String, ParamSpec>, Vec<FieldError>> {
         let mut errs = Vec::new();
         let name_ok = !self.name.is_empty()
             && self.name.len() <= MAX_TEMPLATE_NAME
@@ -215,8 +236,8 @@ impl TemplateCreate {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
-            errs.push(err(
-                "name".into(),
+            errs.push(FieldError::new(
+                "name",
                 format!("must be 1 to {MAX_TEMPLATE_NAME} letters, digits, '-', '_' or '.'"),
             ));
         }
@@ -234,15 +255,47 @@ impl TemplateCreate {
         for (name, spec) in &self.params {
             let field = format!("params.{name}");
             if !used.contains(name.as_str()) {
-                errs.push(err(
+                errs.push(FieldError::new(
                     field.clone(),
                     format!("is declared but the job has no {{{{ params.{name} }}}}"),
                 ));
             }
             if let Some(Err(e)) = spec.default.as_ref().map(|d| spec.kind.text_of(d)) {
-                errs.push(err(format!("{field}.default"), e));
+                errs.push(FieldError::new(format!("{field}.default"), e));
             }
             params.insert(name.clone(), spec.clone());
+        }
+        if !self.job.secrets.is_empty() {
+            errs.push(FieldError::new(
+                "job.secrets",
+                "a template cannot keep secrets: give them with each submit (`secrets`)",
+            ));
+        }
+        if self.job.idempotency_key.is_some() {
+            errs.push(FieldError::new(
+                "job.idempotency_key",
+                "would make every submit of the template the same job: give a key with each submit",
+            ));
+        }
+        // With a parameter's own problems listed above, a trial would only repeat them.
+        if !errs.iter().any(|e| e.field.starts_with("params.")) {
+            let sample: BTreeMap<String, Value> = params
+                .iter()
+                .map(|(name, spec)| {
+                    let v = spec.default.clone().unwrap_or_else(|| spec.kind.sample());
+                    (name.clone(), v)
+                })
+                .collect();
+            let trial = Template {
+                name: self.name.clone(),
+                version: 0,
+                job: self.job.clone(),
+                params: params.clone(),
+                created_at: now,
+            };
+            if let Err(found) = trial.render(&sample).and_then(|job| job.validate(now)) {
+                errs.extend(found.into_iter().map(|e| e.within("job.")));
+            }
         }
         match errs.is_empty() {
             true => Ok(params),
@@ -263,7 +316,7 @@ impl Template {
         let mut values = BTreeMap::new();
         for name in given.keys().filter(|n| !self.params.contains_key(*n)) {
             let known: Vec<&str> = self.params.keys().map(String::as_str).collect();
-            errs.push(err(
+            errs.push(FieldError::new(
                 format!("params.{name}"),
                 format!(
                     "is not a parameter of template {} (it has: {})",
@@ -279,12 +332,12 @@ impl Template {
         for (name, spec) in &self.params {
             let field = format!("params.{name}");
             match given.get(name).or(spec.default.as_ref()) {
-                None => errs.push(err(field, "is required".into())),
+                None => errs.push(FieldError::new(field, "is required")),
                 Some(v) => match spec.kind.text_of(v) {
                     Ok(text) => {
                         values.insert(name.clone(), text);
                     }
-                    Err(e) => errs.push(err(field, e)),
+                    Err(e) => errs.push(FieldError::new(field, e)),
                 },
             }
         }
@@ -293,7 +346,7 @@ impl Template {
         }
         let job = serde_json::to_value(&self.job).expect("a submit request serializes");
         let mut job: SubmitRequest = serde_json::from_value(fill(&job, &values))
-            .map_err(|e| vec![err("job".into(), format!("after filling in: {e}"))])?;
+            .map_err(|e| vec![FieldError::new("job", format!("after filling in: {e}"))])?;
         for (name, value) in values {
             job.env
                 .insert(format!("DROVER_PARAM_{}", name.to_ascii_uppercase()), value);
@@ -310,7 +363,7 @@ mod tests {
     fn template(job: Value, params: Value) -> Result<Template, Vec<FieldError>> {
         let create: TemplateCreate =
             serde_json::from_value(json!({"name": "t", "job": job, "params": params})).unwrap();
-        let params = create.check()?;
+        let params = create.check(chrono::Utc::now())?;
         Ok(Template {
             name: create.name,
             version: 1,

@@ -302,30 +302,17 @@ impl Provisioner {
             return Ok(self.alive(&s.id).await);
         };
         if !self.alive(&s.id).await {
-            let output = self.last_output(s).await;
-            let (state, reason) = if s.agent_id.is_none() {
-                let code = self.exit_code(&s.id);
-                (
-                    "failed",
-                    Some(format!(
-                        "the agent exited{code} before it registered; its last output: {output}"
-                    )),
-                )
+            if s.agent_id.is_some() {
+                store.start_ended(&s.id, "exited", None, now).await?;
+                self.forget(&s.id).await;
             } else {
-                ("exited", None)
-            };
-            if let Some(r) = &reason {
-                tracing::warn!(provider = %s.provider, agent = %s.id, reason = %r, "agent start failed");
-                self.state
-                    .metrics
-                    .provider_failures
-                    .with_label_values(&[&s.provider])
-                    .inc();
+                let output = self.last_output(s).await;
+                let code = self.exit_code(&s.id);
+                let reason = format!(
+                    "the agent exited{code} before it registered; its last output: {output}"
+                );
+                self.fail_start(&s.id, &s.provider, &reason, now).await?;
             }
-            store
-                .start_ended(&s.id, state, reason.as_deref(), now)
-                .await?;
-            self.forget(&s.id).await;
             return Ok(false);
         }
         let waited = (now - s.started_at).to_std().unwrap_or_default();
@@ -335,17 +322,8 @@ impl Provisioner {
                 "the agent did not register within {}s; its last output: {output}",
                 cfg.start_timeout.as_secs()
             );
-            tracing::warn!(provider = %s.provider, agent = %s.id, reason = %reason, "agent start failed");
-            self.state
-                .metrics
-                .provider_failures
-                .with_label_values(&[&s.provider])
-                .inc();
             self.kill(&s.id).await;
-            store
-                .start_ended(&s.id, "failed", Some(&reason), now)
-                .await?;
-            self.forget(&s.id).await;
+            self.fail_start(&s.id, &s.provider, &reason, now).await?;
             return Ok(false);
         }
         let agent = s
@@ -445,18 +423,7 @@ impl Provisioner {
                 self.state.store.set_start_handle(&id, &text).await?;
                 self.handles.insert(id.clone(), handle);
             }
-            Err(why) => {
-                tracing::warn!(provider = %cfg.name, agent = %id, reason = %why, "agent start failed");
-                self.state
-                    .metrics
-                    .provider_failures
-                    .with_label_values(&[&cfg.name])
-                    .inc();
-                self.state
-                    .store
-                    .start_ended(&id, "failed", Some(&why), Utc::now())
-                    .await?;
-            }
+            Err(why) => self.fail_start(&id, &cfg.name, &why, Utc::now()).await?,
         }
         Ok(LiveStart {
             id,
@@ -619,6 +586,28 @@ impl Provisioner {
     }
 
     /// Drops an ended start's handle (a container is removed, its logs read before).
+    /// A start that failed: logged, counted, recorded with `reason`, forgotten.
+    async fn fail_start(
+        &mut self,
+        id: &str,
+        provider: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(provider = %provider, agent = %id, reason = %reason, "agent start failed");
+        self.state
+            .metrics
+            .provider_failures
+            .with_label_values(&[provider])
+            .inc();
+        self.state
+            .store
+            .start_ended(id, "failed", Some(reason), now)
+            .await?;
+        self.forget(id).await;
+        Ok(())
+    }
+
     async fn forget(&mut self, id: &str) {
         self.idle_since.remove(id);
         if let Some(Handle::Container(c)) = self.handles.remove(id) {

@@ -8,25 +8,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{poll, register, shell, Client};
+use common::{poll, register, register_in, shell, Client};
 use drover_server::testing::TestServer;
 use reqwest::StatusCode;
 use serde_json::json;
 
 /// Eight synthetic agents taking `queues`, each finishing what it leases after 5 ms.
 async fn agents(s: &TestServer, queues: &[&str]) -> Vec<Client> {
-    let join = Client::new(s, &s.join_token);
     let mut out = Vec::new();
     for i in 0..8 {
-        let (status, v) = join
-            .post(
-                "/v1/agents/register",
-                json!({"name": format!("a{i}"), "queues": queues, "slots": 4,
-                       "host": drover_core::api::HostInfo::default()}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        out.push(Client::new(s, v["token"].as_str().unwrap()));
+        out.push(register_in(s, &format!("a{i}"), json!({}), queues).await);
     }
     out
 }

@@ -801,7 +801,7 @@ async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
     let states: Vec<std::result::Result<JobState, String>> = out
         .iter()
         .map(|r| match r {
-            Ok((s, _)) => Ok(*s),
+            Ok((s, _, _)) => Ok(*s),
             Err(StoreError::NotYourAttempt { .. }) => Err("not yours".into()),
             Err(StoreError::StaleAttempt { .. }) => Err("stale".into()),
             Err(StoreError::NotFound(_)) => Err("not found".into()),

@@ -80,8 +80,6 @@ fn plan(size: Size, backend: &str) -> Plan {
 }
 
 fn one_server_plan(size: Size) -> Plan {
-    let one = (1, None, Duration::ZERO);
-    let (servers, server_kill_every, server_down) = one;
     match size {
         Size::Tiny => Plan {
             jobs: 200,
@@ -92,9 +90,9 @@ fn one_server_plan(size: Size) -> Plan {
             pg_restarts: vec![0.45],
             partition: (0.15, Duration::from_secs(5)),
             followers: 10,
-            servers,
-            server_kill_every,
-            server_down,
+            servers: 1,
+            server_kill_every: None,
+            server_down: Duration::ZERO,
         },
         Size::Full => Plan {
             jobs: 1200,
@@ -111,9 +109,9 @@ fn one_server_plan(size: Size) -> Plan {
             pg_restarts: vec![0.4, 0.6],
             partition: (0.2, Duration::from_secs(8)),
             followers: 40,
-            servers,
-            server_kill_every,
-            server_down,
+            servers: 1,
+            server_kill_every: None,
+            server_down: Duration::ZERO,
         },
     }
 }
@@ -290,8 +288,7 @@ async fn shake(
         if started.elapsed() > LIMIT {
             bail!("only {done} of {} jobs ended within {LIMIT:?}", jobs);
         }
-        if let Some((at, cut)) = partition.filter(|(at, _)| progress >= *at) {
-            let _ = at;
+        if let Some((_, cut)) = partition.filter(|(at, _)| progress >= *at) {
             partition = None;
             eprintln!("    partition agent 0 for {cut:?}");
             sys.outages.push(Utc::now());
@@ -317,8 +314,7 @@ async fn shake(
                 tally.server_restarts += 1;
             }
         }
-        if let Some((k, back)) = down.filter(|(_, back)| Instant::now() >= *back) {
-            let _ = back;
+        if let Some((k, _)) = down.filter(|(_, back)| Instant::now() >= *back) {
             down = None;
             sys.start_server(k)?;
             sys.wait_healthy(k).await?;
@@ -335,6 +331,7 @@ async fn shake(
                         if sys.leads(j).await {
                             k = j;
                             tally.leader_kills += 1;
+                            break;
                         }
                     }
                 }
@@ -501,7 +498,7 @@ fn rows(backend: &str, t: &Tally) -> Vec<Row> {
         let after_processes = 1 + rows
             .iter()
             .position(|r| r.metric.starts_with("processes left"))
-            .unwrap_or(0);
+            .expect("a processes-left row");
         rows.insert(
             after_processes,
             zero(

@@ -4,7 +4,7 @@ use crate::output::outln;
 use drover_core::api::{Job, JobEvents, JobPage, ListJobsQuery};
 use drover_core::JobState;
 
-use crate::client::{job_path, segment, Client};
+use crate::client::{job_path, Client};
 use crate::config::{ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
 use crate::output;
@@ -15,9 +15,12 @@ pub async fn resolve(cfg: &ClientConfig, job: &str) -> Result<String> {
     let Some(key) = job.strip_prefix("key:") else {
         return Ok(job.to_string());
     };
-    let client = Client::new(cfg)?;
-    let page: JobPage = client
-        .get(&format!("/v1/jobs?idempotency_key={}", segment(key)))
+    let query = ListJobsQuery {
+        idempotency_key: Some(key.to_string()),
+        ..ListJobsQuery::default()
+    };
+    let page: JobPage = Client::new(cfg)?
+        .get_with("/v1/jobs", |r| r.query(&query))
         .await?;
     page.jobs.into_iter().next().map(|j| j.id).ok_or_else(|| {
         CliError::NotFound(format!("no job was submitted with idempotency key {key:?}"))

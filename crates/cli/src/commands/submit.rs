@@ -16,7 +16,7 @@ use drover_core::{Exec, JobState, Priority, SubmitRequest};
 use crate::client::{job_path, segment, Client};
 use crate::commands::files;
 use crate::commands::logs::{follow_job, Follow};
-use crate::config::{parse_duration, parse_size, ClientConfig, OutputFormat};
+use crate::config::{parse_duration, parse_kv, parse_size, ClientConfig, OutputFormat};
 use crate::error::{CliError, Result};
 use crate::output;
 
@@ -34,17 +34,6 @@ fn parse_gpus(s: &str) -> std::result::Result<serde_json::Value, String> {
 /// Parses `low`, `normal`, `high`, `critical` or an integer.
 fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
     s.parse()
-}
-
-/// Parses `KEY=VALUE` (the value may be empty or contain `=`).
-fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
-    if k.is_empty() {
-        return Err(format!("{s:?} has an empty key"));
-    }
-    Ok((k.to_string(), v.to_string()))
 }
 
 fn parse_json(s: &str) -> std::result::Result<serde_json::Value, String> {

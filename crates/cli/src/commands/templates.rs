@@ -52,15 +52,11 @@ fn declaration(spec: &str) -> Result<(String, ParamSpec)> {
     };
     let (name, kind) = match head.split_once(':') {
         None => (head, ParamType::String),
-        Some((n, t)) => {
-            let kind =
-                serde_json::from_value(serde_json::Value::String(t.into())).map_err(|_| {
-                    CliError::Usage(format!(
-                        "--param {spec}: type {t:?} is not one of string, integer, number, boolean"
-                    ))
-                })?;
-            (n, kind)
-        }
+        Some((n, t)) => (
+            n,
+            t.parse::<ParamType>()
+                .map_err(|e| CliError::Usage(format!("--param {spec}: {e}")))?,
+        ),
     };
     Ok((
         name.to_string(),
@@ -85,13 +81,7 @@ fn print(cfg: &ClientConfig, t: &Template) {
             .as_ref()
             .map(|d| format!(" = {}", d.as_str().map_or(d.to_string(), str::to_string)))
             .unwrap_or_else(|| " (required)".into());
-        outln!(
-            "param:     {name}: {}{default}",
-            serde_json::to_value(p.kind)
-                .expect("a type serializes")
-                .as_str()
-                .unwrap_or("")
-        );
+        outln!("param:     {name}: {}{default}", p.kind.as_str());
     }
     outln!(
         "job:       {}",

@@ -341,6 +341,17 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Parses `KEY=VALUE` (the value may be empty or contain `=`).
+pub fn parse_kv(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// Parses `30s`, `5m`, `1h30m`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {

@@ -112,13 +112,11 @@ pub struct ServerArgs {
 }
 
 fn parse_queue_limit(s: &str) -> std::result::Result<(String, u32), String> {
-    let (name, n) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not NAME=N"))?;
-    match n.parse::<u32>() {
-        Ok(n) if n > 0 && !name.is_empty() => Ok((name.to_string(), n)),
-        _ => Err(format!("{s:?}: N must be a whole number of at least 1")),
-    }
+    let (name, n) = super::parse_kv(s)?;
+    let n = n
+        .parse::<u32>()
+        .map_err(|_| format!("{s:?}: N must be a whole number"))?;
+    Ok((name, n))
 }
 
 /// Everything `drover server` needs to start.
@@ -260,12 +258,12 @@ fn resolve_config(
     }
     cfg.providers = super::provider::resolve(&file.provider)?;
     cfg.queue_limits = f.queue_limits.clone();
+    cfg.queue_limits.extend(args.queue_limits.iter().cloned());
     if let Some((q, _)) = cfg.queue_limits.iter().find(|(_, n)| **n == 0) {
         return Err(CliError::Usage(format!(
-            "queue_limits.{q} = 0 in the config file: a queue limit is at least 1"
+            "the limit of queue {q} is 0: a queue limit is at least 1"
         )));
     }
-    cfg.queue_limits.extend(args.queue_limits.iter().cloned());
     cfg.secrets_key_file = args
         .secrets_key_file
         .clone()

@@ -364,7 +364,10 @@ pub async fn finish(
             .with_label_values(&[req.outcome.as_str()])
             .observe(ran.as_secs_f64());
     }
-    if w.job.state == drover_core::JobState::Queued || state.store.limits_in_play() {
+    let limited = state
+        .store
+        .is_limited(w.job.concurrency_key.as_deref(), &w.job.queue);
+    if w.job.state == drover_core::JobState::Queued || limited {
         state.hub.work_available();
     }
     if req.outcome != Outcome::Succeeded {
@@ -457,13 +460,15 @@ pub async fn finish_batch(
         .store
         .finish_many(&agent.id, &items, Utc::now(), &jitters)
         .await?;
-    let mut requeued = false;
+    // A job queued again, or one whose end frees a place under a limit: polls may
+    // find work.
+    let mut work = false;
     let results = items
         .iter()
         .zip(got)
         .map(|((job_id, attempt, req), r)| {
             let (status, st) = match r {
-                Ok((next, ran)) => {
+                Ok((next, ran, limited)) => {
                     if let Some(ran) = ran {
                         state
                             .metrics
@@ -471,7 +476,7 @@ pub async fn finish_batch(
                             .with_label_values(&[req.outcome.as_str()])
                             .observe(ran.as_secs_f64());
                     }
-                    requeued |= next == drover_core::JobState::Queued;
+                    work |= next == drover_core::JobState::Queued || limited;
                     state.hub.job_changed(job_id);
                     ("ok", Some(next))
                 }
@@ -489,7 +494,7 @@ pub async fn finish_batch(
             }
         })
         .collect();
-    if requeued || state.store.limits_in_play() {
+    if work {
         state.hub.work_available();
     }
     state.hub.wake_agent(&agent.id);

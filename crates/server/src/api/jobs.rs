@@ -8,7 +8,6 @@ use drover_core::api::{
     BatchSubmit, BatchSubmitted, ErrorBody, Job, JobEvents, JobPage, ListJobsQuery,
     ProgressHistory, ProgressQuery,
 };
-use drover_core::spec::FieldError;
 use drover_core::{JobState, SubmitRequest};
 
 use super::auth::{Client, READ, SUBMIT};
@@ -88,10 +87,7 @@ pub async fn submit_batch(
     for (i, job) in req.jobs.into_iter().enumerate() {
         match job.validate(now) {
             Ok(v) => valid.push(v),
-            Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError {
-                field: format!("jobs[{i}].{}", e.field),
-                message: e.message,
-            })),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| e.within(&format!("jobs[{i}].")))),
         }
     }
     if !errors.is_empty() {
@@ -167,17 +163,23 @@ pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError
     let mut job = state.store.job(id).await?;
     if job.state == JobState::Queued {
         let now = Utc::now();
-        if job.run_at <= now {
+        let due = job.run_at <= now;
+        if due {
             job.queue_position = Some(state.store.queue_position(id, now).await?);
         }
-        let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
-        job.wait_reason =
-            crate::waiting::wait_reason(&job, &agents, &state.providers.providers(), now);
-        if job.run_at <= now {
-            if let Some(held) = state.store.held_by_limit(&job).await? {
-                job.wait_reason = Some(held);
+        // A concurrency or queue limit is the whole answer; only without one do the
+        // agents matter.
+        let held = match due {
+            true => state.store.held_by_limit(&job).await?,
+            false => None,
+        };
+        job.wait_reason = match held {
+            Some(held) => Some(held),
+            None => {
+                let agents = state.store.list_agents(now, state.config.lease_ttl).await?;
+                crate::waiting::wait_reason(&job, &agents, &state.providers.providers(), now)
             }
-        }
+        };
     }
     Ok(job)
 }

@@ -1,17 +1,12 @@
 //! Job templates: create (each create of a name is its next version), list, show,
 //! delete, and submit a job from one with its parameters filled in.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{ErrorBody, Job};
-use drover_core::spec::FieldError;
-use drover_core::template::{
-    ParamType, Template, TemplateCreate, TemplateList, TemplateRef, TemplateSubmit,
-};
+use drover_core::template::{Template, TemplateCreate, TemplateList, TemplateRef, TemplateSubmit};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -28,13 +23,6 @@ pub struct VersionQuery {
     pub version: Option<u32>,
 }
 
-fn field(name: &str, message: &str) -> FieldError {
-    FieldError {
-        field: name.into(),
-        message: message.into(),
-    }
-}
-
 #[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = TemplateCreate,
     responses(
         (status = 201, description = "The template's next version (1 for a new name)", body = Template),
@@ -47,51 +35,8 @@ pub async fn create(
     Client(_caller): Client<SUBMIT>,
     ApiJson(req): ApiJson<TemplateCreate>,
 ) -> Result<(StatusCode, Json<Template>), ApiError> {
-    let params = req.check().map_err(ApiError::InvalidSpec)?;
-    let mut errs = Vec::new();
-    if !req.job.secrets.is_empty() {
-        errs.push(field(
-            "job.secrets",
-            "a template cannot keep secrets: give them with each submit (`secrets`)",
-        ));
-    }
-    if req.job.idempotency_key.is_some() {
-        errs.push(field(
-            "job.idempotency_key",
-            "would make every submit of the template the same job: give a key with each submit",
-        ));
-    }
-    // The job must be valid once filled in: try it with each default, or a sample value.
     let now = Utc::now();
-    let sample: BTreeMap<String, serde_json::Value> = params
-        .iter()
-        .map(|(name, spec)| {
-            let v = spec.default.clone().unwrap_or_else(|| match spec.kind {
-                ParamType::String => "x".into(),
-                ParamType::Integer => 1.into(),
-                ParamType::Number => 1.5.into(),
-                ParamType::Boolean => true.into(),
-            });
-            (name.clone(), v)
-        })
-        .collect();
-    let trial = Template {
-        name: req.name.clone(),
-        version: 0,
-        job: req.job.clone(),
-        params: params.clone(),
-        created_at: now,
-    };
-    match trial.render(&sample).map(|job| job.validate(now)) {
-        Ok(Ok(_)) => {}
-        Ok(Err(found)) | Err(found) => errs.extend(found.into_iter().map(|e| FieldError {
-            field: format!("job.{}", e.field),
-            message: e.message,
-        })),
-    }
-    if !errs.is_empty() {
-        return Err(ApiError::InvalidSpec(errs));
-    }
+    let params = req.check(now).map_err(ApiError::InvalidSpec)?;
     let made = state
         .store
         .create_template(&req.name, &req.job, &params, now)

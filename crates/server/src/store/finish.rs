@@ -143,15 +143,16 @@ impl Store {
     }
 
     /// Ends many attempts of one agent in one transaction; each item gets its own result
-    /// (`Ok` with the job's new state, or the fencing error that refused it), as if they
-    /// had been finished one after the other.
+    /// (`Ok` with the job's new state, its run time, and whether it counted against a
+    /// concurrency or queue limit; or the fencing error that refused it), as if they had
+    /// been finished one after the other.
     pub async fn finish_many(
         &self,
         agent_id: &str,
         items: &[(String, u32, FinishRequest)],
         now: DateTime<Utc>,
         jitters: &[f64],
-    ) -> Result<Vec<std::result::Result<(JobState, Option<Duration>), StoreError>>> {
+    ) -> Result<Vec<std::result::Result<(JobState, Option<Duration>, bool), StoreError>>> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut held = self.held_many(&mut tx, &ids).await?;
@@ -166,7 +167,9 @@ impl Store {
                 .and_then(|()| plan(entry.as_deref().expect("fenced"), req, now, *jitter));
             match decided {
                 Ok(p) => {
-                    out.push(Ok((p.next, p.elapsed)));
+                    let h = entry.as_deref().expect("fenced");
+                    let limited = self.is_limited(h.concurrency_key.as_deref(), &h.queue);
+                    out.push(Ok((p.next, p.elapsed, limited)));
                     // A second report of the same attempt in this batch is stale, as it
                     // would be one request later.
                     if let Some(h) = entry {
@@ -180,7 +183,7 @@ impl Store {
                         .replayed(&mut tx, agent_id, job_id, *attempt, req)
                         .await;
                     match replay {
-                        Ok(state) => out.push(Ok((state, None))),
+                        Ok(state) => out.push(Ok((state, None, false))),
                         Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
                         Err(e) => out.push(Err(e)),
                     }

@@ -224,8 +224,7 @@ impl Store {
             );
             let mut q = sqlx::query(&sql);
             for (id, job) in chunk {
-                let mut required = job.labels.clone();
-                required.extend(job.exec.implied_labels());
+                let required = job.exec.required_labels(&job.labels);
                 q = q
                     .bind(id.clone())
                     .bind(job.name.clone())
@@ -494,19 +493,15 @@ impl Store {
         } else {
             None
         };
-        let label = q
-            .label
-            .as_deref()
-            .map(|l| l.split_once('=').unwrap_or((l, "")));
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
-            if let Some((k, v)) = label {
-                if job.labels.get(k).map(String::as_str) != Some(v) {
-                    continue;
-                }
+            if q.label
+                .as_deref()
+                .is_none_or(|f| drover_core::labels::matches_filter(&job.labels, f))
+            {
+                jobs.push(job);
             }
-            jobs.push(job);
         }
         Ok((jobs, next_cursor))
     }

@@ -72,11 +72,13 @@ pub(super) struct Held {
     pub(super) run_at: DateTime<Utc>,
     /// Start of the current attempt's process, once it started.
     pub(super) started_at: Option<DateTime<Utc>>,
+    pub(super) queue: String,
+    pub(super) concurrency_key: Option<String>,
 }
 
 impl Held {
     /// The columns [`Held::from_row`] reads.
-    pub(super) const COLUMNS: &'static str = "state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at";
+    pub(super) const COLUMNS: &'static str = "state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at, queue, concurrency_key";
 
     pub(super) fn from_row(row: &AnyRow) -> Result<Held> {
         let state: String = row.try_get("state")?;
@@ -91,6 +93,8 @@ impl Held {
             cap_ms: row.try_get::<i64, _>("backoff_cap_ms")? as u64,
             run_at: from_ms(row.try_get("run_at")?),
             started_at: opt_time(row, "started_at")?,
+            queue: row.try_get("queue")?,
+            concurrency_key: row.try_get("concurrency_key")?,
         })
     }
 }
@@ -152,9 +156,6 @@ impl Running {
         self.locked = true;
         if let Some(k) = key {
             if !self.keys.contains_key(k) {
-                store
-                    .keyed_seen
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let n = running_with(&mut **tx, "concurrency_key", k).await?;
                 self.keys.insert(k.to_string(), n);
             }
@@ -217,10 +218,10 @@ impl Store {
         Ok(None)
     }
 
-    /// Whether a finished job may let a held-back one run: some queue has a limit, or
-    /// a job with a concurrency key was seen.
-    pub fn limits_in_play(&self) -> bool {
-        !self.queue_limits.is_empty() || self.keyed_seen.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether a job with `concurrency_key` in `queue` counts against a limit: when it
+    /// ends, a job its limit held back may run.
+    pub fn is_limited(&self, concurrency_key: Option<&str>, queue: &str) -> bool {
+        concurrency_key.is_some() || self.queue_limits.contains_key(queue)
     }
 }
 

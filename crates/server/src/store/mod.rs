@@ -101,8 +101,6 @@ pub struct Store {
     artifact_limits: ArtifactLimits,
     /// Most jobs of a queue leased or running at once.
     queue_limits: std::sync::Arc<std::collections::BTreeMap<String, u32>>,
-    /// A job with a concurrency key was claimed since start (see `limits_in_play`).
-    keyed_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Where log chunks moved out of the database are (see `logs`).
     files: Option<FileStore>,
     /// On SQLite: this server's hold on the data directory.
@@ -200,7 +198,6 @@ impl Store {
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
                     queue_limits: Default::default(),
-                    keyed_seen: Default::default(),
                     files: None,
                     lock: None,
                 }
@@ -218,7 +215,6 @@ impl Store {
                     sealer,
                     artifact_limits: ArtifactLimits::default(),
                     queue_limits: Default::default(),
-                    keyed_seen: Default::default(),
                     files: None,
                     lock: Some(lock),
                 }
@@ -229,17 +225,27 @@ impl Store {
         Ok(store)
     }
 
+    /// The database's value of fact `name`, which is `value` if none was recorded yet.
+    async fn claim_meta(&self, name: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO server_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.write)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.write)
+                .await?,
+        )
+    }
+
     /// Records the sealing key's fingerprint on first use, and refuses a different key.
     async fn check_key(&self, key_path: &Path) -> Result<()> {
         let mine = self.sealer.fingerprint();
-        sqlx::query("INSERT INTO server_meta (name, value) VALUES ('secrets_key', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(mine)
-            .execute(&self.write)
-            .await?;
-        let theirs: String =
-            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'secrets_key'")
-                .fetch_one(&self.write)
-                .await?;
+        let theirs = self.claim_meta("secrets_key", mine).await?;
         if theirs != mine {
             return Err(StoreError::Conflict(format!(
                 "this database's job secrets are sealed with key {theirs}, but this server's key ({}) is {mine}: every server on one database needs the same key; copy the first server's key file here or point --secrets-key-file at it",
@@ -284,14 +290,7 @@ impl Store {
             return Ok(());
         }
         let mine = files.identity().map_err(StoreError::Conflict)?;
-        sqlx::query("INSERT INTO server_meta (name, value) VALUES ('files', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(&mine)
-            .execute(&self.write)
-            .await?;
-        let theirs: String =
-            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'files'")
-                .fetch_one(&self.write)
-                .await?;
+        let theirs = self.claim_meta("files", &mine).await?;
         if theirs != mine {
             return Err(StoreError::Conflict(format!(
                 "this database's files are kept in {theirs}, but this server would keep them in {mine}: every server on one database needs the same --object-store (or, without one, the same data directory); to move the files for good, copy them over and then delete the row 'files' of the table server_meta"

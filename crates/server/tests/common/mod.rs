@@ -70,9 +70,19 @@ pub fn shell(cmd: &str) -> Value {
 }
 
 pub async fn register(server: &TestServer, name: &str, labels: Value) -> Client {
+    register_in(server, name, labels, &[]).await
+}
+
+/// [`register`] for an agent that takes `queues` (none: `default`).
+pub async fn register_in(
+    server: &TestServer,
+    name: &str,
+    labels: Value,
+    queues: &[&str],
+) -> Client {
     let join = Client::new(server, &server.join_token);
     let (status, v) = join
-        .post("/v1/agents/register", json!({"name": name, "labels": labels, "queues": [], "slots": 4, "host": HostInfo::default()}))
+        .post("/v1/agents/register", json!({"name": name, "labels": labels, "queues": queues, "slots": 4, "host": HostInfo::default()}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let resp: RegisterResponse = serde_json::from_value(v).unwrap();
