@@ -267,23 +267,7 @@ async fn long_poll_is_woken_by_a_submit() {
     let agent = register(&server, "waiter", json!({})).await;
     let started = Instant::now();
     let waiting = tokio::spawn(async move { poll(&agent, &[], 30_000).await });
-    // Wait until the poll is parked, as the server's own gauge reports it.
-    loop {
-        let (_, text) = c.get("/metrics").await;
-        if text
-            .as_str()
-            .unwrap()
-            .lines()
-            .any(|l| l == "drover_polls_waiting 1")
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "poll never parked"
-        );
-        tokio::task::yield_now().await;
-    }
+    common::wait_parked(&server, 1).await;
     let job = c.submit(shell("echo hi")).await;
     let resp = waiting.await.unwrap();
     assert_eq!(resp.leases.len(), 1);
@@ -669,21 +653,8 @@ async fn shutdown_tells_waiting_polls_to_reconnect() {
     let mut server = TestServer::start().await;
     let agent = register(&server, "w", json!({})).await;
     let waiting = tokio::spawn(async move { poll(&agent, &[], 30_000).await });
-    let c = Client::new(&server, &server.admin_token);
     let started = Instant::now();
-    loop {
-        let (_, text) = c.get("/metrics").await;
-        if text
-            .as_str()
-            .unwrap()
-            .lines()
-            .any(|l| l == "drover_polls_waiting 1")
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20));
-        tokio::task::yield_now().await;
-    }
+    common::wait_parked(&server, 1).await;
     server.stop().await;
     let resp = waiting.await.unwrap();
     assert_eq!(resp.controls, [Control::Reconnect]);

@@ -25,12 +25,12 @@ async fn refused(config: drover_server::ServerConfig) -> String {
 }
 
 async fn is_leader(s: &TestServer) -> bool {
-    let (_, text) = Client::new(s, &s.admin_token).get("/metrics").await;
-    text.as_str()
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l == "drover_leader 1")
+    common::has_metric_line(s, "drover_leader 1").await
 }
+
+/// Longest a held poll may take to be answered by a wake-up: far below its 30 s wait,
+/// so that an answer at the wait's end (with no wake-up at all) fails the test.
+const WOKEN_WITHIN: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_one_postgres_act_as_one() {
@@ -46,12 +46,17 @@ async fn three_servers_on_one_postgres_act_as_one() {
     // A poll held on B is answered by a submit on C, long before its 20 s are up.
     let agent = register(a, "cross", json!({})).await;
     let on_b = Client::new(b, &agent.token);
-    let held = tokio::spawn(async move { common::poll(&on_b, &[], 20_000).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = tokio::spawn(async move { common::poll(&on_b, &[], 30_000).await });
+    common::wait_parked(b, 1).await;
+    let submitted = Instant::now();
     let job = Client::new(c, &c.admin_token)
         .submit(shell("sleep 30"))
         .await;
     let got = held.await.unwrap();
+    assert!(
+        submitted.elapsed() < WOKEN_WITHIN,
+        "woken by the submit on C"
+    );
     assert_eq!(
         got.leases.first().map(|l| l.job_id.as_str()),
         Some(job.id.as_str())
@@ -79,13 +84,18 @@ async fn three_servers_on_one_postgres_act_as_one() {
     // A cancel sent to A reaches the agent's poll held on B.
     let on_b = Client::new(b, &agent.token);
     let running = [(job.id.clone(), 1)];
-    let held = tokio::spawn(async move { common::poll(&on_b, &running, 20_000).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = tokio::spawn(async move { common::poll(&on_b, &running, 30_000).await });
+    common::wait_parked(b, 1).await;
+    let canceled = Instant::now();
     let (status, _) = Client::new(a, &a.admin_token)
         .post(&format!("/v1/jobs/{}/cancel", job.id), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK);
     let got = held.await.unwrap();
+    assert!(
+        canceled.elapsed() < WOKEN_WITHIN,
+        "woken by the cancel on A"
+    );
     assert!(
         got.controls
             .iter()

@@ -143,3 +143,23 @@ pub async fn sse_until(
         .unwrap_or_else(|_| panic!("the events wanted did not come: {events:?}"));
     events
 }
+
+/// Whether the server's `/metrics` has `line`.
+pub async fn has_metric_line(server: &TestServer, line: &str) -> bool {
+    let (_, text) = Client::new(server, &server.admin_token)
+        .get("/metrics")
+        .await;
+    text.as_str().unwrap_or_default().lines().any(|l| l == line)
+}
+
+/// Waits until `n` polls are parked on the server, as its own gauge reports it.
+pub async fn wait_parked(server: &TestServer, n: usize) {
+    let started = std::time::Instant::now();
+    while !has_metric_line(server, &format!("drover_polls_waiting {n}")).await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the poll never parked"
+        );
+        tokio::task::yield_now().await;
+    }
+}
