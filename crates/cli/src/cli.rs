@@ -138,6 +138,9 @@ pub enum Command {
     /// Job templates kept on the server: create, ls, show, rm.
     #[command(subcommand)]
     Template(templates::TemplateCommand),
+    /// Arrays (`drover submit --array`) as one: status, ls, cancel, retry.
+    #[command(subcommand)]
+    Group(crate::commands::groups::GroupCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(admin::TokenCommand),

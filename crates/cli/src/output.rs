@@ -48,7 +48,7 @@ pub fn state(s: JobState, color: bool) -> String {
         return s.to_string();
     }
     let code = match s {
-        JobState::Queued => "33",
+        JobState::Waiting | JobState::Queued => "33",
         JobState::Leased | JobState::Running => "36",
         JobState::Succeeded => "32",
         JobState::Failed | JobState::TimedOut => "31",

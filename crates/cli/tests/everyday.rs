@@ -438,3 +438,75 @@ fn a_concurrency_key_holds_its_limit_across_agents_as_the_jobs_see_it() {
     assert!(saw_two, "two jobs of the key ran together at least once");
     up.stop();
 }
+
+#[test]
+fn an_array_holds_its_parallelism_as_its_jobs_see_it_and_a_chain_stops_at_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Six agents of two slots each: twelve places, so the array's 10 is what binds.
+    let up = Up::start_with(
+        tmp.path(),
+        &tmp.path().join("ctx"),
+        free_port(),
+        &["--agents", "6"],
+    );
+    let running = tmp.path().join("running");
+    std::fs::create_dir_all(&running).unwrap();
+    let counts = tmp.path().join("counts");
+    // Each member counts the members running beside it, itself included.
+    let script = format!(
+        "touch {d}/$DROVER_ARRAY_INDEX; n=$(ls {d} | wc -l); echo $n >> {c}; sleep 0.05; rm {d}/$DROVER_ARRAY_INDEX; [ $n -le 10 ]",
+        d = running.display(),
+        c = counts.display()
+    );
+    let group = up.submit(&["--array", "0-999%10", "--name", "sweep", "--", &script]);
+    let mut last = Value::Null;
+    wait_until("the array to end", Duration::from_secs(600), || {
+        last = json(&up.drover(&["group", "status", "-o", "json", &group]));
+        matches!(
+            last["state"].as_str(),
+            Some("succeeded" | "failed" | "canceled")
+        )
+    });
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert_eq!(last["counts"]["succeeded"], 1000);
+    let seen: Vec<u32> = std::fs::read_to_string(&counts)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 1000);
+    let most = *seen.iter().max().unwrap();
+    assert!((2..=10).contains(&most), "at most {most} ran at once");
+    let shown = stdout(&up.drover(&["group", "status", &group]));
+    assert!(shown.contains("1000 succeeded"), "{shown}");
+    assert!(stdout(&up.drover(&["group", "ls"])).contains("sweep"));
+    let out = up.drover(&["ls", "--group", &group, "--limit", "3", "-o", "json"]);
+    assert_eq!(json(&out)["jobs"].as_array().unwrap().len(), 3);
+
+    // A chain of three whose middle fails; a clean-up waits for that failure.
+    let a = up.submit(&["--", "true"]);
+    let b = up.submit(&["--after", &a, "--", "exit 3"]);
+    let c = up.submit(&["--after", &format!("{b}:ok"), "--", "echo never"]);
+    let cleanup = up.submit(&["--after", &format!("{b}:failed"), "--", "echo cleaning up"]);
+    let out = up.drover(&["wait", &c]);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let shown = stdout(&up.drover(&["status", &c]));
+    assert!(shown.contains(&format!("after:     {b}:ok")), "{shown}");
+    assert!(shown.contains("dependency_failed"), "{shown}");
+    assert!(up.drover(&["wait", &cleanup]).status.success());
+    assert!(stdout(&up.drover(&["logs", &cleanup])).contains("cleaning up"));
+    assert_eq!(
+        up.status(&c)["attempts"].as_array().unwrap().len(),
+        0,
+        "never ran"
+    );
+
+    // Bad input says what is wrong.
+    let out = up.drover(&["submit", "--array", "9-3", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("below the first"), "{}", stderr(&out));
+    let out = up.drover(&["submit", "--after", "no-such-job", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no job or group"), "{}", stderr(&out));
+    up.stop();
+}

@@ -103,6 +103,14 @@ pub struct Job {
     pub concurrency_key: Option<String>,
     #[serde(default)]
     pub concurrency_limit: Option<u32>,
+    /// The group (array) the job belongs to, and its index there.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub array_index: Option<u32>,
+    /// The jobs it waits for, by id (`GET /v1/jobs/{id}` only; empty in lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<crate::group::Dependency>,
 }
 
 impl Job {
@@ -264,6 +272,8 @@ pub struct ListJobsQuery {
     pub name: Option<String>,
     /// Only the job submitted with this idempotency key (at most one).
     pub idempotency_key: Option<String>,
+    /// Only the members of this group.
+    pub group: Option<String>,
     /// Page size, 1..=1000, default 100.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.

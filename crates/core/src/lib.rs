@@ -5,6 +5,7 @@
 pub mod api;
 pub mod backoff;
 pub mod files;
+pub mod group;
 pub mod labels;
 pub mod spec;
 pub mod state;

@@ -260,6 +260,10 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 10000)]
     pub concurrency_limit: Option<u32>,
+    /// Jobs this one waits for (state `waiting`) before it is queued; when one ends in a
+    /// way its condition refuses, this job is canceled with `dependency_failed`.
+    #[serde(default)]
+    pub after: Vec<crate::group::Dependency>,
 }
 
 /// Most jobs of one concurrency key that may run at once.
@@ -290,6 +294,7 @@ impl SubmitRequest {
             artifacts: Vec::new(),
             concurrency_key: None,
             concurrency_limit: None,
+            after: Vec::new(),
         }
     }
 }
@@ -325,6 +330,10 @@ pub struct ValidJob {
     pub template: Option<crate::template::TemplateRef>,
     /// Concurrency key and its limit.
     pub concurrency: Option<(String, u32)>,
+    /// Jobs it waits for, as the user named them (resolved by the store).
+    pub after: Vec<crate::group::Dependency>,
+    /// Set by the server for an array member: its group's id and its index.
+    pub group: Option<(String, u32)>,
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
@@ -572,6 +581,7 @@ impl SubmitRequest {
             _ => {}
         }
         files::check(&mut errs, &self.inputs, &self.artifacts);
+        crate::group::check_after(&mut errs, &self.after);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -605,6 +615,8 @@ impl SubmitRequest {
             concurrency: self
                 .concurrency_key
                 .map(|k| (k, self.concurrency_limit.unwrap_or(1))),
+            after: self.after,
+            group: None,
         })
     }
 }

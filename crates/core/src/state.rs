@@ -1,7 +1,9 @@
 //! The job state machine: the only place that decides which state a job moves to.
 //!
-//! `queued → leased → running → succeeded | failed | canceled | timed_out`. A job waiting
-//! for its `run_at` or a retry backoff stays `queued`. Cancelling a leased or running job
+//! `[waiting →] queued → leased → running → succeeded | failed | canceled | timed_out`.
+//! A job with dependencies is `waiting` until they end; then it is queued, or canceled
+//! when one ended in a way its condition refuses. A job waiting for its `run_at` or a
+//! retry backoff stays `queued`. Cancelling a leased or running job
 //! is a request: the state stays until the agent confirms with `Finish(Canceled)`.
 
 use serde::{Deserialize, Serialize};
@@ -9,9 +11,13 @@ use utoipa::ToSchema;
 
 /// Where a job is in its life. Terminal states never change again except by an explicit
 /// `Retry`, which starts a new life for the same job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waits for the jobs it depends on to end.
+    Waiting,
     Queued,
     Leased,
     Running,
@@ -23,7 +29,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in life order; handy for tables and metrics.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
+        JobState::Waiting,
         JobState::Queued,
         JobState::Leased,
         JobState::Running,
@@ -35,6 +42,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Waiting => "waiting",
             JobState::Queued => "queued",
             JobState::Leased => "leased",
             JobState::Running => "running",
@@ -72,7 +80,7 @@ impl std::str::FromStr for JobState {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown state {s:?}; expected one of queued, leased, running, succeeded, failed, canceled, timed_out"
+                    "unknown state {s:?}; expected one of waiting, queued, leased, running, succeeded, failed, canceled, timed_out"
                 )
             })
     }
@@ -114,6 +122,10 @@ pub enum Event {
     Cancel,
     /// A user asked to run a finished job again.
     Retry,
+    /// Every job a waiting job depends on ended as its condition asks.
+    DepsMet,
+    /// A job a waiting job depends on ended in a way its condition refuses.
+    DepsFailed,
 }
 
 /// A transition the state machine does not allow; the message is safe to show users.
@@ -132,6 +144,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::Lost { .. } => "lose",
         Event::Cancel => "cancel",
         Event::Retry => "retry",
+        Event::DepsMet => "release",
+        Event::DepsFailed => "fail the dependencies of",
     }
 }
 
@@ -152,7 +166,9 @@ pub fn transition(from: JobState, event: Event) -> Result<JobState, InvalidTrans
         }),
         (Leased | Running, Event::Lost { retry: true }) => Some(Queued),
         (Leased | Running, Event::Lost { retry: false }) => Some(Failed),
-        (Queued, Event::Cancel) => Some(Canceled),
+        (Queued | Waiting, Event::Cancel) => Some(Canceled),
+        (Waiting, Event::DepsMet) => Some(Queued),
+        (Waiting, Event::DepsFailed) => Some(Canceled),
         (Leased | Running, Event::Cancel) => Some(from),
         (Succeeded | Failed | Canceled | TimedOut, Event::Retry) => Some(Queued),
         _ => None,
@@ -169,7 +185,14 @@ mod tests {
     use JobState::*;
 
     fn events() -> Vec<Event> {
-        let mut v = vec![Event::Lease, Event::Start, Event::Cancel, Event::Retry];
+        let mut v = vec![
+            Event::Lease,
+            Event::Start,
+            Event::Cancel,
+            Event::Retry,
+            Event::DepsMet,
+            Event::DepsFailed,
+        ];
         for retry in [false, true] {
             v.push(Event::Lost { retry });
             for outcome in [
@@ -195,6 +218,9 @@ mod tests {
                 (Queued, Event::Lease, Leased),
                 (Leased, Event::Start, Running),
                 (Queued, Event::Cancel, Canceled),
+                (Waiting, Event::Cancel, Canceled),
+                (Waiting, Event::DepsMet, Queued),
+                (Waiting, Event::DepsFailed, Canceled),
                 (Leased, Event::Cancel, Leased),
                 (Running, Event::Cancel, Running),
             ];
@@ -236,7 +262,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(legal, 29);
+        assert_eq!(legal, 32);
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct TemplateSubmit {
     /// The job's secrets (a template keeps none).
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Jobs this one waits for (a template keeps none).
+    #[serde(default)]
+    pub after: Vec<crate::group::Dependency>,
 }
 
 /// The template a job came from.
@@ -275,6 +278,12 @@ impl TemplateCreate {
             errs.push(FieldError::new(
                 "job.idempotency_key",
                 "would make every submit of the template the same job: give a key with each submit",
+            ));
+        }
+        if !self.job.after.is_empty() {
+            errs.push(FieldError::new(
+                "job.after",
+                "a template cannot name the jobs its jobs wait for: give them with each submit (`after`)",
             ));
         }
         // With a parameter's own problems listed above, a trial would only repeat them.

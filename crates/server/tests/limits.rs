@@ -4,66 +4,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use common::{poll, register, register_in, shell, Client};
+use common::{agents, drain, poll, register, shell, Client};
 use drover_server::testing::TestServer;
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// Eight synthetic agents taking `queues`, each finishing what it leases after 5 ms.
-async fn agents(s: &TestServer, queues: &[&str]) -> Vec<Client> {
-    let mut out = Vec::new();
-    for i in 0..8 {
-        out.push(register_in(s, &format!("a{i}"), json!({}), queues).await);
-    }
-    out
-}
-
-/// The agents drain `jobs` jobs at once; returns the most held at the same time of the
-/// jobs whose name starts with `counted`.
-async fn drain(agents: Vec<Client>, jobs: usize, counted: &'static str) -> i64 {
-    let held = Arc::new(AtomicI64::new(0));
-    let most = Arc::new(AtomicI64::new(0));
-    let done = Arc::new(AtomicI64::new(0));
-    let mut tasks = Vec::new();
-    for agent in agents {
-        let (held, most, done) = (held.clone(), most.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            while done.load(Ordering::SeqCst) < jobs as i64 {
-                let got = poll(&agent, &[], 200).await;
-                for lease in got.leases {
-                    let mine = lease.name.starts_with(counted);
-                    if mine {
-                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    // Counted down before the finish is sent: the server counts the job
-                    // as running until the finish commits.
-                    if mine {
-                        held.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    let path = format!(
-                        "/v1/jobs/{}/attempts/{}/finish",
-                        lease.job_id, lease.attempt
-                    );
-                    let (status, v) = agent
-                        .post(&path, json!({"outcome": "succeeded", "exit_code": 0}))
-                        .await;
-                    assert_eq!(status, StatusCode::OK, "{v}");
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    most.load(Ordering::SeqCst)
-}
 
 async fn limits_hold(s: &TestServer) {
     let c = Client::new(s, &s.admin_token);

@@ -123,7 +123,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/agents"
             | "/v1/providers"
             | "/v1/templates"
-            | "/v1/templates/{name}",
+            | "/v1/templates/{name}"
+            | "/v1/groups"
+            | "/v1/groups/{id}",
         ) => Needs::Read,
         (
             "post",
@@ -134,7 +136,10 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/jobs/{id}/rerun"
             | "/v1/files"
             | "/v1/templates"
-            | "/v1/templates/{name}/jobs",
+            | "/v1/templates/{name}/jobs"
+            | "/v1/groups"
+            | "/v1/groups/{id}/cancel"
+            | "/v1/groups/{id}/retry",
         )
         | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}" | "/v1/templates/{name}") => Needs::Submit,
         ("get" | "post", "/v1/tokens")

@@ -647,15 +647,15 @@ async fn failed_attempt_is_retried_after_a_backoff(fx: Fx) {
 async fn cancel_queued_running_and_finished_jobs(fx: Fx) {
     let now = t0();
     let ids = enqueue(&fx.store, vec![shell("sleep 1"), shell("sleep 2")], now).await;
-    let (job, agent_to_wake) = fx.store.cancel(&ids[0], "user", now).await.unwrap();
-    assert_eq!((job.state, agent_to_wake), (JobState::Canceled, None));
+    let (job, done) = fx.store.cancel(&ids[0], "user", now).await.unwrap();
+    assert_eq!((job.state, done.agents.len()), (JobState::Canceled, 0));
     let a = agent(&fx.store, "a", 1, &[], &["default"]).await;
     let l = fx.store.claim(&a, now, TTL).await.unwrap().remove(0);
     assert_eq!(l.job_id, ids[1]);
     fx.store.start(&a.id, &ids[1], 1, now).await.unwrap();
-    let (job, agent_to_wake) = fx.store.cancel(&ids[1], "user", now).await.unwrap();
+    let (job, done) = fx.store.cancel(&ids[1], "user", now).await.unwrap();
     assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
-    assert_eq!(agent_to_wake.as_deref(), Some(a.id.as_str()));
+    assert_eq!(done.agents, vec![a.id.clone()]);
     let running = [RunningAttempt {
         job_id: ids[1].clone(),
         attempt: 1,
@@ -793,11 +793,12 @@ async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
         (ids[4].clone(), 1, ok(0)),
     ];
     let later = now + chrono::Duration::seconds(2);
-    let out = fx
+    let (out, released) = fx
         .store
         .finish_many(&a.id, &items, later, &[0.5; 8])
         .await
         .unwrap();
+    assert!(released.is_empty(), "nothing waited on these");
     let states: Vec<std::result::Result<JobState, String>> = out
         .iter()
         .map(|r| match r {

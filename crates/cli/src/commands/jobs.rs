@@ -56,6 +56,12 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
     }
     outln!("command:   {}", job.exec.display());
     outln!("queue:     {} (priority {})", job.queue, job.priority);
+    if let (Some(g), Some(i)) = (&job.group_id, job.array_index) {
+        outln!("group:     {g} (index {i}; drover group status {g})");
+    }
+    for d in &job.after {
+        outln!("after:     {}:{}", d.job, d.condition.as_str());
+    }
     let (used, allowed) = job.attempt_counts();
     outln!("attempts:  {used} of {allowed}");
     if let Some(p) = &job.progress {
@@ -111,7 +117,7 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
 /// Flags of `drover ls`.
 #[derive(clap::Args)]
 pub struct LsArgs {
-    /// Only jobs in this state (queued, leased, running, succeeded, failed, canceled, timed_out).
+    /// Only jobs in this state (waiting, queued, leased, running, succeeded, failed, canceled, timed_out).
     #[arg(long, value_parser = |s: &str| s.parse::<JobState>())]
     state: Option<JobState>,
     /// Only jobs of this queue.
@@ -123,6 +129,9 @@ pub struct LsArgs {
     /// Only jobs with this name.
     #[arg(long)]
     name: Option<String>,
+    /// Only the members of this group (an array; see `drover group`).
+    #[arg(long)]
+    group: Option<String>,
     /// How many jobs to show (1-1000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
@@ -148,7 +157,8 @@ pub async fn ls(cfg: &ClientConfig, args: LsArgs) -> Result<i32> {
         name: args.name,
         limit: Some(args.limit),
         cursor: args.cursor,
-        idempotency_key: None,
+        group: args.group,
+        ..ListJobsQuery::default()
     };
     let page: JobPage = client.get_with("/v1/jobs", |r| r.query(&query)).await?;
     if cfg.output == OutputFormat::Json {

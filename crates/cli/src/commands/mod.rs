@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod files;
+pub mod groups;
 pub mod jobs;
 pub mod logs;
 pub mod server;

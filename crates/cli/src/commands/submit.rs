@@ -9,6 +9,7 @@ use std::time::Duration;
 use drover_core::api::{Job, Progress, ProgressHistory};
 use drover_core::backoff::Backoff;
 use drover_core::files::{Input, InputSource};
+use drover_core::group::{ArraySpec, Dependency, Group, GroupSubmit};
 use drover_core::spec::{DockerCommand, DockerSpec};
 use drover_core::template::TemplateSubmit;
 use drover_core::{Exec, JobState, Priority, SubmitRequest};
@@ -88,6 +89,16 @@ pub struct SubmitArgs {
     /// With --concurrency-key: how many of its jobs may run at once (default 1).
     #[arg(long, requires = "concurrency_key")]
     concurrency_limit: Option<u32>,
+    /// Wait for this job to end first: a job id, key:IDEMPOTENCY_KEY or a group id (all
+    /// its members), and how it must end: ok (the default), any or failed. Otherwise
+    /// the job is canceled with dependency_failed (repeatable).
+    #[arg(long, value_name = "JOB[:ok|any|failed]")]
+    after: Vec<Dependency>,
+    /// Submit an array: one job per index, FIRST-LAST or a COUNT from 0, at most
+    /// PARALLEL running at once (`0-99%10`). Each gets DROVER_ARRAY_INDEX; prints the
+    /// group's id (see `drover group`).
+    #[arg(long, value_name = "FIRST-LAST[%PARALLEL]", conflicts_with_all = ["template", "wait", "follow"])]
+    pub(crate) array: Option<ArraySpec>,
     /// Run the words as a program and its arguments, without a shell.
     #[arg(long, conflicts_with_all = ["script", "image"])]
     no_shell: bool,
@@ -251,6 +262,7 @@ impl SubmitArgs {
         req.idempotency_key = self.idempotency_key.clone();
         req.concurrency_key = self.concurrency_key.clone();
         req.concurrency_limit = self.concurrency_limit;
+        req.after = self.after.clone();
         for spec in &self.input_urls {
             req.inputs.push(url_input(spec)?);
         }
@@ -277,6 +289,7 @@ impl SubmitArgs {
             metadata: self.metadata.clone(),
             idempotency_key: self.idempotency_key.clone(),
             secrets: self.secret.iter().cloned().collect(),
+            after: self.after.clone(),
         })
     }
 
@@ -359,6 +372,16 @@ pub async fn submit(cfg: &ClientConfig, args: SubmitArgs) -> Result<i32> {
                     from: InputSource::File(info.id),
                     sha256: None,
                 });
+            }
+            if let Some(array) = args.array {
+                let group: Group = client
+                    .post("/v1/groups", &GroupSubmit { job: req, array })
+                    .await?;
+                match cfg.output {
+                    OutputFormat::Json => output::json(&group),
+                    OutputFormat::Table => outln!("{}", group.id),
+                }
+                return Ok(0);
             }
             client.post("/v1/jobs", &req).await?
         }

@@ -93,9 +93,9 @@ pub async fn template(cfg: &ClientConfig, cmd: TemplateCommand) -> Result<i32> {
     let client = Client::new(cfg)?;
     match cmd {
         TemplateCommand::Create { template_name, job } => {
-            if job.wait || job.follow || job.has_local_inputs() {
+            if job.wait || job.follow || job.has_local_inputs() || job.array.is_some() {
                 return Err(CliError::Usage(
-                    "template create takes no --wait, --follow or --input: those belong to `drover submit --template`".into(),
+                    "template create takes no --wait, --follow, --input or --array: those belong to `drover submit --template`".into(),
                 ));
             }
             let params: BTreeMap<String, ParamSpec> = job

@@ -370,6 +370,9 @@ pub async fn finish(
     if w.job.state == drover_core::JobState::Queued || limited {
         state.hub.work_available();
     }
+    if !w.released.is_empty() {
+        state.hub.queued(w.released.iter().map(String::as_str));
+    }
     if req.outcome != Outcome::Succeeded {
         tracing::info!(job = %id, attempt, outcome = req.outcome.as_str(), error = req.error.as_deref().unwrap_or(""), "attempt ended");
     }
@@ -456,10 +459,13 @@ pub async fn finish_batch(
         .map(|f| (f.job_id, f.attempt, f.finish))
         .collect();
     let jitters: Vec<f64> = items.iter().map(|_| rand::random()).collect();
-    let got = state
+    let (got, released) = state
         .store
         .finish_many(&agent.id, &items, Utc::now(), &jitters)
         .await?;
+    if !released.is_empty() {
+        state.hub.queued(released.iter().map(String::as_str));
+    }
     // A job queued again, or one whose end frees a place under a limit: polls may
     // find work.
     let mut work = false;

@@ -97,6 +97,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::TooLarge(m) => ApiError::TooLarge(m),
+            // One job (or one spec, as an array's): its fields are named as they are.
+            StoreError::Invalid(errs) => {
+                ApiError::InvalidSpec(errs.into_iter().map(|(_, e)| e).collect())
+            }
             e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
             e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
             e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),

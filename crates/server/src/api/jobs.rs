@@ -99,7 +99,16 @@ pub async fn submit_batch(
         .map(|(i, v)| (format!("jobs[{i}]."), v))
         .collect();
     super::files::check_uploads(&state, &named).await?;
-    let jobs = state.store.enqueue(valid, &caller.actor, now).await?;
+    let jobs = match state.store.enqueue(valid, &caller.actor, now).await {
+        Err(StoreError::Invalid(errs)) => {
+            return Err(ApiError::InvalidSpec(
+                errs.into_iter()
+                    .map(|(i, e)| e.within(&format!("jobs[{i}].")))
+                    .collect(),
+            ))
+        }
+        other => other?,
+    };
     state.hub.queued(jobs.iter().map(|(j, _)| j.id.as_str()));
     Ok((
         StatusCode::CREATED,
@@ -161,6 +170,14 @@ pub async fn get(
 /// waits.
 pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError> {
     let mut job = state.store.job(id).await?;
+    if job.state == JobState::Waiting {
+        let (n, first) = state.store.waiting_on(id).await?;
+        job.wait_reason = Some(match (n, first) {
+            (1, Some(first)) => format!("waits for job {first} to end"),
+            (n, Some(first)) => format!("waits for {n} jobs to end, among them {first}"),
+            _ => "its dependencies have ended; it is being queued".to_string(),
+        });
+    }
     if job.state == JobState::Queued {
         let now = Utc::now();
         let due = job.run_at <= now;
@@ -227,12 +244,21 @@ pub async fn cancel(
 
 /// Cancels a job and wakes its agent and watchers (the API's and the dashboard's cancel).
 pub(crate) async fn cancel_job(state: &AppState, id: &str, actor: &str) -> Result<Job, StoreError> {
-    let (job, agent) = state.store.cancel(id, actor, Utc::now()).await?;
-    if let Some(agent) = agent {
-        state.hub.wake_agent(&agent);
-    }
+    let (job, done) = state.store.cancel(id, actor, Utc::now()).await?;
+    announce_cancel(state, &done);
     state.hub.job_changed(id);
     Ok(job)
+}
+
+/// Wakes what a cancel concerns: the agents asked to stop a job, and polls for the jobs
+/// it queued (they waited for a canceled one with `:any` or `:failed`).
+pub(crate) fn announce_cancel(state: &AppState, done: &crate::store::Canceled) {
+    for agent in &done.agents {
+        state.hub.wake_agent(agent);
+    }
+    if !done.released.is_empty() {
+        state.hub.queued(done.released.iter().map(String::as_str));
+    }
 }
 
 /// Queues an ended job again (the API's and the dashboard's retry).

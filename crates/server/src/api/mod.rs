@@ -5,6 +5,7 @@ mod agents;
 pub mod auth;
 mod error;
 mod files;
+mod groups;
 pub(crate) mod jobs;
 mod live;
 mod logs;
@@ -35,6 +36,7 @@ use crate::Scope;
         logs::page, logs::follow, logs::text,
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list, agents::providers,
+        groups::submit, groups::list, groups::get, groups::cancel, groups::retry,
         templates::create, templates::list, templates::show, templates::delete, templates::submit,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
@@ -63,6 +65,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/groups", post(groups::submit).get(groups::list))
+        .route("/v1/groups/{id}", get(groups::get))
+        .route("/v1/groups/{id}/cancel", post(groups::cancel))
+        .route("/v1/groups/{id}/retry", post(groups::retry))
         .route(
             "/v1/templates",
             post(templates::create).get(templates::list),

@@ -109,6 +109,7 @@ pub async fn submit(
     }
     job.idempotency_key = req.idempotency_key;
     job.secrets = req.secrets;
+    job.after = req.after;
     let now = Utc::now();
     let mut valid = job.validate(now).map_err(ApiError::InvalidSpec)?;
     valid.template = Some(TemplateRef {

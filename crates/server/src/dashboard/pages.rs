@@ -54,7 +54,7 @@ impl Filters {
             name: some(&self.name),
             limit: Some(PAGE),
             cursor: some(&self.cursor),
-            idempotency_key: None,
+            ..ListJobsQuery::default()
         }
     }
 

@@ -28,6 +28,8 @@ struct Plan {
     from: JobState,
     reason: String,
     elapsed: Option<Duration>,
+    /// Jobs wait on this one: settle them if it ends.
+    dependents: bool,
 }
 
 /// The values written to a job row; jobs with equal values are updated together.
@@ -105,6 +107,7 @@ fn plan(held: &Held, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Re
             .clone()
             .unwrap_or_else(|| req.outcome.as_str().to_string()),
         elapsed: started.and_then(|s| (now - s).to_std().ok()),
+        dependents: held.has_dependents,
     })
 }
 
@@ -128,31 +131,45 @@ impl Store {
                     .await?;
                 let job = job_in_tx(&mut tx, job_id).await?;
                 tx.commit().await?;
-                return Ok(AttemptWrite { job, elapsed: None });
+                return Ok(AttemptWrite {
+                    job,
+                    elapsed: None,
+                    released: Vec::new(),
+                });
             }
             Err(e) => return Err(e),
         };
         let plan = plan(&held, req, now, jitter)?;
         let elapsed = plan.elapsed;
         let actor = format!("agent:{agent_id}");
-        self.write_plans(&mut tx, &[(job_id, attempt, plan)], &actor, now)
+        let released = self
+            .write_plans(&mut tx, &[(job_id, attempt, plan)], &actor, now)
             .await?;
         let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
-        Ok(AttemptWrite { job, elapsed })
+        Ok(AttemptWrite {
+            job,
+            elapsed,
+            released,
+        })
     }
 
     /// Ends many attempts of one agent in one transaction; each item gets its own result
     /// (`Ok` with the job's new state, its run time, and whether it counted against a
     /// concurrency or queue limit; or the fencing error that refused it), as if they had
-    /// been finished one after the other.
+    /// been finished one after the other; and the jobs queued because they waited for
+    /// these to end.
+    #[allow(clippy::type_complexity)]
     pub async fn finish_many(
         &self,
         agent_id: &str,
         items: &[(String, u32, FinishRequest)],
         now: DateTime<Utc>,
         jitters: &[f64],
-    ) -> Result<Vec<std::result::Result<(JobState, Option<Duration>, bool), StoreError>>> {
+    ) -> Result<(
+        Vec<std::result::Result<(JobState, Option<Duration>, bool), StoreError>>,
+        Vec<String>,
+    )> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut held = self.held_many(&mut tx, &ids).await?;
@@ -192,9 +209,9 @@ impl Store {
             }
         }
         let actor = format!("agent:{agent_id}");
-        self.write_plans(&mut tx, &plans, &actor, now).await?;
+        let released = self.write_plans(&mut tx, &plans, &actor, now).await?;
         tx.commit().await?;
-        Ok(out)
+        Ok((out, released))
     }
 
     /// Answers a finish for an attempt that is no longer current: the same report as the
@@ -272,14 +289,15 @@ impl Store {
     }
 
     /// Writes decided finishes: jobs and attempts that end alike in one UPDATE each,
-    /// their events in multi-row INSERTs.
+    /// their events in multi-row INSERTs; then settles the jobs waiting on those that
+    /// ended, and returns the ones that were queued.
     async fn write_plans(
         &self,
         tx: &mut Transaction<'_, Any>,
         plans: &[(&str, u32, Plan)],
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let mut jobs: HashMap<&JobRow, Vec<&str>> = HashMap::new();
         let mut attempts: HashMap<&AttemptRow, Vec<(&str, u32)>> = HashMap::new();
         for (job_id, attempt, p) in plans {
@@ -365,6 +383,14 @@ impl Store {
             }
             q.execute(&mut **tx).await?;
         }
-        Ok(())
+        let ended: Vec<(String, JobState)> = plans
+            .iter()
+            .filter(|(_, _, p)| p.dependents && p.next.is_terminal())
+            .map(|(id, _, p)| (id.to_string(), p.next))
+            .collect();
+        if ended.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.settle(tx, ended, now).await
     }
 }

@@ -9,6 +9,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::audit::audit_in_tx;
+use super::deps::Start;
+use drover_core::group::Dependency;
 use std::collections::HashMap;
 
 use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
@@ -17,7 +19,7 @@ use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, 
 const JOB_ROWS_PER_INSERT: usize = 500;
 
 /// Columns `job_from_row` reads.
-pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit";
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
@@ -84,6 +86,11 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
         concurrency_limit: row
             .try_get::<Option<i64>, _>("concurrency_limit")?
             .map(|v| v as u32),
+        group_id: row.try_get("group_id")?,
+        array_index: row
+            .try_get::<Option<i64>, _>("array_index")?
+            .map(|v| v as u32),
+        after: Vec::new(),
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
@@ -132,7 +139,13 @@ pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result
 }
 
 /// How a job just enqueued looks, without reading it back.
-fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
+fn new_job_view(
+    id: String,
+    job: ValidJob,
+    start: Start,
+    after: &[super::deps::Edge],
+    now: DateTime<Utc>,
+) -> Job {
     // Stored timestamps have millisecond precision; show the same.
     let trunc = |t: DateTime<Utc>| from_ms(ms(t));
     Job {
@@ -140,7 +153,7 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         name: job.name,
         queue: job.queue,
         priority: job.priority.0,
-        state: JobState::Queued,
+        state: start.state,
         cancel_requested: false,
         exec: job.exec,
         labels: job.labels,
@@ -159,18 +172,48 @@ fn new_job_view(id: String, job: ValidJob, now: DateTime<Utc>) -> Job {
         progress: None,
         result: None,
         exit_code: None,
-        error: None,
+        finished_at: start.error.is_some().then(|| trunc(now)),
+        error: start.error,
         created_at: trunc(now),
         run_at: trunc(job.run_at),
         started_at: None,
-        finished_at: None,
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
         template: job.template,
         concurrency_key: job.concurrency.as_ref().map(|c| c.0.clone()),
         concurrency_limit: job.concurrency.as_ref().map(|c| c.1),
+        array_index: job.group.as_ref().map(|g| g.1),
+        group_id: job.group.map(|g| g.0),
+        after: after
+            .iter()
+            .map(|e| Dependency {
+                job: e.dep_id.clone(),
+                condition: e.condition,
+            })
+            .collect(),
     }
+}
+
+/// A job row a cancel or retry acts on.
+pub(super) struct Target {
+    id: String,
+    state: JobState,
+    cancel_requested: bool,
+    agent_id: Option<String>,
+    has_dependents: bool,
+    attempt: u32,
+}
+
+/// What a cancel did.
+#[derive(Debug, Default)]
+pub struct Canceled {
+    /// Jobs canceled or asked to stop.
+    pub changed: u64,
+    /// Agents holding jobs asked to stop: wake them.
+    pub agents: Vec<String>,
+    /// Jobs queued because they waited for a canceled one with `:any` or `:failed`.
+    pub released: Vec<String>,
 }
 
 pub(crate) fn not_found(id: &str) -> StoreError {
@@ -186,13 +229,26 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Job, bool)>> {
+        let mut tx = self.write.begin().await?;
+        let out = self.enqueue_in(&mut tx, jobs, actor, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// [`Store::enqueue`] inside a transaction (a group's members go in with its row).
+    pub(super) async fn enqueue_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        jobs: Vec<ValidJob>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Job, bool)>> {
         enum Slot {
             Existing(Box<Job>),
             Fresh(usize),
             /// A repeat of a key first seen earlier in this same batch.
             Repeat(usize),
         }
-        let mut tx = self.write.begin().await?;
         let mut slots = Vec::with_capacity(jobs.len());
         let mut fresh: Vec<(String, ValidJob)> = Vec::with_capacity(jobs.len());
         let mut keys_in_batch: HashMap<String, usize> = HashMap::new();
@@ -205,10 +261,10 @@ impl Store {
                 let existing: Option<String> =
                     sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
                         .bind(key)
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut **tx)
                         .await?;
                 if let Some(id) = existing {
-                    slots.push(Slot::Existing(Box::new(job_in_tx(&mut tx, &id).await?)));
+                    slots.push(Slot::Existing(Box::new(job_in_tx(tx, &id).await?)));
                     continue;
                 }
                 keys_in_batch.insert(key.clone(), fresh.len());
@@ -216,21 +272,44 @@ impl Store {
             slots.push(Slot::Fresh(fresh.len()));
             fresh.push((uuid::Uuid::now_v7().to_string(), job));
         }
+        // Dependencies: resolved, checked for circles, and each job's first state.
+        let (edges, starts) = if fresh.iter().any(|(_, j)| !j.after.is_empty()) {
+            let edges = self.resolve_after(tx, &fresh, &keys_in_batch).await?;
+            let starts = super::deps::starts(&edges);
+            (edges, starts)
+        } else {
+            (
+                vec![Vec::new(); fresh.len()],
+                vec![Start::QUEUED; fresh.len()],
+            )
+        };
+        let mut depended = vec![false; fresh.len()];
+        for e in edges.iter().flatten() {
+            if let super::deps::Target::Batch(k) = e.target {
+                depended[k] = true;
+            }
+        }
+        let rows: Vec<_> = fresh
+            .iter()
+            .zip(&starts)
+            .zip(&depended)
+            .map(|(((id, job), start), dep)| (id, job, start, *dep))
+            .collect();
         // Multi-row statements: one round trip per chunk instead of three per job.
-        for chunk in fresh.chunks(JOB_ROWS_PER_INSERT) {
+        for chunk in rows.chunks(JOB_ROWS_PER_INSERT) {
             let sql = format!(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit) VALUES {}",
-                self.values(chunk.len(), 26)
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index, deps_pending, has_dependents, error, finished_at) VALUES {}",
+                self.values(chunk.len(), 32)
             );
             let mut q = sqlx::query(&sql);
-            for (id, job) in chunk {
+            for (id, job, start, depended) in chunk {
                 let required = job.exec.required_labels(&job.labels);
                 q = q
-                    .bind(id.clone())
+                    .bind(id.to_string())
                     .bind(job.name.clone())
                     .bind(job.queue.clone())
                     .bind(i64::from(job.priority.0))
-                    .bind(JobState::Queued.as_str())
+                    .bind(start.state.as_str())
                     .bind(to_json(&job.exec))
                     .bind(to_json(&job.labels))
                     .bind(to_json(&required))
@@ -251,45 +330,62 @@ impl Store {
                     .bind(job.template.as_ref().map(|t| t.name.clone()))
                     .bind(job.template.as_ref().map(|t| i64::from(t.version)))
                     .bind(job.concurrency.as_ref().map(|c| c.0.clone()))
-                    .bind(job.concurrency.as_ref().map(|c| i64::from(c.1)));
+                    .bind(job.concurrency.as_ref().map(|c| i64::from(c.1)))
+                    .bind(job.group.as_ref().map(|g| g.0.clone()))
+                    .bind(job.group.as_ref().map(|g| i64::from(g.1)))
+                    .bind(start.pending)
+                    .bind(i64::from(*depended))
+                    .bind(start.error.clone())
+                    .bind(start.error.as_ref().map(|_| ms(now)));
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
             let sql = format!(
                 "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
                 self.values(chunk.len(), 8)
             );
             let mut q = sqlx::query(&sql);
-            for (id, _) in chunk {
+            for (id, _, start, _) in chunk {
+                let reason = match (&start.error, start.state) {
+                    (Some(e), _) => Some(e.clone()),
+                    (None, JobState::Waiting) => {
+                        Some(format!("waits for {} jobs to end", start.pending))
+                    }
+                    _ => None,
+                };
                 q = q
-                    .bind(id.clone())
+                    .bind(id.to_string())
                     .bind(ms(now))
                     .bind("submitted")
                     .bind(None::<String>)
-                    .bind(JobState::Queued.as_str())
+                    .bind(start.state.as_str())
                     .bind(None::<i64>)
                     .bind(actor.to_string())
-                    .bind(None::<String>);
+                    .bind(reason);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
             let sql = format!(
                 "INSERT INTO audit (at, actor, action, target, detail) VALUES {}",
                 self.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
-            for (id, job) in chunk {
+            for (id, job, _, _) in chunk {
                 q = q
                     .bind(ms(now))
                     .bind(actor.to_string())
                     .bind("job.submit")
-                    .bind(id.clone())
+                    .bind(id.to_string())
                     .bind(Some(job.name.clone()));
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
-        tx.commit().await?;
+        if edges.iter().any(|e| !e.is_empty()) {
+            self.write_edges(tx, &fresh, &edges).await?;
+        }
         let views: Vec<Job> = fresh
             .into_iter()
-            .map(|(id, job)| new_job_view(id, job, now))
+            .zip(starts)
+            .zip(&edges)
+            .map(|(((id, job), start), after)| new_job_view(id, job, start, after, now))
             .collect();
         Ok(slots
             .into_iter()
@@ -322,7 +418,13 @@ impl Store {
                 job.state
             )));
         }
-        for table in ["attempts", "job_events", "files", "progress_updates"] {
+        for table in [
+            "attempts",
+            "job_events",
+            "files",
+            "progress_updates",
+            "job_deps",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)
@@ -429,6 +531,7 @@ impl Store {
                     .and_then(Gpus::parse),
             });
         }
+        job.after = self.after_of(id).await?;
         Ok(job)
     }
 
@@ -464,6 +567,9 @@ impl Store {
         if q.idempotency_key.is_some() {
             sql += &format!(" AND idempotency_key = {}", next());
         }
+        if q.group.is_some() {
+            sql += &format!(" AND group_id = {}", next());
+        }
         if cursor.is_some() {
             sql += &format!(" AND num < {}", next());
         }
@@ -480,6 +586,9 @@ impl Store {
         }
         if let Some(key) = &q.idempotency_key {
             query = query.bind(key.clone());
+        }
+        if let Some(group) = &q.group {
+            query = query.bind(group.clone());
         }
         if let Some(c) = cursor {
             query = query.bind(c);
@@ -506,108 +615,232 @@ impl Store {
         Ok((jobs, next_cursor))
     }
 
-    /// Cancels a job: a queued one at once, a leased or running one by setting
-    /// `cancel_requested` (its agent is told on its poll). Returns the job and, when the
-    /// job is held by an agent, that agent's id so it can be woken.
+    /// Cancels a job: a waiting or queued one at once, a leased or running one by
+    /// setting `cancel_requested` (its agent is told on its poll). Returns the job, the
+    /// agent to wake when one holds it, and the jobs queued because they waited for
+    /// this one to end (with `:any` or `:failed`).
     pub async fn cancel(
         &self,
         id: &str,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<(Job, Option<String>)> {
+    ) -> Result<(Job, Canceled)> {
         let mut tx = self.write.begin().await?;
-        let job = job_in_tx(&mut tx, id).await?;
-        let next = transition(job.state, Event::Cancel)
+        let target = self.targets(&mut tx, "id", id, &[]).await?.pop();
+        let target = target.ok_or_else(|| not_found(id))?;
+        transition(target.state, Event::Cancel)
             .map_err(|e| StoreError::Conflict(format!("{e}: it has already ended")))?;
-        let agent: Option<String> = sqlx::query_scalar("SELECT agent_id FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if next == JobState::Canceled {
-            sqlx::query("UPDATE jobs SET state = $1, finished_at = $2, updated_at = $2, error = $3 WHERE id = $4 AND state = $5")
-                .bind(next.as_str())
-                .bind(ms(now))
-                .bind("canceled by user before it started")
-                .bind(id)
-                .bind(job.state.as_str())
-                .execute(&mut *tx)
-                .await?;
-            record_event(
+        let done = self
+            .cancel_targets(
                 &mut tx,
-                NewEvent {
-                    job_id: id,
-                    kind: "canceled",
-                    from: Some(job.state),
-                    to: next,
-                    attempt: None,
-                    actor,
-                    reason: Some("canceled before it started"),
-                },
+                &[target],
+                actor,
+                "canceled by user before it started",
                 now,
             )
             .await?;
-        } else if !job.cancel_requested {
-            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
-                .bind(ms(now))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            record_event(
-                &mut tx,
-                NewEvent {
-                    job_id: id,
-                    kind: "cancel_requested",
-                    from: Some(job.state),
-                    to: next,
-                    attempt: Some(job.current_attempt),
-                    actor,
-                    reason: Some("waiting for the agent to stop the process"),
-                },
-                now,
-            )
-            .await?;
-        }
         audit_in_tx(&mut tx, actor, "job.cancel", id, None, now).await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
-        let agent = if job.state.is_active() { agent } else { None };
-        Ok((job, agent))
+        Ok((job, done))
+    }
+
+    /// The rows of jobs a cancel or retry acts on: those whose `column` is `value`, in
+    /// one of `states` (all states when empty), locked until the transaction ends.
+    pub(super) async fn targets(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        column: &str,
+        value: &str,
+        states: &[JobState],
+    ) -> Result<Vec<Target>> {
+        let in_states = match states {
+            [] => String::new(),
+            s => format!(
+                " AND state IN ({})",
+                s.iter()
+                    .map(|s| format!("'{}'", s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let sql = format!(
+            "SELECT id, state, cancel_requested, agent_id, has_dependents, current_attempt FROM jobs WHERE {column} = $1{in_states}{}",
+            self.lock_clause()
+        );
+        let rows = sqlx::query(&sql).bind(value).fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Target {
+                    id: r.try_get("id")?,
+                    state: parse_col(r, "state")?,
+                    cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+                    agent_id: r.try_get("agent_id")?,
+                    has_dependents: r.try_get::<i64, _>("has_dependents")? != 0,
+                    attempt: r.try_get::<i64, _>("current_attempt")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// Cancels the targets that have not ended, set-wise: waiting and queued ones at
+    /// once (with `error`), leased and running ones by request.
+    pub(super) async fn cancel_targets(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        targets: &[Target],
+        actor: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Canceled> {
+        let mut done = Canceled::default();
+        let mut now_canceled = Vec::new();
+        let mut events = Vec::new();
+        for t in targets {
+            let Ok(next) = transition(t.state, Event::Cancel) else {
+                continue;
+            };
+            if next.is_terminal() {
+                now_canceled.push(t.id.as_str());
+                events.push((t, "canceled", next, None, "canceled before it started"));
+            } else if !t.cancel_requested {
+                done.agents.extend(t.agent_id.clone());
+                events.push((
+                    t,
+                    "cancel_requested",
+                    next,
+                    Some(t.attempt),
+                    "waiting for the agent to stop the process",
+                ));
+            }
+        }
+        done.changed = events.len() as u64;
+        let requested: Vec<&str> = events
+            .iter()
+            .filter(|e| e.1 == "cancel_requested")
+            .map(|e| e.0.id.as_str())
+            .collect();
+        for chunk in now_canceled.chunks(JOB_ROWS_PER_INSERT) {
+            let sql = format!(
+                "UPDATE jobs SET state = 'canceled', finished_at = {}, updated_at = {}, error = {} WHERE id IN ({})",
+                self.param(1),
+                self.param(2),
+                self.param(3),
+                self.params(3, chunk.len()),
+            );
+            let mut q = sqlx::query(&sql).bind(ms(now)).bind(ms(now)).bind(error);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for chunk in requested.chunks(JOB_ROWS_PER_INSERT) {
+            let sql = format!(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = {} WHERE id IN ({})",
+                self.param(1),
+                self.params(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(ms(now));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for chunk in events.chunks(JOB_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
+                self.values(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for (t, kind, next, attempt, reason) in chunk {
+                q = q
+                    .bind(t.id.clone())
+                    .bind(ms(now))
+                    .bind(*kind)
+                    .bind(Some(t.state.as_str()))
+                    .bind(next.as_str())
+                    .bind(attempt.map(i64::from))
+                    .bind(actor.to_string())
+                    .bind(Some(reason.to_string()));
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let ended: Vec<(String, JobState)> = targets
+            .iter()
+            .filter(|t| t.has_dependents && now_canceled.contains(&t.id.as_str()))
+            .map(|t| (t.id.clone(), JobState::Canceled))
+            .collect();
+        if !ended.is_empty() {
+            done.released = self.settle(tx, ended, now).await?;
+        }
+        Ok(done)
     }
 
     /// Puts a finished job back in the queue with a fresh attempt budget.
     pub async fn retry(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<Job> {
         let mut tx = self.write.begin().await?;
-        let job = job_in_tx(&mut tx, id).await?;
-        let next = transition(job.state, Event::Retry).map_err(|e| {
+        let target = self.targets(&mut tx, "id", id, &[]).await?.pop();
+        let target = target.ok_or_else(|| not_found(id))?;
+        transition(target.state, Event::Retry).map_err(|e| {
             StoreError::Conflict(format!("{e}: only a finished job can be retried"))
         })?;
-        sqlx::query(
-            "UPDATE jobs SET state = $1, attempts_used = 0, cancel_requested = 0, run_at = $2, updated_at = $2, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id = $3 AND state = $4",
-        )
-        .bind(next.as_str())
-        .bind(ms(now))
-        .bind(id)
-        .bind(job.state.as_str())
-        .execute(&mut *tx)
-        .await?;
-        record_event(
-            &mut tx,
-            NewEvent {
-                job_id: id,
-                kind: "retried",
-                from: Some(job.state),
-                to: next,
-                attempt: None,
-                actor,
-                reason: None,
-            },
-            now,
-        )
-        .await?;
+        self.retry_targets(&mut tx, &[target], actor, now).await?;
         audit_in_tx(&mut tx, actor, "job.retry", id, None, now).await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
+    }
+
+    /// Queues the ended targets again, set-wise, each with a fresh attempt budget; the
+    /// jobs still waiting on them wait for their new end. Returns how many.
+    pub(super) async fn retry_targets(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        targets: &[Target],
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let retried: Vec<(&Target, JobState)> = targets
+            .iter()
+            .filter_map(|t| Some((t, transition(t.state, Event::Retry).ok()?)))
+            .collect();
+        for chunk in retried.chunks(JOB_ROWS_PER_INSERT) {
+            let sql = format!(
+                "UPDATE jobs SET state = 'queued', attempts_used = 0, cancel_requested = 0, run_at = {}, updated_at = {}, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id IN ({})",
+                self.param(1),
+                self.param(2),
+                self.params(2, chunk.len()),
+            );
+            let mut q = sqlx::query(&sql).bind(ms(now)).bind(ms(now));
+            for (t, _) in chunk {
+                q = q.bind(t.id.clone());
+            }
+            q.execute(&mut **tx).await?;
+            let sql = format!(
+                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
+                self.values(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for (t, next) in chunk {
+                q = q
+                    .bind(t.id.clone())
+                    .bind(ms(now))
+                    .bind("retried")
+                    .bind(Some(t.state.as_str()))
+                    .bind(next.as_str())
+                    .bind(None::<i64>)
+                    .bind(actor.to_string())
+                    .bind(None::<String>);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let depended: Vec<&str> = retried
+            .iter()
+            .filter(|(t, _)| t.has_dependents)
+            .map(|(t, _)| t.id.as_str())
+            .collect();
+        self.unsettle(tx, &depended).await?;
+        Ok(retried.len() as u64)
     }
 
     /// The job's timeline, oldest first.

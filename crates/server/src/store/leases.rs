@@ -57,6 +57,8 @@ pub struct AttemptWrite {
     pub job: drover_core::api::Job,
     /// Start: time from due (`run_at`) to start. Finish: run time of the attempt.
     pub elapsed: Option<Duration>,
+    /// Jobs queued because they waited for this one to end.
+    pub released: Vec<String>,
 }
 
 /// The fencing facts of a job row.
@@ -74,11 +76,13 @@ pub(super) struct Held {
     pub(super) started_at: Option<DateTime<Utc>>,
     pub(super) queue: String,
     pub(super) concurrency_key: Option<String>,
+    /// Jobs wait on this one: settle them when it ends.
+    pub(super) has_dependents: bool,
 }
 
 impl Held {
     /// The columns [`Held::from_row`] reads.
-    pub(super) const COLUMNS: &'static str = "state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at, queue, concurrency_key";
+    pub(super) const COLUMNS: &'static str = "state, agent_id, current_attempt, cancel_requested, attempts_used, max_attempts, backoff_base_ms, backoff_cap_ms, run_at, started_at, queue, concurrency_key, has_dependents";
 
     pub(super) fn from_row(row: &AnyRow) -> Result<Held> {
         let state: String = row.try_get("state")?;
@@ -95,6 +99,7 @@ impl Held {
             started_at: opt_time(row, "started_at")?,
             queue: row.try_get("queue")?,
             concurrency_key: row.try_get("concurrency_key")?,
+            has_dependents: row.try_get::<i64, _>("has_dependents")? != 0,
         })
     }
 }
@@ -517,6 +522,9 @@ impl Store {
             now,
         )
         .await?;
+        // Rare enough that the jobs it queues wait for the next poll to be claimed.
+        self.settle(tx, vec![(job_id.to_string(), next)], now)
+            .await?;
         Ok(())
     }
 
@@ -564,7 +572,11 @@ impl Store {
         }
         let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
-        Ok(AttemptWrite { job, elapsed })
+        Ok(AttemptWrite {
+            job,
+            elapsed,
+            released: Vec::new(),
+        })
     }
 
     /// The agent stopped the attempt because the agent itself is shutting down: the job
@@ -593,24 +605,29 @@ impl Store {
         let used =
             held.attempts_used - u32::from(held.state == JobState::Running).min(held.attempts_used);
         let actor = format!("agent:{agent_id}");
-        self.drop_attempt(
-            &mut tx,
-            Dropped {
-                job_id,
-                held: &held,
-                event,
-                error: reason,
-                attempt_error: reason,
-                attempts_used: used,
-                kind: "released",
-                actor: &actor,
-            },
-            now,
-        )
-        .await?;
+        let released = self
+            .drop_attempt(
+                &mut tx,
+                Dropped {
+                    job_id,
+                    held: &held,
+                    event,
+                    error: reason,
+                    attempt_error: reason,
+                    attempts_used: used,
+                    kind: "released",
+                    actor: &actor,
+                },
+                now,
+            )
+            .await?;
         let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
-        Ok(AttemptWrite { job, elapsed: None })
+        Ok(AttemptWrite {
+            job,
+            elapsed: None,
+            released,
+        })
     }
 
     /// Records the job's latest progress, and adds it to the attempt's history (of which
@@ -707,19 +724,20 @@ impl Store {
     }
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
-    /// `agent_lost`; a job with a pending cancel becomes canceled.
+    /// `agent_lost`; a job with a pending cancel becomes canceled. Returns the jobs
+    /// queued because they waited for this one to end.
     pub(crate) async fn lose(
         &self,
         tx: &mut Transaction<'_, Any>,
         job_id: &str,
         why: &str,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let Some(held) = self.held(tx, job_id).await? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if !held.state.is_active() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (event, error) = if held.cancel_requested {
             (
@@ -752,12 +770,13 @@ impl Store {
 
     /// Ends the current attempt of a job whose agent no longer runs it: the job takes
     /// the state `event` leads to, the attempt becomes `lost`, and the event is recorded.
+    /// Returns the jobs queued because they waited for this one to end.
     async fn drop_attempt(
         &self,
         tx: &mut Transaction<'_, Any>,
         d: Dropped<'_>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let next =
             transition(d.held.state, d.event).map_err(|e| StoreError::Conflict(e.to_string()))?;
         let finished = next.is_terminal().then(|| ms(now));
@@ -790,7 +809,13 @@ impl Store {
             },
             now,
         )
-        .await
+        .await?;
+        if next.is_terminal() && d.held.has_dependents {
+            return self
+                .settle(tx, vec![(d.job_id.to_string(), next)], now)
+                .await;
+        }
+        Ok(Vec::new())
     }
 
     /// Expires every lease not renewed before `now`; returns how many. A retried job

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 12] {
+fn migrations(backend: Backend) -> [Migration; 13] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -57,6 +57,11 @@ fn migrations(backend: Backend) -> [Migration; 12] {
                 component: "main",
                 version: 9,
                 sql: include_str!("../../migrations/sqlite/0009_concurrency.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 10,
+                sql: include_str!("../../migrations/sqlite/0010_groups_deps.sql"),
             },
             Migration {
                 component: "logs",
@@ -119,6 +124,11 @@ fn migrations(backend: Backend) -> [Migration; 12] {
                 component: "main",
                 version: 9,
                 sql: include_str!("../../migrations/postgres/0009_concurrency.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 10,
+                sql: include_str!("../../migrations/postgres/0010_groups_deps.sql"),
             },
             Migration {
                 component: "logs",

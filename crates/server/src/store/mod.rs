@@ -9,8 +9,10 @@
 
 mod agents;
 mod audit;
+mod deps;
 mod files;
 mod finish;
+mod groups;
 mod jobs;
 mod leases;
 mod logs;
@@ -36,6 +38,8 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
 pub use files::NewFile;
+pub use groups::parallelism_key;
+pub use jobs::Canceled;
 pub use leases::{AttemptWrite, PollOutcome, PROGRESS_KEPT, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
 pub use overview::{QueueOverview, OVERVIEW_MINUTES};
@@ -57,6 +61,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Problems with jobs of a submit that only the store can see (a dependency that
+    /// does not exist, a circle), by the job's index in the submit.
+    #[error("invalid jobs: {0:?}")]
+    Invalid(Vec<(usize, drover_core::spec::FieldError)>),
     /// The attempt is no longer the job's current one (fencing).
     #[error("attempt {attempt} of job {job_id} is no longer current; kill it")]
     StaleAttempt { job_id: String, attempt: u32 },

@@ -1,6 +1,10 @@
 //! Helpers of the HTTP tests: a JSON client with a token, agents that register and poll.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use drover_core::api::*;
 use drover_server::testing::TestServer;
 use reqwest::{Method, StatusCode};
@@ -162,4 +166,56 @@ pub async fn wait_parked(server: &TestServer, n: usize) {
         );
         tokio::task::yield_now().await;
     }
+}
+
+/// Eight synthetic agents taking `queues`, each finishing what it leases after 5 ms.
+pub async fn agents(s: &TestServer, queues: &[&str]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for i in 0..8 {
+        out.push(register_in(s, &format!("a{i}"), json!({}), queues).await);
+    }
+    out
+}
+
+/// The agents drain `jobs` jobs at once; returns the most held at the same time of the
+/// jobs whose name starts with `counted`.
+pub async fn drain(agents: Vec<Client>, jobs: usize, counted: &'static str) -> i64 {
+    let held = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for agent in agents {
+        let (held, most, done) = (held.clone(), most.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < jobs as i64 {
+                let got = poll(&agent, &[], 200).await;
+                for lease in got.leases {
+                    let mine = lease.name.starts_with(counted);
+                    if mine {
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Counted down before the finish is sent: the server counts the job
+                    // as running until the finish commits.
+                    if mine {
+                        held.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    let path = format!(
+                        "/v1/jobs/{}/attempts/{}/finish",
+                        lease.job_id, lease.attempt
+                    );
+                    let (status, v) = agent
+                        .post(&path, json!({"outcome": "succeeded", "exit_code": 0}))
+                        .await;
+                    assert_eq!(status, StatusCode::OK, "{v}");
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    most.load(Ordering::SeqCst)
 }
