@@ -141,6 +141,9 @@ pub enum Command {
     /// Arrays (`drover submit --array`) as one: status, ls, cancel, retry.
     #[command(subcommand)]
     Group(crate::commands::groups::GroupCommand),
+    /// Cron schedules that submit a job at each tick: create, ls, show, pause, resume, rm.
+    #[command(subcommand)]
+    Schedule(crate::commands::schedules::ScheduleCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(admin::TokenCommand),

@@ -102,6 +102,7 @@ async fn dispatch(cli: Cli, env: Env) -> Result<i32, CliError> {
         Command::Artifacts(cmd) => commands::files::artifacts(&client, cmd).await,
         Command::Template(cmd) => commands::templates::template(&client, cmd).await,
         Command::Group(cmd) => commands::groups::group(&client, cmd).await,
+        Command::Schedule(cmd) => commands::schedules::schedule(&client, cmd).await,
         Command::Token(cmd) => admin::token(&client, cmd).await,
         Command::Audit { limit } => admin::audit(&client, limit).await,
         Command::AgentWatchdog { .. } => unreachable!("handled before the runtime starts"),

@@ -440,7 +440,7 @@ fn a_concurrency_key_holds_its_limit_across_agents_as_the_jobs_see_it() {
 }
 
 #[test]
-fn an_array_holds_its_parallelism_as_its_jobs_see_it_and_a_chain_stops_at_a_failure() {
+fn arrays_dependencies_and_schedules_work_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     // Six agents of two slots each: twelve places, so the array's 10 is what binds.
     let up = Up::start_with(
@@ -508,5 +508,47 @@ fn an_array_holds_its_parallelism_as_its_jobs_see_it_and_a_chain_stops_at_a_fail
     let out = up.drover(&["submit", "--after", "no-such-job", "--", "true"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no job or group"), "{}", stderr(&out));
+
+    // A schedule every second (six fields) submits jobs that run; pause, show, rm.
+    let out = up.drover(&[
+        "schedule",
+        "create",
+        "beat",
+        "--cron",
+        "* * * * * *",
+        "--name",
+        "beat",
+        "--",
+        "echo tick",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut first = String::new();
+    wait_until("a job of the schedule", LIMIT, || {
+        let out = up.drover(&["ls", "--name", "beat", "-o", "json"]);
+        first = json(&out)["jobs"][0]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !first.is_empty()
+    });
+    assert!(up.drover(&["wait", &first]).status.success());
+    assert!(stdout(&up.drover(&["logs", &first])).contains("tick"));
+    let out = up.drover(&["schedule", "pause", "beat"]);
+    assert!(
+        stdout(&out).contains("state:     paused"),
+        "{}",
+        stdout(&out)
+    );
+    let shown = stdout(&up.drover(&["schedule", "ls"]));
+    assert!(
+        shown.contains("beat") && shown.contains("paused"),
+        "{shown}"
+    );
+    let out = up.drover(&["schedule", "create", "bad", "--cron", "* * *", "--", "true"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("fields"), "{}", stderr(&out));
+    assert!(up.drover(&["schedule", "rm", "beat"]).status.success());
+    let out = up.drover(&["schedule", "show", "beat"]);
+    assert!(!out.status.success());
     up.stop();
 }

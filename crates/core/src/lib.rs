@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod files;
 pub mod group;
 pub mod labels;
+pub mod schedule;
 pub mod spec;
 pub mod state;
 pub mod template;

@@ -156,6 +156,16 @@ pub struct TemplateSubmit {
     pub after: Vec<crate::group::Dependency>,
 }
 
+/// Whether `name` may name a template (or a schedule): 1 to 128 letters, digits, '-',
+/// '_' and '.', safe in a URL path.
+pub fn is_template_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TEMPLATE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// The template a job came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TemplateRef {
@@ -232,13 +242,7 @@ impl TemplateCreate {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<BTreeMap<String, ParamSpec>, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= MAX_TEMPLATE_NAME
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !name_ok {
+        if !is_template_name(&self.name) {
             errs.push(FieldError::new(
                 "name",
                 format!("must be 1 to {MAX_TEMPLATE_NAME} letters, digits, '-', '_' or '.'"),

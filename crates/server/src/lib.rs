@@ -182,6 +182,7 @@ mod housekeeping;
 mod hub;
 mod metrics;
 mod provision;
+pub mod schedules;
 mod server;
 mod state;
 pub mod store;

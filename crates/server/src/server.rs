@@ -155,6 +155,7 @@ impl Server {
         tasks.spawn(housekeeping::retention(state.clone()));
         tasks.spawn(housekeeping::agent_pruner(state.clone()));
         tasks.spawn(crate::provision::run(state.clone()));
+        tasks.spawn(crate::schedules::run(state.clone()));
         let inner = state.shutdown.clone();
         let watcher = {
             let inner = inner.clone();

@@ -628,7 +628,7 @@ async fn ops_endpoints_and_openapi_cover_every_route() {
     // Keep in step with api::router (tests/security.rs checks each one's access rules).
     assert_eq!(
         (paths.len(), ops),
-        (45, 53),
+        (49, 59),
         "{:?}",
         paths.keys().collect::<Vec<_>>()
     );

@@ -125,7 +125,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/templates"
             | "/v1/templates/{name}"
             | "/v1/groups"
-            | "/v1/groups/{id}",
+            | "/v1/groups/{id}"
+            | "/v1/schedules"
+            | "/v1/schedules/{name}",
         ) => Needs::Read,
         (
             "post",
@@ -139,9 +141,15 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
             | "/v1/templates/{name}/jobs"
             | "/v1/groups"
             | "/v1/groups/{id}/cancel"
-            | "/v1/groups/{id}/retry",
+            | "/v1/groups/{id}/retry"
+            | "/v1/schedules"
+            | "/v1/schedules/{name}/pause"
+            | "/v1/schedules/{name}/resume",
         )
-        | ("delete", "/v1/jobs/{id}" | "/v1/files/{id}" | "/v1/templates/{name}") => Needs::Submit,
+        | (
+            "delete",
+            "/v1/jobs/{id}" | "/v1/files/{id}" | "/v1/templates/{name}" | "/v1/schedules/{name}",
+        ) => Needs::Submit,
         ("get" | "post", "/v1/tokens")
         | ("delete", "/v1/tokens/{id}" | "/v1/agents/{id}")
         | ("get", "/v1/audit") => Needs::Admin,

@@ -8,6 +8,7 @@ pub mod files;
 pub mod groups;
 pub mod jobs;
 pub mod logs;
+pub mod schedules;
 pub mod server;
 pub mod submit;
 pub mod templates;

@@ -165,7 +165,7 @@ pub struct SubmitArgs {
         "queue", "priority", "timeout", "grace", "attempts", "backoff", "delay", "env", "label",
         "no_shell", "script", "image", "inputs", "input_urls", "artifacts", "concurrency_key",
     ])]
-    template: Option<String>,
+    pub(crate) template: Option<String>,
     /// With --template: which version (default: the latest).
     #[arg(long, requires = "template")]
     template_version: Option<u32>,
@@ -271,7 +271,7 @@ impl SubmitArgs {
     }
 
     /// With --template: what to send to `POST /v1/templates/{name}/jobs`.
-    fn template_submit(&self) -> Result<TemplateSubmit> {
+    pub(crate) fn template_submit(&self) -> Result<TemplateSubmit> {
         if !self.command.is_empty() {
             return Err(CliError::Usage(
                 "--template brings its command: give none after --".into(),

@@ -9,6 +9,7 @@ mod groups;
 pub(crate) mod jobs;
 mod live;
 mod logs;
+mod schedules;
 mod templates;
 
 use std::time::Instant;
@@ -37,6 +38,7 @@ use crate::Scope;
         files::upload, files::list, files::download, files::delete, files::artifacts, files::archive, files::input, files::upload_artifact,
         agents::register, agents::poll, agents::leave, agents::start, agents::logs, agents::progress, agents::finish, agents::release, agents::finish_batch, agents::list, agents::providers,
         groups::submit, groups::list, groups::get, groups::cancel, groups::retry,
+        schedules::create, schedules::list, schedules::show, schedules::delete, schedules::pause, schedules::resume,
         templates::create, templates::list, templates::show, templates::delete, templates::submit,
         admin::create_token, admin::list_tokens, admin::revoke_token, admin::remove_agent, admin::audit,
         healthz, readyz, metrics, openapi_json,
@@ -69,6 +71,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}", get(groups::get))
         .route("/v1/groups/{id}/cancel", post(groups::cancel))
         .route("/v1/groups/{id}/retry", post(groups::retry))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::show).delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route(
             "/v1/templates",
             post(templates::create).get(templates::list),

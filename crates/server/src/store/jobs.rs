@@ -205,6 +205,16 @@ pub(super) struct Target {
     attempt: u32,
 }
 
+impl Target {
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(super) fn state(&self) -> JobState {
+        self.state
+    }
+}
+
 /// What a cancel did.
 #[derive(Debug, Default)]
 pub struct Canceled {

@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 13] {
+fn migrations(backend: Backend) -> [Migration; 14] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -62,6 +62,11 @@ fn migrations(backend: Backend) -> [Migration; 13] {
                 component: "main",
                 version: 10,
                 sql: include_str!("../../migrations/sqlite/0010_groups_deps.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 11,
+                sql: include_str!("../../migrations/sqlite/0011_schedules.sql"),
             },
             Migration {
                 component: "logs",
@@ -129,6 +134,11 @@ fn migrations(backend: Backend) -> [Migration; 13] {
                 component: "main",
                 version: 10,
                 sql: include_str!("../../migrations/postgres/0010_groups_deps.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 11,
+                sql: include_str!("../../migrations/postgres/0011_schedules.sql"),
             },
             Migration {
                 component: "logs",

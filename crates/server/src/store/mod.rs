@@ -19,6 +19,7 @@ mod logs;
 mod migrate;
 mod overview;
 mod provisioned;
+mod schedules;
 mod seal;
 mod sessions;
 mod templates;
@@ -44,6 +45,7 @@ pub use leases::{AttemptWrite, PollOutcome, PROGRESS_KEPT, REQUEUE_MARGIN};
 pub use logs::{LogPageRead, LogRead};
 pub use overview::{QueueOverview, OVERVIEW_MINUTES};
 pub use provisioned::{LiveStart, StartCounts};
+pub use schedules::Ticked;
 pub use seal::Sealer;
 pub use tokens::{NewToken, TokenInfo};
 

@@ -1,0 +1,117 @@
+//! The schedule ticker: on the server that does the singleton duties, once a second,
+//! each due schedule's ticks are decided (`Cron::due`, by its catch-up policy), their
+//! jobs made (from the spec or the template, filled in at each tick), and submitted by
+//! `Store::tick`, whose compare-and-set makes a tick submit once even if two servers
+//! or a restart see it due.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use drover_core::schedule::{tick_key, Cron, Schedule};
+use drover_core::template::TemplateRef;
+use drover_core::ValidJob;
+
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// How often the ticker looks for due schedules.
+const EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(state: AppState) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if !state.leader.is_leader() {
+            continue;
+        }
+        if let Err(e) = tick_due(&state, Utc::now()).await {
+            tracing::error!(error = %e, "schedule ticker failed; will try again");
+        }
+    }
+}
+
+/// Submits the jobs of every schedule due at `now`; returns how many it submitted.
+pub async fn tick_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let mut submitted = 0;
+    for s in state.store.due_schedules(now).await? {
+        let Some(expected) = s.next_tick_at else {
+            continue;
+        };
+        let cron = match Cron::parse(&s.cron, &s.tz) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(schedule = %s.name, problems = ?e, "a stored schedule no longer parses");
+                continue;
+            }
+        };
+        let (ticks, next) = cron.due(expected, now, s.catch_up, s.catch_up_max);
+        let mut jobs = Vec::new();
+        let mut error = None;
+        for tick in ticks {
+            match job_for(state, &s, tick, now).await {
+                Ok(job) => jobs.push((tick, job)),
+                Err(e) => {
+                    tracing::warn!(schedule = %s.name, error = %e, "a tick submitted nothing");
+                    error = Some(format!(
+                        "the tick at {} submitted nothing: {e}",
+                        tick.to_rfc3339()
+                    ));
+                }
+            }
+        }
+        let Some(done) = state
+            .store
+            .tick(&s, expected, next, jobs, error, now)
+            .await?
+        else {
+            continue;
+        };
+        submitted += done.submitted.len();
+        state.hub.queued(done.submitted.iter().map(String::as_str));
+        crate::api::jobs::announce_cancel(state, &done.canceled);
+    }
+    Ok(submitted)
+}
+
+/// The job of one tick: the schedule's spec, or its template filled in now; with the
+/// tick's idempotency key and `DROVER_SCHEDULE`, `DROVER_SCHEDULED_AT` in its env.
+async fn job_for(
+    state: &AppState,
+    s: &Schedule,
+    tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<ValidJob, String> {
+    let (mut req, from) = match (&s.job, &s.template) {
+        (Some(job), _) => (job.clone(), None),
+        (None, Some(t)) => {
+            let template = state
+                .store
+                .template(&t.name, t.version)
+                .await
+                .map_err(|e| e.to_string())?;
+            let job = template.render(&t.params).map_err(|errs| listed(&errs))?;
+            let from = TemplateRef {
+                name: template.name,
+                version: template.version,
+            };
+            (job, Some(from))
+        }
+        (None, None) => return Err("the schedule has no job".into()),
+    };
+    req.idempotency_key = Some(tick_key(&s.name, tick));
+    req.env.insert("DROVER_SCHEDULE".into(), s.name.clone());
+    req.env
+        .insert("DROVER_SCHEDULED_AT".into(), tick.to_rfc3339());
+    let mut valid = req.validate(now).map_err(|errs| listed(&errs))?;
+    valid.template = from;
+    Ok(valid)
+}
+
+fn listed(errs: &[drover_core::spec::FieldError]) -> String {
+    errs.iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
