@@ -397,6 +397,14 @@ async fn dashboard_authorization_matrix() {
         tokens.push(t["token"].as_str().unwrap().to_string());
     }
     let job = admin.submit(shell("sleep 30")).await;
+    let (status, group) = admin
+        .post(
+            "/v1/groups",
+            json!({"job": shell("sleep 30"), "array": {"count": 2}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    let group_id = group["id"].as_str().unwrap().to_string();
     let gone = register(&server, "gone-box", json!({})).await;
     gone.post("/v1/agents/leave", json!({})).await;
     let gone_id = admin.get("/v1/agents").await.1["agents"][0]["id"]
@@ -418,7 +426,16 @@ async fn dashboard_authorization_matrix() {
         sessions.push((who, sign_in(&server, t).await.0));
     }
 
-    let pages = ["/", "/jobs", &format!("/jobs/{}", job.id), "/agents"];
+    let group_page = format!("/groups/{group_id}");
+    let pages = [
+        "/",
+        "/jobs",
+        &format!("/jobs/{}", job.id),
+        "/agents",
+        "/groups",
+        &group_page,
+        "/schedules",
+    ];
     for (who, cookie) in &sessions {
         for path in pages {
             let (status, _) = page(&server, cookie, path).await;
@@ -435,6 +452,8 @@ async fn dashboard_authorization_matrix() {
         (format!("/jobs/{}/rerun", job.id), "submit"),
         (format!("/jobs/{}/cancel", job.id), "submit"),
         (format!("/jobs/{}/retry", job.id), "submit"),
+        (format!("/groups/{group_id}/cancel"), "submit"),
+        (format!("/groups/{group_id}/retry"), "submit"),
         (format!("/agents/{gone_id}/remove"), "admin"),
     ];
     let rank = |w: &str| {
@@ -476,6 +495,10 @@ async fn dashboard_authorization_matrix() {
         drover_core::JobState::Queued,
         "retried after the cancel"
     );
+    let (_, g) = admin.get(&format!("/v1/groups/{group_id}")).await;
+    assert_eq!(g["state"], "canceled", "canceled as one: {g}");
+    let (_, members) = page(&server, &sessions[3].1, &format!("/jobs?group={group_id}")).await;
+    assert_eq!(members.matches("state-canceled").count(), 2, "{members}");
     assert!(admin.get("/v1/agents").await.1["agents"]
         .as_array()
         .unwrap()

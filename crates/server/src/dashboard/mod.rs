@@ -8,6 +8,7 @@
 //! needs the submit scope, so a read token sees no buttons and is refused if it posts.
 
 mod pages;
+mod workloads;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
@@ -38,6 +39,11 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/retry", post(pages::retry))
         .route("/jobs/{id}/rerun", post(pages::rerun))
         .route("/agents", get(pages::agents))
+        .route("/groups", get(workloads::groups))
+        .route("/groups/{id}", get(workloads::group))
+        .route("/groups/{id}/cancel", post(workloads::cancel_group))
+        .route("/groups/{id}/retry", post(workloads::retry_group))
+        .route("/schedules", get(workloads::schedules))
         .route("/agents/{id}/remove", post(pages::remove_agent))
         .route("/ui/app.css", get(css))
         .route("/ui/app.js", get(js))
@@ -108,6 +114,8 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Html<String
                             nav aria-label="main" {
                                 a href="/" { "Overview" } " · "
                                 a href="/jobs" { "Jobs" } " · "
+                                a href="/groups" { "Groups" } " · "
+                                a href="/schedules" { "Schedules" } " · "
                                 a href="/agents" { "Agents" }
                             }
                             span.who { "signed in with " (v.caller.token.name) " (" (v.caller.scope.as_str()) ")" }

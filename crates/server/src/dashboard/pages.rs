@@ -1,7 +1,7 @@
 //! The dashboard's pages: the overview (per queue: counts, the last hour as charts, why
 //! jobs wait), the jobs list (filters, search, cursor pages), a job (spec, attempts,
 //! progress and its history, result, artifacts, timeline, live log, actions), and the
-//! agents.
+//! agents. Groups and schedules are in `workloads.rs`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -37,6 +37,9 @@ pub struct Filters {
     /// A job id, name or idempotency key.
     #[serde(default)]
     q: String,
+    /// Only the members of this group.
+    #[serde(default)]
+    group: String,
     #[serde(default)]
     cursor: String,
 }
@@ -54,6 +57,7 @@ impl Filters {
             name: some(&self.name),
             limit: Some(PAGE),
             cursor: some(&self.cursor),
+            group: some(&self.group),
             ..ListJobsQuery::default()
         }
     }
@@ -66,6 +70,7 @@ impl Filters {
             ("queue", &self.queue),
             ("label", &self.label),
             ("name", &self.name),
+            ("group", &self.group),
         ] {
             if !v.trim().is_empty() {
                 parts.push(format!("{k}={}", encode(v.trim())));
@@ -76,7 +81,7 @@ impl Filters {
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -87,12 +92,12 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn when(t: Option<DateTime<Utc>>) -> String {
+pub(super) fn when(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
-fn state_cell(s: JobState) -> Markup {
+pub(super) fn state_cell(s: JobState) -> Markup {
     html! { span class=(format!("state state-{}", s.as_str())) { (s.as_str()) } }
 }
 
@@ -225,6 +230,12 @@ pub async fn job(
             dt { "Waiting" } dd #job-wait { (job.wait_reason.clone().unwrap_or_else(|| "-".into())) }
             dt { "Id" } dd { (job.id) }
             dt { "Queue" } dd { (job.queue) " (priority " (job.priority) ")" }
+            @if let (Some(g), Some(i)) = (&job.group_id, job.array_index) {
+                dt { "Group" } dd { a href=(format!("/groups/{}", encode(g))) { (g) } " (index " (i) ")" }
+            }
+            @for d in &job.after {
+                dt { "Waits for" } dd.after { a href=(job_page(&d.job)) { (d.job) } " (" (d.condition.as_str()) ")" }
+            }
             @if let Some(e) = &job.error { dt { "Error" } dd.error { (e) } }
             @if let Some(code) = job.exit_code { dt { "Exit code" } dd { (code) } }
             @if let Some(r) = &job.result { dt { "Result" } dd { pre { (serde_json::to_string_pretty(r).unwrap_or_default()) } } }
@@ -277,7 +288,7 @@ pub async fn job(
 
 /// Runs an action a form asked for, unless it was `refused`: then the page of the
 /// outcome (`action` names it), or one saying why the action failed.
-async fn act(
+pub(super) async fn act(
     refused: Option<Response>,
     action: impl std::future::Future<Output = Result<String, StoreError>>,
 ) -> Response {
@@ -290,7 +301,7 @@ async fn act(
     }
 }
 
-fn job_page(id: &str) -> String {
+pub(super) fn job_page(id: &str) -> String {
     format!("/jobs/{}", encode(id))
 }
 
@@ -433,7 +444,7 @@ pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> Response {
 
 /// The page for a store error: a message page for what the user can act on (not found,
 /// conflict), the API's error otherwise.
-fn store_error_page(e: StoreError) -> Response {
+pub(super) fn store_error_page(e: StoreError) -> Response {
     match e {
         StoreError::NotFound(m) => error_page(StatusCode::NOT_FOUND, &m),
         StoreError::Conflict(m) => error_page(StatusCode::CONFLICT, &m),
