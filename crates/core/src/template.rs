@@ -156,8 +156,8 @@ pub struct TemplateSubmit {
     pub after: Vec<crate::group::Dependency>,
 }
 
-/// Whether `name` may name a template (or a schedule): 1 to 128 letters, digits, '-',
-/// '_' and '.', safe in a URL path.
+/// Whether `name` may name a template (or a schedule): 1 to `MAX_TEMPLATE_NAME`
+/// letters, digits, '-', '_' and '.', safe in a URL path.
 pub fn is_template_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TEMPLATE_NAME
