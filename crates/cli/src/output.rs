@@ -124,6 +124,11 @@ pub fn json<T: serde::Serialize>(v: &T) {
     );
 }
 
+/// A moment as RFC 3339, or `-` for none.
+pub fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+}
+
 /// `1h02m`, `3m05s`, `4.2s`.
 pub fn elapsed(d: chrono::Duration) -> String {
     let ms = d.num_milliseconds().max(0);

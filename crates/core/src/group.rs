@@ -201,6 +201,32 @@ pub struct GroupSubmit {
     pub array: ArraySpec,
 }
 
+impl GroupSubmit {
+    /// The member spec and the array, or every problem at once (fields under `array.`
+    /// and `job.`).
+    pub fn validate(
+        self,
+        now: DateTime<Utc>,
+    ) -> Result<(crate::ValidJob, ArraySpec), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        self.array.check(&mut errors);
+        if self.array.parallelism.is_some() && self.job.concurrency_key.is_some() {
+            errors.push(FieldError::new(
+                "array.parallelism",
+                "an array's parallelism is its members' concurrency key; give either parallelism or job.concurrency_key, not both",
+            ));
+        }
+        match self.job.validate(now) {
+            Ok(job) if errors.is_empty() => Ok((job, self.array)),
+            Ok(_) => Err(errors),
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| e.within("job.")));
+                Err(errors)
+            }
+        }
+    }
+}
+
 /// A group's state, from its members': `waiting` or `queued` while all its members
 /// are, `running` once any started and until all ended; then `succeeded` when all did,
 /// `failed` when any failed or timed out, else `canceled`.

@@ -19,6 +19,8 @@ pub const ON_TIME_MS: i64 = 60_000;
 pub const MAX_CATCH_UP: u32 = 1_000;
 /// How many next run times a schedule shows.
 pub const NEXT_SHOWN: usize = 5;
+/// Missed ticks `catch_up: all` submits unless told otherwise.
+pub const DEFAULT_CATCH_UP_MAX: u32 = 10;
 
 /// What a tick does while the job of the previous tick has not ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -129,6 +131,13 @@ pub struct Schedule {
     pub last_error: Option<String>,
 }
 
+impl Schedule {
+    /// Its expression, parsed in its time zone.
+    pub fn parsed(&self) -> Result<Cron, Vec<FieldError>> {
+        Cron::parse(&self.cron, &self.tz)
+    }
+}
+
 /// Schedules, by name.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleList {
@@ -146,24 +155,22 @@ impl Cron {
     /// Parses `expr` (5 fields, or 6 with seconds first) in time zone `tz`.
     pub fn parse(expr: &str, tz: &str) -> Result<Cron, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let fields = expr.split_whitespace().count();
-        let full = match fields {
-            5 => format!("0 {expr}"),
-            6 => expr.to_string(),
+        let full = match expr.split_whitespace().count() {
+            5 => Some(format!("0 {expr}")),
+            6 => Some(expr.to_string()),
             n => {
                 errs.push(FieldError::new(
                     "cron",
                     format!("has {n} fields; give MIN HOUR DAY MONTH WEEKDAY (e.g. */5 * * * *), or 6 with seconds first"),
                 ));
-                String::new()
+                None
             }
         };
-        let schedule = match errs.is_empty() {
-            true => cron::Schedule::from_str(&full)
+        let schedule = full.and_then(|full| {
+            cron::Schedule::from_str(&full)
                 .map_err(|e| errs.push(FieldError::new("cron", format!("{expr:?}: {e}"))))
-                .ok(),
-            false => None,
-        };
+                .ok()
+        });
         let tz = tz
             .parse::<chrono_tz::Tz>()
             .map_err(|_| {
@@ -243,9 +250,24 @@ fn far_future() -> DateTime<Utc> {
 }
 
 impl ScheduleCreate {
-    /// Every problem at once; the parsed expression when there are none. The job (or the
-    /// template) is checked by the caller, who can read templates.
-    pub fn check(&self) -> Result<Cron, Vec<FieldError>> {
+    /// The time zone the expression is read in.
+    pub fn tz(&self) -> &str {
+        self.tz.as_deref().unwrap_or("UTC")
+    }
+
+    /// How many missed ticks a catch-up submits at most (`catch_up: all` keeps up to
+    /// `catch_up_max`, default 10; the others one).
+    pub fn catch_up_max(&self) -> u32 {
+        match self.catch_up {
+            CatchUp::All => self.catch_up_max.unwrap_or(DEFAULT_CATCH_UP_MAX),
+            _ => self.catch_up_max.unwrap_or(1),
+        }
+    }
+
+    /// Every problem at once, the job's (as a tick would make it) under `job.`; the
+    /// parsed expression when there are none. A template is checked by the caller, who
+    /// can read templates.
+    pub fn check(&self, now: DateTime<Utc>) -> Result<Cron, Vec<FieldError>> {
         let mut errs = Vec::new();
         if !crate::template::is_template_name(&self.name) {
             errs.push(FieldError::new(
@@ -256,7 +278,7 @@ impl ScheduleCreate {
                 ),
             ));
         }
-        let cron = Cron::parse(&self.cron, self.tz.as_deref().unwrap_or("UTC"));
+        let cron = Cron::parse(&self.cron, self.tz());
         if let Err(e) = &cron {
             errs.extend(e.iter().cloned());
         }
@@ -287,6 +309,11 @@ impl ScheduleCreate {
                 "catch_up_max",
                 "only counts with catch_up: all",
             ));
+        }
+        if let Some(job) = &self.job {
+            if let Err(e) = job.clone().validate(now) {
+                errs.extend(e.into_iter().map(|e| e.within("job.")));
+            }
         }
         match (cron, errs.is_empty()) {
             (Ok(c), true) => Ok(c),

@@ -318,6 +318,25 @@ impl TemplateCreate {
 }
 
 impl Template {
+    /// A job made from this template: filled in with `params`, changed by `edit` (what
+    /// each submit adds: its name, secrets, key …), validated like any submit, and
+    /// marked as made from this version.
+    pub fn job(
+        &self,
+        params: &BTreeMap<String, Value>,
+        now: chrono::DateTime<chrono::Utc>,
+        edit: impl FnOnce(&mut SubmitRequest),
+    ) -> Result<crate::ValidJob, Vec<FieldError>> {
+        let mut req = self.render(params)?;
+        edit(&mut req);
+        let mut valid = req.validate(now)?;
+        valid.template = Some(TemplateRef {
+            name: self.name.clone(),
+            version: self.version,
+        });
+        Ok(valid)
+    }
+
     /// The job this template makes with `given` parameters: every placeholder filled,
     /// `DROVER_PARAM_<NAME>` in its env. Every missing, unknown or ill-typed parameter
     /// is reported, each on its own.

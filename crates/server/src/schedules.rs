@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::schedule::{tick_key, Cron, Schedule};
-use drover_core::template::TemplateRef;
-use drover_core::ValidJob;
+use drover_core::schedule::{tick_key, Schedule};
+use drover_core::{SubmitRequest, ValidJob};
 
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -39,7 +38,7 @@ pub async fn tick_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Sto
         let Some(expected) = s.next_tick_at else {
             continue;
         };
-        let cron = match Cron::parse(&s.cron, &s.tz) {
+        let cron = match s.parsed() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(schedule = %s.name, problems = ?e, "a stored schedule no longer parses");
@@ -83,30 +82,27 @@ async fn job_for(
     tick: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<ValidJob, String> {
-    let (mut req, from) = match (&s.job, &s.template) {
-        (Some(job), _) => (job.clone(), None),
-        (None, Some(t)) => {
-            let template = state
-                .store
-                .template(&t.name, t.version)
-                .await
-                .map_err(|e| e.to_string())?;
-            let job = template.render(&t.params).map_err(|errs| listed(&errs))?;
-            let from = TemplateRef {
-                name: template.name,
-                version: template.version,
-            };
-            (job, Some(from))
+    let stamp = |req: &mut SubmitRequest| {
+        req.idempotency_key = Some(tick_key(&s.name, tick));
+        req.env.insert("DROVER_SCHEDULE".into(), s.name.clone());
+        req.env
+            .insert("DROVER_SCHEDULED_AT".into(), tick.to_rfc3339());
+    };
+    let made = match (&s.job, &s.template) {
+        (Some(job), _) => {
+            let mut req = job.clone();
+            stamp(&mut req);
+            req.validate(now)
         }
+        (None, Some(t)) => state
+            .store
+            .template(&t.name, t.version)
+            .await
+            .map_err(|e| e.to_string())?
+            .job(&t.params, now, stamp),
         (None, None) => return Err("the schedule has no job".into()),
     };
-    req.idempotency_key = Some(tick_key(&s.name, tick));
-    req.env.insert("DROVER_SCHEDULE".into(), s.name.clone());
-    req.env
-        .insert("DROVER_SCHEDULED_AT".into(), tick.to_rfc3339());
-    let mut valid = req.validate(now).map_err(|errs| listed(&errs))?;
-    valid.template = from;
-    Ok(valid)
+    made.map_err(|errs| listed(&errs))
 }
 
 fn listed(errs: &[drover_core::spec::FieldError]) -> String {

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{shell, Client};
+use common::{error_fields, shell, Client};
 use drover_core::api::{Job, JobPage};
 use drover_core::schedule::{tick_key, Cron, ScheduleCreate};
 use drover_core::{JobState, SubmitRequest};
@@ -144,12 +144,7 @@ async fn refusals(s: &TestServer) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    let fields: Vec<&str> = v["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&v);
     assert_eq!(
         fields,
         ["name", "cron", "tz", "template", "template.name"],
@@ -216,7 +211,7 @@ async fn a_tick_submits_once(dir: &std::path::Path, db: Option<&str>) {
         "name": "nightly", "cron": "0 3 * * *", "job": shell("true"), "catch_up": "all"
     }))
     .unwrap();
-    let cron: Cron = req.check().unwrap();
+    let cron: Cron = req.check(now).unwrap();
     // Waiting for a tick an hour ago: due now.
     let tick = now - chrono::Duration::hours(1);
     first.create_schedule(&req, Some(tick), now).await.unwrap();

@@ -793,12 +793,13 @@ async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
         (ids[4].clone(), 1, ok(0)),
     ];
     let later = now + chrono::Duration::seconds(2);
-    let (out, released) = fx
+    let done = fx
         .store
         .finish_many(&a.id, &items, later, &[0.5; 8])
         .await
         .unwrap();
-    assert!(released.is_empty(), "nothing waited on these");
+    assert!(done.released.is_empty(), "nothing waited on these");
+    let out = done.results;
     let states: Vec<std::result::Result<JobState, String>> = out
         .iter()
         .map(|r| match r {

@@ -5,19 +5,10 @@
 
 mod common;
 
-use common::Client;
+use common::{error_fields, Client};
 use drover_server::testing::TestServer;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
-
-fn fields(v: &Value) -> Vec<String> {
-    v["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap().to_string())
-        .collect()
-}
+use serde_json::json;
 
 async fn templates_work(s: &TestServer) {
     let c = Client::new(s, &s.admin_token);
@@ -50,7 +41,7 @@ async fn templates_work(s: &TestServer) {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(
-        fields(&v),
+        error_fields(&v),
         ["params.bogus", "params.config_path", "params.steps"]
     );
 
@@ -127,7 +118,7 @@ async fn templates_work(s: &TestServer) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    let got = fields(&v);
+    let got = error_fields(&v);
     assert!(got.contains(&"name".to_string()), "{got:?}");
     assert!(got.contains(&"params.b".to_string()), "{got:?}");
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{agents, drain, poll, register, shell, Client};
+use common::{agents, drain, error_fields, poll, register, shell, Client};
 use drover_core::api::{JobPage, Lease};
 use drover_core::group::Group;
 use drover_core::JobState;
@@ -185,12 +185,7 @@ async fn refusals(s: &TestServer) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    let fields: Vec<&str> = v["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&v);
     assert_eq!(fields, ["after[0].job", "after[1].job"]);
     let (status, _) = c
         .post("/v1/jobs", after("true", &[("x", "sometimes")]))
@@ -358,12 +353,7 @@ async fn arrays(s: &TestServer) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    let fields: Vec<&str> = v["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&v);
     assert_eq!(fields, ["array.count", "array.parallelism"]);
     let (status, _) = c.get("/v1/groups/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -36,9 +36,6 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
         return Ok(0);
     }
     let color = output::stdout_is_tty();
-    let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
-        v.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
-    };
     outln!("id:        {}", job.id);
     outln!("name:      {}", job.name);
     let note = if job.cancel_requested && !job.state.is_terminal() {
@@ -92,8 +89,8 @@ pub async fn status(cfg: &ClientConfig, id: &str) -> Result<i32> {
         outln!("result:    {r}");
     }
     outln!("created:   {}", job.created_at.to_rfc3339());
-    outln!("started:   {}", t(job.started_at));
-    outln!("finished:  {}", t(job.finished_at));
+    outln!("started:   {}", output::time(job.started_at));
+    outln!("finished:  {}", output::time(job.finished_at));
     if !job.attempts.is_empty() {
         outln!();
         let rows: Vec<Vec<String>> = job

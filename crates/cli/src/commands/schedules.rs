@@ -57,10 +57,6 @@ pub enum ScheduleCommand {
     Rm { name: String },
 }
 
-fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
-}
-
 fn print(cfg: &ClientConfig, s: &Schedule) {
     if cfg.output == OutputFormat::Json {
         output::json(s);
@@ -79,7 +75,7 @@ fn print(cfg: &ClientConfig, s: &Schedule) {
         s.overlap.as_str(),
         s.catch_up.as_str()
     );
-    outln!("last tick: {}", when(s.last_tick_at));
+    outln!("last tick: {}", output::time(s.last_tick_at));
     if let Some(j) = &s.last_job_id {
         outln!("last job:  {j}");
     }
@@ -139,7 +135,11 @@ pub async fn schedule(cfg: &ClientConfig, cmd: ScheduleCommand) -> Result<i32> {
             match cfg.output {
                 OutputFormat::Json => output::json(&made),
                 OutputFormat::Table => {
-                    outln!("{} next runs at {}", made.name, when(made.next_tick_at))
+                    outln!(
+                        "{} next runs at {}",
+                        made.name,
+                        output::time(made.next_tick_at)
+                    )
                 }
             }
         }
@@ -157,8 +157,8 @@ pub async fn schedule(cfg: &ClientConfig, cmd: ScheduleCommand) -> Result<i32> {
                         s.name.clone(),
                         format!("{} ({})", s.cron, s.tz),
                         if s.paused { "paused" } else { "active" }.to_string(),
-                        when(s.next_tick_at),
-                        when(s.last_tick_at),
+                        output::time(s.next_tick_at),
+                        output::time(s.last_tick_at),
                     ]
                 })
                 .collect();

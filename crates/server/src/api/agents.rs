@@ -459,19 +459,19 @@ pub async fn finish_batch(
         .map(|f| (f.job_id, f.attempt, f.finish))
         .collect();
     let jitters: Vec<f64> = items.iter().map(|_| rand::random()).collect();
-    let (got, released) = state
+    let done = state
         .store
         .finish_many(&agent.id, &items, Utc::now(), &jitters)
         .await?;
-    if !released.is_empty() {
-        state.hub.queued(released.iter().map(String::as_str));
+    if !done.released.is_empty() {
+        state.hub.queued(done.released.iter().map(String::as_str));
     }
     // A job queued again, or one whose end frees a place under a limit: polls may
     // find work.
     let mut work = false;
     let results = items
         .iter()
-        .zip(got)
+        .zip(done.results)
         .map(|((job_id, attempt, req), r)| {
             let (status, st) = match r {
                 Ok((next, ran, limited)) => {

@@ -7,11 +7,11 @@ use axum::Json;
 use chrono::Utc;
 use drover_core::api::ErrorBody;
 use drover_core::group::{Group, GroupAction, GroupPage, GroupSubmit, ListGroupsQuery};
-use drover_core::spec::FieldError;
 
 use super::auth::{Client, READ, SUBMIT};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
+use crate::store::StoreError;
 
 #[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = GroupSubmit,
     responses(
@@ -26,31 +26,14 @@ pub async fn submit(
     ApiJson(req): ApiJson<GroupSubmit>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
     let now = Utc::now();
-    let mut errors = Vec::new();
-    req.array.check(&mut errors);
-    if req.array.parallelism.is_some() && req.job.concurrency_key.is_some() {
-        errors.push(FieldError::new(
-            "array.parallelism",
-            "an array's parallelism is its members' concurrency key; give either parallelism or job.concurrency_key, not both",
-        ));
-    }
-    let valid = match req.job.validate(now) {
-        Ok(v) => Some(v),
-        Err(errs) => {
-            errors.extend(errs.into_iter().map(|e| e.within("job.")));
-            None
-        }
-    };
-    let Some(valid) = valid.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::InvalidSpec(errors));
-    };
+    let (valid, array) = req.validate(now).map_err(ApiError::InvalidSpec)?;
     super::files::check_uploads(&state, &[("job.".to_string(), &valid)]).await?;
     let (group, created) = match state
         .store
-        .enqueue_group(valid, req.array, &caller.actor, now)
+        .enqueue_group(valid, array, &caller.actor, now)
         .await
     {
-        Err(crate::store::StoreError::Invalid(errs)) => {
+        Err(StoreError::Invalid(errs)) => {
             return Err(ApiError::InvalidSpec(
                 errs.into_iter().map(|(_, e)| e.within("job.")).collect(),
             ))
@@ -80,7 +63,7 @@ pub async fn list(
         .list_groups(q.limit.unwrap_or(50), q.cursor.as_deref())
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::Conflict(m) => ApiError::BadRequest(m),
+            StoreError::Conflict(m) => ApiError::BadRequest(m),
             e => e.into(),
         })?;
     Ok(Json(GroupPage {
@@ -108,12 +91,33 @@ pub async fn cancel(
     Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<GroupAction>, ApiError> {
-    let (action, done) = state
-        .store
-        .cancel_group(&id, &caller.actor, Utc::now())
-        .await?;
-    super::jobs::announce_cancel(&state, &done);
-    Ok(Json(action))
+    Ok(Json(cancel_group(&state, &id, &caller.actor).await?))
+}
+
+/// Cancels a group's members that have not ended and wakes what that concerns (the
+/// API's and the dashboard's cancel).
+pub(crate) async fn cancel_group(
+    state: &AppState,
+    id: &str,
+    actor: &str,
+) -> Result<GroupAction, StoreError> {
+    let (action, done) = state.store.cancel_group(id, actor, Utc::now()).await?;
+    super::jobs::announce_cancel(state, &done);
+    Ok(action)
+}
+
+/// Queues a group's failed members again and wakes polls (the API's and the
+/// dashboard's retry).
+pub(crate) async fn retry_group(
+    state: &AppState,
+    id: &str,
+    actor: &str,
+) -> Result<GroupAction, StoreError> {
+    let action = state.store.retry_group(id, actor, Utc::now()).await?;
+    if action.changed > 0 {
+        state.hub.work_available();
+    }
+    Ok(action)
 }
 
 #[utoipa::path(post, path = "/v1/groups/{id}/retry", tag = "groups", params(("id" = String, Path, description = "Group id")),
@@ -124,12 +128,5 @@ pub async fn retry(
     Client(caller): Client<SUBMIT>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<GroupAction>, ApiError> {
-    let action = state
-        .store
-        .retry_group(&id, &caller.actor, Utc::now())
-        .await?;
-    if action.changed > 0 {
-        state.hub.work_available();
-    }
-    Ok(Json(action))
+    Ok(Json(retry_group(&state, &id, &caller.actor).await?))
 }

@@ -5,7 +5,7 @@ mod agents;
 pub mod auth;
 mod error;
 mod files;
-mod groups;
+pub(crate) mod groups;
 pub(crate) mod jobs;
 mod live;
 mod logs;

@@ -28,13 +28,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
     let now = Utc::now();
     let mut errors = Vec::new();
-    let cron = req.check().map_err(|e| errors.extend(e)).ok();
-    // The job as a tick would make it, checked now rather than at the first tick.
-    if let Some(job) = &req.job {
-        if let Err(e) = job.clone().validate(now) {
-            errors.extend(e.into_iter().map(|e| e.within("job.")));
-        }
-    }
+    let cron = req.check(now).map_err(|e| errors.extend(e)).ok();
     if let Some(t) = &req.template {
         match state.store.template(&t.name, t.version).await {
             Ok(template) => {
@@ -100,7 +94,7 @@ pub async fn pause(
     Client(_caller): Client<SUBMIT>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    Ok(Json(state.store.set_paused(&name, true, None).await?))
+    Ok(Json(state.store.pause_schedule(&name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
@@ -111,9 +105,5 @@ pub async fn resume(
     Client(_caller): Client<SUBMIT>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let s = state.store.schedule(&name).await?;
-    let next = drover_core::schedule::Cron::parse(&s.cron, &s.tz)
-        .map_err(|_| ApiError::Internal(format!("schedule {name:?} has a bad stored expression")))?
-        .next_after(Utc::now());
-    Ok(Json(state.store.set_paused(&name, false, next).await?))
+    Ok(Json(state.store.resume_schedule(&name, Utc::now()).await?))
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{ErrorBody, Job};
-use drover_core::template::{Template, TemplateCreate, TemplateList, TemplateRef, TemplateSubmit};
+use drover_core::template::{Template, TemplateCreate, TemplateList, TemplateSubmit};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -98,23 +98,19 @@ pub async fn submit(
     ApiJson(req): ApiJson<TemplateSubmit>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let template = state.store.template(&name, req.version).await?;
-    let mut job = template
-        .render(&req.params)
-        .map_err(ApiError::InvalidSpec)?;
-    if let Some(n) = req.name {
-        job.name = Some(n);
-    }
-    if let Some(m) = req.metadata {
-        job.metadata = Some(m);
-    }
-    job.idempotency_key = req.idempotency_key;
-    job.secrets = req.secrets;
-    job.after = req.after;
     let now = Utc::now();
-    let mut valid = job.validate(now).map_err(ApiError::InvalidSpec)?;
-    valid.template = Some(TemplateRef {
-        name: template.name,
-        version: template.version,
-    });
+    let valid = template
+        .job(&req.params, now, |job| {
+            if let Some(n) = req.name {
+                job.name = Some(n);
+            }
+            if let Some(m) = req.metadata {
+                job.metadata = Some(m);
+            }
+            job.idempotency_key = req.idempotency_key;
+            job.secrets = req.secrets;
+            job.after = req.after;
+        })
+        .map_err(ApiError::InvalidSpec)?;
     super::jobs::enqueue_one(&state, &caller.actor, valid, now).await
 }

@@ -2,18 +2,16 @@
 //! progress, one group with cancel and retry, and schedules with their next runs.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
-use chrono::Utc;
 use drover_core::group::Group;
 use drover_core::JobState;
 use maud::{html, Markup};
 
 use super::pages::{act, encode, state_cell, store_error_page, when};
-use super::{error_page, layout, refuse_action, CsrfForm, Viewer};
+use super::{layout, refuse_action, CsrfForm, Viewer};
+use crate::api::groups;
 use crate::state::AppState;
-use crate::store::StoreError;
 
 fn group_page(id: &str) -> String {
     format!("/groups/{}", encode(id))
@@ -65,7 +63,6 @@ pub async fn group(
 ) -> Response {
     let g = match state.store.group(&id).await {
         Ok(g) => g,
-        Err(StoreError::NotFound(m)) => return error_page(StatusCode::NOT_FOUND, &m),
         Err(e) => return store_error_page(e),
     };
     let path = group_page(&g.id);
@@ -107,8 +104,7 @@ pub async fn cancel_group(
 ) -> Response {
     let actor = &viewer.caller.actor;
     act(refuse_action(&viewer, &f), async {
-        let (_, done) = state.store.cancel_group(&id, actor, Utc::now()).await?;
-        crate::api::jobs::announce_cancel(&state, &done);
+        groups::cancel_group(&state, &id, actor).await?;
         Ok(group_page(&id))
     })
     .await
@@ -122,10 +118,7 @@ pub async fn retry_group(
 ) -> Response {
     let actor = &viewer.caller.actor;
     act(refuse_action(&viewer, &f), async {
-        let done = state.store.retry_group(&id, actor, Utc::now()).await?;
-        if done.changed > 0 {
-            state.hub.work_available();
-        }
+        groups::retry_group(&state, &id, actor).await?;
         Ok(group_page(&id))
     })
     .await

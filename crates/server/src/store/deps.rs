@@ -7,7 +7,7 @@
 //! refuses), so a finish costs one statement per waiting dependent, however many
 //! dependencies it has; at zero the job is queued.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use drover_core::group::{DepCondition, Dependency};
@@ -16,10 +16,7 @@ use drover_core::{transition, Event, JobState, ValidJob};
 use sqlx::{Any, Row, Transaction};
 
 use super::jobs::{record_event, NewEvent};
-use super::{ms, Result, Store, StoreError};
-
-/// Rows per statement of a set-wise write.
-const CHUNK: usize = 500;
+use super::{ms, Result, Store, StoreError, CHUNK, ENDED_SQL};
 
 /// Where a dependency stands when a job naming it is submitted.
 #[derive(Debug, Clone, Copy)]
@@ -67,16 +64,20 @@ impl Store {
         jobs: &[(String, ValidJob)],
         batch_keys: &HashMap<String, usize>,
     ) -> Result<Vec<Vec<Edge>>> {
+        // Each name is looked up once, however many jobs of the submit use it.
         let mut known: HashMap<&str, Vec<Edge>> = HashMap::new();
+        for dep in jobs.iter().flat_map(|(_, job)| &job.after) {
+            if !known.contains_key(dep.job.as_str()) {
+                let found = self.lookup(tx, dep, jobs, batch_keys).await?;
+                known.insert(dep.job.as_str(), found);
+            }
+        }
         let mut errors = Vec::new();
         let mut out = Vec::with_capacity(jobs.len());
         for (i, (_, job)) in jobs.iter().enumerate() {
             let mut edges: Vec<Edge> = Vec::new();
+            let mut seen: HashSet<&str> = HashSet::new();
             for (j, dep) in job.after.iter().enumerate() {
-                if !known.contains_key(dep.job.as_str()) {
-                    let found = self.lookup(tx, dep, jobs, batch_keys).await?;
-                    known.insert(dep.job.as_str(), found);
-                }
                 let found = &known[dep.job.as_str()];
                 if found.is_empty() {
                     errors.push((
@@ -90,8 +91,9 @@ impl Store {
                         ),
                     ));
                 }
+                // Another job of the submit may name the same one with another condition.
                 for e in found {
-                    if !edges.iter().any(|x| x.dep_id == e.dep_id) {
+                    if seen.insert(e.dep_id.as_str()) {
                         edges.push(Edge {
                             condition: dep.condition,
                             ..e.clone()
@@ -308,20 +310,7 @@ impl Store {
             .rows_affected()
             == 1;
         if done {
-            record_event(
-                tx,
-                NewEvent {
-                    job_id: id,
-                    kind: "canceled",
-                    from: Some(JobState::Waiting),
-                    to: next,
-                    attempt: None,
-                    actor: "server",
-                    reason: Some(reason),
-                },
-                now,
-            )
-            .await?;
+            waiter_event(tx, id, "canceled", next, reason, now).await?;
         }
         Ok(done)
     }
@@ -352,20 +341,8 @@ impl Store {
             .rows_affected()
             == 1;
         if done {
-            record_event(
-                tx,
-                NewEvent {
-                    job_id: id,
-                    kind: "released",
-                    from: Some(JobState::Waiting),
-                    to: next,
-                    attempt: None,
-                    actor: "server",
-                    reason: Some("every job it waited for ended as it asked"),
-                },
-                now,
-            )
-            .await?;
+            let reason = "every job it waited for ended as it asked";
+            waiter_event(tx, id, "released", next, reason, now).await?;
         }
         Ok(done)
     }
@@ -399,7 +376,7 @@ impl Store {
 
     /// How many of a job's dependencies have not ended, and one of them.
     pub async fn waiting_on(&self, id: &str) -> Result<(u64, Option<String>)> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(d.dep_id) AS first FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = $1 AND j.state NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')")
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n, MIN(d.dep_id) AS first FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = $1 AND j.state NOT IN {ENDED_SQL}"))
             .bind(id)
             .fetch_one(&self.read)
             .await?;
@@ -421,6 +398,27 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Records that the server moved a waiting job on (released or canceled).
+async fn waiter_event(
+    tx: &mut Transaction<'_, Any>,
+    id: &str,
+    kind: &str,
+    to: JobState,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let e = NewEvent {
+        job_id: id,
+        kind,
+        from: Some(JobState::Waiting),
+        to,
+        attempt: None,
+        actor: "server",
+        reason: Some(reason),
+    };
+    record_event(tx, e, now).await
 }
 
 /// How each fresh job starts, given its edges: in dependency order, so a job of the

@@ -12,12 +12,22 @@ use drover_core::backoff::{should_retry, Backoff};
 use drover_core::{transition, Event, JobState, Outcome};
 use sqlx::{Any, Row, Transaction};
 
-use super::jobs::job_in_tx;
+use super::jobs::{job_in_tx, NewEvent};
 use super::leases::{check_fence, AttemptWrite, Held};
-use super::{ms, Result, Store, StoreError};
+use super::{ms, Result, Store, StoreError, CHUNK};
 
-/// Rows per statement of a batch (SQLite allows 32766 parameters per statement).
-const CHUNK: usize = 500;
+/// How one item of a batch ended: the job's new state, the attempt's run time, and
+/// whether the job counted against a concurrency or queue limit.
+pub type Ended = (JobState, Option<Duration>, bool);
+
+/// What [`Store::finish_many`] did.
+#[derive(Debug)]
+pub struct FinishedMany {
+    /// Per item, what ended, or the fencing error that refused it.
+    pub results: Vec<std::result::Result<Ended, StoreError>>,
+    /// Jobs queued because they waited for these to end.
+    pub released: Vec<String>,
+}
 
 /// How one attempt ends, decided before anything is written.
 struct Plan {
@@ -154,22 +164,15 @@ impl Store {
         })
     }
 
-    /// Ends many attempts of one agent in one transaction; each item gets its own result
-    /// (`Ok` with the job's new state, its run time, and whether it counted against a
-    /// concurrency or queue limit; or the fencing error that refused it), as if they had
-    /// been finished one after the other; and the jobs queued because they waited for
-    /// these to end.
-    #[allow(clippy::type_complexity)]
+    /// Ends many attempts of one agent in one transaction, each as if they had been
+    /// finished one after the other.
     pub async fn finish_many(
         &self,
         agent_id: &str,
         items: &[(String, u32, FinishRequest)],
         now: DateTime<Utc>,
         jitters: &[f64],
-    ) -> Result<(
-        Vec<std::result::Result<(JobState, Option<Duration>, bool), StoreError>>,
-        Vec<String>,
-    )> {
+    ) -> Result<FinishedMany> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut held = self.held_many(&mut tx, &ids).await?;
@@ -211,7 +214,10 @@ impl Store {
         let actor = format!("agent:{agent_id}");
         let released = self.write_plans(&mut tx, &plans, &actor, now).await?;
         tx.commit().await?;
-        Ok((out, released))
+        Ok(FinishedMany {
+            results: out,
+            released,
+        })
     }
 
     /// Answers a finish for an attempt that is no longer current: the same report as the
@@ -364,25 +370,19 @@ impl Store {
                 q.execute(&mut **tx).await?;
             }
         }
-        for chunk in plans.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-                self.values(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for (job_id, attempt, p) in chunk {
-                q = q
-                    .bind(*job_id)
-                    .bind(ms(now))
-                    .bind(p.event_kind)
-                    .bind(Some(p.from.as_str()))
-                    .bind(p.next.as_str())
-                    .bind(Some(i64::from(*attempt)))
-                    .bind(actor)
-                    .bind(Some(p.reason.as_str()));
-            }
-            q.execute(&mut **tx).await?;
-        }
+        let events: Vec<NewEvent> = plans
+            .iter()
+            .map(|(job_id, attempt, p)| NewEvent {
+                job_id,
+                kind: p.event_kind,
+                from: Some(p.from),
+                to: p.next,
+                attempt: Some(*attempt),
+                actor,
+                reason: Some(&p.reason),
+            })
+            .collect();
+        self.record_events(tx, &events, now).await?;
         let ended: Vec<(String, JobState)> = plans
             .iter()
             .filter(|(_, _, p)| p.dependents && p.next.is_terminal())

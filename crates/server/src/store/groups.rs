@@ -11,8 +11,8 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::audit::audit_in_tx;
-use super::jobs::Canceled;
-use super::{from_ms, ms, parse_col, Result, Store, StoreError};
+use super::jobs::{Canceled, Of};
+use super::{from_ms, ms, parse_col, Result, Store, StoreError, ENDED_SQL};
 
 const COLS: &str = "num, id, name, first_index, count, parallelism, idempotency_key, created_at";
 
@@ -94,7 +94,7 @@ impl Store {
     async fn group_from_row(&self, row: &AnyRow) -> Result<Group> {
         let id: String = row.try_get("id")?;
         // An ended member counts 100, one not started 0.
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n, SUM(CASE WHEN state IN ('succeeded', 'failed', 'canceled', 'timed_out') THEN 100.0 ELSE COALESCE(progress_pct, 0.0) END) AS pct FROM jobs WHERE group_id = $1 GROUP BY state")
+        let rows = sqlx::query(&format!("SELECT state, COUNT(*) AS n, SUM(CASE WHEN state IN {ENDED_SQL} THEN 100.0 ELSE COALESCE(progress_pct, 0.0) END) AS pct FROM jobs WHERE group_id = $1 GROUP BY state"))
             .bind(&id)
             .fetch_all(&self.read)
             .await?;
@@ -171,17 +171,15 @@ impl Store {
     ) -> Result<(GroupAction, Canceled)> {
         let mut tx = self.write.begin().await?;
         self.group_exists(&mut tx, id).await?;
-        let open = [
-            JobState::Waiting,
-            JobState::Queued,
-            JobState::Leased,
-            JobState::Running,
-        ];
-        let targets = self.targets(&mut tx, "group_id", id, &open).await?;
+        let open: Vec<JobState> = JobState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        let members = self.subjects(&mut tx, Of::Group(id), &open).await?;
         let done = self
-            .cancel_targets(
+            .cancel_subjects(
                 &mut tx,
-                &targets,
+                &members,
                 actor,
                 "canceled by user with its group",
                 now,
@@ -206,8 +204,8 @@ impl Store {
         let mut tx = self.write.begin().await?;
         self.group_exists(&mut tx, id).await?;
         let failed = [JobState::Failed, JobState::TimedOut];
-        let targets = self.targets(&mut tx, "group_id", id, &failed).await?;
-        let changed = self.retry_targets(&mut tx, &targets, actor, now).await?;
+        let members = self.subjects(&mut tx, Of::Group(id), &failed).await?;
+        let changed = self.retry_subjects(&mut tx, &members, actor, now).await?;
         audit_in_tx(&mut tx, actor, "group.retry", id, None, now).await?;
         tx.commit().await?;
         Ok(GroupAction {

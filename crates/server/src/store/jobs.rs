@@ -11,12 +11,12 @@ use sqlx::{Any, Row, Transaction};
 use super::audit::audit_in_tx;
 use super::deps::Start;
 use drover_core::group::Dependency;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::{from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
-
-/// Jobs per multi-row INSERT (22 parameters each; below SQLite's 32766 and PostgreSQL's 65535).
-const JOB_ROWS_PER_INSERT: usize = 500;
+use super::{
+    from_ms, json_col, ms, opt_time, parse_col, to_json, Result, Store, StoreError, CHUNK,
+    ENDED_SQL,
+};
 
 /// Columns `job_from_row` reads.
 pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index";
@@ -129,6 +129,37 @@ pub(crate) async fn record_event(
     Ok(())
 }
 
+impl Store {
+    /// Records job events set-wise: one multi-row INSERT per [`CHUNK`] events.
+    pub(crate) async fn record_events(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        events: &[NewEvent<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        for chunk in events.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
+                self.values(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q
+                    .bind(e.job_id)
+                    .bind(ms(now))
+                    .bind(e.kind)
+                    .bind(e.from.map(|s| s.as_str()))
+                    .bind(e.to.as_str())
+                    .bind(e.attempt.map(i64::from))
+                    .bind(e.actor)
+                    .bind(e.reason);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Job> {
     let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
         .bind(id)
@@ -195,8 +226,16 @@ fn new_job_view(
     }
 }
 
+/// Which jobs a cancel or retry acts on.
+#[derive(Clone, Copy)]
+pub(super) enum Of<'a> {
+    Job(&'a str),
+    /// The members of a group.
+    Group(&'a str),
+}
+
 /// A job row a cancel or retry acts on.
-pub(super) struct Target {
+pub(super) struct Subject {
     id: String,
     state: JobState,
     cancel_requested: bool,
@@ -205,7 +244,7 @@ pub(super) struct Target {
     attempt: u32,
 }
 
-impl Target {
+impl Subject {
     pub(super) fn id(&self) -> &str {
         &self.id
     }
@@ -306,7 +345,7 @@ impl Store {
             .map(|(((id, job), start), dep)| (id, job, start, *dep))
             .collect();
         // Multi-row statements: one round trip per chunk instead of three per job.
-        for chunk in rows.chunks(JOB_ROWS_PER_INSERT) {
+        for chunk in rows.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index, deps_pending, has_dependents, error, finished_at) VALUES {}",
                 self.values(chunk.len(), 32)
@@ -349,30 +388,30 @@ impl Store {
                     .bind(start.error.as_ref().map(|_| ms(now)));
             }
             q.execute(&mut **tx).await?;
-            let sql = format!(
-                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-                self.values(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, _, start, _) in chunk {
-                let reason = match (&start.error, start.state) {
+            let reasons: Vec<Option<String>> = chunk
+                .iter()
+                .map(|(_, _, start, _)| match (&start.error, start.state) {
                     (Some(e), _) => Some(e.clone()),
                     (None, JobState::Waiting) => {
                         Some(format!("waits for {} jobs to end", start.pending))
                     }
                     _ => None,
-                };
-                q = q
-                    .bind(id.to_string())
-                    .bind(ms(now))
-                    .bind("submitted")
-                    .bind(None::<String>)
-                    .bind(start.state.as_str())
-                    .bind(None::<i64>)
-                    .bind(actor.to_string())
-                    .bind(reason);
-            }
-            q.execute(&mut **tx).await?;
+                })
+                .collect();
+            let events: Vec<NewEvent> = chunk
+                .iter()
+                .zip(&reasons)
+                .map(|((id, _, start, _), reason)| NewEvent {
+                    job_id: id,
+                    kind: "submitted",
+                    from: None,
+                    to: start.state,
+                    attempt: None,
+                    actor,
+                    reason: reason.as_deref(),
+                })
+                .collect();
+            self.record_events(tx, &events, now).await?;
             let sql = format!(
                 "INSERT INTO audit (at, actor, action, target, detail) VALUES {}",
                 self.values(chunk.len(), 5)
@@ -412,9 +451,8 @@ impl Store {
     /// was retried meanwhile, is kept (409).
     pub async fn delete_job_rows(&self, id: &str) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let terminal = "('succeeded', 'failed', 'canceled', 'timed_out')";
         let deleted = sqlx::query(&format!(
-            "DELETE FROM jobs WHERE id = $1 AND state IN {terminal}"
+            "DELETE FROM jobs WHERE id = $1 AND state IN {ENDED_SQL}"
         ))
         .bind(id)
         .execute(&mut *tx)
@@ -636,14 +674,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Job, Canceled)> {
         let mut tx = self.write.begin().await?;
-        let target = self.targets(&mut tx, "id", id, &[]).await?.pop();
-        let target = target.ok_or_else(|| not_found(id))?;
-        transition(target.state, Event::Cancel)
+        let subject = self.subjects(&mut tx, Of::Job(id), &[]).await?.pop();
+        let subject = subject.ok_or_else(|| not_found(id))?;
+        transition(subject.state, Event::Cancel)
             .map_err(|e| StoreError::Conflict(format!("{e}: it has already ended")))?;
         let done = self
-            .cancel_targets(
+            .cancel_subjects(
                 &mut tx,
-                &[target],
+                &[subject],
                 actor,
                 "canceled by user before it started",
                 now,
@@ -655,15 +693,18 @@ impl Store {
         Ok((job, done))
     }
 
-    /// The rows of jobs a cancel or retry acts on: those whose `column` is `value`, in
+    /// The rows of jobs a cancel or retry acts on: one job, or a group's members, in
     /// one of `states` (all states when empty), locked until the transaction ends.
-    pub(super) async fn targets(
+    pub(super) async fn subjects(
         &self,
         tx: &mut Transaction<'_, Any>,
-        column: &str,
-        value: &str,
+        of: Of<'_>,
         states: &[JobState],
-    ) -> Result<Vec<Target>> {
+    ) -> Result<Vec<Subject>> {
+        let (column, value) = match of {
+            Of::Job(id) => ("id", id),
+            Of::Group(id) => ("group_id", id),
+        };
         let in_states = match states {
             [] => String::new(),
             s => format!(
@@ -681,7 +722,7 @@ impl Store {
         let rows = sqlx::query(&sql).bind(value).fetch_all(&mut **tx).await?;
         rows.iter()
             .map(|r| {
-                Ok(Target {
+                Ok(Subject {
                     id: r.try_get("id")?,
                     state: parse_col(r, "state")?,
                     cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
@@ -693,58 +734,76 @@ impl Store {
             .collect()
     }
 
-    /// Cancels the targets that have not ended, set-wise: waiting and queued ones at
+    /// Cancels the subjects that have not ended, set-wise: waiting and queued ones at
     /// once (with `error`), leased and running ones by request.
-    pub(super) async fn cancel_targets(
+    pub(super) async fn cancel_subjects(
         &self,
         tx: &mut Transaction<'_, Any>,
-        targets: &[Target],
+        subjects: &[Subject],
         actor: &str,
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<Canceled> {
         let mut done = Canceled::default();
-        let mut now_canceled = Vec::new();
+        // Ended now, by the state `transition` gives them; asked to stop; events.
+        let mut ended: BTreeMap<JobState, Vec<&str>> = BTreeMap::new();
+        let mut requested = Vec::new();
+        let mut settled = Vec::new();
         let mut events = Vec::new();
-        for t in targets {
+        for t in subjects {
             let Ok(next) = transition(t.state, Event::Cancel) else {
                 continue;
             };
-            if next.is_terminal() {
-                now_canceled.push(t.id.as_str());
-                events.push((t, "canceled", next, None, "canceled before it started"));
+            let (kind, attempt, reason) = if next.is_terminal() {
+                ended.entry(next).or_default().push(t.id.as_str());
+                if t.has_dependents {
+                    settled.push((t.id.clone(), next));
+                }
+                ("canceled", None, "canceled before it started")
             } else if !t.cancel_requested {
+                requested.push(t.id.as_str());
                 done.agents.extend(t.agent_id.clone());
-                events.push((
-                    t,
+                (
                     "cancel_requested",
-                    next,
                     Some(t.attempt),
                     "waiting for the agent to stop the process",
-                ));
-            }
+                )
+            } else {
+                continue;
+            };
+            events.push(NewEvent {
+                job_id: &t.id,
+                kind,
+                from: Some(t.state),
+                to: next,
+                attempt,
+                actor,
+                reason: Some(reason),
+            });
         }
         done.changed = events.len() as u64;
-        let requested: Vec<&str> = events
-            .iter()
-            .filter(|e| e.1 == "cancel_requested")
-            .map(|e| e.0.id.as_str())
-            .collect();
-        for chunk in now_canceled.chunks(JOB_ROWS_PER_INSERT) {
-            let sql = format!(
-                "UPDATE jobs SET state = 'canceled', finished_at = {}, updated_at = {}, error = {} WHERE id IN ({})",
-                self.param(1),
-                self.param(2),
-                self.param(3),
-                self.params(3, chunk.len()),
-            );
-            let mut q = sqlx::query(&sql).bind(ms(now)).bind(ms(now)).bind(error);
-            for id in chunk {
-                q = q.bind(id.to_string());
+        for (next, ids) in &ended {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE jobs SET state = {}, finished_at = {}, updated_at = {}, error = {} WHERE id IN ({})",
+                    self.param(1),
+                    self.param(2),
+                    self.param(3),
+                    self.param(4),
+                    self.params(4, chunk.len()),
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(next.as_str())
+                    .bind(ms(now))
+                    .bind(ms(now))
+                    .bind(error);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut **tx).await?;
             }
-            q.execute(&mut **tx).await?;
         }
-        for chunk in requested.chunks(JOB_ROWS_PER_INSERT) {
+        for chunk in requested.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE jobs SET cancel_requested = 1, updated_at = {} WHERE id IN ({})",
                 self.param(1),
@@ -752,36 +811,13 @@ impl Store {
             );
             let mut q = sqlx::query(&sql).bind(ms(now));
             for id in chunk {
-                q = q.bind(id.to_string());
+                q = q.bind(*id);
             }
             q.execute(&mut **tx).await?;
         }
-        for chunk in events.chunks(JOB_ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-                self.values(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for (t, kind, next, attempt, reason) in chunk {
-                q = q
-                    .bind(t.id.clone())
-                    .bind(ms(now))
-                    .bind(*kind)
-                    .bind(Some(t.state.as_str()))
-                    .bind(next.as_str())
-                    .bind(attempt.map(i64::from))
-                    .bind(actor.to_string())
-                    .bind(Some(reason.to_string()));
-            }
-            q.execute(&mut **tx).await?;
-        }
-        let ended: Vec<(String, JobState)> = targets
-            .iter()
-            .filter(|t| t.has_dependents && now_canceled.contains(&t.id.as_str()))
-            .map(|t| (t.id.clone(), JobState::Canceled))
-            .collect();
-        if !ended.is_empty() {
-            done.released = self.settle(tx, ended, now).await?;
+        self.record_events(tx, &events, now).await?;
+        if !settled.is_empty() {
+            done.released = self.settle(tx, settled, now).await?;
         }
         Ok(done)
     }
@@ -789,61 +825,67 @@ impl Store {
     /// Puts a finished job back in the queue with a fresh attempt budget.
     pub async fn retry(&self, id: &str, actor: &str, now: DateTime<Utc>) -> Result<Job> {
         let mut tx = self.write.begin().await?;
-        let target = self.targets(&mut tx, "id", id, &[]).await?.pop();
-        let target = target.ok_or_else(|| not_found(id))?;
-        transition(target.state, Event::Retry).map_err(|e| {
+        let subject = self.subjects(&mut tx, Of::Job(id), &[]).await?.pop();
+        let subject = subject.ok_or_else(|| not_found(id))?;
+        transition(subject.state, Event::Retry).map_err(|e| {
             StoreError::Conflict(format!("{e}: only a finished job can be retried"))
         })?;
-        self.retry_targets(&mut tx, &[target], actor, now).await?;
+        self.retry_subjects(&mut tx, &[subject], actor, now).await?;
         audit_in_tx(&mut tx, actor, "job.retry", id, None, now).await?;
         let job = job_in_tx(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
     }
 
-    /// Queues the ended targets again, set-wise, each with a fresh attempt budget; the
+    /// Queues the ended subjects again, set-wise, each with a fresh attempt budget; the
     /// jobs still waiting on them wait for their new end. Returns how many.
-    pub(super) async fn retry_targets(
+    pub(super) async fn retry_subjects(
         &self,
         tx: &mut Transaction<'_, Any>,
-        targets: &[Target],
+        subjects: &[Subject],
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        let retried: Vec<(&Target, JobState)> = targets
+        let retried: Vec<(&Subject, JobState)> = subjects
             .iter()
             .filter_map(|t| Some((t, transition(t.state, Event::Retry).ok()?)))
             .collect();
-        for chunk in retried.chunks(JOB_ROWS_PER_INSERT) {
-            let sql = format!(
-                "UPDATE jobs SET state = 'queued', attempts_used = 0, cancel_requested = 0, run_at = {}, updated_at = {}, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id IN ({})",
-                self.param(1),
-                self.param(2),
-                self.params(2, chunk.len()),
-            );
-            let mut q = sqlx::query(&sql).bind(ms(now)).bind(ms(now));
-            for (t, _) in chunk {
-                q = q.bind(t.id.clone());
-            }
-            q.execute(&mut **tx).await?;
-            let sql = format!(
-                "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-                self.values(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for (t, next) in chunk {
-                q = q
-                    .bind(t.id.clone())
-                    .bind(ms(now))
-                    .bind("retried")
-                    .bind(Some(t.state.as_str()))
-                    .bind(next.as_str())
-                    .bind(None::<i64>)
-                    .bind(actor.to_string())
-                    .bind(None::<String>);
-            }
-            q.execute(&mut **tx).await?;
+        let mut by_next: BTreeMap<JobState, Vec<&str>> = BTreeMap::new();
+        for (t, next) in &retried {
+            by_next.entry(*next).or_default().push(t.id.as_str());
         }
+        for (next, ids) in &by_next {
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "UPDATE jobs SET state = {}, attempts_used = 0, cancel_requested = 0, run_at = {}, updated_at = {}, started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, result = NULL, progress_pct = NULL, progress_msg = NULL WHERE id IN ({})",
+                    self.param(1),
+                    self.param(2),
+                    self.param(3),
+                    self.params(3, chunk.len()),
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(next.as_str())
+                    .bind(ms(now))
+                    .bind(ms(now));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+        let events: Vec<NewEvent> = retried
+            .iter()
+            .map(|(t, next)| NewEvent {
+                job_id: &t.id,
+                kind: "retried",
+                from: Some(t.state),
+                to: *next,
+                attempt: None,
+                actor,
+                reason: None,
+            })
+            .collect();
+        self.record_events(tx, &events, now).await?;
         let depended: Vec<&str> = retried
             .iter()
             .filter(|(t, _)| t.has_dependents)

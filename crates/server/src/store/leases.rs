@@ -434,25 +434,21 @@ impl Store {
                     .bind(ms(now));
             }
             q.execute(&mut *tx).await?;
-            let actor = format!("agent:{}", agent.id);
-            let sql = format!(
-            "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
-            self.values(chunk.len(), 8)
-        );
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q
-                    .bind(l.job_id.clone())
-                    .bind(ms(now))
-                    .bind("leased")
-                    .bind(Some(JobState::Queued.as_str()))
-                    .bind(next.as_str())
-                    .bind(Some(i64::from(l.attempt)))
-                    .bind(actor.clone())
-                    .bind(None::<String>);
-            }
-            q.execute(&mut *tx).await?;
         }
+        let actor = format!("agent:{}", agent.id);
+        let events: Vec<NewEvent> = leases
+            .iter()
+            .map(|l| NewEvent {
+                job_id: &l.job_id,
+                kind: "leased",
+                from: Some(JobState::Queued),
+                to: next,
+                attempt: Some(l.attempt),
+                actor: &actor,
+                reason: None,
+            })
+            .collect();
+        self.record_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         Ok((leases, unleasable.len()))
     }
@@ -724,20 +720,20 @@ impl Store {
     }
 
     /// Ends an attempt whose agent is gone: retried if attempts remain, else failed with
-    /// `agent_lost`; a job with a pending cancel becomes canceled. Returns the jobs
-    /// queued because they waited for this one to end.
+    /// `agent_lost`; a job with a pending cancel becomes canceled. The jobs this queues
+    /// (they waited for this one) are claimed by the polls every caller wakes after.
     pub(crate) async fn lose(
         &self,
         tx: &mut Transaction<'_, Any>,
         job_id: &str,
         why: &str,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<()> {
         let Some(held) = self.held(tx, job_id).await? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         if !held.state.is_active() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let (event, error) = if held.cancel_requested {
             (
@@ -765,7 +761,8 @@ impl Store {
             },
             now,
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Ends the current attempt of a job whose agent no longer runs it: the job takes

@@ -39,6 +39,7 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentAuth, NewAgent};
 pub use audit::AuditEntry;
 pub use files::NewFile;
+pub use finish::FinishedMany;
 pub use groups::parallelism_key;
 pub use jobs::Canceled;
 pub use leases::{AttemptWrite, PollOutcome, PROGRESS_KEPT, REQUEUE_MARGIN};
@@ -413,6 +414,13 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serializes")
 }
 
+/// Rows (or ids of an `IN` list) per statement of a set-wise write: 500 rows of 32
+/// parameters stay below SQLite's 32766 and PostgreSQL's 65535 parameters.
+pub(crate) const CHUNK: usize = 500;
+
+/// The states of an ended job, as an SQL list.
+pub(crate) const ENDED_SQL: &str = "('succeeded', 'failed', 'canceled', 'timed_out')";
+
 /// `$k` placeholders for `n` parameters following `offset` earlier ones.
 pub(crate) fn placeholders(offset: usize, n: usize) -> String {
     (1..=n)
@@ -448,5 +456,20 @@ impl Store {
             .map(|i| self.param(offset + i))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_core::JobState;
+
+    #[test]
+    fn the_sql_list_of_ended_states_is_the_terminal_states() {
+        let names: Vec<String> = JobState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(super::ENDED_SQL, format!("({})", names.join(", ")));
     }
 }

@@ -4,20 +4,15 @@
 
 use chrono::{DateTime, Utc};
 use drover_core::group::{DepCondition, Dependency};
-use drover_core::schedule::{
-    CatchUp, Cron, Schedule, ScheduleCreate, ScheduleTemplate, NEXT_SHOWN,
-};
+use drover_core::schedule::{Schedule, ScheduleCreate, ScheduleTemplate, NEXT_SHOWN};
 use drover_core::{JobState, ValidJob};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::jobs::Canceled;
+use super::jobs::{Canceled, Of};
 use super::{from_ms, ms, opt_time, parse_col, to_json, Result, Store, StoreError};
 
 const COLS: &str = "name, cron, tz, job, template, overlap, catch_up, catch_up_max, paused, next_tick_at, last_tick_at, last_job_id, last_error, created_at";
-
-/// Default of `catch_up_max`.
-const DEFAULT_CATCH_UP_MAX: u32 = 10;
 
 fn no_schedule(name: &str) -> StoreError {
     StoreError::NotFound(format!("no schedule named {name:?}"))
@@ -33,17 +28,10 @@ fn schedule_from_row(row: &AnyRow) -> Result<Schedule> {
         .map(|s| serde_json::from_str(&s))
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("schedule template: {e}")))?;
-    let cron: String = row.try_get("cron")?;
-    let tz: String = row.try_get("tz")?;
-    let next_tick_at = opt_time(row, "next_tick_at")?;
-    let next_runs = match (next_tick_at, Cron::parse(&cron, &tz)) {
-        (Some(first), Ok(c)) => c.upcoming(first, NEXT_SHOWN),
-        _ => Vec::new(),
-    };
-    Ok(Schedule {
+    let mut s = Schedule {
         name: row.try_get("name")?,
-        cron,
-        tz,
+        cron: row.try_get("cron")?,
+        tz: row.try_get("tz")?,
         job,
         template,
         overlap: parse_col(row, "overlap")?,
@@ -51,12 +39,16 @@ fn schedule_from_row(row: &AnyRow) -> Result<Schedule> {
         catch_up_max: row.try_get::<i64, _>("catch_up_max")? as u32,
         paused: row.try_get::<i64, _>("paused")? != 0,
         created_at: from_ms(row.try_get("created_at")?),
-        next_tick_at,
-        next_runs,
+        next_tick_at: opt_time(row, "next_tick_at")?,
+        next_runs: Vec::new(),
         last_tick_at: opt_time(row, "last_tick_at")?,
         last_job_id: row.try_get("last_job_id")?,
         last_error: row.try_get("last_error")?,
-    })
+    };
+    if let (Some(first), Ok(cron)) = (s.next_tick_at, s.parsed()) {
+        s.next_runs = cron.upcoming(first, NEXT_SHOWN);
+    }
+    Ok(s)
 }
 
 /// What one tick pass did to one schedule.
@@ -79,15 +71,12 @@ impl Store {
         let inserted = sqlx::query("INSERT INTO schedules (name, cron, tz, job, template, overlap, catch_up, catch_up_max, next_tick_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&req.name)
             .bind(&req.cron)
-            .bind(req.tz.clone().unwrap_or_else(|| "UTC".into()))
+            .bind(req.tz())
             .bind(req.job.as_ref().map(to_json))
             .bind(req.template.as_ref().map(to_json))
             .bind(req.overlap.as_str())
             .bind(req.catch_up.as_str())
-            .bind(i64::from(req.catch_up_max.unwrap_or(match req.catch_up {
-                CatchUp::All => DEFAULT_CATCH_UP_MAX,
-                _ => 1,
-            })))
+            .bind(i64::from(req.catch_up_max()))
             .bind(next_tick.map(ms))
             .bind(ms(now))
             .execute(&self.write)
@@ -143,18 +132,31 @@ impl Store {
         }
     }
 
-    /// Pauses a schedule, or resumes it waiting for `next_tick` (ticks of the pause are
-    /// not caught up).
-    pub async fn set_paused(
+    /// Pauses a schedule: no tick submits until it is resumed.
+    pub async fn pause_schedule(&self, name: &str) -> Result<Schedule> {
+        self.set_paused(name, None).await
+    }
+
+    /// Resumes a schedule from its first tick after `now`: ticks of the pause are not
+    /// caught up.
+    pub async fn resume_schedule(&self, name: &str, now: DateTime<Utc>) -> Result<Schedule> {
+        let cron = self.schedule(name).await?.parsed().map_err(|e| {
+            StoreError::Corrupt(format!("schedule {name:?} no longer parses: {e:?}"))
+        })?;
+        self.set_paused(name, Some(cron.next_after(now))).await
+    }
+
+    /// Pauses (`None`) or resumes a schedule waiting for the given tick (a resumed one
+    /// whose expression has no more ticks waits for none).
+    async fn set_paused(
         &self,
         name: &str,
-        paused: bool,
-        next_tick: Option<DateTime<Utc>>,
+        resume_at: Option<Option<DateTime<Utc>>>,
     ) -> Result<Schedule> {
         let done =
             sqlx::query("UPDATE schedules SET paused = $1, next_tick_at = $2 WHERE name = $3")
-                .bind(i64::from(paused))
-                .bind(if paused { None } else { next_tick.map(ms) })
+                .bind(i64::from(resume_at.is_none()))
+                .bind(resume_at.flatten().map(ms))
                 .bind(name)
                 .execute(&self.write)
                 .await?
@@ -201,7 +203,7 @@ impl Store {
             last_tick = Some(tick);
             let previous = match &last {
                 Some(id) => self
-                    .targets(&mut tx, "id", id, &[])
+                    .subjects(&mut tx, Of::Job(id), &[])
                     .await?
                     .pop()
                     .filter(|t| !t.state().is_terminal()),
@@ -223,7 +225,7 @@ impl Store {
                     }),
                     Overlap::CancelPrevious => {
                         let done = self
-                            .cancel_targets(
+                            .cancel_subjects(
                                 &mut tx,
                                 &[prev],
                                 &actor,

@@ -108,6 +108,16 @@ pub async fn poll(agent: &Client, running: &[(String, u32)], wait_ms: u64) -> Po
     serde_json::from_value(v).unwrap()
 }
 
+/// The fields an `invalid_spec` error names, in order.
+pub fn error_fields(v: &Value) -> Vec<String> {
+    v["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
