@@ -547,6 +547,19 @@ fn arrays_dependencies_and_schedules_work_from_the_command_line() {
     let out = up.drover(&["schedule", "create", "bad", "--cron", "* * *", "--", "true"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("fields"), "{}", stderr(&out));
+    let out = up.drover(&[
+        "schedule",
+        "create",
+        "t",
+        "--cron",
+        "0 3 * * *",
+        "--template",
+        "sim",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--name"), "{}", stderr(&out));
     assert!(up.drover(&["schedule", "rm", "beat"]).status.success());
     let out = up.drover(&["schedule", "show", "beat"]);
     assert!(!out.status.success());

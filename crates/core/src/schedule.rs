@@ -155,9 +155,23 @@ impl Cron {
     /// Parses `expr` (5 fields, or 6 with seconds first) in time zone `tz`.
     pub fn parse(expr: &str, tz: &str) -> Result<Cron, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let full = match expr.split_whitespace().count() {
-            5 => Some(format!("0 {expr}")),
-            6 => Some(expr.to_string()),
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        let full = match fields.len() {
+            5 | 6 => {
+                // The `cron` crate counts weekdays 1-7 from Sunday; crontab 0-7 (0 and 7
+                // are Sunday).
+                let (last, rest) = fields.split_last().expect("five or six fields");
+                match crontab_weekdays(last) {
+                    Ok(days) => {
+                        let seconds = if fields.len() == 5 { "0 " } else { "" };
+                        Some(format!("{seconds}{} {days}", rest.join(" ")))
+                    }
+                    Err(e) => {
+                        errs.push(FieldError::new("cron", e));
+                        None
+                    }
+                }
+            }
             n => {
                 errs.push(FieldError::new(
                     "cron",
@@ -244,6 +258,50 @@ impl Cron {
     }
 }
 
+/// A crontab weekday field (0-7, 0 and 7 Sunday; names; `*`; lists, ranges, steps) in
+/// the `cron` crate's numbering (1-7 from Sunday): numbers are written out as a list,
+/// names and `*` (with any step) mean the same in both.
+fn crontab_weekdays(field: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("weekday field {field:?}: {why}");
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        if range == "*" || range == "?" || range.chars().any(|c| c.is_ascii_alphabetic()) {
+            out.push(item.to_string());
+            continue;
+        }
+        let num = |s: &str| match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(n),
+            _ => Err(bad("weekdays are 0-7 (0 and 7 are Sunday) or SUN-SAT")),
+        };
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None if step.is_some() => (num(range)?, 7),
+            None => (num(range)?, num(range)?),
+        };
+        let step = match step {
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| bad("a step is a number above 0"))?,
+            None => 1,
+        };
+        if last < first {
+            return Err(bad("a range runs from its lower day to its higher"));
+        }
+        out.extend(
+            (first..=last)
+                .step_by(step)
+                .map(|d| (d % 7 + 1).to_string()),
+        );
+    }
+    Ok(out.join(","))
+}
+
 /// A tick that never comes (an expression with no more ticks, e.g. a past year).
 fn far_future() -> DateTime<Utc> {
     DateTime::<Utc>::MAX_UTC
@@ -295,6 +353,12 @@ impl ScheduleCreate {
                 errs.push(FieldError::new(
                     "job.idempotency_key",
                     "each tick's job gets its own key, schedule:NAME:TICK",
+                ));
+            }
+            if !job.secrets.is_empty() {
+                errs.push(FieldError::new(
+                    "job.secrets",
+                    "a schedule cannot keep secrets: its job is shown to every reader of the schedule (pass them from a file or service the job reads)",
                 ));
             }
         }
@@ -358,6 +422,44 @@ mod tests {
                 at("2026-01-01T00:15:00Z")
             ]
         );
+    }
+
+    #[test]
+    fn weekdays_are_read_as_crontab_numbers_them_with_sunday_0_and_7() {
+        // 2026-01-04 is a Sunday.
+        let weekdays = Cron::parse("0 3 * * 1-5", "UTC").unwrap();
+        assert_eq!(
+            weekdays.next_after(at("2026-01-03T12:00:00Z")),
+            Some(at("2026-01-05T03:00:00Z")),
+            "Monday, not Sunday"
+        );
+        assert_eq!(
+            weekdays.next_after(at("2026-01-09T12:00:00Z")),
+            Some(at("2026-01-12T03:00:00Z")),
+            "after Friday comes Monday"
+        );
+        for sunday in ["0 3 * * 0", "0 3 * * 7", "0 3 * * SUN", "0 0 3 * * 0"] {
+            let c = Cron::parse(sunday, "UTC").unwrap();
+            assert_eq!(
+                c.next_after(at("2026-01-01T00:00:00Z")),
+                Some(at("2026-01-04T03:00:00Z")),
+                "{sunday}"
+            );
+        }
+        let even = Cron::parse("0 3 * * */2", "UTC").unwrap();
+        assert_eq!(
+            even.next_after(at("2026-01-04T12:00:00Z")),
+            Some(at("2026-01-06T03:00:00Z")),
+            "Sunday, Tuesday, Thursday, Saturday"
+        );
+        let weekend = Cron::parse("0 3 * * 5-7", "UTC").unwrap();
+        assert_eq!(
+            weekend.next_after(at("2026-01-04T12:00:00Z")),
+            Some(at("2026-01-09T03:00:00Z")),
+            "Friday to Sunday"
+        );
+        assert!(Cron::parse("0 3 * * 8", "UTC").is_err());
+        assert!(Cron::parse("0 3 * * 5-2", "UTC").is_err());
     }
 
     #[test]

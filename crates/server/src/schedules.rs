@@ -49,7 +49,7 @@ pub async fn tick_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Sto
         let mut jobs = Vec::new();
         let mut error = None;
         for tick in ticks {
-            match job_for(state, &s, tick, now).await {
+            match job_for(state, &s, tick, now).await? {
                 Ok(job) => jobs.push((tick, job)),
                 Err(e) => {
                     tracing::warn!(schedule = %s.name, error = %e, "a tick submitted nothing");
@@ -75,13 +75,16 @@ pub async fn tick_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Sto
 }
 
 /// The job of one tick: the schedule's spec, or its template filled in now; with the
-/// tick's idempotency key and `DROVER_SCHEDULE`, `DROVER_SCHEDULED_AT` in its env.
+/// tick's idempotency key and `DROVER_SCHEDULE`, `DROVER_SCHEDULED_AT` in its env. A
+/// job that cannot be made (the template is gone, a parameter no longer fits) is the
+/// inner error, noted on the schedule; a store that fails is the outer one, and the
+/// tick is tried again on the next pass.
 async fn job_for(
     state: &AppState,
     s: &Schedule,
     tick: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<ValidJob, String> {
+) -> Result<Result<ValidJob, String>, StoreError> {
     let stamp = |req: &mut SubmitRequest| {
         req.idempotency_key = Some(tick_key(&s.name, tick));
         req.env.insert("DROVER_SCHEDULE".into(), s.name.clone());
@@ -94,15 +97,14 @@ async fn job_for(
             stamp(&mut req);
             req.validate(now)
         }
-        (None, Some(t)) => state
-            .store
-            .template(&t.name, t.version)
-            .await
-            .map_err(|e| e.to_string())?
-            .job(&t.params, now, stamp),
-        (None, None) => return Err("the schedule has no job".into()),
+        (None, Some(t)) => match state.store.template(&t.name, t.version).await {
+            Ok(template) => template.job(&t.params, now, stamp),
+            Err(StoreError::NotFound(m)) => return Ok(Err(m)),
+            Err(e) => return Err(e),
+        },
+        (None, None) => return Ok(Err("the schedule has no job".into())),
     };
-    made.map_err(|errs| listed(&errs))
+    Ok(made.map_err(|errs| listed(&errs)))
 }
 
 fn listed(errs: &[drover_core::spec::FieldError]) -> String {

@@ -157,6 +157,17 @@ async fn refusals(s: &TestServer) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // A schedule's job is shown to every reader: it keeps no secrets.
+    let mut secret = shell("true");
+    secret["secrets"] = json!({"API_KEY": "s3cr3t-value"});
+    let (status, v) = c
+        .post(
+            "/v1/schedules",
+            json!({"name": "s", "cron": "0 3 * * *", "job": secret}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error_fields(&v), ["job.secrets"]);
     // A template with a parameter the schedule does not give.
     let (status, v) = c
         .post(

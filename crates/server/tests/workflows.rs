@@ -355,6 +355,15 @@ async fn arrays(s: &TestServer) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     let fields = error_fields(&v);
     assert_eq!(fields, ["array.count", "array.parallelism"]);
+    // A dependency no job has, named once for the whole array.
+    let (status, v) = c
+        .post(
+            "/v1/groups",
+            json!({"job": after("true", &[("nope", "ok")]), "array": {"count": 3}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error_fields(&v), ["job.after[0].job"]);
     let (status, _) = c.get("/v1/groups/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = c.post("/v1/groups/nope/cancel", json!({})).await;

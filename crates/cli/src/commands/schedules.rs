@@ -109,6 +109,16 @@ pub async fn schedule(cfg: &ClientConfig, cmd: ScheduleCommand) -> Result<i32> {
             let (job_req, template) = match &job.template {
                 Some(name) => {
                     let t = job.template_submit()?;
+                    if t.name.is_some()
+                        || t.metadata.is_some()
+                        || t.idempotency_key.is_some()
+                        || !t.secrets.is_empty()
+                        || !t.after.is_empty()
+                    {
+                        return Err(CliError::Usage(
+                            "a schedule made from a template takes only --param and --template-version: --name, --metadata, --idempotency-key, --secret and --after belong to the template or are refused for schedules".into(),
+                        ));
+                    }
                     let template = ScheduleTemplate {
                         name: name.clone(),
                         version: t.version,

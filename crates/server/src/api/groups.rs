@@ -33,9 +33,13 @@ pub async fn submit(
         .enqueue_group(valid, array, &caller.actor, now)
         .await
     {
+        // Every member has the spec's `after`: the first member's problems are all.
         Err(StoreError::Invalid(errs)) => {
             return Err(ApiError::InvalidSpec(
-                errs.into_iter().map(|(_, e)| e.within("job.")).collect(),
+                errs.into_iter()
+                    .filter(|(i, _)| *i == 0)
+                    .map(|(_, e)| e.within("job."))
+                    .collect(),
             ))
         }
         other => other?,
