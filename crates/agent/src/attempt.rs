@@ -156,18 +156,21 @@ impl AttemptCtx {
 struct Names {
     /// Workspace, spool and record (see `layout`).
     files: AttemptFiles,
-    /// `<job_log_dir>/jobs/<job_id>/logs/<job_id>.log`
+    /// `<job_log_dir>/<log_path>`, by default `<job_log_dir>/jobs/<job_id>/logs/<job_id>.log`
     mirror: Option<PathBuf>,
 }
 
 impl Names {
     fn new(work_dir: &Path, lease: &Lease, job_log_dir: Option<&Path>) -> Names {
         let safe = layout::safe_name(&lease.job_id);
-        let mirror = job_log_dir.map(|d| {
-            d.join("jobs")
+        let mirror = job_log_dir.map(|d| match &lease.log_path {
+            // The server checks it too; a path out of the folder is never opened.
+            Some(path) if drover_core::files::check_workspace_path(path).is_ok() => d.join(path),
+            _ => d
+                .join("jobs")
                 .join(&safe)
                 .join("logs")
-                .join(format!("{safe}.log"))
+                .join(format!("{safe}.log")),
         });
         Names {
             files: AttemptFiles::new(work_dir, &lease.job_id, lease.attempt),
@@ -201,6 +204,20 @@ fn spawn_spec(
             args.push(path.to_string_lossy().into_owned());
             (program, args)
         }
+        Exec::Python {
+            function,
+            args,
+            kwargs,
+            python,
+            path,
+        } => crate::python::command(
+            function,
+            args,
+            kwargs,
+            python.as_deref(),
+            path,
+            &names.files.meta().join("call.json"),
+        )?,
         Exec::Docker(_) => return Err("docker jobs run in containers, not processes".into()),
     };
     let env = crate::layout::lease_env(lease, &names.files.workspace);
@@ -273,7 +290,13 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         Err(e) => return spool_failed(ctx, e).await,
     };
     let (reporter, logs) = start_logs(ctx, files);
-    let header = lease.exec.log_header();
+    let mut header = lease.exec.log_header();
+    if let (Some(path), None) = (&lease.log_path, &ctx.job_log_dir) {
+        // Said in the log, not only the agent's: the job's owner looks there.
+        header.push(format!(
+            "drover: log_path {path} is not written: this agent has no --job-log-dir"
+        ));
+    }
     let (spawned, logs) = match spawned {
         Some(spawned) => (spawned, logs),
         None => {
@@ -384,6 +407,9 @@ async fn conclude(
     // A result file that cannot be read fails a job that otherwise succeeded: whoever
     // waits for its result would get nothing, or garbage, from a "succeeded" job.
     let (result, result_error) = read_result(&files.result()).await;
+    if matches!(ctx.lease.exec, Exec::Python { .. }) && outcome == Outcome::Failed {
+        error = crate::python::error_of(result.as_ref()).or(error);
+    }
     if let Some(re) = result_error {
         if outcome == Outcome::Succeeded {
             outcome = Outcome::Failed;

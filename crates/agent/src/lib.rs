@@ -24,6 +24,7 @@ mod layout;
 mod output;
 mod pipeline;
 mod process;
+mod python;
 mod report;
 mod resume;
 mod spool;

@@ -113,6 +113,120 @@ with open(os.environ["DROVER_RESULT"], "w") as f:
     assert_eq!(out[2], "::progress 90 almost");
 }
 
+/// A Python job calling `module:function` from a folder of the test's, with `args`
+/// and `kwargs`.
+fn python_call(
+    dir: &std::path::Path,
+    function: &str,
+    args: serde_json::Value,
+    kwargs: serde_json::Value,
+) -> SubmitRequest {
+    serde_json::from_value(serde_json::json!({"exec": {
+        "kind": "python", "function": function, "args": args, "kwargs": kwargs,
+        "path": [dir.to_string_lossy()],
+    }}))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_functions_return_results_and_raise_remote_exceptions() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pkg")).unwrap();
+    std::fs::write(dir.path().join("pkg/__init__.py"), "").unwrap();
+    std::fs::write(
+        dir.path().join("pkg/fns.py"),
+        r#"
+def add(a, b, *, scale=1):
+    print("adding", a, b, flush=True)
+    return {"sum": (a + b) * scale}
+
+def fail(why):
+    raise ValueError("bad input: " + why)
+
+class Tools:
+    @staticmethod
+    def pair():
+        return {1, 2}
+"#,
+    )
+    .unwrap();
+    let call = |f: &str, args, kwargs| python_call(dir.path(), f, args, kwargs);
+
+    let job = api
+        .submit(call(
+            "pkg.fns:add",
+            serde_json::json!([2, 3]),
+            serde_json::json!({"scale": 10}),
+        ))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.result, Some(serde_json::json!({"sum": 50})));
+    let logs = api.logs(&job.id).await;
+    assert_eq!(logs[0].text, r#"$ pkg.fns:add(2, 3, scale=10)"#);
+    assert_eq!(texts(&logs, Stream::Stdout), ["adding 2 3"]);
+
+    // An exception: its type and message are the error, the traceback is in the log
+    // (from the user's frame on) and in the result.
+    let job = api
+        .submit(call(
+            "pkg.fns:fail",
+            serde_json::json!(["x"]),
+            serde_json::json!({}),
+        ))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert_eq!(done.error.as_deref(), Some("ValueError: bad input: x"));
+    assert_eq!(done.exit_code, Some(1));
+    let e = &done.result.as_ref().expect("the exception is the result")["exception"];
+    assert_eq!(
+        (e["type"].as_str(), e["module"].as_str()),
+        (Some("ValueError"), Some("builtins"))
+    );
+    let tb = e["traceback"].as_str().unwrap();
+    assert!(tb.starts_with("Traceback (most recent call last):"), "{tb}");
+    assert!(tb.contains("fns.py") && !tb.contains("<string>"), "{tb}");
+    let logs = api
+        .wait_log(&job.id, |l| {
+            texts(l, Stream::Stderr)
+                .iter()
+                .any(|t| t.starts_with("ValueError"))
+        })
+        .await;
+    assert!(
+        texts(&logs, Stream::Stderr)
+            .iter()
+            .any(|t| t.contains("in fail")),
+        "{logs:?}"
+    );
+
+    // A return value JSON cannot hold, a missing function, a missing module.
+    for (f, error) in [
+        (
+            "pkg.fns:Tools.pair",
+            "ResultNotJSON: pkg.fns:Tools.pair returned set, which is not JSON",
+        ),
+        (
+            "pkg.fns:nope",
+            "AttributeError: module 'pkg.fns' has no attribute 'nope'",
+        ),
+        (
+            "pkg.nope:f",
+            "ModuleNotFoundError: No module named 'pkg.nope'",
+        ),
+    ] {
+        let job = api
+            .submit(call(f, serde_json::json!([]), serde_json::json!({})))
+            .await;
+        let done = api.wait_done(&job.id).await;
+        assert_eq!(done.state, JobState::Failed, "{done:#?}");
+        let got = done.error.unwrap_or_default();
+        assert!(got.starts_with(error), "{f}: {got}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_result_file_fails_the_job_and_says_why() {
     let (_server, api, _agent) = server_and_agent().await;

@@ -94,6 +94,7 @@ fn lease(job_id: &str, exec: Exec) -> Lease {
         inputs: Vec::new(),
         artifacts: Vec::new(),
         artifact_limits: Default::default(),
+        log_path: None,
     }
 }
 

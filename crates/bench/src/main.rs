@@ -9,6 +9,7 @@ mod cluster;
 mod report;
 mod roles;
 mod scenarios;
+mod workflows;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -81,6 +82,9 @@ enum BenchCommand {
     /// Jobs under agent SIGKILLs, server and PostgreSQL restarts and a partition: what
     /// was lost, run twice at once, or left behind (SQLite and PostgreSQL).
     Chaos(BenchArgs),
+    /// Arrays and dependencies: one `POST /v1/groups` of 10,000 jobs, and a job's
+    /// dependency ending → the job leased.
+    Workflows(BenchArgs),
     /// Every scenario.
     All(BenchArgs),
 }
@@ -117,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Dashboard(a) => (vec!["dashboard"], a),
                 BenchCommand::Provision(a) => (vec!["provision"], a),
                 BenchCommand::Cluster(a) => (vec!["cluster"], a),
+                BenchCommand::Workflows(a) => (vec!["workflows"], a),
                 BenchCommand::All(a) => (
                     vec![
                         "dispatch",
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
                         "dashboard",
                         "provision",
                         "cluster",
+                        "workflows",
                     ],
                     a,
                 ),

@@ -30,20 +30,26 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "provision" => provision(size, runs).await,
         "chaos" => crate::chaos::run(size).await,
         "cluster" => crate::cluster::run(size, runs).await,
+        "workflows" => crate::workflows::run(size, runs).await,
         other => bail!("unknown scenario {other:?}"),
     }
 }
 
 /// A server and one agent in a fresh temp dir.
-struct System {
+pub(crate) struct System {
     server: Proc,
     agent: Option<Proc>,
-    api: Api,
+    pub(crate) api: Api,
     _dir: tempfile::TempDir,
 }
 
 impl System {
-    async fn start(slots: Option<u32>, database: Option<&str>) -> anyhow::Result<System> {
+    /// `slots`: an agent with that many, or none; `database`: PostgreSQL, or SQLite when
+    /// `None`.
+    pub(crate) async fn start(
+        slots: Option<u32>,
+        database: Option<&str>,
+    ) -> anyhow::Result<System> {
         let dir = tempfile::tempdir()?;
         let (server, url) = roles::start_server(&dir.path().join("server"), database)?;
         let api = Api::new(&url, ADMIN);
@@ -62,7 +68,7 @@ impl System {
         })
     }
 
-    fn stop(self) {
+    pub(crate) fn stop(self) {
         if let Some(a) = self.agent {
             a.stop();
         }

@@ -16,6 +16,7 @@ fn every_scenario_runs_at_a_tiny_size() {
         "files",
         "dashboard",
         "cluster",
+        "workflows",
     ] {
         let mine: Vec<_> = rows.iter().filter(|r| r["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no rows for {scenario}");

@@ -74,6 +74,55 @@ fn a_backend_submits_by_template_and_finds_its_job_by_its_own_id() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("no job was submitted with idempotency key"));
 
+    // The job-log path takes parameters too: the backend finds the log by its own id.
+    let tokens: toml::Table =
+        toml::from_str(&std::fs::read_to_string(tmp.path().join("data/tokens.toml")).unwrap())
+            .unwrap();
+    let logs = tmp.path().join("shared");
+    let mut agent = std::process::Command::new(common::BIN);
+    agent
+        .args([
+            "agent",
+            "--server",
+            &format!("http://127.0.0.1:{}", up.port),
+        ])
+        .args(["--token", tokens["join"].as_str().unwrap()])
+        .args(["--labels", "logs=shared", "--work-dir"])
+        .arg(tmp.path().join("logs-agent"))
+        .arg("--job-log-dir")
+        .arg(&logs)
+        .env_remove("DROVER_CONFIG");
+    let _agent = common::Daemon::spawn(agent, tmp.path(), "logs-agent");
+    let out = up.drover(&[
+        "template",
+        "create",
+        "logged",
+        "--label",
+        "logs=shared",
+        "--log-path",
+        "runs/{{ params.job_id }}/job.log",
+        "--",
+        "echo ran {{ params.job_id }}",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = up.drover(&[
+        "submit",
+        "--template",
+        "logged",
+        "--param",
+        "job_id=J-43",
+        "--idempotency-key",
+        "J-43",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mirrored = std::fs::read_to_string(logs.join("runs/J-43/job.log")).unwrap();
+    assert!(mirrored.contains("ran J-43"), "{mirrored}");
+    assert_eq!(up.status("key:J-43")["log_path"], "runs/J-43/job.log");
+    let out = up.drover(&["submit", "--log-path", "../out.log", "--", "true"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("log_path"), "{}", stderr(&out));
+
     assert!(up.drover(&["template", "rm", "sim"]).status.success());
     let out = up.drover(&["submit", "--template", "sim", "--param", "job_id=x"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

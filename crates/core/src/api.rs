@@ -111,6 +111,9 @@ pub struct Job {
     /// The jobs it waits for, by id (`GET /v1/jobs/{id}` only; empty in lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<crate::group::Dependency>,
+    /// Where agents with `--job-log-dir` also write its log, relative to that folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
 }
 
 impl Job {
@@ -607,6 +610,9 @@ pub struct Lease {
     /// What the server accepts as this attempt's artifacts.
     #[serde(default)]
     pub artifact_limits: ArtifactLimits,
+    /// Where to also write the job's log, relative to the agent's `--job-log-dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
 }
 
 /// `POST .../attempts/{n}/progress`.

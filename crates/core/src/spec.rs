@@ -26,6 +26,44 @@ pub enum Exec {
     Script { interpreter: String, body: String },
     /// A container run through the Docker Engine API.
     Docker(Box<DockerSpec>),
+    /// A Python function, `module:function`, called with JSON arguments by the agent's
+    /// own runner (the SDK need not be installed): its JSON return value is the job's
+    /// result; an exception fails the job, as `{"exception": {type, module, message,
+    /// traceback}}` in its result and `Type: message` as its error.
+    Python {
+        /// `package.module:function` (or `module:Class.method`).
+        function: String,
+        #[serde(default)]
+        #[schema(value_type = Vec<Object>)]
+        args: Vec<serde_json::Value>,
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        kwargs: BTreeMap<String, serde_json::Value>,
+        /// The interpreter, default `python3`.
+        #[serde(default)]
+        python: Option<String>,
+        /// Folders put in front of `sys.path` (relative ones from the workspace).
+        #[serde(default)]
+        path: Vec<String>,
+    },
+}
+
+/// Most bytes of a Python job's arguments, as JSON.
+pub const MAX_PYTHON_ARGS_BYTES: usize = 1024 * 1024;
+
+/// Whether `s` is `dotted.module:dotted.attribute`, each part a Python identifier.
+pub fn is_python_target(s: &str) -> bool {
+    let dotted = |p: &str| !p.is_empty() && p.split('.').all(is_identifier);
+    matches!(s.split_once(':'), Some((m, f)) if dotted(m) && dotted(f))
+}
+
+/// Whether `s` is an ASCII Python identifier.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Exec {
@@ -35,6 +73,7 @@ impl Exec {
             Exec::Process { .. } => "process",
             Exec::Script { .. } => "script",
             Exec::Docker(_) => "docker",
+            Exec::Python { .. } => "python",
         }
     }
 
@@ -50,6 +89,23 @@ impl Exec {
                 Some(DockerCommand::Line(l)) => format!("docker {} {}", d.image, shell_quote(l)),
                 Some(DockerCommand::Argv(a)) => format!("docker {} {}", d.image, quote_words(a)),
             },
+            Exec::Python {
+                function,
+                args,
+                kwargs,
+                ..
+            } => {
+                let shown: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string())
+                    .chain(kwargs.iter().map(|(k, v)| format!("{k}={v}")))
+                    .collect();
+                let call = format!("{function}({})", shown.join(", "));
+                match call.char_indices().nth(200) {
+                    Some((at, _)) => format!("{}…)", &call[..at]),
+                    None => call,
+                }
+            }
         }
     }
 
@@ -264,6 +320,11 @@ pub struct SubmitRequest {
     /// way its condition refuses, this job is canceled with `dependency_failed`.
     #[serde(default)]
     pub after: Vec<crate::group::Dependency>,
+    /// Where the agent also writes the job's log, relative to its `--job-log-dir`
+    /// (`jobs/{{ params.job_id }}/run.log` in a template); without it, the agent's
+    /// default `jobs/JOB/logs/JOB.log`.
+    #[serde(default)]
+    pub log_path: Option<String>,
 }
 
 /// Most jobs of one concurrency key that may run at once.
@@ -295,6 +356,7 @@ impl SubmitRequest {
             concurrency_key: None,
             concurrency_limit: None,
             after: Vec::new(),
+            log_path: None,
         }
     }
 }
@@ -334,6 +396,7 @@ pub struct ValidJob {
     pub after: Vec<crate::group::Dependency>,
     /// Set by the server for an array member: its group's id and its index.
     pub group: Option<(String, u32)>,
+    pub log_path: Option<String>,
 }
 
 fn check_name(errs: &mut Vec<FieldError>, field: &str, value: &str) {
@@ -483,6 +546,49 @@ impl SubmitRequest {
                     errs.push(err("exec.cpus", "must be greater than 0"));
                 }
             }
+            Exec::Python {
+                function,
+                args,
+                kwargs,
+                python,
+                path,
+            } => {
+                if !is_python_target(function) {
+                    errs.push(err(
+                        "exec.function",
+                        "must be module:function, e.g. pkg.mod:fn (dotted Python identifiers)",
+                    ));
+                }
+                for k in kwargs.keys().filter(|k| !is_identifier(k)) {
+                    errs.push(err(
+                        &format!("exec.kwargs.{k}"),
+                        "is not a Python identifier",
+                    ));
+                }
+                let bytes = serde_json::to_string(args).map_or(0, |s| s.len())
+                    + serde_json::to_string(kwargs).map_or(0, |s| s.len());
+                if bytes > MAX_PYTHON_ARGS_BYTES {
+                    errs.push(err(
+                        "exec.args",
+                        &format!("args and kwargs take {bytes} bytes as JSON; at most {MAX_PYTHON_ARGS_BYTES} (pass large data as an input file)"),
+                    ));
+                }
+                if let Some(p) = python {
+                    if p.trim().is_empty() {
+                        errs.push(err(
+                            "exec.python",
+                            "must not be empty (leave it out for python3)",
+                        ));
+                    }
+                    check_arg(&mut errs, "exec.python", p);
+                }
+                for (i, p) in path.iter().enumerate() {
+                    if p.is_empty() {
+                        errs.push(err(&format!("exec.path[{i}]"), "must not be empty"));
+                    }
+                    check_arg(&mut errs, &format!("exec.path[{i}]"), p);
+                }
+            }
         }
         if let Some(name) = &self.name {
             check_name(&mut errs, "name", name);
@@ -581,6 +687,14 @@ impl SubmitRequest {
             _ => {}
         }
         files::check(&mut errs, &self.inputs, &self.artifacts);
+        if let Some(path) = &self.log_path {
+            if let Err(e) = files::check_workspace_path(path) {
+                errs.push(err(
+                    "log_path",
+                    &format!("{e} (it is relative to the agent's --job-log-dir)"),
+                ));
+            }
+        }
         crate::group::check_after(&mut errs, &self.after);
         if !errs.is_empty() {
             return Err(errs);
@@ -617,6 +731,7 @@ impl SubmitRequest {
                 .map(|k| (k, self.concurrency_limit.unwrap_or(1))),
             after: self.after,
             group: None,
+            log_path: self.log_path,
         })
     }
 }
@@ -624,6 +739,44 @@ impl SubmitRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_calls_name_a_function_and_take_json_arguments() {
+        let now = chrono::Utc::now();
+        for ok in ["m:f", "pkg.mod:fn", "a_1.b:C.method"] {
+            assert!(is_python_target(ok), "{ok}");
+        }
+        for bad in [
+            "", "m", "m:", ":f", "m:f:g", "1m:f", "m.:f", "m:f-g", "m :f",
+        ] {
+            assert!(!is_python_target(bad), "{bad}");
+        }
+        let call = |v: serde_json::Value| -> SubmitRequest {
+            serde_json::from_value(serde_json::json!({"exec": v})).unwrap()
+        };
+        let good = call(
+            serde_json::json!({"kind": "python", "function": "pkg.mod:add", "args": [1, "two"], "kwargs": {"x": [3]}}),
+        );
+        assert_eq!(good.exec.display(), r#"pkg.mod:add(1, "two", x=[3])"#);
+        assert!(good.validate(now).is_ok());
+        let errs = call(serde_json::json!({"kind": "python", "function": "add", "kwargs": {"not ok": 1}, "python": " ", "path": [""]}))
+            .validate(now)
+            .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "exec.function",
+                "exec.kwargs.not ok",
+                "exec.python",
+                "exec.path[0]"
+            ]
+        );
+        let unknown = serde_json::from_value::<SubmitRequest>(
+            serde_json::json!({"exec": {"kind": "python", "function": "m:f", "argz": []}}),
+        );
+        assert!(unknown.is_err());
+    }
 
     #[test]
     fn numbers_and_sizes_past_what_the_system_can_hold_are_refused_together() {

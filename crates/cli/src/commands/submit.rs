@@ -94,6 +94,11 @@ pub struct SubmitArgs {
     /// the job is canceled with dependency_failed (repeatable).
     #[arg(long, value_name = "JOB[:ok|any|failed]")]
     after: Vec<Dependency>,
+    /// Where agents started with --job-log-dir also write the job's log, relative to
+    /// that folder (default jobs/JOB/logs/JOB.log); in a template it may use
+    /// {{ params.NAME }}.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<String>,
     /// Submit an array: one job per index, FIRST-LAST or a COUNT from 0, at most
     /// PARALLEL running at once (`0-99%10`). Each gets DROVER_ARRAY_INDEX; prints the
     /// group's id (see `drover group`).
@@ -164,6 +169,7 @@ pub struct SubmitArgs {
     #[arg(long, conflicts_with_all = [
         "queue", "priority", "timeout", "grace", "attempts", "backoff", "delay", "env", "label",
         "no_shell", "script", "image", "inputs", "input_urls", "artifacts", "concurrency_key",
+        "log_path",
     ])]
     pub(crate) template: Option<String>,
     /// With --template: which version (default: the latest).
@@ -263,6 +269,7 @@ impl SubmitArgs {
         req.concurrency_key = self.concurrency_key.clone();
         req.concurrency_limit = self.concurrency_limit;
         req.after = self.after.clone();
+        req.log_path = self.log_path.clone();
         for spec in &self.input_urls {
             req.inputs.push(url_input(spec)?);
         }

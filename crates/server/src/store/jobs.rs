@@ -19,7 +19,7 @@ use super::{
 };
 
 /// Columns `job_from_row` reads.
-pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index";
+pub(crate) const JOB_COLS: &str = "num, id, name, queue, priority, state, cancel_requested, exec, labels, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, attempts_used, current_attempt, agent_id, progress_pct, progress_msg, result, exit_code, error, created_at, run_at, started_at, finished_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index, log_path";
 
 pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let secrets: super::seal::SealedSecrets = json_col(row, "secrets")?;
@@ -91,6 +91,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
             .try_get::<Option<i64>, _>("array_index")?
             .map(|v| v as u32),
         after: Vec::new(),
+        log_path: row.try_get("log_path")?,
         attempts: Vec::new(),
         queue_position: None,
         wait_reason: None,
@@ -216,6 +217,7 @@ fn new_job_view(
         concurrency_limit: job.concurrency.as_ref().map(|c| c.1),
         array_index: job.group.as_ref().map(|g| g.1),
         group_id: job.group.map(|g| g.0),
+        log_path: job.log_path,
         after: after
             .iter()
             .map(|e| Dependency {
@@ -347,8 +349,8 @@ impl Store {
         // Multi-row statements: one round trip per chunk instead of three per job.
         for chunk in rows.chunks(CHUNK) {
             let sql = format!(
-                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index, deps_pending, has_dependents, error, finished_at) VALUES {}",
-                self.values(chunk.len(), 32)
+                "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit, group_id, array_index, deps_pending, has_dependents, error, finished_at, log_path) VALUES {}",
+                self.values(chunk.len(), 33)
             );
             let mut q = sqlx::query(&sql);
             for (id, job, start, depended) in chunk {
@@ -385,7 +387,8 @@ impl Store {
                     .bind(start.pending)
                     .bind(i64::from(*depended))
                     .bind(start.error.clone())
-                    .bind(start.error.as_ref().map(|_| ms(now)));
+                    .bind(start.error.as_ref().map(|_| ms(now)))
+                    .bind(job.log_path.clone());
             }
             q.execute(&mut **tx).await?;
             let reasons: Vec<Option<String>> = chunk
@@ -488,7 +491,7 @@ impl Store {
         let new_id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.write.begin().await?;
         let copied = sqlx::query(
-            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3, template_name, template_version, concurrency_key, concurrency_limit FROM jobs WHERE id = $4",
+            "INSERT INTO jobs (id, name, queue, priority, state, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, idempotency_key, inputs, artifacts, created_at, run_at, updated_at, template_name, template_version, concurrency_key, concurrency_limit, log_path) SELECT $1, name, queue, priority, $2, exec, labels, required, timeout_ms, grace_ms, max_attempts, backoff_base_ms, backoff_cap_ms, env, secrets, metadata, NULL, inputs, artifacts, $3, $3, $3, template_name, template_version, concurrency_key, concurrency_limit, log_path FROM jobs WHERE id = $4",
         )
         .bind(&new_id)
         .bind(JobState::Queued.as_str())

@@ -382,7 +382,7 @@ impl Store {
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
         // if another server took one in between (PostgreSQL without the row lock).
         let sql = format!(
-            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata, inputs, artifacts",
+            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata, inputs, artifacts, log_path",
             placeholders(4, chosen.len())
         );
         let mut q = sqlx::query(&sql)
@@ -470,6 +470,7 @@ impl Store {
             inputs: super::json_col(row, "inputs")?,
             artifacts: super::json_col(row, "artifacts")?,
             artifact_limits: self.artifact_limits,
+            log_path: row.try_get("log_path")?,
         })
     }
 

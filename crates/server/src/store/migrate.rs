@@ -10,7 +10,7 @@ struct Migration {
     sql: &'static str,
 }
 
-fn migrations(backend: Backend) -> [Migration; 14] {
+fn migrations(backend: Backend) -> [Migration; 15] {
     match backend {
         Backend::Sqlite => [
             Migration {
@@ -67,6 +67,11 @@ fn migrations(backend: Backend) -> [Migration; 14] {
                 component: "main",
                 version: 11,
                 sql: include_str!("../../migrations/sqlite/0011_schedules.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 12,
+                sql: include_str!("../../migrations/sqlite/0012_log_path.sql"),
             },
             Migration {
                 component: "logs",
@@ -139,6 +144,11 @@ fn migrations(backend: Backend) -> [Migration; 14] {
                 component: "main",
                 version: 11,
                 sql: include_str!("../../migrations/postgres/0011_schedules.sql"),
+            },
+            Migration {
+                component: "main",
+                version: 12,
+                sql: include_str!("../../migrations/postgres/0012_log_path.sql"),
             },
             Migration {
                 component: "logs",

@@ -1,0 +1,86 @@
+//! Python function jobs: the runner the agent hands to the job's interpreter, and how
+//! the runner's report of an exception becomes the job's error. The call itself runs
+//! as a process job does; only the program and the result's meaning differ.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// The runner, run as `python -c RUNNER CALL_FILE`: imports `module`, looks up the
+/// function, calls it with the file's args and kwargs and writes the JSON return value
+/// to `DROVER_RESULT`. An exception, or a return value JSON cannot hold, is written
+/// there as `{"exception": {...}}` with the traceback also on stderr (the job's log),
+/// and the process exits 1. It needs nothing but the standard library.
+const RUNNER: &str = r#"
+import importlib, json, os, sys, traceback
+
+def _report(kind, module, message, tb):
+    sys.stderr.write(tb)
+    with open(os.environ["DROVER_RESULT"], "w") as f:
+        json.dump({"exception": {"type": kind, "module": module, "message": message, "traceback": tb}}, f)
+    sys.exit(1)
+
+with open(sys.argv[1]) as f:
+    call = json.load(f)
+sys.path[:0] = [os.path.abspath(p) for p in call["path"]]
+module, _, name = call["function"].partition(":")
+try:
+    fn = importlib.import_module(module)
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    value = fn(*call["args"], **call["kwargs"])
+except Exception as e:
+    # The runner's own frame is left out: the traceback starts at the user's code.
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+    _report(type(e).__qualname__, type(e).__module__, str(e), tb)
+try:
+    text = json.dumps(value, allow_nan=False)
+except (TypeError, ValueError) as e:
+    message = "%s returned %s, which is not JSON: %s" % (call["function"], type(value).__name__, e)
+    _report("ResultNotJSON", "drover", message, message + "\n")
+with open(os.environ["DROVER_RESULT"], "w") as f:
+    f.write(text)
+"#;
+
+/// The program and arguments of a Python call, after writing the call to `call_file`.
+pub(crate) fn command(
+    function: &str,
+    args: &[Value],
+    kwargs: &std::collections::BTreeMap<String, Value>,
+    python: Option<&str>,
+    path: &[String],
+    call_file: &Path,
+) -> Result<(String, Vec<String>), String> {
+    let call = json!({"function": function, "args": args, "kwargs": kwargs, "path": path});
+    std::fs::write(call_file, call.to_string())
+        .map_err(|e| format!("cannot write the call file: {e}"))?;
+    Ok((
+        python.unwrap_or("python3").to_string(),
+        vec![
+            "-c".into(),
+            RUNNER.into(),
+            call_file.to_string_lossy().into_owned(),
+        ],
+    ))
+}
+
+/// `Type: message` for a result that reports an exception (the job's error, in place
+/// of "exit code 1").
+pub(crate) fn error_of(result: Option<&Value>) -> Option<String> {
+    let e = result?.get("exception")?;
+    let kind = e.get("type")?.as_str()?;
+    let message = e.get("message").and_then(Value::as_str).unwrap_or_default();
+    // The whole message is in the result; the error is a line for tables.
+    let line: String = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    Some(if line.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {line}")
+    })
+}
