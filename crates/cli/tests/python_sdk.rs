@@ -1,7 +1,8 @@
-//! The Python SDK (`sdk/python`) against a real `drover up`: its own unittest suite,
-//! which submits, follows, cancels and retries jobs and calls Python functions, run
-//! with the system's python3 (the SDK needs only the standard library). Its offline
-//! tests run too: the context lookup and the error mapping.
+//! Python against a real server: the SDK's (`sdk/python`) own unittest suite, which
+//! submits, follows, cancels and retries jobs and calls Python functions, against
+//! `drover up`; and the example agent written from the OpenAPI document
+//! (`examples/python-agent`), whose suite starts a server and runs jobs through it.
+//! Both run with the system's python3 (standard library only).
 
 mod common;
 
@@ -33,4 +34,20 @@ fn the_python_sdks_suite_passes_against_a_real_server() {
     // Skipped tests would pass without proving anything: none may be.
     assert!(!report.contains("skipped"), "{report}");
     up.stop();
+}
+
+#[test]
+fn the_example_python_agent_runs_jobs_from_a_real_server() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-agent");
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "test_agent", "-v"])
+        .current_dir(&example)
+        .env("DROVER_BIN", common::BIN)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("skipped"), "{report}");
 }

@@ -278,6 +278,7 @@ pub struct ListJobsQuery {
     /// Only the members of this group.
     pub group: Option<String>,
     /// Page size, 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -477,6 +478,7 @@ pub struct LogQuery {
     /// `stdout`, `stderr` or `system`; default all.
     pub stream: Option<String>,
     /// Page size for the JSON form, default 1000, at most 10000.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// Only the last N records stored now (replaces `after`): how a viewer opens a long
     /// log without reading it whole.
@@ -513,6 +515,8 @@ pub struct RegisterRequest {
     /// Queues to take jobs from; empty means `["default"]`.
     #[serde(default)]
     pub queues: Vec<String>,
+    /// Jobs it runs at once.
+    #[schema(minimum = 1, maximum = 4096)]
     pub slots: u32,
     pub host: HostInfo,
     /// The identity of an earlier registration of this agent (kept in its work dir): when
@@ -544,6 +548,7 @@ pub struct RegisterResponse {
 
 /// An attempt an agent says it runs (`job_id`, `attempt`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunningAttempt {
     pub job_id: String,
     pub attempt: u32,
@@ -551,6 +556,7 @@ pub struct RunningAttempt {
 
 /// Resource use the agent reports with each poll.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AgentStats {
     pub cpu_percent: f64,
     pub memory_used_bytes: u64,
@@ -558,11 +564,16 @@ pub struct AgentStats {
 
 /// `POST /v1/agents/poll`: the agent's heartbeat and work request.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PollRequest {
-    /// Every attempt the agent is still running; renewed if current, else answered with `kill`.
+    /// Every attempt the agent is still running; renewed if current, else answered with
+    /// `kill`. An attempt of this agent left out is lost (it failed or went back to the
+    /// queue), as the agent no longer runs it.
     #[serde(default)]
     pub running: Vec<RunningAttempt>,
-    /// How long the server may hold the poll open when there is nothing to say (ms, at most 60000).
+    /// How long the server may hold the poll open when there is nothing to say (ms); it
+    /// holds at most 60000, and with attempts in `running` at most half the lease TTL
+    /// (`lease_ttl_ms` of register), since only a poll's arrival renews their leases.
     #[serde(default)]
     pub wait_ms: u64,
     /// Take no new work (the agent is draining or shutting down).
@@ -617,7 +628,9 @@ pub struct Lease {
 
 /// `POST .../attempts/{n}/progress`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProgressUpdate {
+    #[schema(minimum = 0, maximum = 100)]
     pub percent: f64,
     #[serde(default)]
     pub message: String,
@@ -628,12 +641,30 @@ pub struct ProgressUpdate {
 pub struct FinishRequest {
     pub outcome: Outcome,
     pub exit_code: Option<i32>,
-    /// Why it ended, e.g. `timeout after 30s`, `canceled by user`, `force-stop`, `out of memory`.
+    /// Why it ended, e.g. `exit code 3`, `killed by signal SIGKILL`, `timed out after 30s`,
+    /// `canceled by user`, `force-stop`, `out of memory`. Needed with outcome `failed` and
+    /// exit code 0; `succeeded` needs exit code 0 or none.
     pub error: Option<String>,
     pub result: Option<serde_json::Value>,
     /// For a container job that asked for GPUs: whether it got them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<Gpus>,
+}
+
+impl FinishRequest {
+    /// Whether the outcome agrees with the exit code: a success exited 0 (or has no
+    /// code), and a failure with exit code 0 says why in `error` (a bad result file).
+    pub fn check(&self) -> Result<(), String> {
+        match (self.outcome, self.exit_code) {
+            (Outcome::Succeeded, Some(code)) if code != 0 => Err(format!(
+                "outcome succeeded disagrees with exit code {code}: report failed, or exit code 0"
+            )),
+            (Outcome::Failed, Some(0)) if self.error.as_deref().is_none_or(str::is_empty) => {
+                Err("outcome failed with exit code 0 needs an error saying why".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a container job got of the GPUs it asked for.
@@ -804,6 +835,7 @@ pub struct AuditQuery {
     /// Only entries older than this id.
     pub before: Option<i64>,
     /// Page size, 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

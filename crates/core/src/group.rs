@@ -325,6 +325,7 @@ pub struct GroupPage {
 #[serde(deny_unknown_fields)]
 pub struct ListGroupsQuery {
     /// Page size, 1..=1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -230,7 +230,7 @@ async fn tokens_are_required_and_scoped() {
     let agent = register(&server, "a", json!({})).await;
     assert_eq!(
         agent.get("/v1/jobs").await.0,
-        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
         "agent tokens are not client tokens"
     );
     assert_eq!(
@@ -275,6 +275,36 @@ async fn long_poll_is_woken_by_a_submit() {
     assert!(
         started.elapsed() < Duration::from_secs(25),
         "answered by the wake-up, not the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_poll_holding_running_attempts_ends_before_their_leases_do() {
+    // The test server's TTL is 3 s: a minute's hold would lose the lease it renewed.
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("sleep 100")).await;
+    let agent = register(&server, "holder", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", job.id, lease.attempt);
+    assert_eq!(
+        agent.post(&format!("{base}/start"), json!({})).await.0,
+        StatusCode::OK
+    );
+    let running = [(job.id.clone(), lease.attempt)];
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = poll(&agent, &running, 60_000).await;
+        assert!(answer.controls.is_empty(), "{:?}", answer.controls);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "held past the TTL"
+        );
+    }
+    assert_eq!(
+        c.job(&job.id).await.state,
+        JobState::Running,
+        "the lease was kept"
     );
 }
 
@@ -432,6 +462,102 @@ async fn attempt_lifecycle_with_logs_progress_result_and_fencing() {
     assert_eq!(status, StatusCode::OK);
     let lease = poll(&agent, &[], 1000).await.leases.remove(0);
     assert_eq!(lease.attempt, 2, "a retry is a new attempt");
+}
+
+#[tokio::test]
+async fn agent_writes_that_contradict_themselves_or_the_protocol_are_refused() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("true")).await;
+    let agent = register(&server, "worker", json!({})).await;
+
+    // A poll with a field the protocol does not have is refused, as a submit is.
+    let (status, v) = agent
+        .post(
+            "/v1/agents/poll",
+            json!({"running": [], "wait_ms": 0, "runing": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("runing"),
+        "{v}"
+    );
+
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", job.id, lease.attempt);
+    assert_eq!(
+        agent.post(&format!("{base}/start"), json!({})).await.0,
+        StatusCode::OK
+    );
+    for percent in [-1.0, 100.5] {
+        let (status, v) = agent
+            .post(&format!("{base}/progress"), json!({"percent": percent}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{percent}: {v}");
+    }
+    let finish = |outcome: &str, code: Option<i32>, error: Option<&str>| json!({"outcome": outcome, "exit_code": code, "error": error, "result": null});
+    for (body, why) in [
+        (
+            finish("succeeded", Some(3), None),
+            "disagrees with exit code 3",
+        ),
+        (finish("failed", Some(0), None), "needs an error"),
+    ] {
+        let (status, v) = agent.post(&format!("{base}/finish"), body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+        let mut item = body.clone();
+        item["job_id"] = json!(job.id);
+        item["attempt"] = json!(lease.attempt);
+        let (status, v) = agent
+            .post("/v1/agents/finish", json!({"finishes": [item]}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("finishes[0]: "),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        c.job(&job.id).await.state,
+        JobState::Running,
+        "nothing was stored"
+    );
+    let (status, v) = agent
+        .post(
+            &format!("{base}/finish"),
+            finish("failed", Some(0), Some("result file is not valid JSON")),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a failure with exit code 0 and a reason: {v}"
+    );
+
+    // A token of the wrong kind is told so.
+    let (status, v) = agent.get("/v1/jobs").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent's session token"),
+        "{v}"
+    );
+    let (status, v) = c.post("/v1/agents/poll", json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("client token"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -676,7 +802,7 @@ async fn finish_batch_ends_many_attempts_and_refuses_stale_ones_individually() {
     let other = register(&server, "other", json!({})).await;
     let leases = poll(&agent, &[], 1000).await.leases;
     assert_eq!(leases.len(), 3);
-    let item = |l: &Lease, outcome: &str| json!({"job_id": l.job_id, "attempt": l.attempt, "outcome": outcome, "exit_code": 0});
+    let item = |l: &Lease, outcome: &str| json!({"job_id": l.job_id, "attempt": l.attempt, "outcome": outcome, "exit_code": i32::from(outcome == "failed")});
     let mut finishes = vec![item(&leases[0], "succeeded"), item(&leases[1], "failed")];
     finishes.push(json!({"job_id": leases[2].job_id, "attempt": 9, "outcome": "succeeded"}));
     let (status, v) = other

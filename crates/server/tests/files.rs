@@ -155,7 +155,7 @@ async fn uploads_inputs_and_artifacts(s3: Option<&S3Server>) {
     let (status, _, _) = fetch(&reader, &input).await;
     assert_eq!(
         status,
-        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
         "client tokens are not agents"
     );
 

@@ -165,8 +165,9 @@ fn needs(method: &str, path: &str) -> Option<Needs> {
 fn expect(needs: Needs, who: Who) -> StatusCode {
     const OK: StatusCode = StatusCode::OK;
     use Who::*;
+    // A known token of the wrong kind is forbidden (and told so), not unknown.
     let client_scope = |allowed: &[Who]| match who {
-        Nobody | BadToken | OtherAgent | OwnAgent => StatusCode::UNAUTHORIZED,
+        Nobody | BadToken => StatusCode::UNAUTHORIZED,
         w if allowed.contains(&w) => OK,
         _ => StatusCode::FORBIDDEN,
     };
@@ -178,12 +179,13 @@ fn expect(needs: Needs, who: Who) -> StatusCode {
         Needs::Join => client_scope(&[Join, Admin]),
         Needs::Agent => match who {
             OwnAgent | OtherAgent => OK,
-            _ => StatusCode::UNAUTHORIZED,
+            Nobody | BadToken => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
         },
         Needs::OwnAttempt => match who {
             OwnAgent => OK,
-            OtherAgent => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
+            Nobody | BadToken => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
         },
     }
 }

@@ -31,8 +31,21 @@ fn view(t: TokenInfo) -> TokenView {
     }
 }
 
+/// Create a token
+///
+/// A new client token of scope `read`, `submit`, `admin`, `join` (agents register) or
+/// `bootstrap` (registers one agent, once, with the labels bound to it; 15 minutes by
+/// default, at most a day). The secret is in this answer only; the server keeps its
+/// hash.
+/// Token: a client token with scope `admin`.
 #[utoipa::path(post, path = "/v1/tokens", tag = "admin", request_body = CreateTokenRequest,
-    responses((status = 201, description = "The token; its secret is shown only here", body = CreatedToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 201, description = "The token; its secret is shown only here", body = CreatedToken),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`, an unknown scope, a name that is empty or over 256 bytes, labels on a token that is not a bootstrap token, `expires_in_secs` of 0, or a bootstrap token living over a day", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create_token(
     State(state): State<AppState>,
@@ -100,7 +113,17 @@ pub async fn create_token(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = TokenList), (status = 403, body = ErrorBody)), security(("token" = [])))]
+/// List tokens
+///
+/// Every token, newest first, without secrets: scope, expiry, revocation, use.
+/// Token: a client token with scope `admin`, or a signed-in dashboard session of one.
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin",
+    responses(
+        (status = 200, description = "Every token, newest first", body = TokenList),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+    security(("token" = [])))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Client(_caller): Client<ADMIN>,
@@ -116,8 +139,20 @@ pub async fn list_tokens(
     }))
 }
 
+/// Revoke a token
+///
+/// The token fails from its next request on. The last working admin token cannot be
+/// revoked (create another first), and a revoked token cannot be revoked again.
+/// Token: a client token with scope `admin`.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "admin", params(("id" = String, Path, description = "Token id")),
-    responses((status = 200, description = "Revoked", body = TokenView), (status = 404, body = ErrorBody), (status = 409, description = "Already revoked", body = ErrorBody)),
+    responses(
+        (status = 200, description = "Revoked", body = TokenView),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no token with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: already revoked, or the last working admin token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn revoke_token(
     State(state): State<AppState>,
@@ -132,8 +167,19 @@ pub async fn revoke_token(
     )))
 }
 
+/// Remove an agent
+///
+/// Forgets the agent: its session token stops working, and the attempts it held are
+/// lost (retried where attempts remain).
+/// Token: a client token with scope `admin`.
 #[utoipa::path(delete, path = "/v1/agents/{id}", tag = "admin", params(("id" = String, Path, description = "Agent id")),
-    responses((status = 204, description = "Removed; its attempts are lost and retried where attempts remain"), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 204, description = "Removed; its attempts are lost and retried where attempts remain"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no agent with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn remove_agent(
     State(state): State<AppState>,
@@ -157,7 +203,20 @@ pub(crate) async fn remove_agent_now(
     Ok(())
 }
 
-#[utoipa::path(get, path = "/v1/audit", tag = "admin", params(AuditQuery), responses((status = 200, body = AuditPage), (status = 403, body = ErrorBody)), security(("token" = [])))]
+/// Read the audit trail
+///
+/// Who did what, newest first: token, job, group, agent and other changes. Paginated:
+/// pass a page's `next_before` as `before` to get older entries; it is absent on the
+/// last page.
+/// Token: a client token with scope `admin`, or a signed-in dashboard session of one.
+#[utoipa::path(get, path = "/v1/audit", tag = "admin", params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit entries, newest first", body = AuditPage),
+        (status = 400, description = "`bad_request`: a query parameter does not parse, or `limit` outside 1..=1000", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+    security(("token" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
     Client(_caller): Client<ADMIN>,

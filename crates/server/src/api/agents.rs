@@ -28,8 +28,24 @@ pub const MAX_LOG_RECORDS: usize = 10_000;
 /// Longest text of one log record (the agent splits lines at 64 KiB).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 
+/// Register an agent
+///
+/// Registers an agent and returns its id and the session token it uses on every agent
+/// route. A name an online agent already has gets a `-N` suffix. With `resume` (the
+/// identity of an earlier registration), a server that still knows it answers 200 and
+/// the agent keeps its id and token; otherwise it is registered anew (201). A bootstrap
+/// token registers one agent, once, with the token's labels in place of the ones asked
+/// for.
+/// Token: a client token with scope `join`, `bootstrap` (once) or `admin`.
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterRequest,
-    responses((status = 201, body = RegisterResponse), (status = 200, description = "Registered again under the identity in `resume`", body = RegisterResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 201, description = "Registered; the session token is shown only here", body = RegisterResponse),
+        (status = 200, description = "Registered again under the identity in `resume`", body = RegisterResponse),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, `slots` outside 1..=4096, or an empty `name`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, an unknown, revoked or expired token, or a bootstrap token already used", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope is not `join`, `bootstrap` or `admin`, or it is an agent's session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn register(
     State(state): State<AppState>,
@@ -123,9 +139,18 @@ pub async fn register(
     ))
 }
 
+/// List agent providers
+///
+/// Each provider of agents on demand, the agents it runs and how its starts went, as of
+/// the provisioner's last round (at most a second old).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/providers", tag = "agents",
-    responses((status = 200, description = "Each provider of agents on demand, the agents it runs and how its starts went (as of the provisioner's last round, at most a second old)", body = ProviderList),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Each provider of agents on demand, the agents it runs and how its starts went (as of the provisioner's last round, at most a second old)", body = ProviderList),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn providers(
     State(state): State<AppState>,
@@ -136,8 +161,17 @@ pub async fn providers(
     })
 }
 
+/// Leave (an agent's clean exit)
+///
+/// The calling agent shows offline at once, and the attempts it still holds are lost
+/// now rather than when their leases expire: retried where attempts remain.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/leave", tag = "agents",
-    responses((status = 204, description = "The agent shows offline at once; attempts it still held are lost and retried where attempts remain"), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 204, description = "The agent shows offline at once; attempts it still held are lost and retried where attempts remain"),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn leave(
     State(state): State<AppState>,
@@ -164,8 +198,25 @@ fn bootstrapped(caller: &super::auth::Caller, mut agent: NewAgent) -> NewAgent {
     agent
 }
 
+/// Poll for work (long-poll)
+///
+/// The agent's heartbeat and work request. Renews the leases of the attempts listed in
+/// `running`, answers `kill` for those that are no longer current and `cancel` for
+/// those a user canceled, and gives back leases the agent does not know about. Unless
+/// `draining`, leases due jobs that match the agent, up to its free slots. With nothing
+/// to say, the request is held open up to `wait_ms` (at most 60 s; with attempts in
+/// `running`, at most half the lease TTL, as a held poll renews nothing) and answers as soon
+/// as work or a control message arrives; empty when the wait ran out. A stopping server
+/// answers `reconnect`.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/poll", tag = "agents", request_body = PollRequest,
-    responses((status = 200, description = "Leases and control messages; empty when the wait ran out", body = PollResponse), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Leases and control messages; empty when the wait ran out", body = PollResponse),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn poll(
     State(state): State<AppState>,
@@ -174,8 +225,14 @@ pub async fn poll(
 ) -> Result<Json<PollResponse>, ApiError> {
     let received = Utc::now();
     let ttl = state.config.lease_ttl;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
+    // A held poll renews nothing: one that lists running attempts ends within half a
+    // lease TTL, so an agent that polls again at once keeps its leases whatever
+    // `wait_ms` it asked for.
+    let mut hold = Duration::from_millis(req.wait_ms).min(MAX_POLL_WAIT);
+    if !req.running.is_empty() {
+        hold = hold.min(ttl / 2);
+    }
+    let deadline = tokio::time::Instant::now() + hold;
     let wake = state.hub.agent(&agent.id);
     let mut first = true;
     loop {
@@ -240,9 +297,22 @@ pub async fn poll(
     }
 }
 
+/// Mark an attempt started
+///
+/// The agent started the attempt's process: a leased job becomes running. Resending a
+/// start is harmless. Fenced: only the agent holding the attempt, and only while it is
+/// the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/start", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, description = "Stale attempt: kill it", body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job, now running", body = Job),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn start(
     State(state): State<AppState>,
@@ -276,9 +346,25 @@ pub struct LogWrite {
     pub start: bool,
 }
 
+/// Append log records of an attempt
+///
+/// Stores a batch of numbered records (`seq` from 1); records already stored (same
+/// `seq`) are left as they are, so a resent batch is harmless. At most 10000 records
+/// per batch, each at most 65 KiB. With `start=true` the attempt is also marked
+/// started, as `POST …/start` does. Fenced: only the agent holding the attempt, and
+/// only while it is the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/logs", tag = "agents", request_body = LogBatch,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), LogWrite),
-    responses((status = 204, description = "Stored (records already stored are ignored)"), (status = 409, description = "Stale attempt: kill it", body = ErrorBody), (status = 413, body = ErrorBody)),
+    responses(
+        (status = 204, description = "Stored (records already stored are ignored)"),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, or a record with `seq` 0", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 413, description = "`too_large`: more than 10000 records, a record longer than 65 KiB, or the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -319,9 +405,23 @@ pub async fn logs(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Report an attempt's progress
+///
+/// Sets the job's progress (a percentage from 0 to 100 and a message) and adds it to
+/// the attempt's history, of which the last 100 updates are kept. Fenced: only the
+/// agent holding the attempt, and only while it is the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/progress", tag = "agents", request_body = ProgressUpdate,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse, malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`, or `percent` outside 0..=100", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn progress(
     State(state): State<AppState>,
@@ -329,7 +429,7 @@ pub async fn progress(
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiJson(p): ApiJson<ProgressUpdate>,
 ) -> Result<StatusCode, ApiError> {
-    if !p.percent.is_finite() {
+    if !(0.0..=100.0).contains(&p.percent) {
         return Err(ApiError::BadRequest(
             "percent must be a number between 0 and 100".into(),
         ));
@@ -342,9 +442,25 @@ pub async fn progress(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Finish an attempt
+///
+/// Ends the attempt with the agent's report: a failed or timed-out job is queued again
+/// after its backoff while attempts remain, else it takes its final state; jobs waiting
+/// on it are released. Idempotent: the same report sent again (a retry whose answer was
+/// lost) gets the same answer; a different one is refused. Fenced: only the agent that
+/// held the attempt.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/finish", tag = "agents", request_body = FinishRequest,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
-    responses((status = 200, description = "Stored; the same report sent again is answered the same way", body = Job), (status = 409, description = "`stale_attempt`: the attempt is not current, kill it; `already_finished`: it ended with a different report", body = ErrorBody)),
+    responses(
+        (status = 200, description = "Stored; the same report sent again is answered the same way", body = Job),
+        (status = 400, description = "`bad_request`: a path parameter does not parse, malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, or the outcome disagrees with the exit code (succeeded with a non-zero code, or failed with code 0 and no `error`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is not current and did not end with this report; kill it. `already_finished`: it ended with a different report", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn finish(
     State(state): State<AppState>,
@@ -352,6 +468,7 @@ pub async fn finish(
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
     ApiJson(req): ApiJson<FinishRequest>,
 ) -> Result<Json<Job>, ApiError> {
+    req.check().map_err(ApiError::BadRequest)?;
     let jitter = rand::random::<f64>();
     let w = state
         .store
@@ -386,9 +503,23 @@ pub async fn finish(
 pub const RELEASED: &str =
     "agent_shutdown: the agent was stopped before the job ended; the job runs again";
 
+/// Release an attempt (the agent is stopping)
+///
+/// The agent stopped the attempt because the agent itself is shutting down: the job
+/// goes back to the queue, and the interrupted attempt does not count against its
+/// attempts. A job whose cancel was requested meanwhile is canceled instead. Fenced:
+/// only the agent holding the attempt, and only while it is the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/release", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
-    responses((status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts", body = Job), (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts", body = Job),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn release(
     State(state): State<AppState>,
@@ -406,8 +537,18 @@ pub async fn release(
     Ok(Json(w.job))
 }
 
+/// List agents
+///
+/// Every known agent with its labels, queues, slots, host, last heartbeat and status
+/// (online, draining or offline).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
-    responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Every known agent", body = AgentList),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -440,8 +581,22 @@ impl Drop for GaugeGuard<'_> {
 /// Most attempts in one finish batch.
 pub const MAX_FINISH_BATCH: usize = 10_000;
 
+/// Finish many attempts at once
+///
+/// Ends several attempts of the calling agent in one transaction, each as
+/// `POST …/finish` would, in order. Items are answered one by one: each result's
+/// `status` is `ok` (with the job's new state) or why that item was refused
+/// (`stale_attempt`, `forbidden`, `not_found`, `already_finished`, `conflict`); a
+/// refused item does not fail the others. At most 10000 items.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/finish", tag = "agents", request_body = FinishBatch,
-    responses((status = 200, description = "One result per item; refused items say why", body = FinishBatchResult), (status = 413, body = ErrorBody)),
+    responses(
+        (status = 200, description = "One result per item, in order; refused items say why", body = FinishBatchResult),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, or an item's outcome disagrees with its exit code (the whole batch is refused)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: more than 10000 items, or the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn finish_batch(
     State(state): State<AppState>,
@@ -452,6 +607,11 @@ pub async fn finish_batch(
         return Err(ApiError::TooLarge(format!(
             "a finish batch holds at most {MAX_FINISH_BATCH} items"
         )));
+    }
+    for (i, f) in batch.finishes.iter().enumerate() {
+        f.finish
+            .check()
+            .map_err(|e| ApiError::BadRequest(format!("finishes[{i}]: {e}")))?;
     }
     let items: Vec<(String, u32, FinishRequest)> = batch
         .finishes

@@ -90,12 +90,15 @@ pub async fn require(
     needed: Scope,
 ) -> Result<Caller, ApiError> {
     let secret = bearer(headers)?;
-    let token = state
-        .store
-        .token_by_hash(&hash_token(secret))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
-    authorize(token, needed)
+    let hash = hash_token(secret);
+    match state.store.token_by_hash(&hash).await? {
+        Some(token) => authorize(token, needed),
+        // Looked up only on the way to an error: the message says what went wrong.
+        None if state.store.agent_by_token(&hash).await?.is_some() => Err(ApiError::Forbidden(
+            "this is an agent's session token, which only agent routes take; use a client token (drover token create)".into(),
+        )),
+        None => Err(ApiError::Unauthorized("unknown token".into())),
+    }
 }
 
 /// The name of the dashboard's session cookie.
@@ -162,11 +165,16 @@ fn authorize(token: TokenInfo, needed: Scope) -> Result<Caller, ApiError> {
 /// Checks an agent session token.
 pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<AgentAuth, ApiError> {
     let secret = bearer(headers)?;
-    state
-        .store
-        .agent_by_token(&hash_token(secret))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown agent session token; register again".into()))
+    let hash = hash_token(secret);
+    match state.store.agent_by_token(&hash).await? {
+        Some(agent) => Ok(agent),
+        None if state.store.token_by_hash(&hash).await?.is_some() => Err(ApiError::Forbidden(
+            "this is a client token; agent routes take the session token POST /v1/agents/register returns".into(),
+        )),
+        None => Err(ApiError::Unauthorized(
+            "unknown agent session token; register again".into(),
+        )),
+    }
 }
 
 /// Scope a [`Client`] extractor demands (const generic values).

@@ -127,10 +127,23 @@ fn check_declared(
     }
 }
 
+/// Upload a file
+///
+/// Stores the request body as an upload that jobs can take as an input
+/// (`inputs[].from.file`). The body streams through to the file store in chunks, so
+/// files larger than memory work; a `Content-Length` over the server's file size limit
+/// is refused before any of it is read. With `sha256`, content that hashes differently
+/// is refused and nothing is stored. Not idempotent: each upload gets a new id.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/files", tag = "files", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes, streamed"),
-    responses((status = 201, body = FileInfo), (status = 400, description = "Bad name or sha256, or the content's sha256 differs", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, description = "Larger than the server's file size limit", body = ErrorBody)),
+    responses(
+        (status = 201, description = "Stored; the file's id, size and sha256", body = FileInfo),
+        (status = 400, description = "`bad_request`: a bad `name` or `sha256`, an unknown query parameter, the content's sha256 differs from `sha256`, or the body broke off", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: larger than the server's file size limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -174,8 +187,18 @@ pub async fn upload(
     }
 }
 
+/// List uploads
+///
+/// Uploaded files, newest first (artifacts are listed per job).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/files", tag = "files", params(FilesQuery),
-    responses((status = 200, body = FileList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Uploads, newest first", body = FileList),
+        (status = 400, description = "`bad_request`: a query parameter does not parse, an unknown one, or `limit` outside 1..=1000", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -193,9 +216,20 @@ pub async fn list(
     }))
 }
 
+/// Download a file
+///
+/// The bytes of an upload or an artifact, streamed, with `Content-Length`, a
+/// `Content-Disposition` file name, and their sha256 in `X-Drover-Sha256`.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", params(("id" = String, Path, description = "File id")),
-    responses((status = 200, description = "The bytes; `X-Drover-Sha256` carries their sha256", content_type = "application/octet-stream"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The bytes; `X-Drover-Sha256` carries their sha256", content_type = "application/octet-stream"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no file with this id, or its bytes are gone from the file store", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn download(
     State(state): State<AppState>,
@@ -206,9 +240,20 @@ pub async fn download(
     send_file(&state, &info).await
 }
 
+/// Delete a file
+///
+/// Forgets a file and deletes its bytes. An upload that a job not yet ended takes as an
+/// input is kept, since that job would fail without it.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", params(("id" = String, Path, description = "File id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "An input of a job that has not ended", body = ErrorBody)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no file with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: the file is an input of a job that has not ended", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -266,9 +311,22 @@ async fn send_file(state: &AppState, info: &FileInfo) -> Result<Response, ApiErr
         .into_response())
 }
 
+/// List a job's artifacts
+///
+/// The files the job's attempts uploaded, by attempt then path; of one attempt with
+/// `attempt` (an attempt without artifacts gives an empty list). Download each with
+/// `GET /v1/files/{id}`.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "files",
     params(("id" = String, Path, description = "Job id"), ArtifactsQuery),
-    responses((status = 200, body = FileList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job's artifacts, by attempt then path", body = FileList),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn artifacts(
     State(state): State<AppState>,
@@ -282,10 +340,22 @@ pub async fn artifacts(
     }))
 }
 
+/// Download a job's artifacts as a tar archive
+///
+/// One attempt's artifacts (default: the latest attempt that has any) as a tar archive
+/// streamed with its `Content-Length`, named `JOB-attempt-N-artifacts.tar`. A store
+/// failure during the download breaks the connection off.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts.tar", tag = "files",
     params(("id" = String, Path, description = "Job id"), ArtifactsQuery),
-    responses((status = 200, description = "A tar archive of one attempt's artifacts", content_type = "application/x-tar"),
-        (status = 401, body = ErrorBody), (status = 404, description = "No such job, or it has no artifacts", body = ErrorBody)),
+    responses(
+        (status = 200, description = "A tar archive of one attempt's artifacts", content_type = "application/x-tar"),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id, or it (or the attempt asked for) has no artifacts", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn archive(
     State(state): State<AppState>,
@@ -400,12 +470,23 @@ fn tar_header(path: &str, size: u64, mtime: i64) -> Vec<u8> {
     out
 }
 
+/// Fetch an input file of an attempt
+///
+/// For the agent running the attempt: the bytes of the job's input number `index` when
+/// it is an uploaded file (inputs from URLs the agent fetches itself), streamed, with
+/// their sha256 in `X-Drover-Sha256`. Fenced: only the agent holding the attempt, and
+/// only while it is the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(get, path = "/v1/jobs/{id}/attempts/{attempt}/inputs/{index}", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), ("index" = usize, Path, description = "Index in the job's `inputs`")),
-    responses((status = 200, description = "The uploaded file's bytes; `X-Drover-Sha256` carries their sha256", content_type = "application/octet-stream"),
-        (status = 400, description = "That input is not an uploaded file", body = ErrorBody),
-        (status = 403, description = "Another agent's attempt", body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "Stale attempt: kill it", body = ErrorBody)),
+    responses(
+        (status = 200, description = "The uploaded file's bytes; `X-Drover-Sha256` carries their sha256", content_type = "application/octet-stream"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse, or that input is not an uploaded file", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id, no input with this index, or the file (or its bytes) was deleted", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one; kill it", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn input(
     State(state): State<AppState>,
@@ -432,13 +513,26 @@ pub async fn input(
     send_file(&state, &info).await
 }
 
+/// Upload an artifact of an attempt
+///
+/// For the agent running the attempt: stores the body as the artifact at `path`
+/// (relative to the workspace), streamed. An earlier upload of the same path by this
+/// attempt is replaced, so a retried upload is harmless. Limited by the server's file
+/// size limit and the attempt's artifact count and bytes. Fenced: only the agent
+/// holding the attempt, and only while it is the job's current one.
+/// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/artifacts", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), ArtifactUpload),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The artifact's bytes, streamed"),
-    responses((status = 201, description = "Stored (an earlier upload of the same path by this attempt is replaced)", body = FileInfo),
-        (status = 400, body = ErrorBody), (status = 403, description = "Another agent's attempt", body = ErrorBody),
-        (status = 409, description = "Stale attempt: kill it", body = ErrorBody),
-        (status = 413, description = "Over the file size limit or the attempt's artifact limits", body = ErrorBody)),
+    responses(
+        (status = 201, description = "Stored (an earlier upload of the same path by this attempt is replaced)", body = FileInfo),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse (or `path` is missing), an unknown query parameter, `path` is not a plain relative path inside the workspace, a bad `sha256`, the content's sha256 differs from it, or the body broke off", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one; kill it", body = ErrorBody),
+        (status = 413, description = "`too_large`: over the server's file size limit, or the attempt's artifact count or bytes limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn upload_artifact(
     State(state): State<AppState>,

@@ -18,12 +18,23 @@ use crate::store::StoreError;
 /// Most jobs in one batch request.
 pub const MAX_BATCH: usize = 10_000;
 
+/// Submit a job
+///
+/// Validates the spec (every problem is reported at once, in `details`), checks that
+/// the uploads its inputs name exist and that its `after` dependencies resolve, then
+/// stores the job (queued, or waiting for its dependencies) and wakes polling agents.
+/// Idempotent by `idempotency_key`: a key seen before answers 200 with the job first
+/// stored under it, and nothing new is created.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitRequest,
     responses(
         (status = 201, description = "Job created", body = Job),
-        (status = 200, description = "A job with this idempotency key exists; it is returned", body = Job),
-        (status = 400, description = "Malformed JSON or invalid spec (every problem listed)", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+        (status = 200, description = "A job with this idempotency key exists; it is returned unchanged", body = Job),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`; `invalid_spec`: the spec is invalid, an input names an upload that does not exist, or a dependency in `after` does not exist or makes a cycle (every problem listed in `details`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -61,11 +72,22 @@ pub(crate) async fn enqueue_one(
     Ok((status, Json(job)))
 }
 
+/// Submit many jobs at once
+///
+/// Validates every job (problems are reported together, fields prefixed with
+/// `jobs[i].`) and stores all of them in one transaction, or none. Jobs may depend on
+/// each other through `after`. A job whose `idempotency_key` was seen before (or
+/// earlier in the same batch) is answered with the job first stored under it. At most
+/// 10000 jobs per batch.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchSubmit,
     responses(
-        (status = 201, description = "All jobs stored in one transaction (existing ones for repeated idempotency keys)", body = BatchSubmitted),
-        (status = 400, description = "Invalid specs; fields are prefixed with `jobs[i].`; nothing was stored", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)),
+        (status = 201, description = "All jobs stored in one transaction (the existing job for each repeated idempotency key), in the order sent", body = BatchSubmitted),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, or the batch has no jobs; `invalid_spec`: invalid specs, missing uploads or unresolvable dependencies, fields prefixed with `jobs[i].` (every problem listed in `details`); nothing was stored", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 413, description = "`too_large`: more than 10000 jobs, or the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn submit_batch(
     State(state): State<AppState>,
@@ -118,8 +140,21 @@ pub async fn submit_batch(
     ))
 }
 
+/// List jobs
+///
+/// Jobs newest first, filtered by state, queue, name, idempotency key, group and a
+/// `key=value` label. Paginated: pass the `next_cursor` of a page as `cursor` to get
+/// the next one; it is absent on the last page. The label filter applies within each
+/// page, so a page may hold fewer jobs than `limit` while more follow.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobsQuery),
-    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = JobPage),
+        (status = 400, description = "`bad_request`: a query parameter does not parse, an unknown `state`, `limit` outside 1..=1000, a `label` without `=`, or a `cursor` this server did not return", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -155,8 +190,21 @@ pub async fn list(
     Ok(Json(JobPage { jobs, next_cursor }))
 }
 
+/// Get a job
+///
+/// One job with its attempts. A waiting job says which dependencies it waits for; a
+/// queued one its place in its queue and why it waits (a concurrency or queue limit, or
+/// no agent that matches).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job with its attempts", body = Job),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn get(
     State(state): State<AppState>,
@@ -201,9 +249,21 @@ pub async fn job_with_reason(state: &AppState, id: &str) -> Result<Job, ApiError
     Ok(job)
 }
 
+/// List a job's progress updates
+///
+/// The progress updates its agents reported, oldest first: the last 100 of each
+/// attempt. Filter by `attempt`; pass the `ATTEMPT.SEQ` of the last update seen as
+/// `after` to get only newer ones.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/progress", tag = "jobs", params(("id" = String, Path, description = "Job id"), ProgressQuery),
-    responses((status = 200, description = "The job's progress updates, oldest first (the last 100 of each attempt)", body = ProgressHistory),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job's progress updates, oldest first (the last 100 of each attempt)", body = ProgressHistory),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, an unknown query parameter, or `after` is not `ATTEMPT.SEQ`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn progress(
     State(state): State<AppState>,
@@ -229,10 +289,22 @@ fn parse_progress_cursor(s: &str) -> Result<(u32, u64), ApiError> {
         })
 }
 
+/// Cancel a job
+///
+/// A waiting or queued job is canceled at once. A leased or running one gets
+/// `cancel_requested`: its agent is told on its next poll, stops the process and
+/// reports it canceled. Jobs that waited for this one with `:any` or `:failed` are
+/// queued. Canceling a job whose cancel was already requested answers the same again.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "Canceled (queued job) or cancel requested (leased/running job; see `cancel_requested`)", body = Job),
-        (status = 404, body = ErrorBody), (status = 409, description = "The job has already ended", body = ErrorBody)),
+        (status = 200, description = "Canceled (waiting or queued job) or cancel requested (leased or running job; see `cancel_requested`)", body = Job),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: the job has already ended", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -275,11 +347,20 @@ pub(crate) async fn rerun_job(state: &AppState, id: &str, actor: &str) -> Result
     Ok(job)
 }
 
+/// Delete an ended job
+///
+/// Deletes the job with its attempts, events, logs, progress and artifacts (their bytes
+/// too). Only a job that has ended can be deleted: cancel it first.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 204, description = "Deleted with its attempts, events, logs and artifacts"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "The job has not ended", body = ErrorBody)),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: the job has not ended (or was retried meanwhile)", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -290,10 +371,20 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Run a job again as a new job
+///
+/// Creates a new queued job with the same spec as this one (secrets included, without
+/// its idempotency key, which stays with the first), whatever state the first is in.
+/// The first job is left as it is. Not idempotent: each call makes another job.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/jobs/{id}/rerun", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 201, description = "A new job with the same spec (secrets included; no idempotency key), in any state of the first", body = Job),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn rerun(
     State(state): State<AppState>,
@@ -306,10 +397,21 @@ pub async fn rerun(
     ))
 }
 
+/// Retry an ended job
+///
+/// Puts an ended job (succeeded, failed, timed out or canceled) back in the queue under
+/// the same id, with a fresh attempt budget; earlier attempts stay in its history. Jobs
+/// that wait on it wait for its new end.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Queued again with a fresh attempt budget", body = Job),
-        (status = 404, body = ErrorBody), (status = 409, description = "The job has not ended", body = ErrorBody)),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: the job has not ended", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn retry(
     State(state): State<AppState>,
@@ -319,8 +421,20 @@ pub async fn retry(
     Ok(Json(retry_job(&state, &id, &caller.actor).await?))
 }
 
+/// Get a job's timeline
+///
+/// Every state change of the job (submitted, leased, started, finished, retried,
+/// canceled …) with who did it and why, oldest first.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobEvents), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The job's events, oldest first", body = JobEvents),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn events(
     State(state): State<AppState>,

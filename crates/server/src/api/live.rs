@@ -41,9 +41,23 @@ fn json_event(kind: &str, data: &impl serde::Serialize) -> Event {
         .expect("API types serialize")
 }
 
+/// Watch jobs change (Server-Sent Events)
+///
+/// A live feed for a job list: a `job` event (data: the Job, without attempts) for each
+/// job matching the filters when it is submitted or changes, changes 200 ms apart sent
+/// together; a `reload` event (empty data) when changes may have been missed (too many
+/// at once, a store error, or every 10 s without news), after which the client reads
+/// the list again. A comment line keeps the connection alive every 15 s. The stream
+/// never ends on its own; it closes when the server shuts down.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/stream", tag = "jobs", params(WatchJobsQuery),
-    responses((status = 200, description = "Server-Sent Events: a `job` event (data: the Job, without attempts) for each job that matches the filters when it is submitted or changes (changes 200 ms apart are sent together), and `reload` when changes may have been missed (too many at once, or every 10 s): read the list again", content_type = "text/event-stream"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Server-Sent Events: a `job` event (data: the Job, without attempts) for each job that matches the filters when it is submitted or changes (changes 200 ms apart are sent together), and `reload` when changes may have been missed (too many at once, or every 10 s): read the list again", content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`: a query parameter does not parse, or an unknown one", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn jobs(
     State(state): State<AppState>,
@@ -112,9 +126,22 @@ async fn watch_jobs(state: AppState, q: WatchJobsQuery, tx: Sender<Event>) {
     }
 }
 
+/// Watch one job (Server-Sent Events)
+///
+/// A live view of one job: its state, timeline and progress as they happen. The stream
+/// re-reads the store after each change, so what it sends is what is stored, and ends
+/// with `end` once the job has ended and everything about it was sent. A reconnecting
+/// client gets everything again from the start.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events/stream", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, description = "Server-Sent Events about one job: `job` (data: the Job, with its attempts and, while queued, why it waits) first and whenever it changes; `event` (data: a JobEvent) for each timeline entry, oldest first; `progress` (data: a ProgressEntry) for each progress update; `end` once the job has ended and all of that was sent. A reconnecting client gets everything again from the start", content_type = "text/event-stream"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Server-Sent Events about one job: `job` (data: the Job, with its attempts and, while queued, why it waits) first and whenever it changes; `event` (data: a JobEvent) for each timeline entry, oldest first; `progress` (data: a ProgressEntry) for each progress update; `end` (empty data) once the job has ended and all of that was sent. A reconnecting client gets everything again from the start", content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn job(
     State(state): State<AppState>,

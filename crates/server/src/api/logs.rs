@@ -92,8 +92,24 @@ async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved,
     })
 }
 
+/// Read a page of a job's log
+///
+/// Log records of one attempt (default: the current one) in `seq` order, optionally of
+/// one stream. Resumable: pass the page's `last_seq` as `after` to read on; `tail=N`
+/// starts N records before the end instead. While the attempt runs a page stops at the
+/// first missing `seq`, so no record is skipped; `complete` is true once the attempt
+/// has ended and every record was read. A job not yet leased answers attempt 0 with no
+/// records.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
-    responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "A page of records, oldest first; `last_seq` is the cursor for the next", body = LogPage),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`, or `limit` is outside 1..=10000", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn page(
     State(state): State<AppState>,
@@ -127,9 +143,24 @@ pub async fn page(
     }))
 }
 
+/// Follow a job's log (Server-Sent Events)
+///
+/// Streams the records of one attempt (default: the current one; a job not yet leased
+/// is waited for) as they are stored, from `after` or `tail` like the JSON page.
+/// Resumable: each `record` event's id is its `seq`, and a reconnecting EventSource's
+/// `Last-Event-ID` header takes the place of `after`. A final `end` event says the
+/// attempt has ended and every record was sent. A comment line keeps the connection
+/// alive every 15 s.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs/stream", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
-    responses((status = 200, description = "Server-Sent Events: `record` events (id = seq, data = LogRecord JSON) and a final `end` event when the attempt has ended", content_type = "text/event-stream"),
-        (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Server-Sent Events: `record` events (id: the record's seq; data: the LogRecord JSON) in seq order, and a final `end` event (data: the attempt number) when the attempt has ended and every record was sent", content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn follow(
     State(state): State<AppState>,
@@ -265,8 +296,23 @@ where
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 
+/// Download a job's log as text
+///
+/// The output of one attempt (default: the current one) as plain text, one record per
+/// line, optionally of one stream and from `after` or `tail`; streamed as it is read,
+/// so a long log does not wait; for an attempt still running it holds the records
+/// stored so far. A job not yet leased answers an empty body. A store failure during
+/// the download breaks the connection off.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs.txt", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
-    responses((status = 200, description = "The attempt's output as plain text, one record per line", content_type = "text/plain"), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The attempt's output as plain text, one record per line", content_type = "text/plain"),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn text(
     State(state): State<AppState>,

@@ -60,6 +60,68 @@ impl utoipa::Modify for TokenScheme {
     }
 }
 
+/// The OpenAPI document `/openapi.json` serves: [`ApiDoc`], mended where the derive
+/// cannot say it (and utoipa's types cannot hold the mend): the labels map is named
+/// `Labels` (not after the `BTreeMap` it aliases), `priority` and `gpus` get their two
+/// forms, and the docker branch of `Exec` is one object with `kind` among its
+/// properties (an `allOf` with a closed `DockerSpec` would refuse every docker job).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    mend_schemas(&mut doc);
+    doc
+}
+
+fn mend_schemas(doc: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    fn rename_refs(v: &mut Value, from: &str, to: &str) {
+        match v {
+            Value::String(s) if s == from => *s = to.to_string(),
+            Value::Array(items) => items.iter_mut().for_each(|i| rename_refs(i, from, to)),
+            Value::Object(map) => map.values_mut().for_each(|i| rename_refs(i, from, to)),
+            _ => {}
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    if let Some(map) = schemas.as_object_mut() {
+        if let Some(labels) = map.remove("BTreeMap") {
+            map.insert("Labels".into(), labels);
+        }
+    }
+    rename_refs(
+        doc,
+        "#/components/schemas/BTreeMap",
+        "#/components/schemas/Labels",
+    );
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["SubmitRequest"]["properties"]["priority"] = json!({
+        "description": "An integer (higher runs first) or low (-100), normal (0), high (100), critical (1000); default normal.",
+        "oneOf": [
+            {"type": "null"},
+            {"type": "integer", "format": "int32"},
+            {"type": "string", "pattern": "^(low|normal|high|critical|-?[0-9]{1,10})$"},
+        ],
+    });
+    schemas["DockerSpec"]["properties"]["gpus"] = json!({
+        "description": "A count, or \"all\".",
+        "oneOf": [
+            {"type": "null"},
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "enum": ["all"]},
+        ],
+    });
+    let mut docker = schemas["DockerSpec"].clone();
+    docker["properties"]["kind"] = json!({"type": "string", "enum": ["docker"]});
+    if let Some(required) = docker["required"].as_array_mut() {
+        required.push(json!("kind"));
+    }
+    docker["description"] = json!("A container run through the Docker Engine API.");
+    if let Some(branches) = schemas["Exec"]["oneOf"].as_array_mut() {
+        for b in branches.iter_mut().filter(|b| b.get("allOf").is_some()) {
+            *b = docker.clone();
+        }
+    }
+}
+
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -190,12 +252,27 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     resp
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
+/// Liveness check
+///
+/// Answers `ok` as long as the process serves HTTP; it checks nothing else (see
+/// `/readyz`).
+/// Token: none.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses(
+        (status = 200, description = "The process is up (body: `ok`)", content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "The database answers"), (status = 503, description = "The database does not answer")))]
+/// Readiness check
+///
+/// Answers 200 when the database answers a query, 503 when it does not, so a load
+/// balancer can take the server out of rotation.
+/// Token: none.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "The database answers (body: `ready`)", content_type = "text/plain"),
+        (status = 503, description = "The database does not answer (body: `database unreachable`)", content_type = "text/plain")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.store.ping().await {
         (StatusCode::OK, "ready\n").into_response()
@@ -204,7 +281,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")), security(("token" = [])))]
+/// Prometheus metrics
+///
+/// Request counts and durations by route, jobs by state and queue, agents online,
+/// waiting polls, job durations, the time from submit to start, agent providers' starts
+/// and whether this server leads, in the Prometheus text format.
+/// Token: a client token with scope `read` (or `submit` or `admin`); none when the
+/// server runs with public metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = drover_core::api::ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = drover_core::api::ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = drover_core::api::ErrorBody)),
+    security(("token" = [])))]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if !state.config.public_metrics {
         auth::require(&state, &headers, Scope::Read).await?;
@@ -228,11 +318,21 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .into_response())
 }
 
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "This document"), (status = 401, body = drover_core::api::ErrorBody)), security(("token" = [])))]
+/// The OpenAPI document
+///
+/// This document: every endpoint of the API with its parameters, bodies and answers.
+/// Token: a client token with scope `read` (or `submit` or `admin`).
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses(
+        (status = 200, description = "This document", content_type = "application/json"),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = drover_core::api::ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = drover_core::api::ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = drover_core::api::ErrorBody)),
+    security(("token" = [])))]
 async fn openapi_json(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<utoipa::openapi::OpenApi>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     auth::require(&state, &headers, Scope::Read).await?;
-    Ok(Json(ApiDoc::openapi()))
+    Ok(Json(document()))
 }

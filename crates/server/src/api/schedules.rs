@@ -14,12 +14,22 @@ use super::{ApiError, ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::store::StoreError;
 
+/// Create a schedule
+///
+/// A cron schedule (with a time zone) that submits a job, given whole or as a template
+/// with parameters, at each tick, with an overlap policy and catch-up of missed ticks.
+/// Every problem is reported at once. Each tick's job carries an idempotency key of its
+/// own, so a tick never submits twice.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = ScheduleCreate,
     responses(
         (status = 201, description = "The schedule, with its next run times", body = Schedule),
-        (status = 400, description = "Invalid name, cron expression, time zone, job, or template parameters (every problem listed)", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, description = "A schedule with this name exists", body = ErrorBody)),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`; `invalid_spec`: an invalid name, cron expression, time zone or job, an unknown template, or template parameters that do not fit (every problem listed in `details`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 409, description = "`conflict`: a schedule with this name exists", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -50,9 +60,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(made)))
 }
 
+/// List schedules
+///
+/// Every schedule, by name, with its next run times.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
-    responses((status = 200, description = "Every schedule, by name, with its next run times", body = ScheduleList),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Every schedule, by name, with its next run times", body = ScheduleList),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -63,8 +81,19 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, body = Schedule), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Get a schedule
+///
+/// One schedule with its next run times.
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "The schedule, with its next run times", body = Schedule),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no schedule with this name", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -74,8 +103,18 @@ pub async fn show(
     Ok(Json(state.store.schedule(&name).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 204, description = "Deleted; the jobs it submitted stay"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Delete a schedule
+///
+/// Deletes the schedule; the jobs it submitted stay.
+/// Token: a client token with scope `submit` (or `admin`).
+#[utoipa::path(delete, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 204, description = "Deleted; the jobs it submitted stay"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no schedule with this name", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -86,8 +125,19 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, description = "Paused: no tick submits until it is resumed", body = Schedule), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Pause a schedule
+///
+/// No tick submits until the schedule is resumed. Pausing a paused schedule changes
+/// nothing.
+/// Token: a client token with scope `submit` (or `admin`).
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "Paused: no tick submits until it is resumed", body = Schedule),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no schedule with this name", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
@@ -97,8 +147,19 @@ pub async fn pause(
     Ok(Json(state.store.pause_schedule(&name).await?))
 }
 
-#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path)),
-    responses((status = 200, description = "Resumed from the next tick after now: ticks of the pause are not caught up", body = Schedule), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Resume a schedule
+///
+/// The schedule runs again from its first tick after now: ticks missed while it was
+/// paused are not caught up.
+/// Token: a client token with scope `submit` (or `admin`).
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses(
+        (status = 200, description = "Resumed from the next tick after now: ticks of the pause are not caught up", body = Schedule),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no schedule with this name", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn resume(
     State(state): State<AppState>,

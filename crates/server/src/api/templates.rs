@@ -23,12 +23,22 @@ pub struct VersionQuery {
     pub version: Option<u32>,
 }
 
+/// Create a template version
+///
+/// Stores a job template: a job spec with `{{ params.NAME }}` placeholders in its
+/// strings, and the types and defaults of its parameters (one without a default is
+/// required). Creating a name that exists stores its next version; earlier versions
+/// stay usable.
+/// Token: a client token with scope `submit` (or `admin`).
 #[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = TemplateCreate,
     responses(
         (status = 201, description = "The template's next version (1 for a new name)", body = Template),
-        (status = 400, description = "Invalid name, parameters or job (every problem listed)", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, description = "Another version was made at the same moment", body = ErrorBody)),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`; `invalid_spec`: an invalid name, parameters or job (every problem listed in `details`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 409, description = "`conflict`: another version of this template was made at the same moment; try again", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -44,9 +54,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(made)))
 }
 
+/// List templates
+///
+/// The latest version of each template, by name (deleted ones are left out).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
 #[utoipa::path(get, path = "/v1/templates", tag = "templates",
-    responses((status = 200, description = "The latest version of each template", body = TemplateList),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The latest version of each template", body = TemplateList),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -57,9 +75,19 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path), VersionQuery),
-    responses((status = 200, body = Template), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Get a template
+///
+/// One version of a template (default: the latest).
+/// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
+/// dashboard session.
+#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name"), VersionQuery),
+    responses(
+        (status = 200, description = "The template version", body = Template),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no template with this name (or it was deleted), or it has no such version", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -70,9 +98,18 @@ pub async fn show(
     Ok(Json(state.store.template(&name, q.version).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path)),
-    responses((status = 204, description = "Every version deleted; jobs made from it keep their record"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+/// Delete a template
+///
+/// Deletes every version of the template; jobs made from it keep their record.
+/// Token: a client token with scope `submit` (or `admin`).
+#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", params(("name" = String, Path, description = "Template name")),
+    responses(
+        (status = 204, description = "Every version deleted; jobs made from it keep their record"),
+        (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no template with this name", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -83,13 +120,24 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/v1/templates/{name}/jobs", tag = "templates", params(("name" = String, Path)),
+/// Submit a job from a template
+///
+/// Fills a template version (default: the latest) with `params` and submits the job, as
+/// `POST /v1/jobs` would; `name`, `metadata`, `idempotency_key`, `secrets` and `after`
+/// may be given alongside. Idempotent by `idempotency_key`: a key seen before answers
+/// 200 with the job first stored under it.
+/// Token: a client token with scope `submit` (or `admin`).
+#[utoipa::path(post, path = "/v1/templates/{name}/jobs", tag = "templates", params(("name" = String, Path, description = "Template name")),
     request_body = TemplateSubmit,
     responses(
         (status = 201, description = "Job created from the template", body = Job),
         (status = 200, description = "A job with this idempotency key exists; it is returned", body = Job),
-        (status = 400, description = "Missing, unknown or ill-typed parameters, or an invalid job (every problem listed)", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 400, description = "`bad_request`: a path parameter does not parse, or malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`; `invalid_spec`: missing, unknown or ill-typed parameters, an invalid job, a missing upload or an unresolvable dependency (every problem listed in `details`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no template with this name, or it has no such version", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
+        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
