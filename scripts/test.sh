@@ -3,8 +3,10 @@
 # first installs what the tests need (PostgreSQL's server binaries for the store suite,
 # python3 for script jobs, busybox-static for the Docker tests' image, Chromium and its
 # WebDriver for the dashboard's browser test) with apt-get, and
-# moto (an S3-compatible server, from PyPI) into target/test-venv for the object-store
-# tests, which then must run (DROVER_REQUIRE_S3=1) rather than skip.
+# into target/test-venv, from PyPI: moto (an S3-compatible server) for the object-store
+# tests, schemathesis for the API contract test and openapi-python-client for the
+# generated-client test, which then must run (DROVER_REQUIRE_S3=1,
+# DROVER_REQUIRE_SCHEMATHESIS=1, DROVER_REQUIRE_GENERATOR=1) rather than skip.
 # The Docker tests need a reachable Docker engine; DROVER_SKIP_DOCKER_TESTS=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,11 @@ command -v bash >/dev/null 2>&1 || need+=(bash)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 venv=target/test-venv
-if [ ! -x "$venv/bin/moto_server" ] && ! python3 -m venv --help >/dev/null 2>&1; then
+venv_tools=(moto_server schemathesis openapi-python-client)
+venv_ready() {
+  for tool in "${venv_tools[@]}"; do [ -x "$venv/bin/$tool" ] || return 1; done
+}
+if ! venv_ready && ! python3 -m venv --help >/dev/null 2>&1; then
   need+=(python3-venv)
 fi
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,13 +36,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if [ ! -x "$venv/bin/moto_server" ]; then
-  echo "==> installing moto (S3-compatible test server) into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+if ! venv_ready; then
+  echo "==> installing moto, schemathesis and openapi-python-client into $venv"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]' \
+    'schemathesis>=4.32,<5' 'openapi-python-client>=0.29,<0.30'
 fi
 export DROVER_REQUIRE_S3=1
+export DROVER_REQUIRE_SCHEMATHESIS=1
+export DROVER_REQUIRE_GENERATOR=1
 export DROVER_REQUIRE_BROWSER=1
 
 echo "==> cargo test --workspace"

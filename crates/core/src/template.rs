@@ -94,7 +94,6 @@ pub struct ParamSpec {
     pub kind: ParamType,
     /// Used when a submit leaves the parameter out; without one it is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub default: Option<Value>,
 }
 

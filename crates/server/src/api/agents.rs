@@ -411,7 +411,7 @@ pub async fn logs(
 /// the attempt's history, of which the last 100 updates are kept. Fenced: only the
 /// agent holding the attempt, and only while it is the job's current one.
 /// Token: the agent's session token from register.
-#[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/progress", tag = "agents", request_body = ProgressUpdate,
+#[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/progress", tag = "agents", operation_id = "report_progress", request_body = ProgressUpdate,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses(
         (status = 204, description = "Stored"),

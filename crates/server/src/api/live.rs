@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use drover_core::api::{ErrorBody, Job, WatchJobsQuery};
-use futures::Stream as FutStream;
+use futures::{Stream as FutStream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::Sender;
 
@@ -28,8 +28,14 @@ const READ_CHUNK: usize = 200;
 /// announced (a lease the reaper expired) shows within this long.
 const RELOAD_EVERY: Duration = Duration::from_secs(10);
 
-fn sse(stream: impl FutStream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    Sse::new(stream)
+/// An event stream kept alive every 15 s. It opens with a comment: the answer's headers
+/// go out with the first bytes of its body, and a client waiting for them would
+/// otherwise learn it is connected only when the first event comes, which may be never.
+pub(super) fn sse(
+    stream: impl FutStream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    let opening = futures::stream::once(async { Ok(Event::default().comment("connected")) });
+    Sse::new(opening.chain(stream))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -51,7 +57,7 @@ fn json_event(kind: &str, data: &impl serde::Serialize) -> Event {
 /// never ends on its own; it closes when the server shuts down.
 /// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
 /// dashboard session.
-#[utoipa::path(get, path = "/v1/jobs/stream", tag = "jobs", params(WatchJobsQuery),
+#[utoipa::path(get, path = "/v1/jobs/stream", tag = "jobs", operation_id = "stream_jobs", params(WatchJobsQuery),
     responses(
         (status = 200, description = "Server-Sent Events: a `job` event (data: the Job, without attempts) for each job that matches the filters when it is submitted or changes (changes 200 ms apart are sent together), and `reload` when changes may have been missed (too many at once, or every 10 s): read the list again", content_type = "text/event-stream"),
         (status = 400, description = "`bad_request`: a query parameter does not parse, or an unknown one", body = ErrorBody),
@@ -134,7 +140,7 @@ async fn watch_jobs(state: AppState, q: WatchJobsQuery, tx: Sender<Event>) {
 /// client gets everything again from the start.
 /// Token: a client token with scope `read` (or `submit` or `admin`), or a signed-in
 /// dashboard session.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events/stream", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+#[utoipa::path(get, path = "/v1/jobs/{id}/events/stream", tag = "jobs", operation_id = "stream_job_events", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Server-Sent Events about one job: `job` (data: the Job, with its attempts and, while queued, why it waits) first and whenever it changes; `event` (data: a JobEvent) for each timeline entry, oldest first; `progress` (data: a ProgressEntry) for each progress update; `end` (empty data) once the job has ended and all of that was sent. A reconnecting client gets everything again from the start", content_type = "text/event-stream"),
         (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),

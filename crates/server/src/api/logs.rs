@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use drover_core::api::{ErrorBody, LogPage, LogQuery, LogRecord, Stream};
@@ -56,6 +56,13 @@ impl Resolved {
 }
 
 async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved, ApiError> {
+    // Checked by every form, though only the page uses it: a request the document
+    // calls invalid is refused, not half read.
+    if !(1..=MAX_PAGE).contains(&q.limit.unwrap_or(PAGE)) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
     let job = state.store.job(&id).await?;
     let stream = q
         .stream
@@ -118,11 +125,6 @@ pub async fn page(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
     let limit = q.limit.unwrap_or(PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
     let r = resolve(&state, id, &q).await?;
     if r.attempt == 0 {
         let job = state.store.job(&r.job_id).await?;
@@ -156,7 +158,7 @@ pub async fn page(
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs/stream", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
     responses(
         (status = 200, description = "Server-Sent Events: `record` events (id: the record's seq; data: the LogRecord JSON) in seq order, and a final `end` event (data: the attempt number) when the attempt has ended and every record was sent", content_type = "text/event-stream"),
-        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`, or `limit` is outside 1..=10000", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
@@ -179,9 +181,7 @@ pub async fn follow(
         q.tail = None;
     }
     let r = resolve(&state, id, &q).await?;
-    Ok(Sse::new(follow_stream(state, r))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(super::live::sse(follow_stream(state, r)))
 }
 
 fn follow_stream(
@@ -308,7 +308,7 @@ where
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs.txt", tag = "logs", params(("id" = String, Path, description = "Job id"), LogQuery),
     responses(
         (status = 200, description = "The attempt's output as plain text, one record per line", content_type = "text/plain"),
-        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a path or query parameter does not parse, or `stream` is not `stdout`, `stderr` or `system`, or `limit` is outside 1..=10000", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
