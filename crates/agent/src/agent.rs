@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::attempt::{self, AttemptCtx, AttemptEnd, DockerCtx};
+use crate::attempt::{self, AttemptCtx, AttemptEnd};
 use crate::client::{CallError, Client, RetryBackoff};
+use crate::docker::DockerCtx;
 use crate::docker::Engine;
 use crate::fence::{self, Watchdog};
 use crate::files::InputLimits;

@@ -1,28 +1,27 @@
-//! Runs one leased attempt end to end: workspace, spawn, `start`, supervision, logs and
-//! progress (see `pipeline`), result file, outcome, `finish`, and clean-up. Docker jobs
-//! take the same path with a container (see `docker`) in place of the process group.
+//! Runs one leased attempt end to end, the same for every executor (see `executor`):
+//! slot, spool and workspace, inputs, start, `start` report, logs and progress (see
+//! `pipeline`), supervision, result file, outcome, artifacts, `finish`, and clean-up.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use drover_core::api::{FinishRequest, Gpus, Lease};
-use drover_core::spec::DockerSpec;
+use drover_core::api::{FinishRequest, Lease};
 use drover_core::{Exec, Outcome};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::Client;
-use crate::docker::{ContainerEnded, ContainerSpec, Engine, Started};
+use crate::docker::{DockerCtx, DockerExecutor};
+use crate::executor::{stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started};
 use crate::fence;
 use crate::files::{self, InputLimits};
 use crate::layout::{self, AttemptFiles};
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
-use crate::process::{self, Ended, JobProcess, SpawnSpec, StopReason, Stopper};
+use crate::process::{self, ProcessExecutor, StopReason, Stopper};
+use crate::python::PythonExecutor;
 use crate::report::{Abandoned, Reporter};
 use crate::spool::SpoolLimits;
 
@@ -49,16 +48,6 @@ pub struct AttemptCtx {
     pub deadline_ms: u64,
     /// Limits on URL inputs.
     pub inputs: InputLimits,
-}
-
-/// What docker attempts need from the agent.
-pub struct DockerCtx {
-    pub engine: Arc<Engine>,
-    /// Put on the agent's containers' `drover.agent` label: its name and work dir.
-    pub agent: String,
-    /// Default mounts for every container.
-    pub mounts: Vec<String>,
-    pub keep_containers: bool,
 }
 
 /// How an attempt ended, as the agent needs to know it.
@@ -97,9 +86,13 @@ async fn run_inner(ctx: &AttemptCtx) -> AttemptEnd {
         }
     };
     let names = Names::new(&ctx.work_dir, &ctx.lease, ctx.job_log_dir.as_deref());
+    let files = &names.files;
     let result = match &ctx.lease.exec {
-        Exec::Docker(spec) => execute_docker(ctx, &names, spec).await,
-        _ => execute(ctx, &names).await,
+        Exec::Docker(spec) => execute(ctx, &names, DockerExecutor::new(ctx, files, spec)).await,
+        Exec::Python { .. } => execute(ctx, &names, PythonExecutor::new(ctx, files)).await,
+        Exec::Shell { .. } | Exec::Process { .. } | Exec::Script { .. } => {
+            execute(ctx, &names, ProcessExecutor::new(ctx, files)).await
+        }
     };
     cleanup(ctx, &names).await;
     match result {
@@ -179,78 +172,6 @@ impl Names {
     }
 }
 
-/// Builds the program and arguments for `exec`, writing a script body where needed.
-fn spawn_spec(
-    lease: &Lease,
-    names: &Names,
-    base_env: &[(OsString, OsString)],
-) -> Result<SpawnSpec, String> {
-    let (program, args) = match &lease.exec {
-        Exec::Shell { command } => (
-            process::shell_program(),
-            vec!["-c".to_string(), command.clone()],
-        ),
-        Exec::Process { argv } => {
-            let (first, rest) = argv.split_first().ok_or("process job has an empty argv")?;
-            (first.clone(), rest.to_vec())
-        }
-        Exec::Script { interpreter, body } => {
-            let path = names.files.meta().join("script");
-            std::fs::write(&path, body)
-                .map_err(|e| format!("cannot write the script file: {e}"))?;
-            let mut words = interpreter.split_whitespace().map(str::to_string);
-            let program = words.next().ok_or("script job has an empty interpreter")?;
-            let mut args: Vec<String> = words.collect();
-            args.push(path.to_string_lossy().into_owned());
-            (program, args)
-        }
-        Exec::Python {
-            function,
-            args,
-            kwargs,
-            python,
-            path,
-        } => crate::python::command(
-            function,
-            args,
-            kwargs,
-            python.as_deref(),
-            path,
-            &names.files.meta().join("call.json"),
-        )?,
-        Exec::Docker(_) => return Err("docker jobs run in containers, not processes".into()),
-    };
-    let env = crate::layout::lease_env(lease, &names.files.workspace);
-    Ok(SpawnSpec {
-        program,
-        args,
-        workspace: names.files.workspace.clone(),
-        base_env: base_env.to_vec(),
-        env,
-    })
-}
-
-/// The workspace of a container job: as for a process, but open to every user, since
-/// the container may run as a user other than the agent's (its parent folders stay
-/// private to the agent).
-fn prepare_container_dirs(names: &Names) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    prepare_dirs(names)?;
-    for dir in [names.files.workspace.clone(), names.files.meta()] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-    }
-    Ok(())
-}
-
-fn prepare_dirs(names: &Names) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(&names.files.workspace) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::create_dir_all(names.files.meta())
-}
-
 async fn cleanup(ctx: &AttemptCtx, names: &Names) {
     if !ctx.keep_workspace {
         if let Err(e) = tokio::fs::remove_dir_all(&names.files.workspace).await {
@@ -264,69 +185,61 @@ async fn cleanup(ctx: &AttemptCtx, names: &Names) {
 }
 
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
-async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandoned> {
+async fn execute<E: Executor>(
+    ctx: &AttemptCtx,
+    names: &Names,
+    executor: E,
+) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    // Spool, workspace and (with no inputs to fetch first) process in one trip to a
-    // blocking thread: each trip costs a thread wake-up on the way from lease to job.
-    let with_inputs = !lease.inputs.is_empty();
+    // Spool and workspace in one trip to a blocking thread: each trip costs a thread
+    // wake-up on the way from lease to job.
     let prepared = {
-        let (lease, names, limits) = (lease.clone(), names.clone(), ctx.limits);
-        let base_env = ctx.job_env.clone();
-        let deadline_ms = ctx.deadline_ms;
+        let (own, limits) = (names.clone(), ctx.limits);
         tokio::task::spawn_blocking(move || {
-            let files = SpoolFiles::create(&names.files.spool, limits, names.mirror.clone())?;
-            let spawned = match prepare_dirs(&names) {
-                Err(e) => Some(Err(workspace_error(&names, e))),
-                Ok(()) if with_inputs => None,
-                Ok(()) => Some(spawn_recorded(&lease, &names, &base_env, deadline_ms)),
-            };
-            Ok((files, spawned))
+            let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone())?;
+            Ok((files, E::prepare(&own.files)))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     };
-    let (files, spawned) = match prepared {
-        Ok(both) => both,
+    let (reporter, logs, prepared) = match prepared {
+        Ok((files, prepared)) => {
+            let (reporter, logs) = start_logs(ctx, files);
+            (reporter, logs, prepared)
+        }
         Err(e) => return spool_failed(ctx, e).await,
     };
-    let (reporter, logs) = start_logs(ctx, files);
-    let mut header = lease.exec.log_header();
+    if let Err(e) = prepared {
+        return not_started(&reporter, logs, workspace_error(names, e)).await;
+    }
+    let logs = if lease.inputs.is_empty() {
+        logs
+    } else {
+        match fetch_inputs(ctx, &reporter, logs, &names.files.workspace).await? {
+            Ok(logs) => logs,
+            Err(end) => return Ok(end),
+        }
+    };
+    let mut stop_rx = ctx.stopper.subscribe();
+    let Started {
+        mut job,
+        stdout,
+        stderr,
+        mut notes,
+    } = match executor.start(&logs, &mut stop_rx).await {
+        Ok(started) => started,
+        Err(NotStarted::Failed(error)) => return not_started(&reporter, logs, error).await,
+        Err(NotStarted::Stopped(r)) => return stopped_before_start(ctx, &reporter, logs, r).await,
+    };
     if let (Some(path), None) = (&lease.log_path, &ctx.job_log_dir) {
         // Said in the log, not only the agent's: the job's owner looks there.
-        header.push(format!(
+        notes.push(format!(
             "drover: log_path {path} is not written: this agent has no --job-log-dir"
         ));
     }
-    let (spawned, logs) = match spawned {
-        Some(spawned) => (spawned, logs),
-        None => {
-            let logs = match fetch_inputs(ctx, &reporter, logs, &names.files.workspace).await? {
-                Ok(logs) => logs,
-                Err(end) => return Ok(end),
-            };
-            let (lease, names, base_env) = (lease.clone(), names.clone(), ctx.job_env.clone());
-            let deadline_ms = ctx.deadline_ms;
-            let spawned = tokio::task::spawn_blocking(move || {
-                spawn_recorded(&lease, &names, &base_env, deadline_ms)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            (spawned, logs)
-        }
-    };
-    let (mut proc, stdout, stderr) = match spawned {
-        Ok(parts) => parts,
-        Err(error) => {
-            for line in &header {
-                logs.system(line).await;
-            }
-            return not_started(&reporter, logs, error).await;
-        }
-    };
-    tracing::info!(pid = proc.pid(), "job process started");
-    // The start goes out with the header records, the first records.
+    // The start goes out with the first records.
     let started = logs.report_start();
-    for line in &header {
+    for line in &notes {
         logs.system(line).await;
     }
     let mut output = OutputTasks::start(
@@ -336,22 +249,9 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         names.files.progress(),
         reporter.clone(),
     );
-
-    let mut stop_rx = ctx.stopper.subscribe();
-    let timeout = lease.timeout_ms.map(Duration::from_millis);
-    let grace = Duration::from_millis(lease.grace_ms);
-    let ended = proc.supervise(timeout, grace, &mut stop_rx).await;
-    drop(proc);
-
+    let ending = job.supervise(lease, &mut stop_rx).await;
     output.settle(&logs).await;
-    let (outcome, exit_code, error) = outcome_of(&ended, lease);
-    let ending = Ending {
-        outcome,
-        exit_code,
-        error,
-        stopped: ended.stopped,
-        gpus: None,
-    };
+    job.release().await;
     let parts = Running {
         reporter,
         logs,
@@ -359,17 +259,7 @@ async fn execute(ctx: &AttemptCtx, names: &Names) -> Result<AttemptEnd, Abandone
         started,
         record: names.files.record.clone(),
     };
-    conclude(ctx, parts, ending, &names.files).await
-}
-
-/// How a started job ended, before the result file is read.
-struct Ending {
-    outcome: Outcome,
-    exit_code: Option<i32>,
-    error: Option<String>,
-    stopped: Option<StopReason>,
-    /// For a container that asked for GPUs: whether it got them.
-    gpus: Option<Gpus>,
+    conclude(ctx, &executor, parts, ending, &names.files).await
 }
 
 /// The reporting side of a started job.
@@ -386,6 +276,7 @@ struct Running {
 /// and reports `finish` (or nothing, when the attempt is stale or never got started).
 async fn conclude(
     ctx: &AttemptCtx,
+    executor: &impl Executor,
     parts: Running,
     ending: Ending,
     files: &AttemptFiles,
@@ -407,8 +298,8 @@ async fn conclude(
     // A result file that cannot be read fails a job that otherwise succeeded: whoever
     // waits for its result would get nothing, or garbage, from a "succeeded" job.
     let (result, result_error) = read_result(&files.result()).await;
-    if matches!(ctx.lease.exec, Exec::Python { .. }) && outcome == Outcome::Failed {
-        error = crate::python::error_of(result.as_ref()).or(error);
+    if outcome == Outcome::Failed {
+        error = executor.failure(result.as_ref()).or(error);
     }
     if let Some(re) = result_error {
         if outcome == Outcome::Succeeded {
@@ -521,197 +412,6 @@ async fn not_started(
     })
 }
 
-/// A docker job: pull policy, create and start the container, follow its output,
-/// supervise it, remove it, report.
-async fn execute_docker(
-    ctx: &AttemptCtx,
-    names: &Names,
-    spec: &DockerSpec,
-) -> Result<AttemptEnd, Abandoned> {
-    let lease = &ctx.lease;
-    let (limits, own) = (ctx.limits, names.clone());
-    let prepared = tokio::task::spawn_blocking(move || {
-        let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone())?;
-        Ok((files, prepare_container_dirs(&own)))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    let (reporter, logs, prepared) = match prepared {
-        Ok((files, prepared)) => {
-            let (reporter, logs) = start_logs(ctx, files);
-            (reporter, logs, prepared)
-        }
-        Err(e) => return spool_failed(ctx, e).await,
-    };
-    if let Err(e) = prepared {
-        return not_started(&reporter, logs, workspace_error(names, e)).await;
-    }
-    let logs = if lease.inputs.is_empty() {
-        logs
-    } else {
-        match fetch_inputs(ctx, &reporter, logs, &names.files.workspace).await? {
-            Ok(logs) => logs,
-            Err(end) => return Ok(end),
-        }
-    };
-    let docker = &ctx.docker;
-    let cspec = ContainerSpec::new(
-        lease,
-        spec,
-        &docker.agent,
-        &docker.mounts,
-        &names.files.workspace,
-    );
-    logs.system(&format!("$ {}", cspec.display(spec))).await;
-    let record = fence::Record {
-        job_id: lease.job_id.clone(),
-        attempt: lease.attempt,
-        pgid: None,
-        start_time: None,
-        container: Some(cspec.name.clone()),
-        deadline_ms: ctx.deadline_ms,
-        ended: None,
-    };
-    let path = names.files.record.clone();
-    let _ = tokio::task::spawn_blocking(move || keep_record(&path, &record)).await;
-
-    // Pulling can take long: a stop request meanwhile ends the attempt.
-    let mut stop_rx = ctx.stopper.subscribe();
-    let created = tokio::select! {
-        s = docker.engine.create_and_start(&cspec) => s,
-        r = process::wait_stop(&mut stop_rx, |_| true) => {
-            docker.engine.remove_container(&cspec.name).await;
-            return stopped_before_start(ctx, &reporter, logs, r).await;
-        }
-    };
-    let Started {
-        container,
-        notes,
-        gpus,
-    } = match created {
-        Ok(s) => s,
-        Err(error) => return not_started(&reporter, logs, error).await,
-    };
-    tracing::info!(container = %container.name, "container started");
-    for note in &notes {
-        logs.system(note).await;
-    }
-    let started = logs.report_start();
-    let (stdout, stderr, follower) = container.follow_output();
-    let mut output = OutputTasks::start(
-        stdout,
-        stderr,
-        &logs,
-        names.files.progress(),
-        reporter.clone(),
-    );
-
-    let timeout = lease.timeout_ms.map(Duration::from_millis);
-    let grace = Duration::from_millis(lease.grace_ms);
-    let ended = container.supervise(timeout, grace, &mut stop_rx).await;
-    output.settle(&logs).await;
-    follower.abort();
-    if !docker.keep_containers {
-        container.remove().await;
-    }
-    let ending = Ending {
-        gpus,
-        ..docker_ending(&ended, lease, spec)
-    };
-    let parts = Running {
-        reporter,
-        logs,
-        output,
-        started,
-        record: names.files.record.clone(),
-    };
-    conclude(ctx, parts, ending, &names.files).await
-}
-
-/// Outcome, exit code and error for how a container ended.
-fn docker_ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> Ending {
-    let exit_code = ended
-        .exit_code
-        .map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
-    let (outcome, error) = match (ended.stopped, exit_code) {
-        (Some(reason), _) => {
-            let (o, e) = stopped_outcome(reason, lease);
-            (o, Some(e))
-        }
-        _ if ended.oom_killed => {
-            let error = match spec.memory {
-                Some(m) => {
-                    format!("out of memory (container exceeded its memory limit of {m} bytes)")
-                }
-                None => "out of memory (the kernel's OOM killer stopped the container)".into(),
-            };
-            (Outcome::Failed, Some(error))
-        }
-        // The engine learns of OOM kills from an event that can be lost when the
-        // container exits at once (seen under load): a SIGKILL nobody here sent to a
-        // container with a memory limit is that limit, most likely.
-        (None, Some(137)) if spec.memory.is_some() => (
-            Outcome::Failed,
-            Some(format!(
-                "out of memory, most likely (killed by SIGKILL with a memory limit of {} bytes; the engine did not confirm an OOM kill)",
-                spec.memory.unwrap_or_default()
-            )),
-        ),
-        (None, Some(0)) => (Outcome::Succeeded, None),
-        (None, Some(code)) => (Outcome::Failed, Some(format!("exit code {code}"))),
-        (None, None) => (
-            Outcome::Failed,
-            Some("lost track of the container".to_string()),
-        ),
-    };
-    Ending {
-        outcome,
-        exit_code,
-        error,
-        stopped: ended.stopped,
-        gpus: None,
-    }
-}
-
-/// Writes the attempt's record (blocking); a job that cannot be recorded still runs, but
-/// only this agent can stop it.
-fn keep_record(path: &Path, record: &fence::Record) {
-    if let Err(e) = fence::write_record(path, record) {
-        tracing::error!(error = %e, path = %path.display(), "cannot record the attempt: if the agent dies, nothing will stop the job");
-    }
-}
-
-/// Spawns the job in its prepared workspace and records it (blocking); the error is the
-/// job's error message.
-fn spawn_recorded(
-    lease: &Lease,
-    names: &Names,
-    base_env: &[(OsString, OsString)],
-    deadline_ms: u64,
-) -> Result<
-    (
-        JobProcess,
-        tokio::process::ChildStdout,
-        tokio::process::ChildStderr,
-    ),
-    String,
-> {
-    let spec = spawn_spec(lease, names, base_env)?;
-    let spawned = JobProcess::spawn_now(spec).map_err(|e| e.to_string())?;
-    let pid = spawned.0.pid();
-    let record = fence::Record {
-        job_id: lease.job_id.clone(),
-        attempt: lease.attempt,
-        pgid: Some(pid),
-        start_time: fence::process_start_time(pid),
-        container: None,
-        deadline_ms,
-        ended: None,
-    };
-    keep_record(&names.files.record, &record);
-    Ok(spawned)
-}
-
 fn workspace_error(names: &Names, e: std::io::Error) -> String {
     format!(
         "cannot create the workspace {}: {e}",
@@ -785,75 +485,6 @@ fn failed(error: String) -> FinishRequest {
     }
 }
 
-/// Outcome, exit code and error for how the process ended.
-fn outcome_of(ended: &Ended, lease: &Lease) -> (Outcome, Option<i32>, Option<String>) {
-    let exit_code = ended
-        .status
-        .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
-    if let Some(reason) = ended.stopped {
-        let (outcome, error) = stopped_outcome(reason, lease);
-        return (outcome, exit_code, Some(error));
-    }
-    match ended.status {
-        Some(s) if s.success() => (Outcome::Succeeded, Some(0), None),
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => (
-                Outcome::Failed,
-                Some(code),
-                Some(format!("exit code {code}")),
-            ),
-            (None, Some(sig)) => {
-                let name = nix::sys::signal::Signal::try_from(sig)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| sig.to_string());
-                (
-                    Outcome::Failed,
-                    Some(128 + sig),
-                    Some(format!("killed by signal {name}")),
-                )
-            }
-            (None, None) => (
-                Outcome::Failed,
-                None,
-                Some("ended without an exit status".into()),
-            ),
-        },
-        None => (
-            Outcome::Failed,
-            None,
-            Some("lost track of the job process".into()),
-        ),
-    }
-}
-
-/// The outcome and error reported for a job the agent stopped.
-fn stopped_outcome(reason: StopReason, lease: &Lease) -> (Outcome, String) {
-    match reason {
-        StopReason::TimedOut => {
-            let ms = lease.timeout_ms.unwrap_or_default();
-            (
-                Outcome::TimedOut,
-                format!("timed out after {}", human_ms(ms)),
-            )
-        }
-        StopReason::Canceled => (Outcome::Canceled, "canceled by user".into()),
-        StopReason::Shutdown => (Outcome::Canceled, "agent shutdown".into()),
-        StopReason::ForceStop => (Outcome::Failed, "force-stop".into()),
-        StopReason::Stale => (Outcome::Failed, "attempt is no longer current".into()),
-        StopReason::LeaseLost => (
-            Outcome::Failed,
-            "lease_lost: the agent could not reach the server to renew its lease in time, so it stopped the job before the server could give it to another agent".into(),
-        ),
-    }
-}
-
-fn human_ms(ms: u64) -> String {
-    match ms % 1000 {
-        0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
-}
-
 /// Reads the result file: `(value, error)`; a missing file is neither.
 pub(crate) async fn read_result(path: &Path) -> (Option<serde_json::Value>, Option<String>) {
     let meta = match tokio::fs::metadata(path).await {
@@ -895,11 +526,5 @@ mod tests {
             read_result(&p).await.1.unwrap(),
             "result file is larger than 1 MiB"
         );
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_ms(30_000), "30s");
-        assert_eq!(human_ms(1_500), "1500ms");
     }
 }

@@ -1,8 +1,9 @@
-//! The Docker executor's side of the engine: one [`Engine`] per agent (a lazily
-//! connected, version-negotiated bollard client), and one [`Container`] per attempt that
-//! owns its container the way `process::JobProcess` owns a process group: create (image
-//! pull policy, GPU fallback), start, follow its output, supervise it (exit, timeout,
-//! stop requests: engine stop with the grace period, then kill), and remove it.
+//! The Docker executor: [`DockerExecutor`] runs a docker job in a container, on one
+//! [`Engine`] per agent (a lazily connected, version-negotiated bollard client), with
+//! one [`Container`] per attempt that owns its container the way `process::JobProcess`
+//! owns a process group: create (image pull policy, GPU fallback), start, follow its
+//! output, supervise it (exit, timeout, stop requests: engine stop with the grace
+//! period, then kill), and remove it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,12 +20,186 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use drover_core::api::{Gpus, Lease};
 use drover_core::spec::{quote_words, shell_quote, DockerCommand, DockerSpec};
+use drover_core::Outcome;
 use futures::StreamExt;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 
+use crate::attempt::AttemptCtx;
+use crate::executor::{
+    stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started as JobStarted, StopRx,
+};
+use crate::fence;
+use crate::layout::AttemptFiles;
+use crate::pipeline::LogPipeline;
 use crate::process::{wait_stop, StopReason};
+
+/// What docker attempts need from the agent.
+pub struct DockerCtx {
+    pub engine: std::sync::Arc<Engine>,
+    /// Put on the agent's containers' `drover.agent` label: its name and work dir.
+    pub agent: String,
+    /// Default mounts for every container.
+    pub mounts: Vec<String>,
+    pub keep_containers: bool,
+}
+
+/// Runs a docker job in a container.
+pub struct DockerExecutor<'a> {
+    ctx: &'a AttemptCtx,
+    files: &'a AttemptFiles,
+    spec: &'a DockerSpec,
+}
+
+impl<'a> DockerExecutor<'a> {
+    pub fn new(ctx: &'a AttemptCtx, files: &'a AttemptFiles, spec: &'a DockerSpec) -> Self {
+        DockerExecutor { ctx, files, spec }
+    }
+}
+
+impl<'a> Executor for DockerExecutor<'a> {
+    type Job = DockerJob<'a>;
+
+    /// As for a process, but open to every user, since the container may run as a user
+    /// other than the agent's (its parent folders stay private to the agent).
+    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        crate::process::ProcessExecutor::prepare(files)?;
+        for dir in [files.workspace.clone(), files.meta()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        logs: &LogPipeline,
+        stop: &mut StopRx,
+    ) -> Result<JobStarted<DockerJob<'a>>, NotStarted> {
+        let (lease, docker) = (&self.ctx.lease, &self.ctx.docker);
+        let cspec = ContainerSpec::new(
+            lease,
+            self.spec,
+            &docker.agent,
+            &docker.mounts,
+            &self.files.workspace,
+        );
+        logs.system(&format!("$ {}", cspec.display(self.spec)))
+            .await;
+        let record = fence::Record {
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            pgid: None,
+            start_time: None,
+            container: Some(cspec.name.clone()),
+            deadline_ms: self.ctx.deadline_ms,
+            ended: None,
+        };
+        let path = self.files.record.clone();
+        let _ = tokio::task::spawn_blocking(move || fence::keep_record(&path, &record)).await;
+        // Pulling can take long: a stop request meanwhile ends the attempt.
+        let created = tokio::select! {
+            s = docker.engine.create_and_start(&cspec) => s,
+            r = wait_stop(stop, |_| true) => {
+                docker.engine.remove_container(&cspec.name).await;
+                return Err(NotStarted::Stopped(r));
+            }
+        };
+        let Started {
+            container,
+            notes,
+            gpus,
+        } = created.map_err(NotStarted::Failed)?;
+        tracing::info!(container = %container.name, "container started");
+        let (stdout, stderr, follower) = container.follow_output();
+        Ok(JobStarted {
+            job: DockerJob {
+                container,
+                follower,
+                gpus,
+                spec: self.spec,
+                keep: docker.keep_containers,
+            },
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            notes,
+        })
+    }
+}
+
+/// A started container and the task following its output.
+pub struct DockerJob<'a> {
+    container: Container,
+    follower: JoinHandle<()>,
+    gpus: Option<Gpus>,
+    spec: &'a DockerSpec,
+    keep: bool,
+}
+
+impl RunningJob for DockerJob<'_> {
+    async fn supervise(&mut self, lease: &Lease, stop: &mut StopRx) -> Ending {
+        let timeout = lease.timeout_ms.map(Duration::from_millis);
+        let grace = Duration::from_millis(lease.grace_ms);
+        let ended = self.container.supervise(timeout, grace, stop).await;
+        Ending {
+            gpus: self.gpus,
+            ..ending(&ended, lease, self.spec)
+        }
+    }
+
+    async fn release(self) {
+        self.follower.abort();
+        if !self.keep {
+            self.container.remove().await;
+        }
+    }
+}
+
+/// Outcome, exit code and error for how a container ended.
+fn ending(ended: &ContainerEnded, lease: &Lease, spec: &DockerSpec) -> Ending {
+    let exit_code = ended
+        .exit_code
+        .map(|c| c.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+    let (outcome, error) = match (ended.stopped, exit_code) {
+        (Some(reason), _) => {
+            let (o, e) = stopped_outcome(reason, lease);
+            (o, Some(e))
+        }
+        _ if ended.oom_killed => {
+            let error = match spec.memory {
+                Some(m) => {
+                    format!("out of memory (container exceeded its memory limit of {m} bytes)")
+                }
+                None => "out of memory (the kernel's OOM killer stopped the container)".into(),
+            };
+            (Outcome::Failed, Some(error))
+        }
+        // The engine learns of OOM kills from an event that can be lost when the
+        // container exits at once (seen under load): a SIGKILL nobody here sent to a
+        // container with a memory limit is that limit, most likely.
+        (None, Some(137)) if spec.memory.is_some() => (
+            Outcome::Failed,
+            Some(format!(
+                "out of memory, most likely (killed by SIGKILL with a memory limit of {} bytes; the engine did not confirm an OOM kill)",
+                spec.memory.unwrap_or_default()
+            )),
+        ),
+        (None, Some(0)) => (Outcome::Succeeded, None),
+        (None, Some(code)) => (Outcome::Failed, Some(format!("exit code {code}"))),
+        (None, None) => (
+            Outcome::Failed,
+            Some("lost track of the container".to_string()),
+        ),
+    };
+    Ending {
+        outcome,
+        exit_code,
+        error,
+        stopped: ended.stopped,
+        gpus: None,
+    }
+}
 
 /// Where the engine listens when the agent is not told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";

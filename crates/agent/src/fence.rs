@@ -68,6 +68,14 @@ pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes the attempt's record (blocking); a job that cannot be recorded still runs, but
+/// only this agent can stop it.
+pub fn keep_record(path: &Path, record: &Record) {
+    if let Err(e) = write_record(path, record) {
+        tracing::error!(error = %e, path = %path.display(), "cannot record the attempt: if the agent dies, nothing will stop the job");
+    }
+}
+
 /// Every readable record of the work dir, with its path.
 pub fn read_records(work_dir: &Path) -> Vec<(PathBuf, Record)> {
     let Ok(dir) = std::fs::read_dir(layout::records_dir(work_dir)) else {

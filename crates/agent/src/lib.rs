@@ -16,6 +16,7 @@ mod agent;
 mod attempt;
 mod client;
 mod docker;
+mod executor;
 mod fence;
 mod files;
 mod host;

@@ -1,17 +1,27 @@
-//! One struct owns each child process: it spawns the job in its own process group and
+//! The process executor (shell, process and script jobs; `python` builds on it): one
+//! struct owns each child process: it spawns the job in its own process group and
 //! supervises it (exit, timeout, stop requests), escalating SIGTERM → grace → SIGKILL to
 //! the whole group, and always kills the group at the end so no grandchild survives.
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_core::api::Lease;
+use drover_core::{Exec, Outcome};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::watch;
+
+use crate::attempt::AttemptCtx;
+use crate::executor::{stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started, StopRx};
+use crate::fence;
+use crate::layout::AttemptFiles;
+use crate::pipeline::LogPipeline;
 
 /// Why the agent stopped a job before it exited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +265,188 @@ impl Drop for JobProcess {
     fn drop(&mut self) {
         // Whatever happened to the supervisor, leave no process of this job behind.
         self.signal_group(Signal::SIGKILL);
+    }
+}
+
+/// Runs a job as a program in its own process group, in the workspace.
+pub struct ProcessExecutor<'a> {
+    ctx: &'a AttemptCtx,
+    files: &'a AttemptFiles,
+    command: CommandFn,
+}
+
+/// The program and arguments of a job, worked out (blocking) in its prepared workspace:
+/// a script's body, a Python call, is written to a file there first.
+pub type CommandFn = fn(&Lease, &AttemptFiles) -> Result<(String, Vec<String>), String>;
+
+impl<'a> ProcessExecutor<'a> {
+    /// For shell, process and script jobs.
+    pub fn new(ctx: &'a AttemptCtx, files: &'a AttemptFiles) -> Self {
+        Self::with_command(ctx, files, command)
+    }
+
+    /// For jobs run by a program that `command` makes from the lease.
+    pub fn with_command(ctx: &'a AttemptCtx, files: &'a AttemptFiles, command: CommandFn) -> Self {
+        ProcessExecutor {
+            ctx,
+            files,
+            command,
+        }
+    }
+}
+
+impl Executor for ProcessExecutor<'_> {
+    type Job = ProcessJob;
+
+    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&files.workspace) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(files.meta())
+    }
+
+    async fn start(
+        &self,
+        _logs: &LogPipeline,
+        _stop: &mut StopRx,
+    ) -> Result<Started<ProcessJob>, NotStarted> {
+        let (lease, files) = (self.ctx.lease.clone(), self.files.clone());
+        let (base_env, deadline_ms, command) =
+            (self.ctx.job_env.clone(), self.ctx.deadline_ms, self.command);
+        // Spawning forks and the record is a file: off the runtime's threads.
+        let spawned = tokio::task::spawn_blocking(move || {
+            spawn_recorded(&lease, &files, &base_env, deadline_ms, command)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let (process, stdout, stderr) = spawned.map_err(NotStarted::Failed)?;
+        tracing::info!(pid = process.pid(), "job process started");
+        Ok(Started {
+            job: ProcessJob { process },
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            notes: self.ctx.lease.exec.log_header(),
+        })
+    }
+}
+
+/// A started job process.
+pub struct ProcessJob {
+    process: JobProcess,
+}
+
+impl RunningJob for ProcessJob {
+    async fn supervise(&mut self, lease: &Lease, stop: &mut StopRx) -> Ending {
+        let timeout = lease.timeout_ms.map(Duration::from_millis);
+        let grace = Duration::from_millis(lease.grace_ms);
+        let ended = self.process.supervise(timeout, grace, stop).await;
+        let (outcome, exit_code, error) = outcome_of(&ended, lease);
+        Ending {
+            outcome,
+            exit_code,
+            error,
+            stopped: ended.stopped,
+            gpus: None,
+        }
+    }
+
+    async fn release(self) {}
+}
+
+/// The program and arguments of a shell, process or script job.
+fn command(lease: &Lease, files: &AttemptFiles) -> Result<(String, Vec<String>), String> {
+    Ok(match &lease.exec {
+        Exec::Shell { command } => (shell_program(), vec!["-c".to_string(), command.clone()]),
+        Exec::Process { argv } => {
+            let (first, rest) = argv.split_first().ok_or("process job has an empty argv")?;
+            (first.clone(), rest.to_vec())
+        }
+        Exec::Script { interpreter, body } => {
+            let path = files.meta().join("script");
+            std::fs::write(&path, body)
+                .map_err(|e| format!("cannot write the script file: {e}"))?;
+            let mut words = interpreter.split_whitespace().map(str::to_string);
+            let program = words.next().ok_or("script job has an empty interpreter")?;
+            let mut args: Vec<String> = words.collect();
+            args.push(path.to_string_lossy().into_owned());
+            (program, args)
+        }
+        other => return Err(format!("{} jobs are not run as processes", other.kind())),
+    })
+}
+
+/// Spawns the job in its prepared workspace and records it (blocking); the error is the
+/// job's error message.
+fn spawn_recorded(
+    lease: &Lease,
+    files: &AttemptFiles,
+    base_env: &[(OsString, OsString)],
+    deadline_ms: u64,
+    command: CommandFn,
+) -> Result<(JobProcess, ChildStdout, ChildStderr), String> {
+    let (program, args) = command(lease, files)?;
+    let spec = SpawnSpec {
+        program,
+        args,
+        workspace: files.workspace.clone(),
+        base_env: base_env.to_vec(),
+        env: crate::layout::lease_env(lease, &files.workspace),
+    };
+    let spawned = JobProcess::spawn_now(spec).map_err(|e| e.to_string())?;
+    let pid = spawned.0.pid();
+    let record = fence::Record {
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        pgid: Some(pid),
+        start_time: fence::process_start_time(pid),
+        container: None,
+        deadline_ms,
+        ended: None,
+    };
+    fence::keep_record(&files.record, &record);
+    Ok(spawned)
+}
+
+/// Outcome, exit code and error for how the process ended.
+fn outcome_of(ended: &Ended, lease: &Lease) -> (Outcome, Option<i32>, Option<String>) {
+    let exit_code = ended
+        .status
+        .and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
+    if let Some(reason) = ended.stopped {
+        let (outcome, error) = stopped_outcome(reason, lease);
+        return (outcome, exit_code, Some(error));
+    }
+    match ended.status {
+        Some(s) if s.success() => (Outcome::Succeeded, Some(0), None),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => (
+                Outcome::Failed,
+                Some(code),
+                Some(format!("exit code {code}")),
+            ),
+            (None, Some(sig)) => {
+                let name = Signal::try_from(sig)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| sig.to_string());
+                (
+                    Outcome::Failed,
+                    Some(128 + sig),
+                    Some(format!("killed by signal {name}")),
+                )
+            }
+            (None, None) => (
+                Outcome::Failed,
+                None,
+                Some("ended without an exit status".into()),
+            ),
+        },
+        None => (
+            Outcome::Failed,
+            None,
+            Some("lost track of the job process".into()),
+        ),
     }
 }
 

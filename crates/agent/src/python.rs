@@ -1,10 +1,70 @@
-//! Python function jobs: the runner the agent hands to the job's interpreter, and how
-//! the runner's report of an exception becomes the job's error. The call itself runs
-//! as a process job does; only the program and the result's meaning differ.
+//! The Python executor: function jobs, run by a runner the agent hands to the job's
+//! interpreter, whose report of an exception becomes the job's error. The call itself
+//! runs as a process job does (see `process`); only the program and the result's
+//! meaning differ.
 
 use std::path::Path;
 
+use drover_core::api::Lease;
+use drover_core::Exec;
 use serde_json::{json, Value};
+
+use crate::attempt::AttemptCtx;
+use crate::executor::{Executor, NotStarted, Started, StopRx};
+use crate::layout::AttemptFiles;
+use crate::pipeline::LogPipeline;
+use crate::process::{ProcessExecutor, ProcessJob};
+
+/// Runs a Python call as a process.
+pub struct PythonExecutor<'a>(ProcessExecutor<'a>);
+
+impl<'a> PythonExecutor<'a> {
+    pub fn new(ctx: &'a AttemptCtx, files: &'a AttemptFiles) -> Self {
+        PythonExecutor(ProcessExecutor::with_command(ctx, files, call_command))
+    }
+}
+
+impl Executor for PythonExecutor<'_> {
+    type Job = ProcessJob;
+
+    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
+        ProcessExecutor::prepare(files)
+    }
+
+    async fn start(
+        &self,
+        logs: &LogPipeline,
+        stop: &mut StopRx,
+    ) -> Result<Started<ProcessJob>, NotStarted> {
+        self.0.start(logs, stop).await
+    }
+
+    fn failure(&self, result: Option<&Value>) -> Option<String> {
+        error_of(result)
+    }
+}
+
+/// The interpreter and runner for the lease's call.
+fn call_command(lease: &Lease, files: &AttemptFiles) -> Result<(String, Vec<String>), String> {
+    let Exec::Python {
+        function,
+        args,
+        kwargs,
+        python,
+        path,
+    } = &lease.exec
+    else {
+        return Err(format!("{} jobs are not Python calls", lease.exec.kind()));
+    };
+    command(
+        function,
+        args,
+        kwargs,
+        python.as_deref(),
+        path,
+        &files.meta().join("call.json"),
+    )
+}
 
 /// The runner, run as `python -c RUNNER CALL_FILE`: imports `module`, looks up the
 /// function, calls it with the file's args and kwargs and writes the JSON return value
@@ -43,7 +103,7 @@ with open(os.environ["DROVER_RESULT"], "w") as f:
 "#;
 
 /// The program and arguments of a Python call, after writing the call to `call_file`.
-pub(crate) fn command(
+fn command(
     function: &str,
     args: &[Value],
     kwargs: &std::collections::BTreeMap<String, Value>,
@@ -66,7 +126,7 @@ pub(crate) fn command(
 
 /// `Type: message` for a result that reports an exception (the job's error, in place
 /// of "exit code 1").
-pub(crate) fn error_of(result: Option<&Value>) -> Option<String> {
+fn error_of(result: Option<&Value>) -> Option<String> {
     let e = result?.get("exception")?;
     let kind = e.get("type")?.as_str()?;
     let message = e.get("message").and_then(Value::as_str).unwrap_or_default();

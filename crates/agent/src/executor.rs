@@ -1,0 +1,130 @@
+//! The seam between an attempt's lifecycle (`attempt`: spool, workspace, inputs, start
+//! report, logs, progress, result, finish) and the thing that runs the job. An executor
+//! only knows how to make its workspace, start its job and say how the job ended:
+//! `process` (shell, process and script jobs), `python` (function calls) and `docker`
+//! (containers) are one file each, picked by one `match` on the exec kind in `attempt`.
+//! Another executor (Kubernetes pods, say) is one more file.
+
+use std::future::Future;
+use std::io;
+
+use drover_core::api::{Gpus, Lease};
+use drover_core::Outcome;
+use serde_json::Value;
+use tokio::io::AsyncRead;
+use tokio::sync::watch;
+
+use crate::layout::AttemptFiles;
+use crate::pipeline::LogPipeline;
+use crate::process::StopReason;
+
+/// Stop requests for an attempt (see `process::Stopper`).
+pub type StopRx = watch::Receiver<Option<StopReason>>;
+
+/// One way of running a job.
+pub trait Executor: Sync {
+    /// The started job.
+    type Job: RunningJob;
+
+    /// Makes the attempt's empty workspace (blocking: the lifecycle runs it on a blocking
+    /// thread with the spool's creation, one trip for both).
+    fn prepare(files: &AttemptFiles) -> io::Result<()>;
+
+    /// Starts the job in its prepared workspace with its inputs in place, recorded (see
+    /// `fence`) so that an agent restarted after a crash can stop it. `logs` takes lines
+    /// worth saying before it has started (a container's command line before a long
+    /// pull); a stop request while starting may end the start.
+    fn start(
+        &self,
+        logs: &LogPipeline,
+        stop: &mut StopRx,
+    ) -> impl Future<Output = Result<Started<Self::Job>, NotStarted>> + Send;
+
+    /// The error to report for a failed job from its result, where the job's result says
+    /// more than its exit code (a Python exception).
+    fn failure(&self, _result: Option<&Value>) -> Option<String> {
+        None
+    }
+}
+
+/// A job that runs.
+pub trait RunningJob: Send {
+    /// Waits for the job to end, stopping it (SIGTERM, the lease's grace, SIGKILL) when it
+    /// times out or a stop is requested; nothing of it may be left running after.
+    fn supervise(
+        &mut self,
+        lease: &Lease,
+        stop: &mut StopRx,
+    ) -> impl Future<Output = Ending> + Send;
+
+    /// Lets go of the job once its output has been read to the end (a container is
+    /// removed unless the agent keeps them).
+    fn release(self) -> impl Future<Output = ()> + Send;
+}
+
+/// What `start` hands the lifecycle.
+pub struct Started<J> {
+    pub job: J,
+    /// The job's output, pumped into its log.
+    pub stdout: Box<dyn AsyncRead + Unpin + Send>,
+    pub stderr: Box<dyn AsyncRead + Unpin + Send>,
+    /// Lines for the log, sent with the start report (what runs, GPU notes).
+    pub notes: Vec<String>,
+}
+
+/// Why `start` did not start the job.
+pub enum NotStarted {
+    /// The job's error: it failed without running.
+    Failed(String),
+    /// A stop request came first.
+    Stopped(StopReason),
+}
+
+/// How a started job ended, before the result file is read.
+pub struct Ending {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub stopped: Option<StopReason>,
+    /// For a container that asked for GPUs: whether it got them.
+    pub gpus: Option<Gpus>,
+}
+
+/// The outcome and error reported for a job the agent stopped.
+pub fn stopped_outcome(reason: StopReason, lease: &Lease) -> (Outcome, String) {
+    match reason {
+        StopReason::TimedOut => {
+            let ms = lease.timeout_ms.unwrap_or_default();
+            (
+                Outcome::TimedOut,
+                format!("timed out after {}", human_ms(ms)),
+            )
+        }
+        StopReason::Canceled => (Outcome::Canceled, "canceled by user".into()),
+        StopReason::Shutdown => (Outcome::Canceled, "agent shutdown".into()),
+        StopReason::ForceStop => (Outcome::Failed, "force-stop".into()),
+        StopReason::Stale => (Outcome::Failed, "attempt is no longer current".into()),
+        StopReason::LeaseLost => (
+            Outcome::Failed,
+            "lease_lost: the agent could not reach the server to renew its lease in time, so it stopped the job before the server could give it to another agent".into(),
+        ),
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms % 1000 {
+        0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_ms(5000), "5s");
+        assert_eq!(human_ms(1500), "1500ms");
+    }
+}
