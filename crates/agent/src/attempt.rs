@@ -298,6 +298,9 @@ async fn conclude(
     // A result file that cannot be read fails a job that otherwise succeeded: whoever
     // waits for its result would get nothing, or garbage, from a "succeeded" job.
     let (result, result_error) = read_result(&files.result()).await;
+    // The result is shown as the log is, so it is masked as the log is.
+    let masker = ctx.masker();
+    let result = result.map(|v| masker.mask_json(v));
     if outcome == Outcome::Failed {
         error = executor.failure(result.as_ref()).or(error);
     }
@@ -336,8 +339,8 @@ async fn conclude(
         let ended = FinishRequest {
             outcome,
             exit_code,
-            error: error.clone().map(|e| ctx.masker().mask(e)),
-            result: None,
+            error: error.clone().map(|e| masker.mask(e)),
+            result: result.clone(),
             gpus,
         };
         let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;

@@ -128,11 +128,17 @@ impl Masker {
     /// (standard and URL-safe, at each of the three alignments a value can have inside
     /// longer base64 text); values shorter than [`MIN_SECRET_LEN`] are ignored, longer
     /// patterns are replaced first.
+    /// A value of several lines (a PEM key) is also masked line by line, since the log
+    /// is masked a line at a time.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
         let mut patterns: Vec<String> = values
             .into_iter()
+            .flat_map(|v| {
+                let lines = v.lines().map(str::trim).filter(|l| l.len() < v.len());
+                std::iter::once(v.as_str()).chain(lines)
+            })
             .filter(|v| v.len() >= MIN_SECRET_LEN)
-            .flat_map(|v| encodings(v))
+            .flat_map(encodings)
             .collect();
         patterns.sort_by_key(|s| std::cmp::Reverse(s.len()));
         patterns.dedup();
@@ -148,6 +154,23 @@ impl Masker {
             }
         }
         text
+    }
+
+    /// `value` with every secret replaced in its strings (keys included).
+    pub fn mask_json(&self, value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.mask(s)),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| self.mask_json(v)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.mask(k), self.mask_json(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 
     /// Every masked pattern, as bytes (for [`LineReader::keep_whole`]).
@@ -276,6 +299,21 @@ mod tests {
         let m = Masker::new(secrets.iter());
         assert_eq!(m.mask("x abcdefgh abcd y".into()), "x *** *** y");
         assert_eq!(m.mask("nothing".into()), "nothing");
+    }
+
+    #[test]
+    fn multi_line_secrets_are_masked_line_by_line_and_in_results() {
+        let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END KEY-----\n";
+        let m = Masker::new([key.to_string()].iter());
+        assert_eq!(m.mask("BKcwggSjAgEAAoIBAQC7".into()), "***");
+        assert_eq!(m.mask("  MIIEvQIBADANBgkqhkiG9w0BAQEFAASC".into()), "  ***");
+        let result = serde_json::json!({"key": key, "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC": [1, "x BKcwggSjAgEAAoIBAQC7"]});
+        let masked = m.mask_json(result).to_string();
+        assert!(
+            !masked.contains("MIIEvQ") && !masked.contains("BKcwgg"),
+            "{masked}"
+        );
+        assert!(masked.contains("x ***"), "{masked}");
     }
 
     /// Regression: `S=e` masked every `e` of the log, command header included.

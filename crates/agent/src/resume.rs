@@ -13,8 +13,10 @@ use crate::client::{CallError, Client, RetryBackoff};
 use crate::fence::Record;
 use crate::layout::{self, AttemptFiles};
 
-/// Log records per request when a spool is sent again.
+/// Log records per request when a spool is sent again, and their bytes (as the shipper
+/// sends them: well under the server's 8 MiB body limit, whatever the lines' length).
 const RECORDS_PER_BATCH: usize = 1000;
+const BYTES_PER_BATCH: usize = 1024 * 1024;
 /// Longest the agent keeps trying to report one ended attempt before it lets the server
 /// retry the job instead.
 const REPORT_LIMIT: Duration = Duration::from_secs(30);
@@ -78,10 +80,7 @@ async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let mut batches: Vec<&[&[u8]]> = lines.chunks(RECORDS_PER_BATCH).collect();
-    if batches.is_empty() {
-        batches.push(&[]);
-    }
+    let batches = batches(&lines);
     let give_up = Instant::now() + REPORT_LIMIT;
     for (i, batch) in batches.iter().enumerate() {
         let mut body = br#"{"records":["#.to_vec();
@@ -94,10 +93,32 @@ async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(
         .await?;
     }
     let mut finish = finish;
-    // The recorded outcome and error already account for a result file that cannot be
-    // read (it was read before the end was noted); only its value is missing.
-    finish.result = crate::attempt::read_result(&files.result()).await.0;
+    // The record holds the result, masked, as the attempt read it; a record written
+    // before records held it has only the outcome, and the file is read again.
+    if finish.result.is_none() {
+        finish.result = crate::attempt::read_result(&files.result()).await.0;
+    }
     retry(give_up, || client.finish(&rec.job_id, rec.attempt, &finish)).await
+}
+
+/// The spool's lines in requests of at most [`RECORDS_PER_BATCH`] records and
+/// [`BYTES_PER_BATCH`] bytes (a longer line alone); one empty request for an empty spool,
+/// since the first request also reports the start.
+fn batches<'a>(lines: &[&'a [u8]]) -> Vec<Vec<&'a [u8]>> {
+    let mut batches: Vec<Vec<&[u8]>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for &line in lines {
+        let last = batches.last_mut().expect("never empty");
+        if !last.is_empty()
+            && (last.len() == RECORDS_PER_BATCH || bytes + line.len() > BYTES_PER_BATCH)
+        {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += line.len() + 1;
+        batches.last_mut().expect("never empty").push(line);
+    }
+    batches
 }
 
 /// Calls `f` until it succeeds, fails for good, or `give_up` passes.
@@ -119,5 +140,32 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resent_spools_are_cut_by_records_and_by_bytes() {
+        assert_eq!(batches(&[]), vec![Vec::<&[u8]>::new()]);
+        let short = vec![&b"{}"[..]; 2500];
+        let sizes: Vec<usize> = batches(&short).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+        // 300 KiB records: three fit in 1 MiB, and no request nears the body limit.
+        let long = vec![300 * 1024; 10]
+            .into_iter()
+            .map(|n| vec![b'x'; n])
+            .collect::<Vec<_>>();
+        let refs: Vec<&[u8]> = long.iter().map(Vec::as_slice).collect();
+        let cut = batches(&refs);
+        assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        let huge = vec![b'x'; 3 * 1024 * 1024];
+        assert_eq!(
+            batches(&[&huge[..], b"{}"]).len(),
+            2,
+            "a long line goes alone"
+        );
     }
 }

@@ -339,6 +339,34 @@ async fn secrets_never_reach_the_stored_log() {
     assert_eq!(done.progress.map(|p| p.message), Some("***".to_string()));
 }
 
+/// A result is shown as the log is: a secret in it is masked, and a secret of several
+/// lines (a PEM key) is masked in the log line by line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_masked_in_results_and_line_by_line() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END KEY-----";
+    let mut req = SubmitRequest::shell(
+        r#"printf '%s\n' "$KEY"; printf '{"got": "%s", "line": "BKcwggSjAgEAAoIBAQC7"}' "$TOKEN" > "$DROVER_RESULT""#,
+    );
+    req.secrets.insert("KEY".into(), key.into());
+    req.secrets.insert("TOKEN".into(), "s3cr3t-Value-42".into());
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(
+        done.result,
+        Some(serde_json::json!({"got": "***", "line": "***"}))
+    );
+    let logs = api.logs(&job.id).await;
+    let out = texts(&logs, Stream::Stdout);
+    assert!(
+        !out.iter()
+            .any(|l| l.contains("MIIEvQ") || l.contains("BKcwgg")),
+        "{out:?}"
+    );
+    assert_eq!(out[1..3], ["***", "***"], "{out:?}");
+}
+
 /// Regression: a secret written in pieces, encoded, or across the point where a long
 /// line is split reached the log unmasked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
