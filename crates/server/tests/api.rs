@@ -954,3 +954,74 @@ async fn a_repeated_finish_is_answered_again_and_a_different_one_is_refused() {
     let finished = events.to_string().matches("\"finished\"").count();
     assert_eq!(finished, 1, "stored once: {events}");
 }
+
+/// Registers an agent with one slot; its id and a client with its session token.
+async fn register_with_id(server: &TestServer, name: &str) -> (String, Client) {
+    let join = Client::new(server, &server.join_token);
+    let (status, v) = join
+        .post(
+            "/v1/agents/register",
+            json!({"name": name, "slots": 1, "host": HostInfo::default()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let resp: RegisterResponse = serde_json::from_value(v).unwrap();
+    (resp.agent_id, Client::new(server, &resp.token))
+}
+
+/// Regression: a poll held while an admin removed its agent went on looking for work,
+/// and leased the next job to the agent that no longer existed.
+#[tokio::test]
+async fn a_removed_agents_held_poll_ends_without_leases() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let (id, agent) = register_with_id(&server, "removed").await;
+    let (draining_id, draining) = register_with_id(&server, "removed-draining").await;
+    let token = agent.token.clone();
+    let started = Instant::now();
+    let held = tokio::spawn(async move {
+        agent
+            .post("/v1/agents/poll", json!({"running": [], "wait_ms": 30_000}))
+            .await
+    });
+    let held_draining = tokio::spawn(async move {
+        draining
+            .post(
+                "/v1/agents/poll",
+                json!({"running": [], "wait_ms": 30_000, "draining": true}),
+            )
+            .await
+    });
+    common::wait_parked(&server, 2).await;
+    for agent_id in [&id, &draining_id] {
+        let (status, v) = c
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/agents/{agent_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    // Work for the removed agent's slot, should its poll still be looking.
+    let job = c.submit(shell("echo hi")).await;
+    let (status, v) = held.await.unwrap();
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized"),
+        "the held poll ends without leases: {v}"
+    );
+    let later = Client::new(&server, &token)
+        .post("/v1/agents/poll", json!({"running": [], "wait_ms": 0}))
+        .await;
+    assert_eq!((status, v), later, "the answer its next request gets");
+    let (status, v) = held_draining.await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a draining poll ends too: {v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "ended by the removal, not by the wait"
+    );
+    let job = c.job(&job.id).await;
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.attempts.is_empty(), "{:?}", job.attempts);
+}

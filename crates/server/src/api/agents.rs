@@ -207,13 +207,14 @@ fn bootstrapped(caller: &super::auth::Caller, mut agent: NewAgent) -> NewAgent {
 /// to say, the request is held open up to `wait_ms` (at most 60 s; with attempts in
 /// `running`, at most half the lease TTL, as a held poll renews nothing) and answers as soon
 /// as work or a control message arrives; empty when the wait ran out. A stopping server
-/// answers `reconnect`.
+/// answers `reconnect`. A poll of an agent that is removed while it is held ends with
+/// 401 and no leases.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/poll", tag = "agents", request_body = PollRequest,
     responses(
         (status = 200, description = "Leases and control messages; empty when the wait ran out", body = PollResponse),
         (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again); also a held poll whose agent was removed meanwhile", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
         (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
         (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
@@ -270,11 +271,15 @@ pub async fn poll(
             resp.controls.push(Control::Reconnect);
             return Ok(Json(resp));
         }
+        // An agent removed meanwhile gets no leases: its poll ends with the 401 that
+        // its next request would get (claim checks this in its own transaction).
         if !req.draining {
             resp.leases = state.store.claim(&agent, now, ttl).await?;
             for lease in &resp.leases {
                 state.hub.job_changed(&lease.job_id);
             }
+        } else {
+            state.store.ensure_agent(&agent.id).await?;
         }
         if !resp.leases.is_empty()
             || !resp.controls.is_empty()

@@ -103,6 +103,10 @@ impl From<StoreError> for ApiError {
             }
             e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
             e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
+            // The answer every request of a forgotten agent gets from its token check.
+            StoreError::UnknownAgent { .. } => {
+                ApiError::Unauthorized(super::auth::UNKNOWN_AGENT.into())
+            }
             e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),
             e @ (StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_)) => {
                 ApiError::Internal(e.to_string())

@@ -267,7 +267,8 @@ impl Store {
     /// Leases up to the agent's free capacity of due, matching jobs: highest priority
     /// first, FIFO within a priority. Each job goes to exactly one agent. A job whose
     /// lease cannot be built (its secrets cannot be opened, a corrupt row) fails alone
-    /// with `cannot_lease: …`, and the jobs behind it are served.
+    /// with `cannot_lease: …`, and the jobs behind it are served. An agent that was
+    /// removed (its poll may still be held) gets nothing: [`StoreError::UnknownAgent`].
     pub async fn claim(
         &self,
         agent: &AgentAuth,
@@ -291,6 +292,22 @@ impl Store {
         ttl: Duration,
     ) -> Result<(Vec<Lease>, usize)> {
         let mut tx = self.write.begin().await?;
+        // The agent may have been removed since its poll arrived. On PostgreSQL the row
+        // lock orders this claim and a removal: the removal either waits and then loses
+        // what this claim leased, or goes first and this claim finds no agent.
+        let known: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM agents WHERE id = $1{}",
+            self.lock_clause()
+        ))
+        .bind(&agent.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::UnknownAgent {
+                agent_id: agent.id.clone(),
+            });
+        }
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
         )
