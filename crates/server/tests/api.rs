@@ -1025,3 +1025,39 @@ async fn a_removed_agents_held_poll_ends_without_leases() {
     assert_eq!(job.state, JobState::Queued);
     assert!(job.attempts.is_empty(), "{:?}", job.attempts);
 }
+
+/// Regression: `logs?start=true` recorded the start before it looked at the batch, so a
+/// batch refused with 400 or 413 had changed the job all the same.
+#[tokio::test]
+async fn a_refused_log_batch_with_start_records_no_start() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("echo hi")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let path = format!(
+        "/v1/jobs/{}/attempts/{}/logs?start=true",
+        job.id, lease.attempt
+    );
+    let rec = |seq: u64, text: String| json!({"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": text});
+    for (records, want) in [
+        (vec![rec(0, "zero".into())], StatusCode::BAD_REQUEST),
+        (vec![rec(1, "x".repeat(70_000))], StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (status, v) = agent.post(&path, json!({ "records": records })).await;
+        assert_eq!(status, want, "{v}");
+        let got = c.job(&job.id).await;
+        assert_eq!(
+            (got.state, got.started_at, got.attempts_used),
+            (JobState::Leased, None, 0),
+            "a refused batch records no start"
+        );
+    }
+    // A batch that passes its checks records the start.
+    let (status, v) = agent
+        .post(&path, json!({"records": [rec(1, "one".into())]}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let got = c.job(&job.id).await;
+    assert_eq!((got.state, got.attempts_used), (JobState::Running, 1));
+}

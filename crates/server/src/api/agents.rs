@@ -356,8 +356,9 @@ pub struct LogWrite {
 /// Stores a batch of numbered records (`seq` from 1); records already stored (same
 /// `seq`) are left as they are, so a resent batch is harmless. At most 10000 records
 /// per batch, each at most 65 KiB. With `start=true` the attempt is also marked
-/// started, as `POST …/start` does. Fenced: only the agent holding the attempt, and
-/// only while it is the job's current one.
+/// started, as `POST …/start` does, once the batch passed its checks (a refused batch
+/// records no start). Fenced: only the agent holding the attempt, and only while it is
+/// the job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/logs", tag = "agents", request_body = LogBatch,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), LogWrite),
@@ -378,9 +379,8 @@ pub async fn logs(
     ApiQuery(query): ApiQuery<LogWrite>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    if query.start {
-        mark_started(&state, &agent.id, &id, attempt).await?;
-    }
+    // Every check of the batch comes before the start is recorded: a refused batch
+    // changes nothing.
     if batch.records.len() > MAX_LOG_RECORDS {
         return Err(ApiError::TooLarge(format!(
             "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
@@ -400,6 +400,9 @@ pub async fn logs(
         return Err(ApiError::BadRequest(
             "log record seq numbers start at 1".into(),
         ));
+    }
+    if query.start {
+        mark_started(&state, &agent.id, &id, attempt).await?;
     }
     state.store.check_attempt(&agent.id, &id, attempt).await?;
     state
