@@ -1061,3 +1061,40 @@ async fn a_refused_log_batch_with_start_records_no_start() {
     let got = c.job(&job.id).await;
     assert_eq!((got.state, got.attempts_used), (JobState::Running, 1));
 }
+
+/// Regression: a progress update sent again after its answer was lost was stored twice
+/// in the attempt's history.
+#[tokio::test]
+async fn a_resent_progress_update_is_stored_once() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let path = format!("/v1/jobs/{}/attempts/{}/progress", job.id, lease.attempt);
+    for percent in [40.0, 40.0, 50.0, 40.0] {
+        let (status, v) = agent
+            .post(&path, json!({"percent": percent, "message": "epoch 2/3"}))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    let (_, h) = c.get(&format!("/v1/jobs/{}/progress", job.id)).await;
+    let got: Vec<(u64, f64)> = h["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["seq"].as_u64().unwrap(), u["percent"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, 40.0), (2, 50.0), (3, 40.0)],
+        "the resend is not stored again; a later equal update is: {h}"
+    );
+    assert_eq!(
+        c.job(&job.id).await.progress,
+        Some(Progress {
+            percent: 40.0,
+            message: "epoch 2/3".into()
+        })
+    );
+}

@@ -416,13 +416,15 @@ pub async fn logs(
 /// Report an attempt's progress
 ///
 /// Sets the job's progress (a percentage from 0 to 100 and a message) and adds it to
-/// the attempt's history, of which the last 100 updates are kept. Fenced: only the
-/// agent holding the attempt, and only while it is the job's current one.
+/// the attempt's history, of which the last 100 updates are kept. Idempotent: an update
+/// equal to the attempt's latest one (same percent and message) is a resend and is not
+/// stored again. Fenced: only the agent holding the attempt, and only while it is the
+/// job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/progress", tag = "agents", operation_id = "report_progress", request_body = ProgressUpdate,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses(
-        (status = 204, description = "Stored"),
+        (status = 204, description = "Stored; an update equal to the attempt's latest one is answered the same way and not stored twice"),
         (status = 400, description = "`bad_request`: a path parameter does not parse, malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`, or `percent` outside 0..=100", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),

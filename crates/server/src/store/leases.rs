@@ -645,7 +645,9 @@ impl Store {
     }
 
     /// Records the job's latest progress, and adds it to the attempt's history (of which
-    /// the last [`PROGRESS_KEPT`] updates are kept).
+    /// the last [`PROGRESS_KEPT`] updates are kept). Updates carry no sequence number, so
+    /// an update equal to the attempt's latest one is taken for a resend (its answer was
+    /// lost) and changes nothing.
     pub async fn progress(
         &self,
         agent_id: &str,
@@ -655,30 +657,43 @@ impl Store {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let percent = percent.clamp(0.0, 100.0);
         let mut tx = self.write.begin().await?;
         self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let latest = sqlx::query(
+            "SELECT seq, percent, message FROM progress_updates WHERE job_id = $1 AND attempt = $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let last: i64 = match &latest {
+            Some(row) => {
+                let resent = row.try_get::<f64, _>("percent")? == percent
+                    && row.try_get::<String, _>("message")? == message;
+                if resent {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
+                row.try_get("seq")?
+            }
+            None => 0,
+        };
         sqlx::query(
             "UPDATE jobs SET progress_pct = $1, progress_msg = $2, updated_at = $3 WHERE id = $4",
         )
-        .bind(percent.clamp(0.0, 100.0))
+        .bind(percent)
         .bind(message)
         .bind(ms(now))
         .bind(job_id)
         .execute(&mut *tx)
-        .await?;
-        let last: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM progress_updates WHERE job_id = $1 AND attempt = $2",
-        )
-        .bind(job_id)
-        .bind(i64::from(attempt))
-        .fetch_one(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO progress_updates (job_id, attempt, seq, at, percent, message) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(job_id)
             .bind(i64::from(attempt))
             .bind(last + 1)
             .bind(ms(now))
-            .bind(percent.clamp(0.0, 100.0))
+            .bind(percent)
             .bind(message)
             .execute(&mut *tx)
             .await?;
