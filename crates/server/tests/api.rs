@@ -1098,3 +1098,57 @@ async fn a_resent_progress_update_is_stored_once() {
         })
     );
 }
+
+/// Regression: a release sent again after its answer was lost got 409 "no longer
+/// current; kill it", the answer a zombie gets, though this agent had released it.
+#[tokio::test]
+async fn a_repeated_release_is_answered_again_and_other_releases_stay_stale() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let other = register(&server, "other", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+    assert_eq!(
+        agent.post(&format!("{base}/start"), json!({})).await.0,
+        StatusCode::OK
+    );
+    let (status, first) = agent.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        (&first["state"], &first["attempts_used"]),
+        (&json!("queued"), &json!(0))
+    );
+    let (status, again) = agent.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "the same release again: {again}");
+    assert_eq!(
+        (&again["state"], &again["attempts_used"]),
+        (&json!("queued"), &json!(0))
+    );
+    let (status, v) = other.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt"),
+        "another agent's release: {v}"
+    );
+    let events = c.get(&format!("/v1/jobs/{}/events", job.id)).await.1;
+    let released = events.to_string().matches("\"released\"").count();
+    assert_eq!(released, 1, "released once: {events}");
+
+    // An attempt of this agent that was lost rather than released stays stale.
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    assert_eq!((lease.job_id.as_str(), lease.attempt), (job.id.as_str(), 2));
+    assert_eq!(
+        agent.post("/v1/agents/leave", json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, v) = agent
+        .post(&format!("/v1/jobs/{}/attempts/2/release", job.id), json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt"),
+        "a lost attempt: {v}"
+    );
+}

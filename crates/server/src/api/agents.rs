@@ -35,7 +35,8 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 /// identity of an earlier registration), a server that still knows it answers 200 and
 /// the agent keeps its id and token; otherwise it is registered anew (201). A bootstrap
 /// token registers one agent, once, with the token's labels in place of the ones asked
-/// for.
+/// for. Not idempotent: the same request again without `resume` registers a second
+/// agent.
 /// Token: a client token with scope `join`, `bootstrap` (once) or `admin`.
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterRequest,
     responses(
@@ -517,18 +518,20 @@ pub const RELEASED: &str =
 ///
 /// The agent stopped the attempt because the agent itself is shutting down: the job
 /// goes back to the queue, and the interrupted attempt does not count against its
-/// attempts. A job whose cancel was requested meanwhile is canceled instead. Fenced:
-/// only the agent holding the attempt, and only while it is the job's current one.
+/// attempts. A job whose cancel was requested meanwhile is canceled instead.
+/// Idempotent: a release of an attempt this agent already released (a retry whose
+/// answer was lost) changes nothing and gets the job as it is now. Fenced: only the
+/// agent holding the attempt, and only while it is the job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/release", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses(
-        (status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts", body = Job),
+        (status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts. The same release again gets the job as it is now", body = Job),
         (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
-        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile) and was not released by this agent; kill it", body = ErrorBody),
         (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn release(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{Lease, PollRequest, ProgressEntry, RunningAttempt};
+use drover_core::api::{AttemptState, Lease, PollRequest, ProgressEntry, RunningAttempt};
 use drover_core::backoff::should_retry;
 use drover_core::labels::{satisfies, Labels};
 use drover_core::{transition, Event, JobState, Outcome};
@@ -596,7 +596,9 @@ impl Store {
     /// The agent stopped the attempt because the agent itself is shutting down: the job
     /// goes back to the queue, and the interrupted attempt does not count against its
     /// attempts (nobody canceled it and it did not fail). A job whose cancel was
-    /// requested meanwhile is canceled instead.
+    /// requested meanwhile is canceled instead. A release of an attempt this agent
+    /// released already (a resend whose answer was lost) changes nothing and gets the
+    /// job as it is now.
     pub async fn release(
         &self,
         agent_id: &str,
@@ -606,7 +608,21 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
-        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let held = match self.fence(&mut tx, agent_id, job_id, attempt).await {
+            Ok(held) => held,
+            Err(StoreError::StaleAttempt { .. }) => {
+                self.released_before(&mut tx, agent_id, job_id, attempt, reason)
+                    .await?;
+                let job = job_in_tx(&mut tx, job_id).await?;
+                tx.commit().await?;
+                return Ok(AttemptWrite {
+                    job,
+                    elapsed: None,
+                    released: Vec::new(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let event = if held.cancel_requested {
             Event::Finish {
                 outcome: Outcome::Canceled,
@@ -642,6 +658,42 @@ impl Store {
             elapsed: None,
             released,
         })
+    }
+
+    /// Answers a release of an attempt that is no longer current: fine when this agent
+    /// released it (its attempt ended `lost` with the release's reason), else
+    /// `StaleAttempt`, which tells the agent to kill it.
+    async fn released_before(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT agent_id, state, error FROM attempts WHERE job_id = $1 AND number = $2",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let released = match &row {
+            Some(row) => {
+                row.try_get::<String, _>("agent_id")? == agent_id
+                    && row.try_get::<String, _>("state")? == AttemptState::Lost.as_str()
+                    && row.try_get::<Option<String>, _>("error")?.as_deref() == Some(reason)
+            }
+            None => false,
+        };
+        if released {
+            Ok(())
+        } else {
+            Err(StoreError::StaleAttempt {
+                job_id: job_id.to_string(),
+                attempt,
+            })
+        }
     }
 
     /// Records the job's latest progress, and adds it to the attempt's history (of which
