@@ -459,3 +459,42 @@ async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
         "the job itself stays"
     );
 }
+
+/// Regression: any failure to look up an input's file answered 404 "input … was
+/// deleted", which tells drover's agent that the attempt is gone (it kills the job),
+/// even when it was the database that failed and a retry would have worked.
+#[tokio::test]
+async fn an_input_whose_lookup_fails_in_the_database_is_a_500_not_a_404() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(tmp.path().to_path_buf(), None)).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let file_id = v["id"].as_str().unwrap().to_string();
+    let mut spec = shell("cat in.txt");
+    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
+    let job = admin.submit(spec).await;
+    let agent = register(&server, "a", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    let input = format!("/v1/jobs/{}/attempts/{}/inputs/0", job.id, lease.attempt);
+    let (status, _, got) = fetch(&agent, &input).await;
+    assert_eq!((status, got), (StatusCode::OK, b"input".to_vec()));
+
+    // The files table goes away under the server: looking the file up fails in the
+    // database, while the job and its attempt are still there.
+    sqlx::any::install_default_drivers();
+    let db = format!("sqlite://{}", tmp.path().join("drover.db").display());
+    let pool = sqlx::AnyPool::connect(&db).await.unwrap();
+    sqlx::query("ALTER TABLE files RENAME TO files_gone")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (status, _, body) = fetch(&agent, &input).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        "{v}"
+    );
+}

@@ -20,7 +20,7 @@ use super::auth::{AgentCaller, Client, READ, SUBMIT};
 use super::{ApiError, ApiPath, ApiQuery};
 use crate::files::{file_key, PutError};
 use crate::state::AppState;
-use crate::store::NewFile;
+use crate::store::{NewFile, StoreError};
 
 /// Query of `POST /v1/files`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -504,11 +504,13 @@ pub async fn input(
             "input {index} of job {id} is not an uploaded file; the agent fetches it itself"
         )));
     };
-    let info = state.store.file(file_id).await.map_err(|_| {
-        ApiError::NotFound(format!(
+    // Only a missing file is the agent's 404; a failing database is a 500 it retries.
+    let info = state.store.file(file_id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::NotFound(format!(
             "input {} was deleted from the server",
             input.describe()
-        ))
+        )),
+        e => e.into(),
     })?;
     send_file(&state, &info).await
 }
