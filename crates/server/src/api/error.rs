@@ -35,6 +35,10 @@ pub enum ApiError {
     AlreadyFinished(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Something the server depends on (the object store) failed; the request may
+    /// succeed later. The message names it; the detail goes to the server log.
+    #[error("{0}")]
+    ServiceUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::StaleAttempt(_) => (StatusCode::CONFLICT, "stale_attempt"),
             ApiError::AlreadyFinished(_) => (StatusCode::CONFLICT, "already_finished"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::ServiceUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
