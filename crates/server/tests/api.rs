@@ -954,3 +954,201 @@ async fn a_repeated_finish_is_answered_again_and_a_different_one_is_refused() {
     let finished = events.to_string().matches("\"finished\"").count();
     assert_eq!(finished, 1, "stored once: {events}");
 }
+
+/// Registers an agent with one slot; its id and a client with its session token.
+async fn register_with_id(server: &TestServer, name: &str) -> (String, Client) {
+    let join = Client::new(server, &server.join_token);
+    let (status, v) = join
+        .post(
+            "/v1/agents/register",
+            json!({"name": name, "slots": 1, "host": HostInfo::default()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let resp: RegisterResponse = serde_json::from_value(v).unwrap();
+    (resp.agent_id, Client::new(server, &resp.token))
+}
+
+/// Regression: a poll held while an admin removed its agent went on looking for work,
+/// and leased the next job to the agent that no longer existed.
+#[tokio::test]
+async fn a_removed_agents_held_poll_ends_without_leases() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let (id, agent) = register_with_id(&server, "removed").await;
+    let (draining_id, draining) = register_with_id(&server, "removed-draining").await;
+    let token = agent.token.clone();
+    let started = Instant::now();
+    let held = tokio::spawn(async move {
+        agent
+            .post("/v1/agents/poll", json!({"running": [], "wait_ms": 30_000}))
+            .await
+    });
+    let held_draining = tokio::spawn(async move {
+        draining
+            .post(
+                "/v1/agents/poll",
+                json!({"running": [], "wait_ms": 30_000, "draining": true}),
+            )
+            .await
+    });
+    common::wait_parked(&server, 2).await;
+    for agent_id in [&id, &draining_id] {
+        let (status, v) = c
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/agents/{agent_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    // Work for the removed agent's slot, should its poll still be looking.
+    let job = c.submit(shell("echo hi")).await;
+    let (status, v) = held.await.unwrap();
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized"),
+        "the held poll ends without leases: {v}"
+    );
+    let later = Client::new(&server, &token)
+        .post("/v1/agents/poll", json!({"running": [], "wait_ms": 0}))
+        .await;
+    assert_eq!((status, v), later, "the answer its next request gets");
+    let (status, v) = held_draining.await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a draining poll ends too: {v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "ended by the removal, not by the wait"
+    );
+    let job = c.job(&job.id).await;
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.attempts.is_empty(), "{:?}", job.attempts);
+}
+
+/// Regression: `logs?start=true` recorded the start before it looked at the batch, so a
+/// batch refused with 400 or 413 had changed the job all the same.
+#[tokio::test]
+async fn a_refused_log_batch_with_start_records_no_start() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("echo hi")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let path = format!(
+        "/v1/jobs/{}/attempts/{}/logs?start=true",
+        job.id, lease.attempt
+    );
+    let rec = |seq: u64, text: String| json!({"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": text});
+    for (records, want) in [
+        (vec![rec(0, "zero".into())], StatusCode::BAD_REQUEST),
+        (vec![rec(1, "x".repeat(70_000))], StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (status, v) = agent.post(&path, json!({ "records": records })).await;
+        assert_eq!(status, want, "{v}");
+        let got = c.job(&job.id).await;
+        assert_eq!(
+            (got.state, got.started_at, got.attempts_used),
+            (JobState::Leased, None, 0),
+            "a refused batch records no start"
+        );
+    }
+    // A batch that passes its checks records the start.
+    let (status, v) = agent
+        .post(&path, json!({"records": [rec(1, "one".into())]}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let got = c.job(&job.id).await;
+    assert_eq!((got.state, got.attempts_used), (JobState::Running, 1));
+}
+
+/// Regression: a progress update sent again after its answer was lost was stored twice
+/// in the attempt's history.
+#[tokio::test]
+async fn a_resent_progress_update_is_stored_once() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let path = format!("/v1/jobs/{}/attempts/{}/progress", job.id, lease.attempt);
+    for percent in [40.0, 40.0, 50.0, 40.0] {
+        let (status, v) = agent
+            .post(&path, json!({"percent": percent, "message": "epoch 2/3"}))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    }
+    let (_, h) = c.get(&format!("/v1/jobs/{}/progress", job.id)).await;
+    let got: Vec<(u64, f64)> = h["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["seq"].as_u64().unwrap(), u["percent"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, 40.0), (2, 50.0), (3, 40.0)],
+        "the resend is not stored again; a later equal update is: {h}"
+    );
+    assert_eq!(
+        c.job(&job.id).await.progress,
+        Some(Progress {
+            percent: 40.0,
+            message: "epoch 2/3".into()
+        })
+    );
+}
+
+/// Regression: a release sent again after its answer was lost got 409 "no longer
+/// current; kill it", the answer a zombie gets, though this agent had released it.
+#[tokio::test]
+async fn a_repeated_release_is_answered_again_and_other_releases_stay_stale() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let job = c.submit(shell("x")).await;
+    let agent = register(&server, "w", json!({})).await;
+    let other = register(&server, "other", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    let base = format!("/v1/jobs/{}/attempts/{}", lease.job_id, lease.attempt);
+    assert_eq!(
+        agent.post(&format!("{base}/start"), json!({})).await.0,
+        StatusCode::OK
+    );
+    let (status, first) = agent.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        (&first["state"], &first["attempts_used"]),
+        (&json!("queued"), &json!(0))
+    );
+    let (status, again) = agent.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "the same release again: {again}");
+    assert_eq!(
+        (&again["state"], &again["attempts_used"]),
+        (&json!("queued"), &json!(0))
+    );
+    let (status, v) = other.post(&format!("{base}/release"), json!({})).await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt"),
+        "another agent's release: {v}"
+    );
+    let events = c.get(&format!("/v1/jobs/{}/events", job.id)).await.1;
+    let released = events.to_string().matches("\"released\"").count();
+    assert_eq!(released, 1, "released once: {events}");
+
+    // An attempt of this agent that was lost rather than released stays stale.
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    assert_eq!((lease.job_id.as_str(), lease.attempt), (job.id.as_str(), 2));
+    assert_eq!(
+        agent.post("/v1/agents/leave", json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, v) = agent
+        .post(&format!("/v1/jobs/{}/attempts/2/release", job.id), json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::CONFLICT, "stale_attempt"),
+        "a lost attempt: {v}"
+    );
+}

@@ -459,3 +459,120 @@ async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
         "the job itself stays"
     );
 }
+
+/// Regression: any failure to look up an input's file answered 404 "input … was
+/// deleted", which tells drover's agent that the attempt is gone (it kills the job),
+/// even when it was the database that failed and a retry would have worked.
+#[tokio::test]
+async fn an_input_whose_lookup_fails_in_the_database_is_a_500_not_a_404() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(tmp.path().to_path_buf(), None)).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let file_id = v["id"].as_str().unwrap().to_string();
+    let mut spec = shell("cat in.txt");
+    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
+    let job = admin.submit(spec).await;
+    let agent = register(&server, "a", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    let input = format!("/v1/jobs/{}/attempts/{}/inputs/0", job.id, lease.attempt);
+    let (status, _, got) = fetch(&agent, &input).await;
+    assert_eq!((status, got), (StatusCode::OK, b"input".to_vec()));
+
+    // The files table goes away under the server: looking the file up fails in the
+    // database, while the job and its attempt are still there.
+    sqlx::any::install_default_drivers();
+    let db = format!("sqlite://{}", tmp.path().join("drover.db").display());
+    let pool = sqlx::AnyPool::connect(&db).await.unwrap();
+    sqlx::query("ALTER TABLE files RENAME TO files_gone")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (status, _, body) = fetch(&agent, &input).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        "{v}"
+    );
+}
+
+/// Regression: an object store that stopped answering made file uploads and downloads
+/// fail with 500 `internal`, which says the server is broken rather than that the store
+/// is away for now and the request may work later.
+#[tokio::test]
+async fn an_unreachable_object_store_answers_503_naming_it() {
+    // An S3 endpoint that answers the server's start-up probe (and the first upload),
+    // then goes away: every later request finds nothing listening.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app: axum::Router = axum::Router::new().fallback(s3_put_ok);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s3 = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path().to_path_buf(), None);
+    cfg.object_store = Some(drover_server::ObjectStoreConfig {
+        url: "s3://gone/files".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("x".into()),
+        secret_access_key: Some("y".into()),
+        path_style: true,
+    });
+    let server = TestServer::start_with(cfg).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let file_id = v["id"].as_str().unwrap().to_string();
+    let mut spec = shell("cat in.txt");
+    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
+    let job = admin.submit(spec).await;
+    let agent = register(&server, "a", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    let attempt = format!("/v1/jobs/{}/attempts/{}", job.id, lease.attempt);
+
+    // The store goes away (a graceful stop closes the connections it kept, too).
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), s3)
+        .await
+        .expect("the fake S3 endpoint stops")
+        .unwrap();
+    let artifact = format!("{attempt}/artifacts?path=out/c.txt");
+    let mut answers = vec![
+        send_bytes(&admin, "/v1/files?name=b.txt", b"b".to_vec()).await,
+        send_bytes(&agent, &artifact, b"c".to_vec()).await,
+    ];
+    let downloads = [
+        (&admin, format!("/v1/files/{file_id}")),
+        (&agent, format!("{attempt}/inputs/0")),
+    ];
+    for (caller, path) in downloads {
+        let (status, _, body) = fetch(caller, &path).await;
+        answers.push((status, serde_json::from_slice(&body).unwrap()));
+    }
+    let want = "the object store s3://gone/files is unavailable; try again later";
+    for (status, v) in answers {
+        assert_eq!(
+            (status, error_code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            "{v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.ends_with(want), "{message}");
+    }
+}
+
+/// What the fake S3 endpoint answers to any request: 200 with an ETag, as S3 answers a
+/// PUT.
+async fn s3_put_ok() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::ETAG, "\"e\"")], "")
+}

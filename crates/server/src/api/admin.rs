@@ -169,8 +169,8 @@ pub async fn revoke_token(
 
 /// Remove an agent
 ///
-/// Forgets the agent: its session token stops working, and the attempts it held are
-/// lost (retried where attempts remain).
+/// Forgets the agent: its session token stops working, a poll it holds ends with 401
+/// and no leases, and the attempts it held are lost (retried where attempts remain).
 /// Token: a client token with scope `admin`.
 #[utoipa::path(delete, path = "/v1/agents/{id}", tag = "admin", params(("id" = String, Path, description = "Agent id")),
     responses(

@@ -35,7 +35,8 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 /// identity of an earlier registration), a server that still knows it answers 200 and
 /// the agent keeps its id and token; otherwise it is registered anew (201). A bootstrap
 /// token registers one agent, once, with the token's labels in place of the ones asked
-/// for.
+/// for. Not idempotent: the same request again without `resume` registers a second
+/// agent.
 /// Token: a client token with scope `join`, `bootstrap` (once) or `admin`.
 #[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = RegisterRequest,
     responses(
@@ -207,13 +208,14 @@ fn bootstrapped(caller: &super::auth::Caller, mut agent: NewAgent) -> NewAgent {
 /// to say, the request is held open up to `wait_ms` (at most 60 s; with attempts in
 /// `running`, at most half the lease TTL, as a held poll renews nothing) and answers as soon
 /// as work or a control message arrives; empty when the wait ran out. A stopping server
-/// answers `reconnect`.
+/// answers `reconnect`. A poll of an agent that is removed while it is held ends with
+/// 401 and no leases.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/poll", tag = "agents", request_body = PollRequest,
     responses(
         (status = 200, description = "Leases and control messages; empty when the wait ran out", body = PollResponse),
         (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again); also a held poll whose agent was removed meanwhile", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
         (status = 413, description = "`too_large`: the body is over the server's request body limit", body = ErrorBody),
         (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
@@ -270,11 +272,15 @@ pub async fn poll(
             resp.controls.push(Control::Reconnect);
             return Ok(Json(resp));
         }
+        // An agent removed meanwhile gets no leases: its poll ends with the 401 that
+        // its next request would get (claim checks this in its own transaction).
         if !req.draining {
             resp.leases = state.store.claim(&agent, now, ttl).await?;
             for lease in &resp.leases {
                 state.hub.job_changed(&lease.job_id);
             }
+        } else {
+            state.store.ensure_agent(&agent.id).await?;
         }
         if !resp.leases.is_empty()
             || !resp.controls.is_empty()
@@ -351,8 +357,9 @@ pub struct LogWrite {
 /// Stores a batch of numbered records (`seq` from 1); records already stored (same
 /// `seq`) are left as they are, so a resent batch is harmless. At most 10000 records
 /// per batch, each at most 65 KiB. With `start=true` the attempt is also marked
-/// started, as `POST …/start` does. Fenced: only the agent holding the attempt, and
-/// only while it is the job's current one.
+/// started, as `POST …/start` does, once the batch passed its checks (a refused batch
+/// records no start). Fenced: only the agent holding the attempt, and only while it is
+/// the job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/logs", tag = "agents", request_body = LogBatch,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number"), LogWrite),
@@ -373,9 +380,8 @@ pub async fn logs(
     ApiQuery(query): ApiQuery<LogWrite>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    if query.start {
-        mark_started(&state, &agent.id, &id, attempt).await?;
-    }
+    // Every check of the batch comes before the start is recorded: a refused batch
+    // changes nothing.
     if batch.records.len() > MAX_LOG_RECORDS {
         return Err(ApiError::TooLarge(format!(
             "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
@@ -396,6 +402,9 @@ pub async fn logs(
             "log record seq numbers start at 1".into(),
         ));
     }
+    if query.start {
+        mark_started(&state, &agent.id, &id, attempt).await?;
+    }
     state.store.check_attempt(&agent.id, &id, attempt).await?;
     state
         .store
@@ -408,13 +417,15 @@ pub async fn logs(
 /// Report an attempt's progress
 ///
 /// Sets the job's progress (a percentage from 0 to 100 and a message) and adds it to
-/// the attempt's history, of which the last 100 updates are kept. Fenced: only the
-/// agent holding the attempt, and only while it is the job's current one.
+/// the attempt's history, of which the last 100 updates are kept. Idempotent: an update
+/// equal to the attempt's latest one (same percent and message) is a resend and is not
+/// stored again. Fenced: only the agent holding the attempt, and only while it is the
+/// job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/progress", tag = "agents", operation_id = "report_progress", request_body = ProgressUpdate,
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses(
-        (status = 204, description = "Stored"),
+        (status = 204, description = "Stored; an update equal to the attempt's latest one is answered the same way and not stored twice"),
         (status = 400, description = "`bad_request`: a path parameter does not parse, malformed JSON body (not JSON, wrong types, missing fields, unknown fields) or no `Content-Type: application/json`, or `percent` outside 0..=100", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
@@ -507,18 +518,20 @@ pub const RELEASED: &str =
 ///
 /// The agent stopped the attempt because the agent itself is shutting down: the job
 /// goes back to the queue, and the interrupted attempt does not count against its
-/// attempts. A job whose cancel was requested meanwhile is canceled instead. Fenced:
-/// only the agent holding the attempt, and only while it is the job's current one.
+/// attempts. A job whose cancel was requested meanwhile is canceled instead.
+/// Idempotent: a release of an attempt this agent already released (a retry whose
+/// answer was lost) changes nothing and gets the job as it is now. Fenced: only the
+/// agent holding the attempt, and only while it is the job's current one.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/jobs/{id}/attempts/{attempt}/release", tag = "agents",
     params(("id" = String, Path, description = "Job id"), ("attempt" = u32, Path, description = "Attempt number")),
     responses(
-        (status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts", body = Job),
+        (status = 200, description = "The job is queued again (canceled if a cancel was requested); the attempt does not count against its attempts. The same release again gets the job as it is now", body = Job),
         (status = 400, description = "`bad_request`: a path parameter does not parse", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
-        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile); kill it", body = ErrorBody),
+        (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one (lost, canceled, or retried meanwhile) and was not released by this agent; kill it", body = ErrorBody),
         (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn release(

@@ -171,11 +171,12 @@ pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<Agen
         None if state.store.token_by_hash(&hash).await?.is_some() => Err(ApiError::Forbidden(
             "this is a client token; agent routes take the session token POST /v1/agents/register returns".into(),
         )),
-        None => Err(ApiError::Unauthorized(
-            "unknown agent session token; register again".into(),
-        )),
+        None => Err(ApiError::Unauthorized(UNKNOWN_AGENT.into())),
     }
 }
+
+/// What an agent the server does not know (never registered, removed, pruned) is told.
+pub(crate) const UNKNOWN_AGENT: &str = "unknown agent session token; register again";
 
 /// Scope a [`Client`] extractor demands (const generic values).
 pub const READ: u8 = 0;

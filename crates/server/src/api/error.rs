@@ -35,6 +35,10 @@ pub enum ApiError {
     AlreadyFinished(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Something the server depends on (the object store) failed; the request may
+    /// succeed later. The message names it; the detail goes to the server log.
+    #[error("{0}")]
+    ServiceUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::StaleAttempt(_) => (StatusCode::CONFLICT, "stale_attempt"),
             ApiError::AlreadyFinished(_) => (StatusCode::CONFLICT, "already_finished"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::ServiceUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -103,6 +108,10 @@ impl From<StoreError> for ApiError {
             }
             e @ StoreError::StaleAttempt { .. } => ApiError::StaleAttempt(e.to_string()),
             e @ StoreError::NotYourAttempt { .. } => ApiError::Forbidden(e.to_string()),
+            // The answer every request of a forgotten agent gets from its token check.
+            StoreError::UnknownAgent { .. } => {
+                ApiError::Unauthorized(super::auth::UNKNOWN_AGENT.into())
+            }
             e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),
             e @ (StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_)) => {
                 ApiError::Internal(e.to_string())

@@ -18,9 +18,9 @@ use utoipa::IntoParams;
 
 use super::auth::{AgentCaller, Client, READ, SUBMIT};
 use super::{ApiError, ApiPath, ApiQuery};
-use crate::files::{file_key, PutError};
+use crate::files::{file_key, FileStore, PutError};
 use crate::state::AppState;
-use crate::store::NewFile;
+use crate::store::{NewFile, StoreError};
 
 /// Query of `POST /v1/files`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -70,19 +70,40 @@ pub struct ArtifactUpload {
 /// Longest upload name.
 const MAX_FILE_NAME: usize = 1024;
 
-fn put_error(e: PutError, what: &str, server_limit: u64) -> ApiError {
+fn put_error(files: &FileStore, e: PutError, what: &str, server_limit: u64) -> ApiError {
     match e {
-        PutError::TooLarge { limit } if limit >= server_limit => ApiError::TooLarge(format!(
+        PutError::TooLarge { limit } => too_large(limit, what, server_limit),
+        PutError::Sha256 { .. } | PutError::Body(_) => ApiError::BadRequest(format!("{what}: {e}")),
+        PutError::Store(detail) => unavailable(files, what, &detail),
+    }
+}
+
+/// `what` is over `limit`: the server's file size limit, or what is left of an
+/// attempt's artifact limit.
+fn too_large(limit: u64, what: &str, server_limit: u64) -> ApiError {
+    if limit >= server_limit {
+        ApiError::TooLarge(format!(
             "{what} is larger than the server's file size limit of {limit} bytes ({}); the server's --max-file-size sets it",
             human_bytes(limit)
-        )),
-        PutError::TooLarge { limit } => ApiError::TooLarge(format!(
+        ))
+    } else {
+        ApiError::TooLarge(format!(
             "{what} is larger than the {limit} bytes ({}) left of this attempt's artifact limit",
             human_bytes(limit)
-        )),
-        PutError::Sha256 { .. } | PutError::Body(_) => ApiError::BadRequest(format!("{what}: {e}")),
-        PutError::Store(_) => ApiError::Internal(format!("{what}: {e}")),
+        ))
     }
+}
+
+/// The file store failed while reading or writing `what`: 503, naming the store, as
+/// it may work again later. The store's own error goes to the server log.
+fn unavailable(files: &FileStore, what: &str, detail: &str) -> ApiError {
+    tracing::warn!(store = files.location(), what, error = %detail, "the file store failed");
+    let store = if files.is_remote() {
+        format!("the object store {}", files.location())
+    } else {
+        "the server's file store (its data directory)".to_string()
+    };
+    ApiError::ServiceUnavailable(format!("{what}: {store} is unavailable; try again later"))
 }
 
 /// `1.5 GiB`, for messages.
@@ -122,7 +143,7 @@ fn check_declared(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > limit => Err(put_error(PutError::TooLarge { limit }, what, server_limit)),
+        Some(n) if n > limit => Err(too_large(limit, what, server_limit)),
         _ => Ok(()),
     }
 }
@@ -143,7 +164,8 @@ fn check_declared(
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `submit`, or it is an agent's session token", body = ErrorBody),
         (status = 413, description = "`too_large`: larger than the server's file size limit", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the object store (or the server's file store) failed; nothing was stored, try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -171,7 +193,7 @@ pub async fn upload(
             q.sha256.as_deref(),
         )
         .await
-        .map_err(|e| put_error(e, "the upload", limit))?;
+        .map_err(|e| put_error(&state.files, e, "the upload", limit))?;
     let new = NewFile {
         id: &id,
         name: &name,
@@ -229,7 +251,8 @@ pub async fn list(
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
         (status = 404, description = "`not_found`: no file with this id, or its bytes are gone from the file store", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the object store (or the server's file store) cannot be read now; try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn download(
     State(state): State<AppState>,
@@ -280,7 +303,7 @@ async fn send_file(state: &AppState, info: &FileInfo) -> Result<Response, ApiErr
                 "the bytes of file {} are gone from the file store",
                 info.id
             )),
-            e => ApiError::Internal(format!("cannot read file {}: {e}", info.id)),
+            e => unavailable(&state.files, &format!("file {}", info.id), &e.to_string()),
         })?;
     let base = info.name.rsplit('/').next().unwrap_or("file");
     let safe: String = base
@@ -486,7 +509,8 @@ fn tar_header(path: &str, size: u64, mtime: i64) -> Vec<u8> {
         (status = 403, description = "`forbidden`: a client token, not an agent session token; or the attempt is held by another agent", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id, no input with this index, or the file (or its bytes) was deleted", body = ErrorBody),
         (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one; kill it", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the object store (or the server's file store) cannot be read now; try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn input(
     State(state): State<AppState>,
@@ -504,11 +528,13 @@ pub async fn input(
             "input {index} of job {id} is not an uploaded file; the agent fetches it itself"
         )));
     };
-    let info = state.store.file(file_id).await.map_err(|_| {
-        ApiError::NotFound(format!(
+    // Only a missing file is the agent's 404; a failing database is a 500 it retries.
+    let info = state.store.file(file_id).await.map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::NotFound(format!(
             "input {} was deleted from the server",
             input.describe()
-        ))
+        )),
+        e => e.into(),
     })?;
     send_file(&state, &info).await
 }
@@ -532,7 +558,8 @@ pub async fn input(
         (status = 404, description = "`not_found`: no job with this id", body = ErrorBody),
         (status = 409, description = "`stale_attempt`: the attempt is no longer the job's current one; kill it", body = ErrorBody),
         (status = 413, description = "`too_large`: over the server's file size limit, or the attempt's artifact count or bytes limit", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the object store (or the server's file store) failed; nothing was stored, try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn upload_artifact(
     State(state): State<AppState>,
@@ -565,7 +592,7 @@ pub async fn upload_artifact(
             q.sha256.as_deref(),
         )
         .await
-        .map_err(|e| put_error(e, &what, server_limit))?;
+        .map_err(|e| put_error(&state.files, e, &what, server_limit))?;
     let new = NewFile {
         id: &file_id,
         name: &q.path,

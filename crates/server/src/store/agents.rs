@@ -189,6 +189,21 @@ impl Store {
         Ok(())
     }
 
+    /// Fails with [`super::StoreError::UnknownAgent`] when the agent was removed (or
+    /// pruned), so that a poll it still holds ends.
+    pub async fn ensure_agent(&self, agent_id: &str) -> Result<()> {
+        let known: Option<String> = sqlx::query_scalar("SELECT id FROM agents WHERE id = $1")
+            .bind(agent_id)
+            .fetch_optional(&self.read)
+            .await?;
+        match known {
+            Some(_) => Ok(()),
+            None => Err(super::StoreError::UnknownAgent {
+                agent_id: agent_id.to_string(),
+            }),
+        }
+    }
+
     /// The agent whose session token hashes to `token_hash`.
     pub async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentAuth>> {
         let row =

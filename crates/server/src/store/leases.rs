@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{Lease, PollRequest, ProgressEntry, RunningAttempt};
+use drover_core::api::{AttemptState, Lease, PollRequest, ProgressEntry, RunningAttempt};
 use drover_core::backoff::should_retry;
 use drover_core::labels::{satisfies, Labels};
 use drover_core::{transition, Event, JobState, Outcome};
@@ -267,7 +267,8 @@ impl Store {
     /// Leases up to the agent's free capacity of due, matching jobs: highest priority
     /// first, FIFO within a priority. Each job goes to exactly one agent. A job whose
     /// lease cannot be built (its secrets cannot be opened, a corrupt row) fails alone
-    /// with `cannot_lease: …`, and the jobs behind it are served.
+    /// with `cannot_lease: …`, and the jobs behind it are served. An agent that was
+    /// removed (its poll may still be held) gets nothing: [`StoreError::UnknownAgent`].
     pub async fn claim(
         &self,
         agent: &AgentAuth,
@@ -291,6 +292,22 @@ impl Store {
         ttl: Duration,
     ) -> Result<(Vec<Lease>, usize)> {
         let mut tx = self.write.begin().await?;
+        // The agent may have been removed since its poll arrived. On PostgreSQL the row
+        // lock orders this claim and a removal: the removal either waits and then loses
+        // what this claim leased, or goes first and this claim finds no agent.
+        let known: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM agents WHERE id = $1{}",
+            self.lock_clause()
+        ))
+        .bind(&agent.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::UnknownAgent {
+                agent_id: agent.id.clone(),
+            });
+        }
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
         )
@@ -579,7 +596,9 @@ impl Store {
     /// The agent stopped the attempt because the agent itself is shutting down: the job
     /// goes back to the queue, and the interrupted attempt does not count against its
     /// attempts (nobody canceled it and it did not fail). A job whose cancel was
-    /// requested meanwhile is canceled instead.
+    /// requested meanwhile is canceled instead. A release of an attempt this agent
+    /// released already (a resend whose answer was lost) changes nothing and gets the
+    /// job as it is now.
     pub async fn release(
         &self,
         agent_id: &str,
@@ -589,7 +608,21 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<AttemptWrite> {
         let mut tx = self.write.begin().await?;
-        let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let held = match self.fence(&mut tx, agent_id, job_id, attempt).await {
+            Ok(held) => held,
+            Err(StoreError::StaleAttempt { .. }) => {
+                self.released_before(&mut tx, agent_id, job_id, attempt, reason)
+                    .await?;
+                let job = job_in_tx(&mut tx, job_id).await?;
+                tx.commit().await?;
+                return Ok(AttemptWrite {
+                    job,
+                    elapsed: None,
+                    released: Vec::new(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let event = if held.cancel_requested {
             Event::Finish {
                 outcome: Outcome::Canceled,
@@ -627,8 +660,46 @@ impl Store {
         })
     }
 
+    /// Answers a release of an attempt that is no longer current: fine when this agent
+    /// released it (its attempt ended `lost` with the release's reason), else
+    /// `StaleAttempt`, which tells the agent to kill it.
+    async fn released_before(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT agent_id, state, error FROM attempts WHERE job_id = $1 AND number = $2",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let released = match &row {
+            Some(row) => {
+                row.try_get::<String, _>("agent_id")? == agent_id
+                    && row.try_get::<String, _>("state")? == AttemptState::Lost.as_str()
+                    && row.try_get::<Option<String>, _>("error")?.as_deref() == Some(reason)
+            }
+            None => false,
+        };
+        if released {
+            Ok(())
+        } else {
+            Err(StoreError::StaleAttempt {
+                job_id: job_id.to_string(),
+                attempt,
+            })
+        }
+    }
+
     /// Records the job's latest progress, and adds it to the attempt's history (of which
-    /// the last [`PROGRESS_KEPT`] updates are kept).
+    /// the last [`PROGRESS_KEPT`] updates are kept). Updates carry no sequence number, so
+    /// an update equal to the attempt's latest one is taken for a resend (its answer was
+    /// lost) and changes nothing.
     pub async fn progress(
         &self,
         agent_id: &str,
@@ -638,30 +709,43 @@ impl Store {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let percent = percent.clamp(0.0, 100.0);
         let mut tx = self.write.begin().await?;
         self.fence(&mut tx, agent_id, job_id, attempt).await?;
+        let latest = sqlx::query(
+            "SELECT seq, percent, message FROM progress_updates WHERE job_id = $1 AND attempt = $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let last: i64 = match &latest {
+            Some(row) => {
+                let resent = row.try_get::<f64, _>("percent")? == percent
+                    && row.try_get::<String, _>("message")? == message;
+                if resent {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
+                row.try_get("seq")?
+            }
+            None => 0,
+        };
         sqlx::query(
             "UPDATE jobs SET progress_pct = $1, progress_msg = $2, updated_at = $3 WHERE id = $4",
         )
-        .bind(percent.clamp(0.0, 100.0))
+        .bind(percent)
         .bind(message)
         .bind(ms(now))
         .bind(job_id)
         .execute(&mut *tx)
-        .await?;
-        let last: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM progress_updates WHERE job_id = $1 AND attempt = $2",
-        )
-        .bind(job_id)
-        .bind(i64::from(attempt))
-        .fetch_one(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO progress_updates (job_id, attempt, seq, at, percent, message) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(job_id)
             .bind(i64::from(attempt))
             .bind(last + 1)
             .bind(ms(now))
-            .bind(percent.clamp(0.0, 100.0))
+            .bind(percent)
             .bind(message)
             .execute(&mut *tx)
             .await?;

@@ -81,6 +81,9 @@ pub enum StoreError {
     /// The attempt belongs to another agent.
     #[error("attempt {attempt} of job {job_id} belongs to another agent")]
     NotYourAttempt { job_id: String, attempt: u32 },
+    /// The agent is not known any more (removed, or pruned): it must register again.
+    #[error("agent {agent_id} is not known to the server; register again")]
+    UnknownAgent { agent_id: String },
     /// The object store failed; the request may succeed later.
     #[error("object store: {0}")]
     Unavailable(String),
