@@ -1016,7 +1016,11 @@ async fn a_removed_agents_held_poll_ends_without_leases() {
         .await;
     assert_eq!((status, v), later, "the answer its next request gets");
     let (status, v) = held_draining.await.unwrap();
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a draining poll ends too: {v}");
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a draining poll ends too: {v}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(25),
         "ended by the removal, not by the wait"
@@ -1042,7 +1046,10 @@ async fn a_refused_log_batch_with_start_records_no_start() {
     let rec = |seq: u64, text: String| json!({"seq": seq, "ts": chrono::Utc::now(), "stream": "stdout", "text": text});
     for (records, want) in [
         (vec![rec(0, "zero".into())], StatusCode::BAD_REQUEST),
-        (vec![rec(1, "x".repeat(70_000))], StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            vec![rec(1, "x".repeat(70_000))],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ] {
         let (status, v) = agent.post(&path, json!({ "records": records })).await;
         assert_eq!(status, want, "{v}");
@@ -1144,7 +1151,10 @@ async fn a_repeated_release_is_answered_again_and_other_releases_stay_stale() {
         StatusCode::NO_CONTENT
     );
     let (status, v) = agent
-        .post(&format!("/v1/jobs/{}/attempts/2/release", job.id), json!({}))
+        .post(
+            &format!("/v1/jobs/{}/attempts/2/release", job.id),
+            json!({}),
+        )
         .await;
     assert_eq!(
         (status, error_code(&v)),
