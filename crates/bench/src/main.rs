@@ -6,6 +6,7 @@
 mod api;
 mod chaos;
 mod cluster;
+mod peers;
 mod report;
 mod roles;
 mod scenarios;
@@ -85,6 +86,9 @@ enum BenchCommand {
     /// Arrays and dependencies: one `POST /v1/groups` of 10,000 jobs, and a job's
     /// dependency ending → the job leased.
     Workflows(BenchArgs),
+    /// `true` jobs through xargs -P8, drover and Celery (prefork × 8, Redis) side by side,
+    /// with the memory of each; installs Celery and Redis when missing.
+    Peers(BenchArgs),
     /// Every scenario.
     All(BenchArgs),
 }
@@ -122,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Provision(a) => (vec!["provision"], a),
                 BenchCommand::Cluster(a) => (vec!["cluster"], a),
                 BenchCommand::Workflows(a) => (vec!["workflows"], a),
+                BenchCommand::Peers(a) => (vec!["peers"], a),
                 BenchCommand::All(a) => (
                     vec![
                         "dispatch",
@@ -135,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                         "provision",
                         "cluster",
                         "workflows",
+                        "peers",
                     ],
                     a,
                 ),

@@ -15,7 +15,7 @@ use crate::roles::{self, Proc, ADMIN};
 use crate::Size;
 use drover_core::api::Job;
 
-const LONG: Duration = Duration::from_secs(1800);
+pub(crate) const LONG: Duration = Duration::from_secs(1800);
 
 pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
     match name {
@@ -31,6 +31,7 @@ pub async fn run(name: &str, size: Size, runs: usize) -> anyhow::Result<Vec<Row>
         "chaos" => crate::chaos::run(size).await,
         "cluster" => crate::cluster::run(size, runs).await,
         "workflows" => crate::workflows::run(size, runs).await,
+        "peers" => crate::peers::run(size, runs).await,
         other => bail!("unknown scenario {other:?}"),
     }
 }
@@ -68,6 +69,11 @@ impl System {
         })
     }
 
+    /// The server's pid and the agent's.
+    pub(crate) fn pids(&self) -> (u32, Option<u32>) {
+        (self.server.pid(), self.agent.as_ref().map(Proc::pid))
+    }
+
     pub(crate) fn stop(self) {
         if let Some(a) = self.agent {
             a.stop();
@@ -95,7 +101,7 @@ pub(crate) fn process(argv: &[&str]) -> Value {
     json!({"exec": {"kind": "process", "argv": argv}})
 }
 
-fn timed_shell(script: &str) -> anyhow::Result<f64> {
+pub(crate) fn timed_shell(script: &str) -> anyhow::Result<f64> {
     let start = Instant::now();
     let status = Command::new("bash").args(["-c", script]).status()?;
     if !status.success() {

@@ -5,7 +5,7 @@ mod common;
 
 #[test]
 fn every_scenario_runs_at_a_tiny_size() {
-    let (rows, _) = common::bench_rows(&["all", "--size", "tiny", "--runs", "1"]);
+    let (rows, stderr) = common::bench_rows(&["all", "--size", "tiny", "--runs", "1"]);
     for scenario in [
         "dispatch",
         "latency",
@@ -17,6 +17,7 @@ fn every_scenario_runs_at_a_tiny_size() {
         "dashboard",
         "cluster",
         "workflows",
+        "peers",
     ] {
         let mine: Vec<_> = rows.iter().filter(|r| r["scenario"] == scenario).collect();
         assert!(!mine.is_empty(), "no rows for {scenario}");
@@ -31,4 +32,12 @@ fn every_scenario_runs_at_a_tiny_size() {
             );
         }
     }
+    // Celery is run, or its absence said: never silently left out.
+    let celery = rows
+        .iter()
+        .any(|r| r["scenario"] == "peers" && r["metric"].as_str().unwrap().starts_with("Celery"));
+    assert!(
+        celery || stderr.contains("peers: Celery skipped: "),
+        "no Celery rows and no line saying why:\n{stderr}"
+    );
 }
