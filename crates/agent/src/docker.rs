@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 
 use crate::attempt::AttemptCtx;
 use crate::executor::{
-    stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started as JobStarted, StopRx,
+    limits, stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started as JobStarted,
+    StopRx,
 };
 use crate::fence;
 use crate::layout::AttemptFiles;
@@ -139,8 +140,7 @@ pub struct DockerJob<'a> {
 
 impl RunningJob for DockerJob<'_> {
     async fn supervise(&mut self, lease: &Lease, stop: &mut StopRx) -> Ending {
-        let timeout = lease.timeout_ms.map(Duration::from_millis);
-        let grace = Duration::from_millis(lease.grace_ms);
+        let (timeout, grace) = limits(lease);
         let ended = self.container.supervise(timeout, grace, stop).await;
         Ending {
             gpus: self.gpus,

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use drover_core::api::{Gpus, Lease};
 use drover_core::Outcome;
@@ -88,6 +89,14 @@ pub struct Ending {
     pub stopped: Option<StopReason>,
     /// For a container that asked for GPUs: whether it got them.
     pub gpus: Option<Gpus>,
+}
+
+/// The lease's timeout (from the start) and the grace between SIGTERM and SIGKILL.
+pub fn limits(lease: &Lease) -> (Option<Duration>, Duration) {
+    (
+        lease.timeout_ms.map(Duration::from_millis),
+        Duration::from_millis(lease.grace_ms),
+    )
 }
 
 /// The outcome and error reported for a job the agent stopped.

@@ -18,7 +18,9 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::watch;
 
 use crate::attempt::AttemptCtx;
-use crate::executor::{stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started, StopRx};
+use crate::executor::{
+    limits, stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started, StopRx,
+};
 use crate::fence;
 use crate::layout::AttemptFiles;
 use crate::pipeline::LogPipeline;
@@ -339,8 +341,7 @@ pub struct ProcessJob {
 
 impl RunningJob for ProcessJob {
     async fn supervise(&mut self, lease: &Lease, stop: &mut StopRx) -> Ending {
-        let timeout = lease.timeout_ms.map(Duration::from_millis);
-        let grace = Duration::from_millis(lease.grace_ms);
+        let (timeout, grace) = limits(lease);
         let ended = self.process.supervise(timeout, grace, stop).await;
         let (outcome, exit_code, error) = outcome_of(&ended, lease);
         Ending {

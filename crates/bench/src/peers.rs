@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 
 use crate::report::{Row, Target};
 use crate::roles::Proc;
-use crate::scenarios::{process, timed_shell, System, LONG};
+use crate::scenarios::{drover_true, xargs_true};
 use crate::Size;
 
 /// The Celery app: one task that runs `true`, the way a worker node runs a command.
@@ -68,14 +68,9 @@ pub async fn run(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
     let (mut xargs, mut ours, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut our_mem, mut their_mem) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        xargs.push(n as f64 / timed_shell(&format!("seq {n} | xargs -P8 -n1 true"))?);
-
-        let sys = System::start(Some(8), None).await?;
-        let specs = vec![process(&["true"]); n];
-        let start = Instant::now();
-        sys.api.submit_all(&specs, 1000).await?;
-        sys.api.wait_count("succeeded", n as u64, LONG).await?;
-        ours.push(n as f64 / start.elapsed().as_secs_f64());
+        xargs.push(xargs_true(n)?);
+        let (rate, sys) = drover_true(n).await?;
+        ours.push(rate);
         let (server, agent) = sys.pids();
         our_mem.push(add(
             tree_memory(server),

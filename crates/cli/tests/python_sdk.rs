@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{free_port, Up};
+use common::{free_port, python_suite, Up};
 
 #[test]
 fn the_python_sdks_suite_passes_against_a_real_server() {
@@ -19,20 +19,14 @@ fn the_python_sdks_suite_passes_against_a_real_server() {
         toml::from_str(&std::fs::read_to_string(tmp.path().join("data/tokens.toml")).unwrap())
             .unwrap();
     let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python");
-    let out = Command::new("python3")
+    let mut suite = Command::new("python3");
+    suite
         .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
         .current_dir(&sdk)
         .env("DROVER_SERVER", format!("http://127.0.0.1:{}", up.port))
         .env("DROVER_TOKEN", tokens["admin"].as_str().unwrap())
-        .env("DROVER_CONFIG_DIR", &ctx)
-        // No bytecode beside the sources: the checkout stays as it was.
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("python3 runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
-    // Skipped tests would pass without proving anything: none may be.
-    assert!(!report.contains("skipped"), "{report}");
+        .env("DROVER_CONFIG_DIR", &ctx);
+    python_suite(suite);
     up.stop();
 }
 
@@ -40,14 +34,10 @@ fn the_python_sdks_suite_passes_against_a_real_server() {
 fn the_example_python_agent_runs_jobs_from_a_real_server() {
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-agent");
-    let out = Command::new("python3")
+    let mut suite = Command::new("python3");
+    suite
         .args(["-m", "unittest", "test_agent", "-v"])
         .current_dir(&example)
-        .env("DROVER_BIN", common::BIN)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("python3 runs");
-    let report = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
-    assert!(!report.contains("skipped"), "{report}");
+        .env("DROVER_BIN", common::BIN);
+    python_suite(suite);
 }

@@ -7,6 +7,7 @@ mod common;
 use std::io::Read;
 
 use common::{error_code, poll, register, shell, Client};
+use drover_core::api::{Job, Lease};
 use drover_core::files::{FileInfo, FileList};
 use drover_server::testing::TestServer;
 use drover_server::testing_s3::S3Server;
@@ -460,6 +461,21 @@ async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
     );
 }
 
+/// A job with an uploaded input (`in.txt`), submitted and leased to a new agent: the
+/// admin's client, the agent's, the job, its lease and the uploaded file's id.
+async fn leased_with_an_input(server: &TestServer) -> (Client, Client, Job, Lease, String) {
+    let admin = Client::new(server, &server.admin_token);
+    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let file_id = v["id"].as_str().unwrap().to_string();
+    let mut spec = shell("cat in.txt");
+    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
+    let job = admin.submit(spec).await;
+    let agent = register(server, "a", json!({})).await;
+    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    (admin, agent, job, lease, file_id)
+}
+
 /// Regression: any failure to look up an input's file answered 404 "input … was
 /// deleted", which tells drover's agent that the attempt is gone (it kills the job),
 /// even when it was the database that failed and a retry would have worked.
@@ -467,15 +483,7 @@ async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
 async fn an_input_whose_lookup_fails_in_the_database_is_a_500_not_a_404() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(tmp.path().to_path_buf(), None)).await;
-    let admin = Client::new(&server, &server.admin_token);
-    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
-    let file_id = v["id"].as_str().unwrap().to_string();
-    let mut spec = shell("cat in.txt");
-    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
-    let job = admin.submit(spec).await;
-    let agent = register(&server, "a", json!({})).await;
-    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    let (_, agent, job, lease, _) = leased_with_an_input(&server).await;
     let input = format!("/v1/jobs/{}/attempts/{}/inputs/0", job.id, lease.attempt);
     let (status, _, got) = fetch(&agent, &input).await;
     assert_eq!((status, got), (StatusCode::OK, b"input".to_vec()));
@@ -529,15 +537,7 @@ async fn an_unreachable_object_store_answers_503_naming_it() {
         path_style: true,
     });
     let server = TestServer::start_with(cfg).await;
-    let admin = Client::new(&server, &server.admin_token);
-    let (status, v) = send_bytes(&admin, "/v1/files?name=in.txt", b"input".to_vec()).await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
-    let file_id = v["id"].as_str().unwrap().to_string();
-    let mut spec = shell("cat in.txt");
-    spec["inputs"] = json!([{"path": "in.txt", "from": {"file": file_id}}]);
-    let job = admin.submit(spec).await;
-    let agent = register(&server, "a", json!({})).await;
-    let lease = poll(&agent, &[], 5_000).await.leases.remove(0);
+    let (admin, agent, job, lease, file_id) = leased_with_an_input(&server).await;
     let attempt = format!("/v1/jobs/{}/attempts/{}", job.id, lease.attempt);
 
     // The store goes away (a graceful stop closes the connections it kept, too).

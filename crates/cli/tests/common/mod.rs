@@ -49,6 +49,18 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// Stdout as text.
+/// Runs a Python unittest suite (no bytecode left beside its sources) and checks that it
+/// passed with nothing skipped: a skipped test would pass without proving anything.
+pub fn python_suite(mut cmd: Command) {
+    let out = cmd
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(!report.contains("skipped"), "{report}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

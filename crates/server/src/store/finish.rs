@@ -12,7 +12,7 @@ use drover_core::backoff::{should_retry, Backoff};
 use drover_core::{transition, Event, JobState, Outcome};
 use sqlx::{Any, Row, Transaction};
 
-use super::jobs::{job_in_tx, NewEvent};
+use super::jobs::{answered_again, job_in_tx, NewEvent};
 use super::leases::{check_fence, AttemptWrite, Held};
 use super::{ms, Result, Store, StoreError, CHUNK};
 
@@ -139,13 +139,7 @@ impl Store {
             Err(StoreError::StaleAttempt { .. }) => {
                 self.replayed(&mut tx, agent_id, job_id, attempt, req)
                     .await?;
-                let job = job_in_tx(&mut tx, job_id).await?;
-                tx.commit().await?;
-                return Ok(AttemptWrite {
-                    job,
-                    elapsed: None,
-                    released: Vec::new(),
-                });
+                return answered_again(tx, job_id).await;
             }
             Err(e) => return Err(e),
         };

@@ -161,6 +161,21 @@ impl Store {
     }
 }
 
+/// The answer to an attempt write resent after it took effect: nothing more is changed,
+/// and the job is returned as it is now.
+pub(crate) async fn answered_again(
+    mut tx: Transaction<'_, Any>,
+    job_id: &str,
+) -> Result<super::AttemptWrite> {
+    let job = job_in_tx(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(super::AttemptWrite {
+        job,
+        elapsed: None,
+        released: Vec::new(),
+    })
+}
+
 pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Job> {
     let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
         .bind(id)

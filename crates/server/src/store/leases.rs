@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::agents::AgentAuth;
-use super::jobs::{job_in_tx, not_found, record_event, NewEvent};
+use super::jobs::{answered_again, job_in_tx, not_found, record_event, NewEvent};
 use super::{from_ms, ms, opt_time, placeholders, Backend, Result, Store, StoreError};
 
 /// How many queued jobs a claim looks at per poll at most; jobs whose labels this agent
@@ -613,13 +613,7 @@ impl Store {
             Err(StoreError::StaleAttempt { .. }) => {
                 self.released_before(&mut tx, agent_id, job_id, attempt, reason)
                     .await?;
-                let job = job_in_tx(&mut tx, job_id).await?;
-                tx.commit().await?;
-                return Ok(AttemptWrite {
-                    job,
-                    elapsed: None,
-                    released: Vec::new(),
-                });
+                return answered_again(tx, job_id).await;
             }
             Err(e) => return Err(e),
         };
