@@ -54,6 +54,7 @@ both!(
     labels_and_queues_decide_who_gets_a_job,
     run_at_is_respected,
     idempotency_key_returns_the_same_job,
+    concurrent_submits_of_one_new_key_make_one_job,
     expired_lease_is_retried_then_fails_when_attempts_are_used_up,
     lease_that_never_started_does_not_use_an_attempt,
     stale_attempt_writes_are_refused,
@@ -313,6 +314,26 @@ async fn idempotency_key_returns_the_same_job(fx: Fx) {
     assert_eq!(first.0.id, second.0.id);
     let (all, _) = fx.store.list_jobs(&Default::default(), None).await.unwrap();
     assert_eq!(all.len(), 1);
+}
+
+/// Regression (PostgreSQL): submits of the same new key at once each saw no job with it,
+/// and all but one failed on the key's uniqueness with a database error (a 500).
+async fn concurrent_submits_of_one_new_key_make_one_job(fx: Fx) {
+    let now = t0();
+    let mut r = shell("echo once");
+    r.idempotency_key = Some("deploy-43".into());
+    let submits = (0..8).map(|_| {
+        let (store, job) = (fx.store.clone(), valid(r.clone(), now));
+        tokio::spawn(async move { store.enqueue(vec![job], "test", now).await })
+    });
+    let mut created = 0;
+    let mut ids = std::collections::HashSet::new();
+    for submit in submits.collect::<Vec<_>>() {
+        let (job, fresh) = submit.await.unwrap().unwrap().pop().unwrap();
+        created += usize::from(fresh);
+        ids.insert(job.id);
+    }
+    assert_eq!((created, ids.len()), (1, 1));
 }
 
 async fn expired_lease_is_retried_then_fails_when_attempts_are_used_up(fx: Fx) {

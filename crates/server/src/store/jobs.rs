@@ -295,10 +295,28 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Job, bool)>> {
-        let mut tx = self.write.begin().await?;
-        let out = self.enqueue_in(&mut tx, jobs, actor, now).await?;
-        tx.commit().await?;
-        Ok(out)
+        // Two submits of the same new key at once (on PostgreSQL, where transactions run
+        // side by side): neither saw the other's job, and the later INSERT breaks the
+        // key's uniqueness. Run again, it finds the earlier job and returns it, as it
+        // would for a resend.
+        let mut again = true;
+        loop {
+            let mut tx = self.write.begin().await?;
+            match self.enqueue_in(&mut tx, jobs.clone(), actor, now).await {
+                Ok(out) => {
+                    tx.commit().await?;
+                    return Ok(out);
+                }
+                Err(StoreError::Db(sqlx::Error::Database(e)))
+                    if again
+                        && e.is_unique_violation()
+                        && e.constraint().is_none_or(|c| c.contains("idempotency")) =>
+                {
+                    again = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// [`Store::enqueue`] inside a transaction (a group's members go in with its row).
