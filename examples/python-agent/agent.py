@@ -668,18 +668,12 @@ class Agent:
             try:
                 resp = self.api.call("POST", "/v1/agents/poll", self.token, body,
                                      timeout=wait_ms / 1000 + 30, track=self._track)
-            except Unreachable as e:
-                if self.stopping:
-                    return
-                say(f"poll: {e}; trying again in {backoff:g}s")
-                self._check_lease_lost()
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, max(1.0, self.ttl_s / 3))
-                continue
-            except ApiError as e:
-                if e.status in (401, 403):
+            except (Unreachable, ApiError) as e:
+                if isinstance(e, ApiError) and e.status in (401, 403):
                     self.fatal = f"the server no longer accepts this agent: {e}"
                     self.done.set()
+                    return
+                if isinstance(e, Unreachable) and self.stopping:
                     return
                 say(f"poll: {e}; trying again in {backoff:g}s")
                 self._check_lease_lost()

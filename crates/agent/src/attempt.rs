@@ -119,8 +119,7 @@ async fn report_unstarted(
         result: None,
         gpus: None,
     };
-    let masker = ctx.masker();
-    let reported = ctx.reporter(masker).end(req, stopped).await.is_ok();
+    let reported = ctx.reporter().end(req, stopped).await.is_ok();
     AttemptEnd {
         outcome: reported_outcome(outcome, stopped).filter(|_| reported),
         stopped: None,
@@ -128,18 +127,14 @@ async fn report_unstarted(
 }
 
 impl AttemptCtx {
-    /// Masks the lease's secret values.
-    fn masker(&self) -> Arc<Masker> {
-        Arc::new(Masker::new(self.lease.secrets.values()))
-    }
-
-    fn reporter(&self, masker: Arc<Masker>) -> Reporter {
+    /// The attempt's reporter, masking the lease's secret values.
+    fn reporter(&self) -> Reporter {
         Reporter::new(
             self.client.clone(),
             &self.lease,
             self.stopper.clone(),
             self.abandon.clone(),
-            masker,
+            Arc::new(Masker::new(self.lease.secrets.values())),
         )
     }
 }
@@ -299,7 +294,7 @@ async fn conclude(
     // waits for its result would get nothing, or garbage, from a "succeeded" job.
     let (result, result_error) = read_result(&files.result()).await;
     // The result is shown as the log is, so it is masked as the log is.
-    let masker = ctx.masker();
+    let masker = reporter.masker();
     let result = result.map(|v| masker.mask_json(v));
     if outcome == Outcome::Failed {
         error = executor.failure(result.as_ref()).or(error);
@@ -381,9 +376,8 @@ fn reported_outcome(outcome: Outcome, stopped: Option<StopReason>) -> Option<Out
 
 /// Starts the log pipeline of an attempt on its spool files.
 fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
-    let masker = ctx.masker();
-    let reporter = ctx.reporter(masker.clone());
-    let logs = LogPipeline::start(files, reporter.clone(), masker);
+    let reporter = ctx.reporter();
+    let logs = LogPipeline::start(files, reporter.clone(), reporter.masker().clone());
     (reporter, logs)
 }
 
@@ -391,8 +385,7 @@ fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
 async fn spool_failed(ctx: &AttemptCtx, e: std::io::Error) -> Result<AttemptEnd, Abandoned> {
     let error = format!("cannot create the log spool: {e}");
     tracing::error!(%error, "attempt cannot run");
-    let masker = ctx.masker();
-    ctx.reporter(masker).finish(failed(error)).await?;
+    ctx.reporter().finish(failed(error)).await?;
     Ok(AttemptEnd {
         outcome: Some(Outcome::Failed),
         stopped: None,

@@ -90,6 +90,11 @@ impl Reporter {
         .await
     }
 
+    /// The attempt's masker (the log's, built once per attempt).
+    pub fn masker(&self) -> &Arc<Masker> {
+        &self.masker
+    }
+
     /// `finish`, with secrets masked in its error.
     pub async fn finish(&self, req: FinishRequest) -> Result<(), Abandoned> {
         let req = FinishRequest {
