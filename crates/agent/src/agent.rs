@@ -22,6 +22,7 @@ use crate::docker::DockerCtx;
 use crate::docker::Engine;
 use crate::fence::{self, Watchdog};
 use crate::files::InputLimits;
+use crate::finisher::Finisher;
 use crate::host::{self, StatsSampler};
 use crate::identity;
 use crate::layout;
@@ -250,6 +251,7 @@ fn register_request(config: &AgentConfig) -> RegisterRequest {
 struct Session {
     config: AgentConfig,
     client: Arc<Client>,
+    finisher: Finisher,
     register: RegisterRequest,
     signals: AgentSignals,
     wait_ms: u64,
@@ -295,6 +297,7 @@ impl Session {
             slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
             wait_ms: wait_ms(registered.lease_ttl_ms),
             config,
+            finisher: Finisher::start(client.clone()),
             client,
             register,
             signals,
@@ -536,6 +539,7 @@ impl Session {
             tracing::info!(job_id = %key.job_id, attempt = key.attempt, name = %lease.name, "leased");
             let ctx = AttemptCtx {
                 client: self.client.clone(),
+                finisher: self.finisher.clone(),
                 lease,
                 work_dir: self.config.work_dir.clone(),
                 keep_workspace: self.config.keep_workspaces,
@@ -559,6 +563,7 @@ impl Session {
                     timeout: self.config.input_timeout,
                     max_bytes: self.config.input_max_bytes,
                 },
+                start_hold: self.config.start_hold,
             };
             self.held.insert(key.clone(), Held { stopper });
             let done = self.done_tx.clone();

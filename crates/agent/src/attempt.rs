@@ -17,6 +17,7 @@ use crate::docker::{DockerCtx, DockerExecutor};
 use crate::executor::{stopped_outcome, Ending, Executor, NotStarted, RunningJob, Started};
 use crate::fence;
 use crate::files::{self, InputLimits};
+use crate::finisher::Finisher;
 use crate::layout::{self, AttemptFiles};
 use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
@@ -31,6 +32,8 @@ const MAX_RESULT_BYTES: u64 = 1024 * 1024;
 /// Everything an attempt needs from the agent.
 pub struct AttemptCtx {
     pub client: Arc<Client>,
+    /// Sends `finish` reports, several at once when attempts end together.
+    pub finisher: Finisher,
     pub lease: Lease,
     pub work_dir: PathBuf,
     pub keep_workspace: bool,
@@ -48,6 +51,8 @@ pub struct AttemptCtx {
     pub deadline_ms: u64,
     /// Limits on URL inputs.
     pub inputs: InputLimits,
+    /// How long the start waits to go with the finish (see [`crate::pipeline::Folded`]).
+    pub start_hold: std::time::Duration,
 }
 
 /// How an attempt ended, as the agent needs to know it.
@@ -131,6 +136,7 @@ impl AttemptCtx {
     fn reporter(&self) -> Reporter {
         Reporter::new(
             self.client.clone(),
+            self.finisher.clone(),
             &self.lease,
             self.stopper.clone(),
             self.abandon.clone(),
@@ -343,17 +349,29 @@ async fn conclude(
             tracing::warn!(error = %e, "cannot note the job's end in its record");
         }
     }
-    let started = match started.await {
-        Ok(sent) => sent,
-        Err(_) => reporter.start().await,
-    };
-    let stale = ctx.stopper.current() == Some(StopReason::Stale);
-    if stale || started.is_err() {
+    if ctx.stopper.current() == Some(StopReason::Stale) {
         output.abort();
         logs.abort();
         return Err(Abandoned);
     }
-    logs.shipped().await?;
+    // Every record acknowledged, or the start and last records held for the finish.
+    let folded = match logs.shipped().await {
+        Ok(folded) => folded,
+        Err(abandoned) => {
+            output.abort();
+            return Err(abandoned);
+        }
+    };
+    if folded.is_none() {
+        let started = match started.await {
+            Ok(sent) => sent,
+            Err(_) => reporter.start().await,
+        };
+        if started.is_err() || ctx.stopper.current() == Some(StopReason::Stale) {
+            output.abort();
+            return Err(Abandoned);
+        }
+    }
     output.progress_sent().await;
     let req = FinishRequest {
         outcome,
@@ -362,7 +380,7 @@ async fn conclude(
         result,
         gpus,
     };
-    reporter.end(req, stopped).await?;
+    reporter.end_folded(req, stopped, folded).await?;
     Ok(AttemptEnd {
         outcome: reported_outcome(outcome, stopped),
         stopped,
@@ -377,7 +395,12 @@ fn reported_outcome(outcome: Outcome, stopped: Option<StopReason>) -> Option<Out
 /// Starts the log pipeline of an attempt on its spool files.
 fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
     let reporter = ctx.reporter();
-    let logs = LogPipeline::start(files, reporter.clone(), reporter.masker().clone());
+    let logs = LogPipeline::start(
+        files,
+        reporter.clone(),
+        reporter.masker().clone(),
+        ctx.start_hold,
+    );
     (reporter, logs)
 }
 

@@ -5,8 +5,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use drover_core::api::{
-    ErrorBody, FinishRequest, PollRequest, PollResponse, ProgressUpdate, RegisterRequest,
-    RegisterResponse,
+    ErrorBody, FinishBatch, FinishBatchResult, FinishRequest, PollRequest, PollResponse,
+    ProgressUpdate, RegisterRequest, RegisterResponse,
 };
 use drover_core::files::FileInfo;
 use rand::Rng;
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// How a call to the server failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// 409 `stale_attempt` (or 404): the attempt is not ours any more; kill it.
     #[error("attempt is no longer current: {0}")]
@@ -222,6 +222,14 @@ impl Client {
         req: &FinishRequest,
     ) -> Result<(), CallError> {
         self.attempt_write(job_id, attempt, "finish", req).await
+    }
+
+    /// `POST /v1/agents/finish`: several attempts' ends, each answered on its own.
+    pub async fn finish_batch(&self, batch: &FinishBatch) -> Result<FinishBatchResult, CallError> {
+        let url = format!("{}/v1/agents/finish", self.base());
+        self.send(&url, &self.session_token(), batch, Self::WRITE_TIMEOUT)
+            .await?
+            .ok_or_else(|| CallError::Transient("finish batch answered without a body".into()))
     }
 
     /// `POST /v1/agents/leave`: a clean exit; the server shows the agent offline at once.

@@ -60,12 +60,26 @@ pub fn fence_margin(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))
 }
 
-/// Writes a record (blocking); it is complete or absent, never half written.
+/// Writes a record (blocking); it is complete or absent, never half written. It is
+/// one line; [`mark_ended`] appends the end as a second.
 pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(record).expect("plain data serializes"))?;
+    let mut line = serde_json::to_vec(record).expect("plain data serializes");
+    line.push(b'\n');
+    f.write_all(&line)?;
     std::fs::rename(&tmp, path)
+}
+
+/// A record file's record: its first line, with the end from a complete second line
+/// (a half-written one, from an agent killed while writing it, is not an end yet).
+fn parse_record(bytes: &[u8]) -> Option<Record> {
+    let mut lines = bytes.split_inclusive(|b| *b == b'\n');
+    let mut rec: Record = serde_json::from_slice(lines.next()?).ok()?;
+    if let Some(end) = lines.next().filter(|l| l.ends_with(b"\n")) {
+        rec.ended = Some(serde_json::from_slice(end).ok()?);
+    }
+    Some(rec)
 }
 
 /// Writes the attempt's record (blocking); a job that cannot be recorded still runs, but
@@ -85,7 +99,7 @@ pub fn read_records(work_dir: &Path) -> Vec<(PathBuf, Record)> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| {
-            let rec = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            let rec = parse_record(&std::fs::read(&p).ok()?)?;
             Some((p, rec))
         })
         .collect()
@@ -127,11 +141,16 @@ async fn stop(rec: &Record, engine: &Engine, keep_containers: bool) -> bool {
     stopped
 }
 
-/// Marks the record at `path` with how its job ended (blocking).
+/// Marks the record at `path` with how its job ended (blocking): one line appended in
+/// one write, rather than a new file renamed over it, which would cost a file (an inode
+/// made and one freed) per job.
 pub fn mark_ended(path: &Path, ended: drover_core::api::FinishRequest) -> std::io::Result<()> {
-    let mut rec: Record = serde_json::from_slice(&std::fs::read(path)?)?;
-    rec.ended = Some(ended);
-    write_record(path, &rec)
+    let mut line = serde_json::to_vec(&ended).expect("plain data serializes");
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(&line)
 }
 
 /// What an earlier run of this agent left behind.
@@ -364,7 +383,26 @@ mod tests {
         assert!(rec.start_time.is_some());
         let path = crate::layout::AttemptFiles::new(dir.path(), "j", 2).record;
         write_record(&path, &rec).unwrap();
-        assert_eq!(read_records(dir.path()), vec![(path, rec)]);
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
+        // An end half written (the agent was killed while writing it) is no end yet.
+        let ended = drover_core::api::FinishRequest {
+            outcome: drover_core::Outcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            result: Some(serde_json::json!({"n": 1})),
+            gpus: None,
+        };
+        let line = serde_json::to_string(&ended).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, [&whole[..], &line.as_bytes()[..10]].concat()).unwrap();
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
+        std::fs::write(&path, &whole).unwrap();
+        mark_ended(&path, ended.clone()).unwrap();
+        let marked = Record {
+            ended: Some(ended),
+            ..rec
+        };
+        assert_eq!(read_records(dir.path()), vec![(path, marked)]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod docker;
 mod executor;
 mod fence;
 mod files;
+mod finisher;
 mod host;
 mod identity;
 mod layout;
@@ -88,12 +89,15 @@ pub struct AgentConfig {
     pub input_timeout: Duration,
     /// Largest input (an upload or a URL) the agent puts into a workspace.
     pub input_max_bytes: u64,
+    /// How long a job's start waits to be reported: a job whose output ends within it
+    /// reports its start, its log and its end in one request, instead of three.
+    pub start_hold: Duration,
 }
 
 impl AgentConfig {
     /// Defaults: name = host name, slots = CPU count, shutdown 5 min, spool 1 GiB,
     /// output cap 4 GiB, inputs up to 10 GiB within 10 min, queue `default`, Docker at `/var/run/docker.sock` with no default
-    /// mounts, containers removed after their job, no job log mirror.
+    /// mounts, containers removed after their job, no job log mirror, starts held 20 ms.
     pub fn new(
         server: impl Into<String>,
         token: impl Into<String>,
@@ -121,6 +125,7 @@ impl AgentConfig {
             watchdog: None,
             input_timeout: Duration::from_secs(600),
             input_max_bytes: 10 << 30,
+            start_hold: Duration::from_millis(20),
         }
     }
 }

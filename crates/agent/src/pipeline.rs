@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_core::api::{ProgressUpdate, Stream};
 use futures::stream::FuturesOrdered;
@@ -56,7 +56,7 @@ type Progress = Arc<watch::Sender<Option<ProgressUpdate>>>;
 pub struct LogPipeline {
     tx: Option<mpsc::Sender<SpoolLine>>,
     writer: Option<JoinHandle<()>>,
-    shipper: JoinHandle<Result<(), Abandoned>>,
+    shipper: JoinHandle<Result<Option<Folded>, Abandoned>>,
     masker: Arc<Masker>,
     start: Arc<StartReport>,
 }
@@ -65,20 +65,32 @@ pub struct LogPipeline {
 pub type StartResult = oneshot::Receiver<Result<(), Abandoned>>;
 type StartSender = oneshot::Sender<Result<(), Abandoned>>;
 
-/// The attempt's start, waiting to ride on the next log batch the shipper sends (an
-/// empty one if no output comes), which saves a request per job.
+/// The attempt's start (and when the job started), waiting to ride on the next log
+/// batch the shipper sends (an empty one if no output comes), or on the finish, which
+/// saves a request or two per job.
 #[derive(Default)]
 struct StartReport {
-    pending: std::sync::Mutex<Option<StartSender>>,
+    pending: std::sync::Mutex<Option<(StartSender, Instant)>>,
     notify: Notify,
 }
 
+/// The start and the last log records of a job whose output ended before its start was
+/// reported: they go with its `finish` (see `finisher`), one request for all three.
+/// The records stay in the spool until the finish is answered.
+#[derive(Debug)]
+pub struct Folded {
+    /// When the job started.
+    pub started: Instant,
+    /// The records, as the JSON body of a log request.
+    pub body: Vec<u8>,
+}
+
 impl StartReport {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Option<StartSender>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<(StartSender, Instant)>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(&self) -> Option<StartSender> {
+    fn take(&self) -> Option<(StartSender, Instant)> {
         self.pending().take()
     }
 
@@ -88,8 +100,14 @@ impl StartReport {
 }
 
 impl LogPipeline {
-    /// Starts the writer and shipper of files made by [`SpoolFiles::create`].
-    pub fn start(files: SpoolFiles, reporter: Reporter, masker: Arc<Masker>) -> LogPipeline {
+    /// Starts the writer and shipper of files made by [`SpoolFiles::create`]; a start
+    /// waits up to `start_hold` for the job's output to end (see [`Folded`]).
+    pub fn start(
+        files: SpoolFiles,
+        reporter: Reporter,
+        masker: Arc<Masker>,
+        start_hold: Duration,
+    ) -> LogPipeline {
         let SpoolFiles {
             writer,
             reader,
@@ -98,7 +116,8 @@ impl LogPipeline {
         let (tx, rx) = mpsc::channel(LINE_CHANNEL);
         let writer = tokio::task::spawn_blocking(move || write_spool(writer, mirror, rx));
         let start = Arc::new(StartReport::default());
-        let shipper = tokio::spawn(ship_logs(reader, reporter, start.clone()).in_current_span());
+        let shipper =
+            tokio::spawn(ship_logs(reader, reporter, start.clone(), start_hold).in_current_span());
         LogPipeline {
             tx: Some(tx),
             writer: Some(writer),
@@ -112,7 +131,7 @@ impl LogPipeline {
     /// answer never comes (the shipper stopped early), report it on its own.
     pub fn report_start(&self) -> StartResult {
         let (tx, rx) = oneshot::channel();
-        *self.start.pending() = Some(tx);
+        *self.start.pending() = Some((tx, Instant::now()));
         self.start.notify.notify_one();
         rx
     }
@@ -134,8 +153,9 @@ impl LogPipeline {
         }
     }
 
-    /// Waits until every record was acknowledged (call after [`LogPipeline::close`]).
-    pub async fn shipped(mut self) -> Result<(), Abandoned> {
+    /// Waits until every record was acknowledged (call after [`LogPipeline::close`]), or
+    /// hands back the start and last records to send with the finish.
+    pub async fn shipped(mut self) -> Result<Option<Folded>, Abandoned> {
         self.close().await;
         (&mut self.shipper).await.unwrap_or(Err(Abandoned))
     }
@@ -461,31 +481,56 @@ async fn watch_progress_file(
 /// up to [`BATCHES_IN_FLIGHT`] at a time so the agent reads the next batch while the
 /// server stores the last (the server keeps records by seq, in whatever order they come).
 /// A batch the server refuses is skipped (and logged) rather than blocking the rest.
+/// The start waits up to `start_hold` to be reported; if the job's output ends in that
+/// time and the rest fits one batch, they are handed back for the finish instead.
 async fn ship_logs(
     mut reader: SpoolReader,
     reporter: Reporter,
     start: Arc<StartReport>,
-) -> Result<(), Abandoned> {
+    start_hold: Duration,
+) -> Result<Option<Folded>, Abandoned> {
     let mut in_flight = FuturesOrdered::new();
+    let mut held = false;
     loop {
+        if !held && in_flight.is_empty() && start.is_pending() {
+            held = true;
+            let until = tokio::time::Instant::now() + start_hold;
+            while !reader.is_closed() {
+                if tokio::time::timeout_at(until, reader.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
         while in_flight.len() < BATCHES_IN_FLIGHT {
             let started = start.take();
             let mut batch = match reader.next_batch(BATCH_RECORDS, BATCH_BYTES).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, path = %reader.path().display(), "cannot read the log spool; the rest of the log is lost");
-                    return Ok(());
+                    return Ok(None);
                 }
             };
             if batch.count == 0 && started.is_none() {
                 break;
+            }
+            if let Some((_, at)) = &started {
+                // The job's output has ended and the rest fits in one batch.
+                if in_flight.is_empty() && reader.is_closed() && !batch.full {
+                    return Ok(Some(Folded {
+                        started: *at,
+                        body: batch.body,
+                    }));
+                }
             }
             let body = std::mem::take(&mut batch.body);
             let reporter = reporter.clone();
             let full = batch.full;
             in_flight.push_back(async move {
                 let sent = reporter.logs(&body, started.is_some()).await;
-                if let Some(tx) = started {
+                if let Some((tx, _)) = started {
                     let _ = tx.send(match sent {
                         Err(GaveUp::Abandoned) => Err(Abandoned),
                         _ => Ok(()),
@@ -499,7 +544,7 @@ async fn ship_logs(
         }
         let Some((sent, batch)) = in_flight.next().await else {
             if reader.is_done() {
-                return Ok(());
+                return Ok(None);
             }
             tokio::select! {
                 _ = reader.changed() => {}

@@ -3,9 +3,9 @@
 //! supervises it (exit, timeout, stop requests), escalating SIGTERM → grace → SIGKILL to
 //! the whole group, and always kills the group at the end so no grandchild survives.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +124,46 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
 }
 
+impl SpawnSpec {
+    /// The job's `PATH`: its own, else the host environment's.
+    fn path(&self) -> Option<&OsStr> {
+        let job = self.env.iter().rev().find(|(k, _)| k == "PATH");
+        match job {
+            Some((_, v)) => Some(OsStr::new(v)),
+            None => self
+                .base_env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_os_str()),
+        }
+    }
+
+    /// The program as `execvp` would find it on the job's `PATH`. std spawns with
+    /// `posix_spawn` (no copy of the agent's page tables, no TLB shootdowns across its
+    /// threads) only when it need not search a `PATH` other than the agent's own; a
+    /// program it cannot find here is passed on as given, to fail as it would have.
+    fn resolved_program(&self) -> PathBuf {
+        let Some(path) = self.path().filter(|_| !self.program.contains('/')) else {
+            return PathBuf::from(&self.program);
+        };
+        std::env::split_paths(path)
+            .map(|dir| match dir.as_os_str().is_empty() {
+                // An empty entry is the current directory: the job's workspace.
+                true => self.workspace.join(&self.program),
+                false => dir.join(&self.program),
+            })
+            .find(|candidate| is_executable(candidate))
+            .unwrap_or_else(|| PathBuf::from(&self.program))
+    }
+}
+
+/// A regular file this process may execute.
+fn is_executable(path: &Path) -> bool {
+    path.metadata().is_ok_and(|m| m.is_file())
+        && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
 /// A spawn that failed, with a message for the job's error field.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start {program:?}: {reason}")]
@@ -155,7 +195,7 @@ impl JobProcess {
         spec: SpawnSpec,
     ) -> Result<(JobProcess, ChildStdout, ChildStderr), SpawnError> {
         let program = spec.program.clone();
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = Command::new(spec.resolved_program());
         cmd.args(&spec.args)
             .current_dir(&spec.workspace)
             .env_clear()
@@ -458,11 +498,21 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Finds `bash` on PATH, else `sh`.
+/// Finds `bash` on PATH, else `sh`; looked up once (the agent's PATH does not change).
 pub fn shell_program() -> String {
-    let has_bash = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("bash").is_file()));
-    if has_bash { "bash" } else { "sh" }.to_string()
+    static SHELL: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    SHELL
+        .get_or_init(|| {
+            let has_bash = std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join("bash").is_file())
+            });
+            if has_bash {
+                "bash"
+            } else {
+                "sh"
+            }
+        })
+        .to_string()
 }
 
 #[cfg(test)]
@@ -483,6 +533,40 @@ mod tests {
         tokio::task::spawn_blocking(move || JobProcess::spawn_now(spec))
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn programs_are_looked_up_on_the_jobs_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, ws) = (dir.path().join("bin"), dir.path().join("ws"));
+        for d in [&bin, &ws] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let write = |path: &Path, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(&bin.join("tool"), 0o755);
+        write(&bin.join("notes"), 0o644);
+        write(&ws.join("local"), 0o755);
+        let mut s = spec("tool", &[]);
+        s.workspace = ws.clone();
+        s.base_env = vec![("PATH".into(), "/nowhere".into())];
+        // The job's PATH wins over the host's; the first executable match is taken.
+        s.env = vec![("PATH".into(), format!("/nowhere:{}", bin.display()))];
+        assert_eq!(s.resolved_program(), bin.join("tool"));
+        // Not executable, or not found: passed on as given, to fail as execvp would.
+        s.program = "notes".into();
+        assert_eq!(s.resolved_program(), PathBuf::from("notes"));
+        s.program = "local".into();
+        assert_eq!(s.resolved_program(), PathBuf::from("local"));
+        // An empty PATH entry is the job's workspace.
+        s.env = vec![("PATH".into(), format!(":{}", bin.display()))];
+        assert_eq!(s.resolved_program(), ws.join("local"));
+        // A path is never looked up.
+        s.program = "./tool".into();
+        assert_eq!(s.resolved_program(), PathBuf::from("./tool"));
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@ use drover_core::api::{FinishRequest, Lease, ProgressUpdate};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallError, Client, RetryBackoff};
+use crate::finisher::Finisher;
 use crate::output::Masker;
+use crate::pipeline::Folded;
 use crate::process::{self, StopReason, Stopper};
 
 /// The attempt ends without a finish report: it is stale, or the agent gave up on it.
@@ -34,6 +36,7 @@ impl From<GaveUp> for Abandoned {
 #[derive(Clone)]
 pub struct Reporter {
     client: Arc<Client>,
+    finisher: Finisher,
     job_id: String,
     attempt: u32,
     stopper: Stopper,
@@ -46,6 +49,7 @@ impl Reporter {
     /// A reporter for `lease`'s attempt.
     pub fn new(
         client: Arc<Client>,
+        finisher: Finisher,
         lease: &Lease,
         stopper: Stopper,
         abandon: CancellationToken,
@@ -53,6 +57,7 @@ impl Reporter {
     ) -> Reporter {
         Reporter {
             client,
+            finisher,
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
             stopper,
@@ -97,12 +102,22 @@ impl Reporter {
 
     /// `finish`, with secrets masked in its error.
     pub async fn finish(&self, req: FinishRequest) -> Result<(), Abandoned> {
+        self.finish_folded(req, None).await
+    }
+
+    /// `finish`, with the start and last records of a job whose start was not reported.
+    async fn finish_folded(
+        &self,
+        req: FinishRequest,
+        folded: Option<&Folded>,
+    ) -> Result<(), Abandoned> {
         let req = FinishRequest {
             error: req.error.map(|e| self.masker.mask(e)),
             ..req
         };
         self.retry("finish", || {
-            self.client.finish(&self.job_id, self.attempt, &req)
+            self.finisher
+                .finish(&self.job_id, self.attempt, &req, folded)
         })
         .await
         .map_err(Abandoned::from)
@@ -115,8 +130,24 @@ impl Reporter {
         req: FinishRequest,
         stopped: Option<StopReason>,
     ) -> Result<(), Abandoned> {
+        self.end_folded(req, stopped, None).await
+    }
+
+    /// [`Reporter::end`] for a job whose start and last records were held for its end
+    /// (a released job sends them as a log batch first).
+    pub async fn end_folded(
+        &self,
+        req: FinishRequest,
+        stopped: Option<StopReason>,
+        folded: Option<Folded>,
+    ) -> Result<(), Abandoned> {
         if stopped != Some(StopReason::Shutdown) {
-            return self.finish(req).await;
+            return self.finish_folded(req, folded.as_ref()).await;
+        }
+        if let Some(f) = folded {
+            if let Err(GaveUp::Abandoned) = self.logs(&f.body, true).await {
+                return Err(Abandoned);
+            }
         }
         self.retry("release", || {
             self.client.release(&self.job_id, self.attempt)

@@ -44,6 +44,47 @@ async fn shell_jobs_get_pipes_home_globs_and_and() {
     assert_eq!(seqs, (1..=logs.len() as u64).collect::<Vec<_>>());
 }
 
+/// A job that ends within moments of starting costs one request after its lease: its
+/// start and its log ride on its finish. A longer one is seen running while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_job_reports_start_log_and_end_in_one_request() {
+    let (server, api, _agent) = server_and_agent().await;
+    // However slow the machine, this job ends within its start's hold.
+    let _holding = common::agent_with(&server, |c| {
+        c.start_hold = std::time::Duration::from_secs(60);
+        c.queues = vec!["hold".into()];
+    });
+    let logs_route = "/v1/jobs/{id}/attempts/{attempt}/logs";
+    let mut req = SubmitRequest::shell("echo hi");
+    req.queue = Some("hold".into());
+    let job = api.submit(req).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let (started, finished) = (done.started_at.unwrap(), done.finished_at.unwrap());
+    assert!(started <= finished, "{done:#?}");
+    assert_eq!(done.attempts[0].started_at, Some(started));
+    let logs = api.logs(&job.id).await;
+    assert_eq!(texts(&logs, Stream::Stdout), ["hi"]);
+    assert_eq!(
+        api.requests("POST", logs_route).await,
+        0,
+        "the log came with the finish"
+    );
+    assert_eq!(api.requests("POST", "/v1/agents/finish").await, 1);
+
+    let job = api
+        .submit(SubmitRequest::shell("echo a; sleep 3; echo b"))
+        .await;
+    let running = api.wait_running(&job.id).await;
+    assert!(
+        running.finished_at.is_none(),
+        "seen running before it ended"
+    );
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(texts(&api.logs(&job.id).await, Stream::Stdout), ["a", "b"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_argv_reaches_the_program_unchanged() {
     let (_server, api, _agent) = server_and_agent().await;

@@ -40,7 +40,8 @@ impl Fake {
     fn answer(&self, path: &str, body: &[u8]) -> (u16, String) {
         let mut seen = self.seen.lock().unwrap();
         seen.paths.push(path.to_string());
-        match path {
+        // `?start=true` rides on a log write.
+        match path.split('?').next().unwrap_or_default() {
             "/v1/agents/register" => (
                 201,
                 r#"{"agent_id":"a1","token":"session","lease_ttl_ms":3000}"#.into(),
@@ -183,7 +184,8 @@ async fn stale_attempt_is_killed_without_finish(mode: Mode, lease: Lease) {
         }
         assert!(
             tokio::time::Instant::now() < give_up,
-            "the job never printed its pid"
+            "the job never printed its pid; requests: {:?}",
+            fake.seen.lock().unwrap().paths
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -851,6 +851,15 @@ pub struct FinishItem {
     pub attempt: u32,
     #[serde(flatten)]
     pub finish: FinishRequest,
+    /// Set when the attempt's start was not reported yet: its process started this many
+    /// milliseconds before the request was sent. A job that ends within moments of
+    /// starting reports its start, its log and its end in one item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms_ago: Option<u64>,
+    /// Log records not sent yet, stored (as `POST …/logs` stores them) before the
+    /// attempt ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -659,12 +659,16 @@ async fn cancel_of_a_running_job_reaches_its_agent_and_stale_runs_are_killed() {
         )
         .await;
     assert_eq!(c.job(&job.id).await.state, JobState::Canceled);
+    // The attempt this agent's own finish ended is done, not stale: only the unknown
+    // one is killed.
     let resp = poll(&agent, &[(job.id.clone(), 1), ("gone".into(), 3)], 0).await;
-    assert_eq!(resp.controls.len(), 2, "{:?}", resp.controls);
-    assert!(resp.controls.contains(&Control::Kill {
-        job_id: "gone".into(),
-        attempt: 3
-    }));
+    assert_eq!(
+        resp.controls,
+        [Control::Kill {
+            job_id: "gone".into(),
+            attempt: 3
+        }]
+    );
 }
 
 #[tokio::test]
@@ -827,6 +831,94 @@ async fn finish_batch_ends_many_attempts_and_refuses_stale_ones_individually() {
         JobState::Leased,
         "the refused item changed nothing"
     );
+}
+
+/// A job that ended within moments of starting reports its start, its last records
+/// and its end in one finish item: the start is kept as when it happened, the records
+/// are stored before the job ends, and a refused item stores nothing.
+#[tokio::test]
+async fn finish_items_bring_the_start_and_last_records() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let (status, _) = c
+        .post("/v1/jobs/batch", json!({"jobs": [shell("a"), shell("b")]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let agent = register(&server, "folder", json!({})).await;
+    let leases = poll(&agent, &[], 1000).await.leases;
+    assert_eq!(leases.len(), 2);
+    let rec = |seq: u64, text: &str| json!({"seq": seq, "ts": "2026-11-25T10:00:00.000Z", "stream": "stdout", "text": text});
+    let item = |l: &Lease, attempt: u32| json!({"job_id": l.job_id, "attempt": attempt, "outcome": "succeeded", "exit_code": 0, "started_ms_ago": 300, "logs": [rec(1, "hello"), rec(2, "bye")]});
+
+    // The process started 300 ms before the finish was sent, after the lease.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A record with seq 0 refuses the whole batch, before anything is stored.
+    let mut bad = item(&leases[0], 1);
+    bad["logs"][1]["seq"] = json!(0);
+    let (status, v) = agent
+        .post(
+            "/v1/agents/finish",
+            json!({"finishes": [item(&leases[1], 1), bad]}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("finishes[1]: "),
+        "{v}"
+    );
+    let (_, page) = c.get(&format!("/v1/jobs/{}/logs", leases[1].job_id)).await;
+    assert_eq!(page["records"], json!([]));
+    assert_eq!(c.job(&leases[1].job_id).await.state, JobState::Leased);
+
+    let (status, v) = agent
+        .post(
+            "/v1/agents/finish",
+            json!({"finishes": [item(&leases[0], 1), item(&leases[1], 9)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["status"], json!("ok"));
+    assert_eq!(v["results"][1]["status"], json!("stale_attempt"));
+
+    let job = c.job(&leases[0].job_id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    let (started, finished) = (job.started_at.unwrap(), job.finished_at.unwrap());
+    let ran = (finished - started).num_milliseconds();
+    assert!(
+        (300..5_000).contains(&ran),
+        "started {ran} ms before it finished"
+    );
+    assert_eq!(job.attempts[0].started_at, Some(started));
+    assert_eq!(job.attempts_used, 1);
+    let (_, events) = c.get(&format!("/v1/jobs/{}/events", job.id)).await;
+    let events: JobEvents = serde_json::from_value(events).unwrap();
+    let kinds: Vec<(&str, i64)> = events
+        .events
+        .iter()
+        .map(|e| (e.kind.as_str(), (e.at - started).num_milliseconds()))
+        .collect();
+    assert_eq!(
+        kinds.iter().map(|k| k.0).collect::<Vec<_>>(),
+        ["submitted", "leased", "started", "finished"]
+    );
+    assert_eq!(kinds[2].1, 0, "the start is recorded when it happened");
+    let (_, page) = c.get(&format!("/v1/jobs/{}/logs", job.id)).await;
+    let page: LogPage = serde_json::from_value(page).unwrap();
+    let texts: Vec<&str> = page.records.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(texts, ["hello", "bye"]);
+    assert!(page.complete);
+
+    // The refused item stored no records and changed nothing.
+    let (_, page) = c.get(&format!("/v1/jobs/{}/logs", leases[1].job_id)).await;
+    assert_eq!(page["records"], json!([]));
+    assert_eq!(c.job(&leases[1].job_id).await.state, JobState::Leased);
 }
 
 /// Regression: agents keep two log batches in flight, so a later batch can be stored

@@ -214,7 +214,12 @@ fn body_for(method: &str, path: &str, job: &str, also_held: &str) -> Option<Valu
 
 #[tokio::test]
 async fn authorization_matrix_covers_every_route_in_the_openapi_document() {
-    let server = TestServer::start().await;
+    // The held jobs' leases must outlast the whole matrix, however loaded the machine:
+    // with the usual 3 s, one expired before the last routes on a busy CI run.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestServer::config(dir.path().to_path_buf(), 0);
+    config.lease_ttl = std::time::Duration::from_secs(600);
+    let server = TestServer::start_with(config).await;
     let admin = server.admin_token.clone();
     let (read, _) = make_token(&server, "read", json!({})).await;
     let (submit, _) = make_token(&server, "submit", json!({})).await;

@@ -64,6 +64,7 @@ both!(
     poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases,
     claim_looks_past_jobs_the_agent_cannot_run,
     finish_many_ends_each_attempt_as_one_finish_would,
+    finish_many_records_starts_that_came_with_the_end,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -751,6 +752,46 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
         "a lease the agent does not know goes back"
     );
     assert_eq!(fx.store.job(&ids[0]).await.unwrap().state, JobState::Leased);
+    // A poll sent before the agent's own finish of an attempt was stored still lists
+    // it: that attempt is done, not stale. The lost one is still killed.
+    fx.store
+        .finish(
+            &a.id,
+            &ids[0],
+            1,
+            &finish(Outcome::Succeeded, Some(0)),
+            later,
+            0.5,
+        )
+        .await
+        .unwrap();
+    let listed = [
+        RunningAttempt {
+            job_id: ids[0].clone(),
+            attempt: 1,
+        },
+        RunningAttempt {
+            job_id: ids[1].clone(),
+            attempt: 1,
+        },
+    ];
+    let out = fx
+        .store
+        .renew(
+            &a.id,
+            &PollRequest {
+                running: listed.to_vec(),
+                wait_ms: 0,
+                draining: false,
+                stats: Default::default(),
+            },
+            later,
+            later,
+            TTL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.kill, listed[1..]);
 }
 
 async fn claim_looks_past_jobs_the_agent_cannot_run(fx: Fx) {
@@ -816,7 +857,7 @@ async fn finish_many_ends_each_attempt_as_one_finish_would(fx: Fx) {
     let later = now + chrono::Duration::seconds(2);
     let done = fx
         .store
-        .finish_many(&a.id, &items, later, &[0.5; 8])
+        .finish_many(&a.id, &items, later, &[0.5; 8], &[])
         .await
         .unwrap();
     assert!(done.released.is_empty(), "nothing waited on these");
@@ -929,4 +970,78 @@ async fn a_job_whose_lease_cannot_be_built_fails_alone_sqlite() {
 async fn a_job_whose_lease_cannot_be_built_fails_alone_postgres() {
     let url = drover_server::testing_pg::fresh_database().await;
     a_job_whose_lease_cannot_be_built_fails_alone(Some(url)).await
+}
+
+async fn finish_many_records_starts_that_came_with_the_end(fx: Fx) {
+    use drover_core::api::AttemptState;
+    let now = t0();
+    let ids = enqueue(&fx.store, vec![shell("a"), shell("b"), shell("c")], now).await;
+    let a = agent(&fx.store, "a", 3, &[], &["default"]).await;
+    assert_eq!(fx.store.claim(&a, now, TTL).await.unwrap().len(), 3);
+    // b started the usual way; its start in the batch changes nothing.
+    let b_started = now + chrono::Duration::milliseconds(100);
+    fx.store.start(&a.id, &ids[1], 1, b_started).await.unwrap();
+    let later = now + chrono::Duration::seconds(2);
+    let ok = finish(Outcome::Succeeded, Some(0));
+    let items = vec![
+        (ids[0].clone(), 1, ok.clone()),
+        (ids[1].clone(), 1, ok.clone()),
+        (ids[2].clone(), 1, ok.clone()),
+        (ids[2].clone(), 5, ok.clone()),
+    ];
+    let starts = [
+        Some(later - chrono::Duration::milliseconds(500)),
+        Some(later - chrono::Duration::milliseconds(500)),
+        // Before the lease: kept at the lease.
+        Some(now - chrono::Duration::hours(1)),
+        Some(later),
+    ];
+    let done = fx
+        .store
+        .finish_many(&a.id, &items, later, &[0.5; 4], &starts)
+        .await
+        .unwrap();
+    let ok_states: Vec<Option<JobState>> = done
+        .results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|e| e.0))
+        .collect();
+    assert_eq!(
+        ok_states,
+        [
+            Some(JobState::Succeeded),
+            Some(JobState::Succeeded),
+            Some(JobState::Succeeded),
+            None
+        ]
+    );
+    assert_eq!(done.waited.len(), 2, "a and c started with their end");
+    let ran = done.results[0].as_ref().unwrap().1.unwrap().as_millis();
+    assert!((499..=501).contains(&ran), "a ran {ran} ms");
+    let ms = |t: DateTime<Utc>| t.timestamp_millis();
+    for (i, started) in [
+        (0, later - chrono::Duration::milliseconds(500)),
+        (1, b_started),
+        (2, now),
+    ] {
+        let j = fx.store.job(&ids[i]).await.unwrap();
+        assert_eq!(j.started_at.map(ms), Some(ms(started)), "job {i}");
+        assert_eq!(
+            j.attempts[0].started_at.map(ms),
+            Some(ms(started)),
+            "job {i}"
+        );
+        assert_eq!(
+            (j.attempts_used, j.attempts[0].state),
+            (1, AttemptState::Succeeded)
+        );
+        let events = fx.store.events(&ids[i]).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["submitted", "leased", "started", "finished"],
+            "job {i}"
+        );
+        assert_eq!(ms(events[2].at), ms(started), "job {i}");
+    }
 }

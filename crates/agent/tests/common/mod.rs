@@ -49,6 +49,26 @@ impl Api {
         resp.json().await.expect("job json")
     }
 
+    /// How many requests the server answered on `route` (a route pattern, as in the
+    /// `drover_http_requests_total` metric), whatever their status.
+    pub async fn requests(&self, method: &str, route: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let prefix = format!("drover_http_requests_total{{method=\"{method}\",route=\"{route}\",");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub async fn job(&self, id: &str) -> Option<Job> {
         let resp = self
             .http

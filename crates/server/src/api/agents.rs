@@ -8,8 +8,8 @@ use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
     AgentList, Control, ErrorBody, FinishBatch, FinishBatchResult, FinishItemResult, FinishRequest,
-    Job, LogBatch, PollRequest, PollResponse, ProgressUpdate, ProviderList, RegisterRequest,
-    RegisterResponse,
+    Job, LogBatch, LogRecord, PollRequest, PollResponse, ProgressUpdate, ProviderList,
+    RegisterRequest, RegisterResponse,
 };
 use drover_core::Outcome;
 use serde::Deserialize;
@@ -325,21 +325,26 @@ pub async fn start(
     AgentCaller(agent): AgentCaller,
     ApiPath((id, attempt)): ApiPath<(String, u32)>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(mark_started(&state, &agent.id, &id, attempt).await?))
+    mark_started(&state, &agent.id, &id, attempt).await?;
+    Ok(Json(state.store.job(&id).await?))
 }
 
+/// Records the start (fenced) and tells those who watch the job.
 async fn mark_started(
     state: &AppState,
     agent_id: &str,
     id: &str,
     attempt: u32,
-) -> Result<Job, ApiError> {
-    let w = state.store.start(agent_id, id, attempt, Utc::now()).await?;
-    if let Some(waited) = w.elapsed {
+) -> Result<(), ApiError> {
+    let waited = state
+        .store
+        .mark_started(agent_id, id, attempt, Utc::now())
+        .await?;
+    if let Some(waited) = waited {
         state.metrics.submit_to_start.observe(waited.as_secs_f64());
     }
     state.hub.job_changed(id);
-    Ok(w.job)
+    Ok(())
 }
 
 /// Query of `POST …/logs`.
@@ -382,36 +387,40 @@ pub async fn logs(
 ) -> Result<StatusCode, ApiError> {
     // Every check of the batch comes before the start is recorded: a refused batch
     // changes nothing.
-    if batch.records.len() > MAX_LOG_RECORDS {
-        return Err(ApiError::TooLarge(format!(
-            "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
-        )));
-    }
-    if let Some(r) = batch
-        .records
-        .iter()
-        .find(|r| r.text.len() > MAX_RECORD_BYTES)
-    {
-        return Err(ApiError::TooLarge(format!(
-            "log record {} is longer than {MAX_RECORD_BYTES} bytes; split long lines",
-            r.seq
-        )));
-    }
-    if batch.records.iter().any(|r| r.seq == 0) {
-        return Err(ApiError::BadRequest(
-            "log record seq numbers start at 1".into(),
-        ));
-    }
+    check_log_records(&batch.records)?;
+    // The start's transaction fences the attempt as the check would.
     if query.start {
         mark_started(&state, &agent.id, &id, attempt).await?;
+    } else {
+        state.store.check_attempt(&agent.id, &id, attempt).await?;
     }
-    state.store.check_attempt(&agent.id, &id, attempt).await?;
     state
         .store
         .append_logs(&id, attempt, &batch.records)
         .await?;
     state.hub.job_changed(&id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The limits on a batch of log records, wherever it comes.
+fn check_log_records(records: &[LogRecord]) -> Result<(), ApiError> {
+    if records.len() > MAX_LOG_RECORDS {
+        return Err(ApiError::TooLarge(format!(
+            "a log batch holds at most {MAX_LOG_RECORDS} records; send smaller batches"
+        )));
+    }
+    if let Some(r) = records.iter().find(|r| r.text.len() > MAX_RECORD_BYTES) {
+        return Err(ApiError::TooLarge(format!(
+            "log record {} is longer than {MAX_RECORD_BYTES} bytes; split long lines",
+            r.seq
+        )));
+    }
+    if records.iter().any(|r| r.seq == 0) {
+        return Err(ApiError::BadRequest(
+            "log record seq numbers start at 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Report an attempt's progress
@@ -600,15 +609,18 @@ pub const MAX_FINISH_BATCH: usize = 10_000;
 /// `POST …/finish` would, in order. Items are answered one by one: each result's
 /// `status` is `ok` (with the job's new state) or why that item was refused
 /// (`stale_attempt`, `forbidden`, `not_found`, `already_finished`, `conflict`); a
-/// refused item does not fail the others. At most 10000 items.
+/// refused item does not fail the others. At most 10000 items. An item may also
+/// report the attempt's start (`started_ms_ago`) and bring its last log records
+/// (`logs`, with the limits of `POST …/logs`), stored before the attempt ends: a job
+/// that ends within moments of starting needs no other request.
 /// Token: the agent's session token from register.
 #[utoipa::path(post, path = "/v1/agents/finish", tag = "agents", request_body = FinishBatch,
     responses(
         (status = 200, description = "One result per item, in order; refused items say why", body = FinishBatchResult),
-        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, or an item's outcome disagrees with its exit code (the whole batch is refused)", body = ErrorBody),
+        (status = 400, description = "`bad_request`: malformed JSON body (not JSON, wrong types, missing fields) or no `Content-Type: application/json`, an item's outcome disagrees with its exit code, or an item's log record has `seq` 0 (the whole batch is refused)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown session token (register again)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a client token, not an agent session token", body = ErrorBody),
-        (status = 413, description = "`too_large`: more than 10000 items, or the body is over the server's request body limit", body = ErrorBody),
+        (status = 413, description = "`too_large`: more than 10000 items, an item with more than 10000 log records or one longer than 65 KiB, or the body is over the server's request body limit", body = ErrorBody),
         (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn finish_batch(
@@ -625,7 +637,43 @@ pub async fn finish_batch(
         f.finish
             .check()
             .map_err(|e| ApiError::BadRequest(format!("finishes[{i}]: {e}")))?;
+        check_log_records(&f.logs).map_err(|e| match e {
+            ApiError::TooLarge(m) => ApiError::TooLarge(format!("finishes[{i}]: {m}")),
+            ApiError::BadRequest(m) => ApiError::BadRequest(format!("finishes[{i}]: {m}")),
+            other => other,
+        })?;
     }
+    // The records an item brings are stored before its attempt ends, as separate log
+    // batches would have been; an item its fence refuses stores none (and the finish
+    // refuses it the same way).
+    for f in batch.finishes.iter().filter(|f| !f.logs.is_empty()) {
+        if state
+            .store
+            .check_attempt(&agent.id, &f.job_id, f.attempt)
+            .await
+            .is_ok()
+        {
+            state
+                .store
+                .append_logs(&f.job_id, f.attempt, &f.logs)
+                .await?;
+            state.hub.job_changed(&f.job_id);
+        }
+    }
+    let now = Utc::now();
+    let starts: Vec<Option<chrono::DateTime<Utc>>> = batch
+        .finishes
+        .iter()
+        .map(|f| {
+            // However long ago it says, the store keeps the start after the job's run_at.
+            let ago = f.started_ms_ago?.min(i64::MAX as u64) as i64;
+            let ago = chrono::TimeDelta::try_milliseconds(ago).unwrap_or(chrono::TimeDelta::MAX);
+            Some(
+                now.checked_sub_signed(ago)
+                    .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC),
+            )
+        })
+        .collect();
     let items: Vec<(String, u32, FinishRequest)> = batch
         .finishes
         .into_iter()
@@ -634,8 +682,11 @@ pub async fn finish_batch(
     let jitters: Vec<f64> = items.iter().map(|_| rand::random()).collect();
     let done = state
         .store
-        .finish_many(&agent.id, &items, Utc::now(), &jitters)
+        .finish_many(&agent.id, &items, now, &jitters, &starts)
         .await?;
+    for waited in &done.waited {
+        state.metrics.submit_to_start.observe(waited.as_secs_f64());
+    }
     if !done.released.is_empty() {
         state.hub.queued(done.released.iter().map(String::as_str));
     }

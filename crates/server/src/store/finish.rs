@@ -27,6 +27,8 @@ pub struct FinishedMany {
     pub results: Vec<std::result::Result<Ended, StoreError>>,
     /// Jobs queued because they waited for these to end.
     pub released: Vec<String>,
+    /// How long each job whose start came with its end waited to start.
+    pub waited: Vec<Duration>,
 }
 
 /// How one attempt ends, decided before anything is written.
@@ -159,17 +161,23 @@ impl Store {
     }
 
     /// Ends many attempts of one agent in one transaction, each as if they had been
-    /// finished one after the other.
+    /// finished one after the other. `starts[i]`, when given, is when item `i`'s process
+    /// started, for an attempt whose start is reported with its end (missing entries
+    /// are `None`).
     pub async fn finish_many(
         &self,
         agent_id: &str,
         items: &[(String, u32, FinishRequest)],
         now: DateTime<Utc>,
         jitters: &[f64],
+        starts: &[Option<DateTime<Utc>>],
     ) -> Result<FinishedMany> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut held = self.held_many(&mut tx, &ids).await?;
+        let waited = self
+            .start_folded(&mut tx, agent_id, items, starts, &mut held, now)
+            .await?;
         let mut out = Vec::with_capacity(items.len());
         let mut plans = Vec::new();
         for ((job_id, attempt, req), jitter) in items
@@ -211,7 +219,151 @@ impl Store {
         Ok(FinishedMany {
             results: out,
             released,
+            waited,
         })
+    }
+
+    /// When the attempts of the items with a start were leased.
+    async fn leased_at<'a>(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        items: &'a [(String, u32, FinishRequest)],
+        starts: &[Option<DateTime<Utc>>],
+    ) -> Result<HashMap<(&'a str, u32), DateTime<Utc>>> {
+        let keys: Vec<(&str, u32)> = items
+            .iter()
+            .zip(starts)
+            .filter(|(_, s)| s.is_some())
+            .map(|((id, attempt, _), _)| (id.as_str(), *attempt))
+            .collect();
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let pairs = (0..chunk.len())
+                .map(|i| format!("({})", self.params(2 * i, 2)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT job_id, number, leased_at FROM attempts WHERE (job_id, number) IN (VALUES {pairs})"
+            );
+            let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
+            for (id, attempt) in chunk {
+                q = q.bind(*id).bind(i64::from(*attempt));
+            }
+            let rows: HashMap<(String, i64), i64> = q
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(id, number, at)| ((id, number), at))
+                .collect();
+            for &(id, attempt) in chunk {
+                if let Some(at) = rows.get(&(id.to_string(), i64::from(attempt))) {
+                    out.insert((id, attempt), super::from_ms(*at));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks started, in the finish's transaction, the leased attempts whose start came
+    /// with their end, as [`Store::mark_started`] would have when they started; `held`
+    /// is updated to match. An item the fence refuses is left for the finish to refuse.
+    /// Returns how long each started job waited to start.
+    async fn start_folded(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent_id: &str,
+        items: &[(String, u32, FinishRequest)],
+        starts: &[Option<DateTime<Utc>>],
+        held: &mut HashMap<String, Held>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Duration>> {
+        let leased = self.leased_at(tx, items, starts).await?;
+        let mut started: Vec<(&str, u32, DateTime<Utc>)> = Vec::new();
+        for ((job_id, attempt, _), at) in items.iter().zip(starts) {
+            let Some(at) = at else { continue };
+            let Some(h) = held.get_mut(job_id.as_str()) else {
+                continue;
+            };
+            if check_fence(Some(h), agent_id, job_id, *attempt).is_err()
+                || h.state != JobState::Leased
+            {
+                continue;
+            }
+            // Never before the attempt was leased, nor in the future (the agent says how
+            // long ago, which no clock difference between the machines changes).
+            let Some(&leased_at) = leased.get(&(job_id.as_str(), *attempt)) else {
+                continue;
+            };
+            let at = (*at).max(leased_at).min(now);
+            h.state = transition(h.state, Event::Start).expect("leased jobs can start");
+            h.attempts_used += 1;
+            h.started_at = Some(at);
+            started.push((job_id.as_str(), *attempt, at));
+        }
+        let next = JobState::Running;
+        for chunk in started.chunks(CHUNK / 4) {
+            let cases = |first: usize| {
+                (0..chunk.len())
+                    .map(|i| {
+                        let (w, t) = (first + 2 * i + 1, first + 2 * i + 2);
+                        format!("WHEN {} THEN {}", self.param(w), self.param(t))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let sql = format!(
+                "UPDATE jobs SET state = {}, attempts_used = attempts_used + 1, updated_at = {}, started_at = CASE id {} END WHERE id IN ({})",
+                self.param(1),
+                self.param(2),
+                cases(2),
+                self.params(2 + 2 * chunk.len(), chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(next.as_str()).bind(ms(now));
+            for (id, _, at) in chunk {
+                q = q.bind(*id).bind(ms(*at));
+            }
+            for (id, _, _) in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut **tx).await?;
+            let pairs = (0..chunk.len())
+                .map(|i| format!("({})", self.params(2 * chunk.len() + 2 * i, 2)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE attempts SET state = 'running', started_at = CASE job_id {} END WHERE (job_id, number) IN (VALUES {pairs})",
+                cases(0)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, _, at) in chunk {
+                q = q.bind(*id).bind(ms(*at));
+            }
+            for (id, attempt, _) in chunk {
+                q = q.bind(*id).bind(i64::from(*attempt));
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let actor = format!("agent:{agent_id}");
+        let events: Vec<(NewEvent, DateTime<Utc>)> = started
+            .iter()
+            .map(|(job_id, attempt, at)| {
+                let e = NewEvent {
+                    job_id,
+                    kind: "started",
+                    from: Some(JobState::Leased),
+                    to: next,
+                    attempt: Some(*attempt),
+                    actor: &actor,
+                    reason: None,
+                };
+                (e, *at)
+            })
+            .collect();
+        self.record_events_at(tx, &events).await?;
+        Ok(started
+            .iter()
+            .filter_map(|(id, _, at)| (*at - held[*id].run_at).to_std().ok())
+            .collect())
     }
 
     /// Answers a finish for an attempt that is no longer current: the same report as the

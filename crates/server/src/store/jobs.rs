@@ -138,16 +138,27 @@ impl Store {
         events: &[NewEvent<'_>],
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let at: Vec<(&NewEvent, DateTime<Utc>)> = events.iter().map(|e| (e, now)).collect();
+        self.record_events_at(tx, &at).await
+    }
+
+    /// [`Store::record_events`] with each event's own time.
+    pub(crate) async fn record_events_at<'e, E: std::borrow::Borrow<NewEvent<'e>>>(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        events: &[(E, DateTime<Utc>)],
+    ) -> Result<()> {
         for chunk in events.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO job_events (job_id, at, kind, from_state, to_state, attempt, actor, reason) VALUES {}",
                 self.values(chunk.len(), 8)
             );
             let mut q = sqlx::query(&sql);
-            for e in chunk {
+            for (e, at) in chunk {
+                let e = e.borrow();
                 q = q
                     .bind(e.job_id)
-                    .bind(ms(now))
+                    .bind(ms(*at))
                     .bind(e.kind)
                     .bind(e.from.map(|s| s.as_str()))
                     .bind(e.to.as_str())

@@ -550,6 +550,24 @@ impl Store {
         attempt: u32,
         now: DateTime<Utc>,
     ) -> Result<AttemptWrite> {
+        let elapsed = self.mark_started(agent_id, job_id, attempt, now).await?;
+        Ok(AttemptWrite {
+            job: self.job(job_id).await?,
+            elapsed,
+            released: Vec::new(),
+        })
+    }
+
+    /// [`Store::start`] without reading the job back (agents starting an attempt with
+    /// its first log batch do not need it): how long the job waited to start, the first
+    /// time it is marked started.
+    pub async fn mark_started(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>> {
         let mut tx = self.write.begin().await?;
         let held = self.fence(&mut tx, agent_id, job_id, attempt).await?;
         let mut elapsed = None;
@@ -584,13 +602,8 @@ impl Store {
             )
             .await?;
         }
-        let job = job_in_tx(&mut tx, job_id).await?;
         tx.commit().await?;
-        Ok(AttemptWrite {
-            job,
-            elapsed,
-            released: Vec::new(),
-        })
+        Ok(elapsed)
     }
 
     /// The agent stopped the attempt because the agent itself is shutting down: the job
@@ -980,10 +993,28 @@ impl Store {
             }
             held.insert(id, attempt);
         }
-        for r in running {
-            if held.get(&r.job_id) != Some(&r.attempt) {
-                out.kill.push(r.clone());
+        let gone: Vec<&RunningAttempt> = running
+            .iter()
+            .filter(|r| held.get(&r.job_id) != Some(&r.attempt))
+            .collect();
+        if !gone.is_empty() {
+            // An attempt whose finish this agent's own report stored while the poll was
+            // on its way is done, not stale: a kill would only alarm the agent's log.
+            let sql = format!(
+                "SELECT job_id, number FROM attempts WHERE agent_id = $1 AND state IN ('succeeded', 'failed', 'canceled') AND job_id IN ({})",
+                placeholders(1, gone.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(agent_id);
+            for r in &gone {
+                q = q.bind(r.job_id.clone());
             }
+            let finished: HashSet<(String, i64)> =
+                q.fetch_all(&mut *tx).await?.into_iter().collect();
+            out.kill.extend(
+                gone.into_iter()
+                    .filter(|r| !finished.contains(&(r.job_id.clone(), i64::from(r.attempt))))
+                    .cloned(),
+            );
         }
         for id in forgotten {
             self.lose(&mut tx, &id, "the agent does not run this attempt", now)
