@@ -173,16 +173,23 @@ impl Names {
     }
 }
 
+/// Removes the attempt's files, in one trip to a blocking thread.
 async fn cleanup(ctx: &AttemptCtx, names: &Names) {
-    if !ctx.keep_workspace {
-        if let Err(e) = tokio::fs::remove_dir_all(&names.files.workspace).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, "cannot remove workspace");
-            }
+    let (files, keep_workspace) = (names.files.clone(), ctx.keep_workspace);
+    let removed = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_file(&files.spool);
+        let _ = std::fs::remove_file(&files.record);
+        match keep_workspace {
+            true => Ok(()),
+            false => std::fs::remove_dir_all(&files.workspace),
+        }
+    })
+    .await;
+    if let Ok(Err(e)) = removed {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "cannot remove workspace");
         }
     }
-    let _ = tokio::fs::remove_file(&names.files.spool).await;
-    let _ = tokio::fs::remove_file(&names.files.record).await;
 }
 
 /// The heart of an attempt; `Err(Abandoned)` means no finish was (or could be) reported.
@@ -506,14 +513,22 @@ fn failed(error: String) -> FinishRequest {
 
 /// Reads the result file: `(value, error)`; a missing file is neither.
 pub(crate) async fn read_result(path: &Path) -> (Option<serde_json::Value>, Option<String>) {
-    let meta = match tokio::fs::metadata(path).await {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_result_now(&path))
+        .await
+        .unwrap_or_else(|e| (None, Some(format!("result file cannot be read: {e}"))))
+}
+
+/// [`read_result`], blocking: one trip to a blocking thread for both calls.
+fn read_result_now(path: &Path) -> (Option<serde_json::Value>, Option<String>) {
+    let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(_) => return (None, None),
     };
     if meta.len() > MAX_RESULT_BYTES {
         return (None, Some("result file is larger than 1 MiB".into()));
     }
-    match tokio::fs::read(path).await {
+    match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(format!("result file is not valid JSON: {e}"))),

@@ -65,6 +65,7 @@ both!(
     claim_looks_past_jobs_the_agent_cannot_run,
     finish_many_ends_each_attempt_as_one_finish_would,
     finish_many_records_starts_that_came_with_the_end,
+    log_batches_of_many_attempts_are_stored_as_one_each_would_be,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -1044,4 +1045,56 @@ async fn finish_many_records_starts_that_came_with_the_end(fx: Fx) {
         );
         assert_eq!(ms(events[2].at), ms(started), "job {i}");
     }
+}
+
+async fn log_batches_of_many_attempts_are_stored_as_one_each_would_be(fx: Fx) {
+    let rec = |seq: u64, text: &str| LogRecord {
+        seq,
+        ts: t0(),
+        stream: Stream::Stdout,
+        text: text.into(),
+    };
+    // Attempt b already has records 1-2 (a resend will overlap them).
+    fx.store
+        .append_logs("b", 1, &[rec(1, "b1"), rec(2, "b2")])
+        .await
+        .unwrap();
+    let a = [rec(2, "a2"), rec(1, "a1"), rec(2, "dup")];
+    let b = [rec(2, "b2 again"), rec(3, "b3")];
+    let c = [rec(5, "c5")];
+    fx.store
+        .append_logs_many(&[
+            ("a", 1, &a[..]),
+            ("b", 1, &b[..]),
+            ("c", 2, &c[..]),
+            ("d", 1, &[]),
+        ])
+        .await
+        .unwrap();
+    let texts = |job: &'static str, attempt: u32| {
+        let store = fx.store.clone();
+        async move {
+            let records = store.read_logs(job, attempt, 0, None, 100).await.unwrap();
+            records.into_iter().map(|r| r.text).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        texts("a", 1).await,
+        ["a1", "a2"],
+        "sorted, the first of a seq kept"
+    );
+    assert_eq!(
+        texts("b", 1).await,
+        ["b1", "b2", "b3"],
+        "stored records win"
+    );
+    assert_eq!(texts("c", 2).await, ["c5"]);
+    assert!(texts("d", 1).await.is_empty());
+    // Sent again, nothing changes.
+    fx.store
+        .append_logs_many(&[("a", 1, &a[..]), ("c", 2, &c[..])])
+        .await
+        .unwrap();
+    assert_eq!(texts("a", 1).await, ["a1", "a2"]);
+    assert_eq!(texts("c", 2).await, ["c5"]);
 }

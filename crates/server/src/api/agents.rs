@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use drover_core::api::{
-    AgentList, Control, ErrorBody, FinishBatch, FinishBatchResult, FinishItemResult, FinishRequest,
-    Job, LogBatch, LogRecord, PollRequest, PollResponse, ProgressUpdate, ProviderList,
-    RegisterRequest, RegisterResponse,
+    AgentList, Control, ErrorBody, FinishBatch, FinishBatchResult, FinishItem, FinishItemResult,
+    FinishRequest, Job, LogBatch, LogRecord, PollRequest, PollResponse, ProgressUpdate,
+    ProviderList, RegisterRequest, RegisterResponse,
 };
 use drover_core::Outcome;
 use serde::Deserialize;
@@ -646,18 +646,26 @@ pub async fn finish_batch(
     // The records an item brings are stored before its attempt ends, as separate log
     // batches would have been; an item its fence refuses stores none (and the finish
     // refuses it the same way).
-    for f in batch.finishes.iter().filter(|f| !f.logs.is_empty()) {
-        if state
-            .store
-            .check_attempt(&agent.id, &f.job_id, f.attempt)
-            .await
-            .is_ok()
-        {
-            state
-                .store
-                .append_logs(&f.job_id, f.attempt, &f.logs)
-                .await?;
-            state.hub.job_changed(&f.job_id);
+    let with_logs: Vec<&FinishItem> = batch
+        .finishes
+        .iter()
+        .filter(|f| !f.logs.is_empty())
+        .collect();
+    if !with_logs.is_empty() {
+        let keys: Vec<(&str, u32)> = with_logs
+            .iter()
+            .map(|f| (f.job_id.as_str(), f.attempt))
+            .collect();
+        let current = state.store.check_attempts(&agent.id, &keys).await?;
+        let logs: Vec<(&str, u32, &[LogRecord])> = with_logs
+            .iter()
+            .zip(current)
+            .filter(|(_, current)| *current)
+            .map(|(f, _)| (f.job_id.as_str(), f.attempt, f.logs.as_slice()))
+            .collect();
+        state.store.append_logs_many(&logs).await?;
+        for (job_id, _, _) in &logs {
+            state.hub.job_changed(job_id);
         }
     }
     let now = Utc::now();

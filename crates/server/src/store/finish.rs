@@ -415,6 +415,30 @@ impl Store {
         super::parse_col(&row, "job_state")
     }
 
+    /// Whether each attempt is this agent's current one, as
+    /// [`Store::check_attempt`] says for one, in one read.
+    pub async fn check_attempts(&self, agent_id: &str, items: &[(&str, u32)]) -> Result<Vec<bool>> {
+        let mut held = HashMap::with_capacity(items.len());
+        for chunk in items.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, {} FROM jobs WHERE id IN ({})",
+                Held::COLUMNS,
+                self.params(0, chunk.len()),
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, _) in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.read).await? {
+                held.insert(row.try_get::<String, _>("id")?, Held::from_row(&row)?);
+            }
+        }
+        Ok(items
+            .iter()
+            .map(|(id, attempt)| check_fence(held.get(*id), agent_id, id, *attempt).is_ok())
+            .collect())
+    }
+
     /// The fencing facts of many jobs, by id (missing jobs are absent).
     async fn held_many(
         &self,

@@ -135,6 +135,90 @@ impl Store {
         Ok(())
     }
 
+    /// Stores the records of several attempts, each as [`Store::append_logs`] would:
+    /// those that overlap nothing stored (what agents send) in one transaction and one
+    /// multi-row insert; the others merged one by one.
+    pub async fn append_logs_many(&self, items: &[(&str, u32, &[LogRecord])]) -> Result<()> {
+        let items: Vec<(&str, u32, Vec<&LogRecord>)> = items
+            .iter()
+            .map(|(job_id, attempt, records)| {
+                let mut sorted: BTreeMap<u64, &LogRecord> = BTreeMap::new();
+                for r in *records {
+                    sorted.entry(r.seq).or_insert(r);
+                }
+                (*job_id, *attempt, sorted.into_values().collect())
+            })
+            .filter(|(_, _, records): &(_, _, Vec<_>)| !records.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.logs_write.begin().await?;
+        if self.backend == Backend::Postgres {
+            // As in `append_logs`, in one order so two batches never wait on each other.
+            let mut keys: Vec<(&str, u32)> = items.iter().map(|(j, a, _)| (*j, *a)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for (job_id, attempt) in keys {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), CAST($2 AS INTEGER))")
+                    .bind(job_id)
+                    .bind(i64::from(attempt))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut stored: Vec<(String, u32, i64, i64)> = Vec::new();
+        for chunk in items.chunks(super::CHUNK) {
+            let pairs = self.values(chunk.len(), 2);
+            let sql = format!(
+                "SELECT job_id, attempt, first_seq, last_seq FROM log_chunks WHERE (job_id, attempt) IN (VALUES {pairs})"
+            );
+            let mut q = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql);
+            for (job_id, attempt, _) in chunk {
+                q = q.bind(*job_id).bind(i64::from(*attempt));
+            }
+            for (job_id, attempt, first, last) in q.fetch_all(&mut *tx).await? {
+                stored.push((job_id, attempt as u32, first, last));
+            }
+        }
+        let range = |records: &[&LogRecord]| {
+            (
+                db_seq(records[0].seq),
+                db_seq(records[records.len() - 1].seq),
+            )
+        };
+        let (fresh, merge): (Vec<_>, Vec<_>) =
+            items.iter().partition(|(job_id, attempt, records)| {
+                let (lo, hi) = range(records);
+                !stored.iter().any(|(j, a, first, last)| {
+                    j == job_id && a == attempt && *last >= lo && *first <= hi
+                })
+            });
+        for chunk in fresh.chunks(super::CHUNK) {
+            let sql = format!(
+                "INSERT INTO log_chunks (job_id, attempt, first_seq, last_seq, records) VALUES {}",
+                self.values(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for (job_id, attempt, records) in chunk {
+                let (lo, hi) = range(records);
+                q = q
+                    .bind(*job_id)
+                    .bind(i64::from(*attempt))
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(encode(records));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        for (job_id, attempt, records) in merge {
+            let records: Vec<LogRecord> = records.iter().map(|r| (*r).clone()).collect();
+            self.append_logs(job_id, *attempt, &records).await?;
+        }
+        Ok(())
+    }
+
     /// Up to `limit` records with `seq > after`, in order, optionally of one stream.
     pub async fn read_logs(
         &self,
