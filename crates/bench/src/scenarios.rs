@@ -202,7 +202,8 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             "ms",
             &p50,
             None,
-            Target::AtMost(2.0),
+            // Issue 19's targets.
+            Target::AtMost(1.5),
         ),
         Row::new(
             "latency",
@@ -210,7 +211,7 @@ async fn latency(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             "ms",
             &p99,
             None,
-            Target::AtMost(10.0),
+            Target::AtMost(5.0),
         ),
         Row::new(
             "latency",
