@@ -713,39 +713,22 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
     let a = agent(&fx.store, "a", 2, &[], &["default"]).await;
     assert_eq!(fx.store.claim(&a, now, TTL).await.unwrap().len(), 2);
     let later = now + chrono::Duration::seconds(1);
-    let running = [
-        RunningAttempt {
-            job_id: ids[0].clone(),
-            attempt: 1,
-        },
-        RunningAttempt {
-            job_id: "ghost".into(),
-            attempt: 7,
-        },
-    ];
-    let out = fx
-        .store
-        .renew(
-            &a.id,
-            &PollRequest {
-                running: running.to_vec(),
-                wait_ms: 0,
-                draining: false,
-                stats: Default::default(),
-            },
-            later,
-            later,
-            TTL,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.kill,
-        [RunningAttempt {
-            job_id: "ghost".into(),
-            attempt: 7
-        }]
-    );
+    let attempt = |job_id: &str, attempt| RunningAttempt {
+        job_id: job_id.into(),
+        attempt,
+    };
+    let renew = |running: Vec<RunningAttempt>| {
+        let poll = PollRequest {
+            running,
+            wait_ms: 0,
+            draining: false,
+            stats: Default::default(),
+        };
+        let (store, id) = (fx.store.clone(), a.id.clone());
+        async move { store.renew(&id, &poll, later, later, TTL).await.unwrap() }
+    };
+    let out = renew(vec![attempt(&ids[0], 1), attempt("ghost", 7)]).await;
+    assert_eq!(out.kill, [attempt("ghost", 7)]);
     let forgotten = fx.store.job(&ids[1]).await.unwrap();
     assert_eq!(
         forgotten.state,
@@ -766,33 +749,8 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
         )
         .await
         .unwrap();
-    let listed = [
-        RunningAttempt {
-            job_id: ids[0].clone(),
-            attempt: 1,
-        },
-        RunningAttempt {
-            job_id: ids[1].clone(),
-            attempt: 1,
-        },
-    ];
-    let out = fx
-        .store
-        .renew(
-            &a.id,
-            &PollRequest {
-                running: listed.to_vec(),
-                wait_ms: 0,
-                draining: false,
-                stats: Default::default(),
-            },
-            later,
-            later,
-            TTL,
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.kill, listed[1..]);
+    let out = renew(vec![attempt(&ids[0], 1), attempt(&ids[1], 1)]).await;
+    assert_eq!(out.kill, [attempt(&ids[1], 1)]);
 }
 
 async fn claim_looks_past_jobs_the_agent_cannot_run(fx: Fx) {

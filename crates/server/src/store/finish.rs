@@ -238,12 +238,9 @@ impl Store {
             .collect();
         let mut out = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
-            let pairs = (0..chunk.len())
-                .map(|i| format!("({})", self.params(2 * i, 2)))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sql = format!(
-                "SELECT job_id, number, leased_at FROM attempts WHERE (job_id, number) IN (VALUES {pairs})"
+                "SELECT job_id, number, leased_at FROM attempts WHERE (job_id, number) IN (VALUES {})",
+                self.values(chunk.len(), 2)
             );
             let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
             for (id, attempt) in chunk {
@@ -326,13 +323,10 @@ impl Store {
                 q = q.bind(*id);
             }
             q.execute(&mut **tx).await?;
-            let pairs = (0..chunk.len())
-                .map(|i| format!("({})", self.params(2 * chunk.len() + 2 * i, 2)))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sql = format!(
-                "UPDATE attempts SET state = 'running', started_at = CASE job_id {} END WHERE (job_id, number) IN (VALUES {pairs})",
-                cases(0)
+                "UPDATE attempts SET state = 'running', started_at = CASE job_id {} END WHERE (job_id, number) IN (VALUES {})",
+                cases(0),
+                self.values_after(2 * chunk.len(), chunk.len(), 2)
             );
             let mut q = sqlx::query(&sql);
             for (id, _, at) in chunk {
@@ -516,10 +510,7 @@ impl Store {
         }
         for (w, keys) in attempts {
             for chunk in keys.chunks(CHUNK) {
-                let pairs = (0..chunk.len())
-                    .map(|i| format!("({})", self.params(5 + 2 * i, 2)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let pairs = self.values_after(5, chunk.len(), 2);
                 let sql = format!(
                     "UPDATE attempts SET state = {}, finished_at = {}, exit_code = {}, error = {}, gpus = {} WHERE (job_id, number) IN (VALUES {pairs})",
                     self.param(1),

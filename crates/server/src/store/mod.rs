@@ -438,8 +438,13 @@ impl Store {
     /// binding a named (`$k`) parameter walks the list of all names, which made large
     /// multi-row statements quadratic.
     pub(crate) fn values(&self, rows: usize, cols: usize) -> String {
+        self.values_after(0, rows, cols)
+    }
+
+    /// [`Store::values`] for rows that follow `offset` other parameters.
+    pub(crate) fn values_after(&self, offset: usize, rows: usize, cols: usize) -> String {
         (0..rows)
-            .map(|r| format!("({})", self.params(r * cols, cols)))
+            .map(|r| format!("({})", self.params(offset + r * cols, cols)))
             .collect::<Vec<_>>()
             .join(", ")
     }
