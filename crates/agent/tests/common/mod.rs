@@ -32,6 +32,13 @@ impl Api {
         }
     }
 
+    /// `GET path` (from `/v1/…` or `/metrics`) with the admin token.
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
     pub async fn submit(&self, req: SubmitRequest) -> Job {
         let resp = self
             .http
@@ -53,9 +60,7 @@ impl Api {
     /// `drover_http_requests_total` metric), whatever their status.
     pub async fn requests(&self, method: &str, route: &str) -> u64 {
         let text = self
-            .http
-            .get(format!("{}/metrics", self.url))
-            .bearer_auth(&self.token)
+            .get("/metrics")
             .send()
             .await
             .expect("metrics")
@@ -70,13 +75,7 @@ impl Api {
     }
 
     pub async fn job(&self, id: &str) -> Option<Job> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .ok()?;
+        let resp = self.get(&format!("/v1/jobs/{id}")).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -86,9 +85,7 @@ impl Api {
     /// `GET /v1/agents`.
     pub async fn agents(&self) -> Vec<drover_core::api::Agent> {
         let list: drover_core::api::AgentList = self
-            .http
-            .get(format!("{}/v1/agents", self.url))
-            .bearer_auth(&self.token)
+            .get("/v1/agents")
             .send()
             .await
             .expect("agents")
