@@ -81,6 +81,10 @@ impl Store {
         let (Some(&lo), Some(&hi)) = (incoming.keys().next(), incoming.keys().next_back()) else {
             return Ok(());
         };
+        // Encoded before the write transaction, which would otherwise hold the single
+        // writer while a large batch is encoded; only a batch that overlaps stored
+        // records (a resend) is encoded again, merged.
+        let encoded = encode(&incoming.values().copied().collect::<Vec<_>>());
         let mut tx = self.logs_write.begin().await?;
         if self.backend == Backend::Postgres {
             // Appends to one attempt take turns, so two overlapping batches cannot both
@@ -114,12 +118,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for r in &stored {
-            incoming.insert(r.seq, r);
-        }
-        let merged: Vec<&LogRecord> = incoming.into_values().collect();
-        let first = merged.first().map_or(lo, |r| r.seq);
-        let last = merged.last().map_or(hi, |r| r.seq);
+        let (first, last, encoded) = if stored.is_empty() {
+            (lo, hi, encoded)
+        } else {
+            for r in &stored {
+                incoming.insert(r.seq, r);
+            }
+            let merged: Vec<&LogRecord> = incoming.into_values().collect();
+            let first = merged.first().map_or(lo, |r| r.seq);
+            let last = merged.last().map_or(hi, |r| r.seq);
+            (first, last, encode(&merged))
+        };
         sqlx::query(
             "INSERT INTO log_chunks (job_id, attempt, first_seq, last_seq, records) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -127,7 +136,7 @@ impl Store {
         .bind(i64::from(attempt))
         .bind(db_seq(first))
         .bind(db_seq(last))
-        .bind(encode(&merged))
+        .bind(encoded)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -139,16 +148,19 @@ impl Store {
     /// those that overlap nothing stored (what agents send) in one transaction and one
     /// multi-row insert; the others merged one by one.
     pub async fn append_logs_many(&self, items: &[(&str, u32, &[LogRecord])]) -> Result<()> {
-        let items: Vec<(&str, u32, Vec<&LogRecord>)> = items
+        // Each encoded before the write transaction (see `append_logs`).
+        let items: Vec<(&str, u32, Vec<&LogRecord>, String)> = items
             .iter()
             .map(|(job_id, attempt, records)| {
                 let mut sorted: BTreeMap<u64, &LogRecord> = BTreeMap::new();
                 for r in *records {
                     sorted.entry(r.seq).or_insert(r);
                 }
-                (*job_id, *attempt, sorted.into_values().collect())
+                let sorted: Vec<&LogRecord> = sorted.into_values().collect();
+                let encoded = encode(&sorted);
+                (*job_id, *attempt, sorted, encoded)
             })
-            .filter(|(_, _, records): &(_, _, Vec<_>)| !records.is_empty())
+            .filter(|(_, _, records, _)| !records.is_empty())
             .collect();
         if items.is_empty() {
             return Ok(());
@@ -156,7 +168,7 @@ impl Store {
         let mut tx = self.logs_write.begin().await?;
         if self.backend == Backend::Postgres {
             // As in `append_logs`, in one order so two batches never wait on each other.
-            let mut keys: Vec<(&str, u32)> = items.iter().map(|(j, a, _)| (*j, *a)).collect();
+            let mut keys: Vec<(&str, u32)> = items.iter().map(|(j, a, _, _)| (*j, *a)).collect();
             keys.sort_unstable();
             keys.dedup();
             for (job_id, attempt) in keys {
@@ -174,7 +186,7 @@ impl Store {
                 "SELECT job_id, attempt, first_seq, last_seq FROM log_chunks WHERE (job_id, attempt) IN (VALUES {pairs})"
             );
             let mut q = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql);
-            for (job_id, attempt, _) in chunk {
+            for (job_id, attempt, _, _) in chunk {
                 q = q.bind(*job_id).bind(i64::from(*attempt));
             }
             for (job_id, attempt, first, last) in q.fetch_all(&mut *tx).await? {
@@ -188,7 +200,7 @@ impl Store {
             )
         };
         let (fresh, merge): (Vec<_>, Vec<_>) =
-            items.iter().partition(|(job_id, attempt, records)| {
+            items.iter().partition(|(job_id, attempt, records, _)| {
                 let (lo, hi) = range(records);
                 !stored.iter().any(|(j, a, first, last)| {
                     j == job_id && a == attempt && *last >= lo && *first <= hi
@@ -200,19 +212,19 @@ impl Store {
                 self.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
-            for (job_id, attempt, records) in chunk {
+            for (job_id, attempt, records, encoded) in chunk {
                 let (lo, hi) = range(records);
                 q = q
                     .bind(*job_id)
                     .bind(i64::from(*attempt))
                     .bind(lo)
                     .bind(hi)
-                    .bind(encode(records));
+                    .bind(encoded.as_str());
             }
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        for (job_id, attempt, records) in merge {
+        for (job_id, attempt, records, _) in merge {
             let records: Vec<LogRecord> = records.iter().map(|r| (*r).clone()).collect();
             self.append_logs(job_id, *attempt, &records).await?;
         }
