@@ -204,19 +204,16 @@ async fn execute<E: Executor>(
     let prepared = {
         let (own, limits) = (names.clone(), ctx.limits);
         tokio::task::spawn_blocking(move || {
-            let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone())?;
-            Ok((files, E::prepare(&own.files)))
+            let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone());
+            (files, E::prepare(&own.files))
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     };
-    let (reporter, logs, prepared) = match prepared {
-        Ok((files, prepared)) => {
-            let (reporter, logs) = start_logs(ctx, files);
-            (reporter, logs, prepared)
-        }
-        Err(e) => return spool_failed(ctx, e).await,
+    let (files, prepared) = match prepared {
+        Ok(done) => done,
+        Err(e) => return not_prepared(ctx, e).await,
     };
+    let (reporter, logs) = start_logs(ctx, files);
     if let Err(e) = prepared {
         return not_started(&reporter, logs, workspace_error(names, e)).await;
     }
@@ -337,7 +334,8 @@ async fn conclude(
     }
     logs.close().await;
     // The spool is complete: should the agent die before the server has it all, its
-    // next run sends the rest and this outcome instead of letting the job run again.
+    // next run sends the rest (from the spool file, and what only memory held, written
+    // here with the end) and this outcome instead of letting the job run again.
     // Noted before waiting for the start report, which waits for the server.
     // (A job stopped for the agent's shutdown is released, not finished: nothing to note.)
     if !matches!(
@@ -351,7 +349,9 @@ async fn conclude(
             result: result.clone(),
             gpus,
         };
-        let marked = tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended)).await;
+        let tail = logs.unshipped_in_memory();
+        let marked =
+            tokio::task::spawn_blocking(move || fence::mark_ended(&record, ended, &tail)).await;
         if let Ok(Err(e)) = marked {
             tracing::warn!(error = %e, "cannot note the job's end in its record");
         }
@@ -411,9 +411,13 @@ fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
     (reporter, logs)
 }
 
-/// Fails an attempt whose spool could not be created (nothing was started).
-async fn spool_failed(ctx: &AttemptCtx, e: std::io::Error) -> Result<AttemptEnd, Abandoned> {
-    let error = format!("cannot create the log spool: {e}");
+/// Fails an attempt whose preparation did not run (its blocking task panicked; nothing
+/// was started).
+async fn not_prepared(
+    ctx: &AttemptCtx,
+    e: tokio::task::JoinError,
+) -> Result<AttemptEnd, Abandoned> {
+    let error = format!("cannot prepare the attempt: {e}");
     tracing::error!(%error, "attempt cannot run");
     ctx.reporter().finish(failed(error)).await?;
     Ok(AttemptEnd {

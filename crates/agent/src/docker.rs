@@ -96,6 +96,7 @@ impl<'a> Executor for DockerExecutor<'a> {
             container: Some(cspec.name.clone()),
             deadline_ms: self.ctx.deadline_ms,
             ended: None,
+            tail: Vec::new(),
         };
         let path = self.files.record.clone();
         let _ = tokio::task::spawn_blocking(move || fence::keep_record(&path, &record)).await;

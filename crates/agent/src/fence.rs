@@ -43,6 +43,10 @@ pub struct Record {
     /// letting the job run a second time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<drover_core::api::FinishRequest>,
+    /// With the end: the log records that were only in the agent's memory then (spool
+    /// lines), to be sent again with it.
+    #[serde(skip)]
+    pub tail: Vec<u8>,
 }
 
 /// Milliseconds on the boot clock: the same in every process of the machine, and it
@@ -61,7 +65,7 @@ pub fn fence_margin(ttl: Duration) -> Duration {
 }
 
 /// Writes a record (blocking); it is complete or absent, never half written. It is
-/// one line; [`mark_ended`] appends the end as a second.
+/// one line; [`mark_ended`] appends the unshipped records and the end after it.
 pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -71,13 +75,26 @@ pub fn write_record(path: &Path, record: &Record) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// A record file's record: its first line, with the end from a complete second line
-/// (a half-written one, from an agent killed while writing it, is not an end yet).
+/// A record file's record: its first line, with the end from a complete last line and
+/// the log records between (a half-written end, from an agent killed while writing it,
+/// is not an end yet, and its records are not needed: the job will run again).
 fn parse_record(bytes: &[u8]) -> Option<Record> {
-    let mut lines = bytes.split_inclusive(|b| *b == b'\n');
-    let mut rec: Record = serde_json::from_slice(lines.next()?).ok()?;
-    if let Some(end) = lines.next().filter(|l| l.ends_with(b"\n")) {
-        rec.ended = Some(serde_json::from_slice(end).ok()?);
+    let first = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| i + 1);
+    let mut rec: Record = serde_json::from_slice(&bytes[..first]).ok()?;
+    let rest = &bytes[first..];
+    if rest.ends_with(b"\n") {
+        let end_at = rest[..rest.len() - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        // A write cut right after a record line leaves no end either.
+        if let Ok(end) = serde_json::from_slice(&rest[end_at..]) {
+            rec.ended = Some(end);
+            rec.tail = rest[..end_at].to_vec();
+        }
     }
     Some(rec)
 }
@@ -144,13 +161,18 @@ async fn stop(rec: &Record, engine: &Engine, keep_containers: bool) -> bool {
 /// Marks the record at `path` with how its job ended (blocking): one line appended in
 /// one write, rather than a new file renamed over it, which would cost a file (an inode
 /// made and one freed) per job.
-pub fn mark_ended(path: &Path, ended: drover_core::api::FinishRequest) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(&ended).expect("plain data serializes");
-    line.push(b'\n');
+pub fn mark_ended(
+    path: &Path,
+    ended: drover_core::api::FinishRequest,
+    tail: &[u8],
+) -> std::io::Result<()> {
+    let mut lines = tail.to_vec();
+    serde_json::to_writer(&mut lines, &ended).expect("plain data serializes");
+    lines.push(b'\n');
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)?
-        .write_all(&line)
+        .write_all(&lines)
 }
 
 /// What an earlier run of this agent left behind.
@@ -379,9 +401,13 @@ mod tests {
             container: None,
             deadline_ms: boot_ms(),
             ended: None,
+            tail: Vec::new(),
         };
         assert!(rec.start_time.is_some());
         let path = crate::layout::AttemptFiles::new(dir.path(), "j", 2).record;
+        // Written by hand without its newline, it still reads.
+        std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
         write_record(&path, &rec).unwrap();
         assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
         // An end half written (the agent was killed while writing it) is no end yet.
@@ -397,12 +423,28 @@ mod tests {
         std::fs::write(&path, [&whole[..], &line.as_bytes()[..10]].concat()).unwrap();
         assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
         std::fs::write(&path, &whole).unwrap();
-        mark_ended(&path, ended.clone()).unwrap();
+        mark_ended(&path, ended.clone(), b"").unwrap();
         let marked = Record {
-            ended: Some(ended),
-            ..rec
+            ended: Some(ended.clone()),
+            ..rec.clone()
         };
-        assert_eq!(read_records(dir.path()), vec![(path, marked)]);
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), marked)]);
+        // Records still unshipped go before the end, in the same write; with the end
+        // half written they are not read either.
+        let tail = b"{\"seq\":1,\"ts\":\"2026-11-25T00:00:00.000Z\",\"stream\":\"stdout\",\"text\":\"a\"}\n{\"seq\":2,\"ts\":\"2026-11-25T00:00:00.000Z\",\"stream\":\"stdout\",\"text\":\"b\"}\n";
+        std::fs::write(&path, &whole).unwrap();
+        mark_ended(&path, ended.clone(), tail).unwrap();
+        let with_tail = Record {
+            ended: Some(ended),
+            tail: tail.to_vec(),
+            ..rec.clone()
+        };
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), with_tail)]);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 5]).unwrap();
+        assert_eq!(read_records(dir.path()), vec![(path.clone(), rec.clone())]);
+        std::fs::write(&path, [&whole[..], &tail[..]].concat()).unwrap();
+        assert_eq!(read_records(dir.path()), vec![(path, rec)]);
     }
 
     #[test]
@@ -416,6 +458,7 @@ mod tests {
             container: None,
             deadline_ms: 0,
             ended: None,
+            tail: Vec::new(),
         };
         assert!(!kill_group(&rec), "another start time: not our group");
     }

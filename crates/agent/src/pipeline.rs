@@ -1,5 +1,5 @@
-//! The IO tasks around one job process: output pumps → spool writer (a blocking thread)
-//! → log shipper; progress from `::progress` markers and the progress file → a throttled
+//! The IO tasks around one job process: output pumps → spool writer (a blocking thread;
+//! records in memory until they spill, see `spool`) → log shipper; progress from `::progress` markers and the progress file → a throttled
 //! progress sender.
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::output::{self, LineReader, Masker, MAX_LINE_BYTES};
 use crate::report::{Abandoned, GaveUp, Reporter};
-use crate::spool::{self, SpoolLimits, SpoolReader, SpoolWriter};
+use crate::spool::{self, SpoolLimits, SpoolReader, SpoolShared, SpoolWriter};
 
 /// Messages in flight between the pumps and the spool writer (each at most
 /// [`LINES_PER_MESSAGE`] lines and about [`BYTES_PER_MESSAGE`]).
@@ -59,6 +59,7 @@ pub struct LogPipeline {
     shipper: JoinHandle<Result<Option<Folded>, Abandoned>>,
     masker: Arc<Masker>,
     start: Arc<StartReport>,
+    spool: Arc<SpoolShared>,
 }
 
 /// How the start report went: `Err` when the attempt was abandoned.
@@ -113,6 +114,7 @@ impl LogPipeline {
             reader,
             mirror,
         } = files;
+        let spool = reader.shared();
         let (tx, rx) = mpsc::channel(LINE_CHANNEL);
         let writer = tokio::task::spawn_blocking(move || write_spool(writer, mirror, rx));
         let start = Arc::new(StartReport::default());
@@ -124,7 +126,14 @@ impl LogPipeline {
             shipper,
             masker,
             start,
+            spool,
         }
+    }
+
+    /// The records not yet acknowledged that only the agent's memory holds (call after
+    /// [`LogPipeline::close`]): they go into the attempt's record with its end.
+    pub fn unshipped_in_memory(&self) -> Vec<u8> {
+        self.spool.unshipped_in_memory()
     }
 
     /// Reports the attempt started with the next batch the shipper sends. When the
@@ -174,19 +183,19 @@ pub struct SpoolFiles {
 }
 
 impl SpoolFiles {
-    /// Creates the spool at `path` and opens the mirror (a mirror that cannot be opened
-    /// is logged and skipped). Blocking.
+    /// The spool (spilling to `path`) and the mirror, opened (a mirror that cannot be
+    /// opened is logged and skipped). Blocking.
     pub fn create(
         path: &std::path::Path,
         limits: SpoolLimits,
         mirror: Option<PathBuf>,
-    ) -> std::io::Result<SpoolFiles> {
-        let (writer, reader) = spool::create(path, limits)?;
-        Ok(SpoolFiles {
+    ) -> SpoolFiles {
+        let (writer, reader) = spool::create(path, limits);
+        SpoolFiles {
             writer,
             reader,
             mirror: mirror.and_then(open_mirror),
-        })
+        }
     }
 }
 

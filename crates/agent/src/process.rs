@@ -445,6 +445,7 @@ fn spawn_recorded(
         container: None,
         deadline_ms,
         ended: None,
+        tail: Vec::new(),
     };
     fence::keep_record(&files.record, &record);
     Ok(spawned)

@@ -75,7 +75,9 @@ async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(
     let Some(finish) = rec.ended.clone() else {
         return Ok(());
     };
-    let spool = tokio::fs::read(&files.spool).await.unwrap_or_default();
+    // What spilled to the spool file, then what only memory held when the job ended.
+    let mut spool = tokio::fs::read(&files.spool).await.unwrap_or_default();
+    spool.extend_from_slice(&rec.tail);
     let lines: Vec<&[u8]> = spool
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -1,7 +1,13 @@
-//! The per-attempt on-disk log spool: records are appended as JSON lines by one writer
-//! (on a blocking thread) and read back in batches by the shipper, which advances an
-//! acknowledged offset. Bounded: past `limit` unshipped bytes records are dropped and a
-//! `system` marker says how many; past the output cap further output is discarded.
+//! The per-attempt log spool: records are appended as JSON lines by one writer (on a
+//! blocking thread) and read back in batches by the shipper, which advances an
+//! acknowledged offset. Records stay in memory while the shipper keeps up, so a job that
+//! prints a few lines never touches the disk; past [`MEMORY_BYTES`] unshipped bytes (a
+//! chatty job, a slow or unreachable server) they spill to the spool file, and stay there
+//! for the rest of the attempt. The records still in memory when the job ends are written
+//! with the end into the attempt's record (see `fence::mark_ended`), so an agent that dies
+//! before shipping them still sends them when it starts again. Bounded: past `limit`
+//! unshipped bytes records are dropped and a `system` marker says how many; past the
+//! output cap further output is discarded.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -14,6 +20,9 @@ use tokio::sync::Notify;
 
 /// A shipped-everything spool larger than this is truncated back to empty.
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
+/// Unshipped bytes kept in memory before the spool spills to its file (per attempt, so
+/// an agent's memory for logs stays within slots × this).
+pub const MEMORY_BYTES: usize = 1024 * 1024;
 
 /// Limits of one spool.
 #[derive(Debug, Clone, Copy)]
@@ -30,9 +39,25 @@ struct SpoolState {
     written: u64,
     /// End of the records the server acknowledged.
     acked: u64,
-    /// Bumped when the file is truncated, so stale acks are ignored.
+    /// Bumped when the file is truncated or first written, so stale acks are ignored.
     generation: u64,
     closed: bool,
+    /// Until the spool spills: the flushed records from offset `memory_start` on.
+    memory: Vec<u8>,
+    memory_start: u64,
+    /// The spool file, once the records spilled to it.
+    file: Option<Arc<File>>,
+}
+
+impl SpoolState {
+    /// Forgets the acknowledged records held in memory.
+    fn trim_memory(&mut self) {
+        let shipped = self.acked.saturating_sub(self.memory_start) as usize;
+        if shipped > 0 {
+            self.memory.drain(..shipped.min(self.memory.len()));
+            self.memory_start += shipped as u64;
+        }
+    }
 }
 
 /// State shared by the writer and the reader of one spool.
@@ -47,35 +72,49 @@ impl SpoolShared {
     fn lock(&self) -> MutexGuard<'_, SpoolState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The flushed records not yet acknowledged that are only in memory (none once the
+    /// spool spilled: its file holds them), as spool lines.
+    pub fn unshipped_in_memory(&self) -> Vec<u8> {
+        let mut st = self.lock();
+        if st.file.is_some() {
+            return Vec::new();
+        }
+        st.trim_memory();
+        st.memory.clone()
+    }
+}
+
+/// Where the writer puts records.
+enum Sink {
+    /// Records not flushed yet; a flush moves them to the shared memory.
+    Memory(Vec<u8>),
+    /// The spool file, after a spill.
+    File(BufWriter<File>),
 }
 
 /// Appends records; owned by one blocking thread.
 pub struct SpoolWriter {
     shared: Arc<SpoolShared>,
-    file: BufWriter<File>,
+    sink: Sink,
     offset: u64,
     next_seq: u64,
     limits: SpoolLimits,
     output_bytes: u64,
     truncated: bool,
     dropped: u64,
+    /// The spool file could not be written: records stay in memory, at most
+    /// [`MEMORY_BYTES`] of them unshipped.
+    spill_failed: bool,
     /// The last timestamp written: epoch milliseconds and their RFC 3339 form.
     ts: (i64, String),
     /// The line being encoded (reused).
     line: Vec<u8>,
 }
 
-/// Creates a fresh spool file at `path`, returning its writer and reader.
-pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter, SpoolReader)> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)?;
-    let read = std::fs::File::open(path)?;
+/// A spool whose file, should it spill, is `path`; its writer and reader. Nothing is
+/// written to disk until then.
+pub fn create(path: &Path, limits: SpoolLimits) -> (SpoolWriter, SpoolReader) {
     let shared = Arc::new(SpoolShared {
         path: path.to_path_buf(),
         state: Mutex::new(SpoolState::default()),
@@ -83,22 +122,22 @@ pub fn create(path: &Path, limits: SpoolLimits) -> std::io::Result<(SpoolWriter,
     });
     let writer = SpoolWriter {
         shared: shared.clone(),
-        file: BufWriter::with_capacity(64 * 1024, file),
+        sink: Sink::Memory(Vec::new()),
         offset: 0,
         next_seq: 1,
         limits,
         output_bytes: 0,
         truncated: false,
         dropped: 0,
+        spill_failed: false,
         ts: (i64::MIN, String::new()),
         line: Vec::new(),
     };
     let reader = SpoolReader {
         shared,
-        file: Arc::new(read),
         handed_out: (0, 0),
     };
-    Ok((writer, reader))
+    (writer, reader)
 }
 
 impl SpoolWriter {
@@ -117,7 +156,11 @@ impl SpoolWriter {
             return self.append_system(msg);
         }
         let unshipped = self.offset.saturating_sub(self.shared.lock().acked);
-        if unshipped + text.len() as u64 > self.limits.unshipped_bytes {
+        let limit = match self.spill_failed {
+            true => self.limits.unshipped_bytes.min(MEMORY_BYTES as u64),
+            false => self.limits.unshipped_bytes,
+        };
+        if unshipped + text.len() as u64 > limit {
             self.dropped += 1;
             return Ok(());
         }
@@ -163,28 +206,56 @@ impl SpoolWriter {
         )?;
         serde_json::to_writer(&mut *line, &text).map_err(std::io::Error::other)?;
         line.extend_from_slice(b"}\n");
-        self.file.write_all(line)?;
+        match &mut self.sink {
+            Sink::Memory(pending) => pending.extend_from_slice(line),
+            Sink::File(file) => file.write_all(line)?,
+        }
         self.offset += line.len() as u64;
         self.next_seq += 1;
         Ok(())
     }
 
-    /// Makes everything appended so far visible to the reader.
+    /// Makes everything appended so far visible to the reader; spills the records to the
+    /// spool file once too many wait in memory.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        {
-            let mut st = self.shared.lock();
-            if st.acked == self.offset && self.offset > COMPACT_BYTES {
-                self.file.get_mut().set_len(0)?;
-                self.file.get_mut().seek(SeekFrom::Start(0))?;
-                self.offset = 0;
-                st.acked = 0;
-                st.generation += 1;
+        let result = match &mut self.sink {
+            Sink::Memory(pending) => {
+                let mut st = self.shared.lock();
+                st.trim_memory();
+                st.memory.append(pending);
+                st.written = self.offset;
+                if st.memory.len() > MEMORY_BYTES && !self.spill_failed {
+                    match spill(&self.shared.path, &mut st) {
+                        Ok(file) => {
+                            self.offset = st.written;
+                            self.sink = Sink::File(file);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            self.spill_failed = true;
+                            Err(e)
+                        }
+                    }
+                } else {
+                    Ok(())
+                }
             }
-            st.written = self.offset;
-        }
+            Sink::File(file) => {
+                file.flush()?;
+                let mut st = self.shared.lock();
+                if st.acked == self.offset && self.offset > COMPACT_BYTES {
+                    file.get_mut().set_len(0)?;
+                    file.get_mut().seek(SeekFrom::Start(0))?;
+                    self.offset = 0;
+                    st.acked = 0;
+                    st.generation += 1;
+                }
+                st.written = self.offset;
+                Ok(())
+            }
+        };
         self.shared.notify.notify_one();
-        Ok(())
+        result
     }
 
     /// Writes a pending drop marker, flushes, and tells the reader no more will come.
@@ -194,6 +265,31 @@ impl SpoolWriter {
         self.shared.notify.notify_one();
         result
     }
+}
+
+/// Moves the unshipped records from memory to a new spool file at `path`, which starts
+/// a new generation of offsets (records handed out before are read again from the file:
+/// the server stores each `seq` once); the writer's end of it.
+fn spill(path: &Path, st: &mut SpoolState) -> std::io::Result<BufWriter<File>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut writer = BufWriter::with_capacity(64 * 1024, file.try_clone()?);
+    writer.write_all(&st.memory)?;
+    writer.flush()?;
+    st.written = st.memory.len() as u64;
+    st.acked = 0;
+    st.generation += 1;
+    st.memory = Vec::new();
+    st.memory_start = 0;
+    st.file = Some(Arc::new(file));
+    Ok(writer)
 }
 
 /// Records read from the spool and not yet acknowledged.
@@ -225,7 +321,6 @@ impl Batch {
 /// Reads batches for the shipper.
 pub struct SpoolReader {
     shared: Arc<SpoolShared>,
-    file: Arc<File>,
     /// Generation and end of the last batch handed out: the next one starts there, so
     /// several batches can be in flight before the first is acknowledged.
     handed_out: (u64, u64),
@@ -239,13 +334,22 @@ impl SpoolReader {
         max_records: usize,
         max_bytes: usize,
     ) -> std::io::Result<Batch> {
-        let (start, end, generation) = {
+        let (start, end, generation, file, mut data) = {
             let st = self.shared.lock();
             let start = match self.handed_out {
                 (generation, end) if generation == st.generation => end.max(st.acked),
                 _ => st.acked,
             };
-            (start, st.written, st.generation)
+            // In memory: copied now, under the lock, since the writer trims what is acked.
+            let data = match (&st.file, start < st.written) {
+                (None, true) => {
+                    let from = start.saturating_sub(st.memory_start) as usize;
+                    let to = (st.written - st.memory_start) as usize;
+                    whole_lines(&st.memory[from.min(to)..to], max_bytes).to_vec()
+                }
+                _ => Vec::new(),
+            };
+            (start, st.written, st.generation, st.file.clone(), data)
         };
         let mut batch = Batch {
             body: br#"{"records":[]}"#.to_vec(),
@@ -257,10 +361,11 @@ impl SpoolReader {
         if end <= start {
             return Ok(batch);
         }
-        let file = self.file.clone();
-        let data = tokio::task::spawn_blocking(move || read_lines(&file, start, end, max_bytes))
-            .await
-            .map_err(std::io::Error::other)??;
+        if let Some(file) = file {
+            data = tokio::task::spawn_blocking(move || read_lines(&file, start, end, max_bytes))
+                .await
+                .map_err(std::io::Error::other)??;
+        }
         batch.body.clear();
         batch.body.reserve(data.len() + 16);
         batch.body.extend_from_slice(b"{\"records\":[");
@@ -311,10 +416,28 @@ impl SpoolReader {
         .await;
     }
 
+    /// The state the reader shares with the writer.
+    pub fn shared(&self) -> Arc<SpoolShared> {
+        self.shared.clone()
+    }
+
     /// Path of the spool file (removed by the attempt when it ends).
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
+}
+
+/// The lines at the start of `data` that fit in `max_bytes` (at least one).
+fn whole_lines(data: &[u8], max_bytes: usize) -> &[u8] {
+    if data.len() <= max_bytes {
+        return data;
+    }
+    let cut = data[..max_bytes]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .or_else(|| data.iter().position(|&b| b == b'\n'))
+        .map_or(data.len(), |i| i + 1);
+    &data[..cut]
 }
 
 /// Reads from `start` about `max_bytes` (at least one whole line, at most up to `end`).
@@ -347,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn records_are_numbered_and_read_back_in_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(&dir.path().join("a.jsonl"), limits(1 << 30, 1 << 30)).unwrap();
+        let (mut w, mut r) = create(&dir.path().join("a.jsonl"), limits(1 << 30, 1 << 30));
         w.append_system("$ cmd".into()).unwrap();
         for i in 0..10 {
             w.append_output(Stream::Stdout, format!("line {i}"))
@@ -378,9 +501,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_short_log_never_touches_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool").join("s.jsonl");
+        let (mut w, mut r) = create(&path, limits(1 << 30, 1 << 30));
+        w.append_output(Stream::Stdout, "one".into()).unwrap();
+        w.append_output(Stream::Stderr, "two".into()).unwrap();
+        w.close().unwrap();
+        let b = r.next_batch(100, 1 << 20).await.unwrap();
+        assert_eq!(b.count, 2);
+        // Until acknowledged, they are what would go into the record with the end.
+        let tail = r.shared().unshipped_in_memory();
+        assert_eq!(tail.iter().filter(|&&c| c == b'\n').count(), 2);
+        assert!(tail.starts_with(br#"{"seq":1,"#));
+        r.ack(&b);
+        assert!(r.is_done());
+        assert!(r.shared().unshipped_in_memory().is_empty());
+        assert!(!path.exists() && !path.parent().unwrap().exists());
+    }
+
+    #[tokio::test]
+    async fn a_log_the_shipper_falls_behind_on_spills_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool").join("f.jsonl");
+        let (mut w, mut r) = create(&path, limits(1 << 30, 1 << 40));
+        let line = "y".repeat(999);
+        let mut seen = Vec::new();
+        for i in 0..100 {
+            w.append_output(Stream::Stdout, format!("{i} {line}"))
+                .unwrap();
+        }
+        w.flush().unwrap();
+        assert!(!path.exists(), "100 kB stay in memory");
+        let first = r.next_batch(10, 1 << 20).await.unwrap();
+        seen.extend(first.records().iter().map(|r| r.seq));
+        r.ack(&first);
+        // A batch is out when the writer spills: its ack is for offsets that no longer
+        // exist, and its records are read again from the file.
+        let out = r.next_batch(10, 1 << 20).await.unwrap();
+        seen.extend(out.records().iter().map(|r| r.seq));
+        for i in 100..2000 {
+            w.append_output(Stream::Stdout, format!("{i} {line}"))
+                .unwrap();
+        }
+        w.flush().unwrap();
+        assert!(path.exists(), "2 MB unshipped spill to the file");
+        assert!(r.shared().unshipped_in_memory().is_empty());
+        r.ack(&out);
+        w.close().unwrap();
+        loop {
+            let b = r.next_batch(1000, 1 << 20).await.unwrap();
+            if b.count == 0 {
+                break;
+            }
+            seen.extend(b.records().iter().map(|r| r.seq));
+            r.ack(&b);
+        }
+        assert!(r.is_done());
+        let mut unique = seen.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert!(
+            unique == (1..=2000).collect::<Vec<u64>>(),
+            "every record, once at least"
+        );
+        assert_eq!(
+            seen.len(),
+            2010,
+            "only the batch out at the spill is sent twice"
+        );
+    }
+
+    #[test]
+    fn memory_batches_end_on_whole_lines() {
+        assert_eq!(whole_lines(b"ab\ncd\nef\n", 7), b"ab\ncd\n");
+        assert_eq!(whole_lines(b"abcdef\ngh\n", 3), b"abcdef\n");
+        assert_eq!(whole_lines(b"ab\n", 10), b"ab\n");
+    }
+
+    #[tokio::test]
     async fn records_are_written_in_their_wire_form() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(&dir.path().join("w.jsonl"), limits(1 << 30, 1 << 30)).unwrap();
+        let (mut w, mut r) = create(&dir.path().join("w.jsonl"), limits(1 << 30, 1 << 30));
         let odd = "\"quoted\" \\ back\tslash ünïcode \u{1} {\"json\": [1]}".to_string();
         let before = Utc::now();
         w.append_output(Stream::Stderr, odd.clone()).unwrap();
@@ -398,7 +600,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_spool_drops_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(&dir.path().join("b.jsonl"), limits(500, 1 << 30)).unwrap();
+        let (mut w, mut r) = create(&dir.path().join("b.jsonl"), limits(500, 1 << 30));
         for i in 0..100 {
             w.append_output(Stream::Stdout, format!("line {i}"))
                 .unwrap();
@@ -424,7 +626,7 @@ mod tests {
     #[tokio::test]
     async fn output_past_the_cap_is_discarded_with_one_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(&dir.path().join("c.jsonl"), limits(1 << 30, 20)).unwrap();
+        let (mut w, mut r) = create(&dir.path().join("c.jsonl"), limits(1 << 30, 20));
         for _ in 0..10 {
             w.append_output(Stream::Stderr, "12345".into()).unwrap();
         }
@@ -440,7 +642,7 @@ mod tests {
     async fn a_shipped_spool_is_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
-        let (mut w, mut r) = create(&path, limits(1 << 30, 1 << 40)).unwrap();
+        let (mut w, mut r) = create(&path, limits(1 << 30, 1 << 40));
         let big = "x".repeat(60_000);
         let mut last_seq = 0;
         for _ in 0..3 {

@@ -314,6 +314,23 @@ async fn jobs_left_by_an_earlier_run_are_stopped_before_new_work() {
 /// identity, sends the rest of the log and the finish instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
+    ended_while_the_agent_died(Unshipped::InSpoolFile).await;
+}
+
+/// The same, for a job whose unshipped records were only in the agent's memory: they
+/// were written into the record with the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_only_memory_held_are_sent_from_the_record_after_a_crash() {
+    ended_while_the_agent_died(Unshipped::InRecord).await;
+}
+
+/// Where the killed run left the log records the server did not have.
+enum Unshipped {
+    InSpoolFile,
+    InRecord,
+}
+
+async fn ended_while_the_agent_died(unshipped: Unshipped) {
     let server = TestServer::start().await;
     let api = Api::new(&server);
     let http = reqwest::Client::new();
@@ -361,18 +378,19 @@ async fn a_job_that_ended_while_its_agent_died_is_reported_not_run_again() {
         serde_json::json!({"server": server.url, "agent_id": register.agent_id, "token": register.token}).to_string(),
     )
     .unwrap();
-    std::fs::write(
-        w.join(format!("attempts/{stem}.json")),
-        serde_json::json!({"job_id": job.id, "attempt": 1, "pgid": null, "start_time": null, "container": null, "deadline_ms": 0,
-            "ended": {"outcome": "succeeded", "exit_code": 0}}).to_string(),
-    )
-    .unwrap();
     let ts = chrono::Utc::now().to_rfc3339();
-    std::fs::write(
-        w.join(format!("spool/{stem}.jsonl")),
-        format!("{{\"seq\":1,\"ts\":\"{ts}\",\"stream\":\"system\",\"text\":\"$ echo never run again\"}}\n{{\"seq\":2,\"ts\":\"{ts}\",\"stream\":\"stdout\",\"text\":\"never run again\"}}\n"),
-    )
-    .unwrap();
+    let log = format!("{{\"seq\":1,\"ts\":\"{ts}\",\"stream\":\"system\",\"text\":\"$ echo never run again\"}}\n{{\"seq\":2,\"ts\":\"{ts}\",\"stream\":\"stdout\",\"text\":\"never run again\"}}\n");
+    let record = serde_json::json!({"job_id": job.id, "attempt": 1, "pgid": null, "start_time": null, "container": null, "deadline_ms": 0});
+    let end = serde_json::json!({"outcome": "succeeded", "exit_code": 0});
+    let record = match unshipped {
+        Unshipped::InSpoolFile => {
+            std::fs::write(w.join(format!("spool/{stem}.jsonl")), log).unwrap();
+            format!("{record}\n{end}\n")
+        }
+        // As `fence::mark_ended` writes it: the records, then the end, after the record.
+        Unshipped::InRecord => format!("{record}\n{log}{end}\n"),
+    };
+    std::fs::write(w.join(format!("attempts/{stem}.json")), record).unwrap();
     std::fs::write(
         w.join(format!("workspaces/{stem}/.drover/result.json")),
         r#"{"ok": 1}"#,
