@@ -27,6 +27,7 @@ use crate::host::{self, StatsSampler};
 use crate::identity;
 use crate::layout;
 use crate::process::{StopReason, Stopper};
+use crate::recycle::WorkspacePool;
 use crate::resume;
 use crate::spool::SpoolLimits;
 use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
@@ -257,6 +258,8 @@ struct Session {
     wait_ms: u64,
     held: HashMap<RunningAttempt, Held>,
     slots: Arc<Semaphore>,
+    /// Emptied workspaces for the next attempts.
+    workspaces: Arc<WorkspacePool>,
     tracker: TaskTracker,
     done_tx: mpsc::UnboundedSender<(RunningAttempt, AttemptEnd)>,
     done_rx: mpsc::UnboundedReceiver<(RunningAttempt, AttemptEnd)>,
@@ -295,6 +298,10 @@ impl Session {
         let job_env = Arc::new(config.job_env.clone());
         Session {
             slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+            workspaces: Arc::new(WorkspacePool::new(
+                &layout::workspaces_dir(&config.work_dir),
+                config.slots.max(1) as usize,
+            )),
             wait_ms: wait_ms(registered.lease_ttl_ms),
             config,
             finisher: Finisher::start(client.clone()),
@@ -543,6 +550,7 @@ impl Session {
                 lease,
                 work_dir: self.config.work_dir.clone(),
                 keep_workspace: self.config.keep_workspaces,
+                workspaces: self.workspaces.clone(),
                 limits: SpoolLimits {
                     unshipped_bytes: self.config.spool_limit_bytes,
                     output_bytes: self.config.output_cap_bytes,

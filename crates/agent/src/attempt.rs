@@ -23,6 +23,7 @@ use crate::output::Masker;
 use crate::pipeline::{LogPipeline, OutputTasks, SpoolFiles, StartResult};
 use crate::process::{self, ProcessExecutor, StopReason, Stopper};
 use crate::python::PythonExecutor;
+use crate::recycle::WorkspacePool;
 use crate::report::{Abandoned, Reporter};
 use crate::spool::SpoolLimits;
 
@@ -37,6 +38,8 @@ pub struct AttemptCtx {
     pub lease: Lease,
     pub work_dir: PathBuf,
     pub keep_workspace: bool,
+    /// Where workspaces come from and go back to.
+    pub workspaces: Arc<WorkspacePool>,
     pub limits: SpoolLimits,
     pub stopper: Stopper,
     pub slots: Arc<Semaphore>,
@@ -176,12 +179,13 @@ impl Names {
 /// Removes the attempt's files, in one trip to a blocking thread.
 async fn cleanup(ctx: &AttemptCtx, names: &Names) {
     let (files, keep_workspace) = (names.files.clone(), ctx.keep_workspace);
+    let pool = ctx.workspaces.clone();
     let removed = tokio::task::spawn_blocking(move || {
         let _ = std::fs::remove_file(&files.spool);
         let _ = std::fs::remove_file(&files.record);
         match keep_workspace {
             true => Ok(()),
-            false => std::fs::remove_dir_all(&files.workspace),
+            false => pool.recycle(&files.workspace),
         }
     })
     .await;
@@ -202,10 +206,10 @@ async fn execute<E: Executor>(
     // Spool and workspace in one trip to a blocking thread: each trip costs a thread
     // wake-up on the way from lease to job.
     let prepared = {
-        let (own, limits) = (names.clone(), ctx.limits);
+        let (own, limits, pool) = (names.clone(), ctx.limits, ctx.workspaces.clone());
         tokio::task::spawn_blocking(move || {
             let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone());
-            (files, E::prepare(&own.files))
+            (files, E::prepare(&own.files, &pool))
         })
         .await
     };

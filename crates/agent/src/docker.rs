@@ -35,6 +35,7 @@ use crate::fence;
 use crate::layout::AttemptFiles;
 use crate::pipeline::LogPipeline;
 use crate::process::{wait_stop, StopReason};
+use crate::recycle::WorkspacePool;
 
 /// What docker attempts need from the agent.
 pub struct DockerCtx {
@@ -64,9 +65,9 @@ impl<'a> Executor for DockerExecutor<'a> {
 
     /// As for a process, but open to every user, since the container may run as a user
     /// other than the agent's (its parent folders stay private to the agent).
-    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
+    fn prepare(files: &AttemptFiles, pool: &WorkspacePool) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        crate::process::ProcessExecutor::prepare(files)?;
+        crate::process::ProcessExecutor::prepare(files, pool)?;
         for dir in [files.workspace.clone(), files.meta()] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
         }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::layout::AttemptFiles;
 use crate::pipeline::LogPipeline;
 use crate::process::StopReason;
+use crate::recycle::WorkspacePool;
 
 /// Stop requests for an attempt (see `process::Stopper`).
 pub type StopRx = watch::Receiver<Option<StopReason>>;
@@ -27,9 +28,10 @@ pub trait Executor: Sync {
     /// The started job.
     type Job: RunningJob;
 
-    /// Makes the attempt's empty workspace (blocking: the lifecycle runs it on a blocking
-    /// thread with the spool's creation, one trip for both).
-    fn prepare(files: &AttemptFiles) -> io::Result<()>;
+    /// Makes the attempt's empty workspace, from `pool` when it has one (blocking: the
+    /// lifecycle runs it on a blocking thread with the spool's creation, one trip for
+    /// both).
+    fn prepare(files: &AttemptFiles, pool: &WorkspacePool) -> io::Result<()>;
 
     /// Starts the job in its prepared workspace with its inputs in place, recorded (see
     /// `fence`) so that an agent restarted after a crash can stop it. `logs` takes lines

@@ -27,6 +27,7 @@ mod output;
 mod pipeline;
 mod process;
 mod python;
+mod recycle;
 mod report;
 mod resume;
 mod spool;

@@ -24,6 +24,7 @@ use crate::executor::{
 use crate::fence;
 use crate::layout::AttemptFiles;
 use crate::pipeline::LogPipeline;
+use crate::recycle::WorkspacePool;
 
 /// Why the agent stopped a job before it exited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,13 +341,8 @@ impl<'a> ProcessExecutor<'a> {
 impl Executor for ProcessExecutor<'_> {
     type Job = ProcessJob;
 
-    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(&files.workspace) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::create_dir_all(files.meta())
+    fn prepare(files: &AttemptFiles, pool: &WorkspacePool) -> std::io::Result<()> {
+        pool.make(&files.workspace)
     }
 
     async fn start(

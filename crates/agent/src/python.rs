@@ -14,6 +14,7 @@ use crate::executor::{Executor, NotStarted, Started, StopRx};
 use crate::layout::AttemptFiles;
 use crate::pipeline::LogPipeline;
 use crate::process::{ProcessExecutor, ProcessJob};
+use crate::recycle::WorkspacePool;
 
 /// Runs a Python call as a process.
 pub struct PythonExecutor<'a>(ProcessExecutor<'a>);
@@ -27,8 +28,8 @@ impl<'a> PythonExecutor<'a> {
 impl Executor for PythonExecutor<'_> {
     type Job = ProcessJob;
 
-    fn prepare(files: &AttemptFiles) -> std::io::Result<()> {
-        ProcessExecutor::prepare(files)
+    fn prepare(files: &AttemptFiles, pool: &WorkspacePool) -> std::io::Result<()> {
+        ProcessExecutor::prepare(files, pool)
     }
 
     async fn start(
