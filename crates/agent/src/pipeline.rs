@@ -1,6 +1,6 @@
 //! The IO tasks around one job process: output pumps → spool writer (a blocking thread;
-//! records in memory until they spill, see `spool`) → log shipper; progress from `::progress` markers and the progress file → a throttled
-//! progress sender.
+//! records stay in memory until they spill, see `spool`) → log shipper; progress from
+//! `::progress` markers and the progress file → a throttled progress sender.
 
 use std::path::PathBuf;
 use std::sync::Arc;
