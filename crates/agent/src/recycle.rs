@@ -53,6 +53,8 @@ impl WorkspacePool {
     pub fn new(workspaces_dir: &Path, capacity: usize) -> WorkspacePool {
         let dir = workspaces_dir.join(".free");
         let _ = std::fs::remove_dir_all(&dir);
+        // Made once here; should that fail, parking fails and workspaces are removed.
+        let _ = std::fs::create_dir_all(&dir);
         WorkspacePool {
             dir,
             capacity,
@@ -98,7 +100,6 @@ impl WorkspacePool {
         if self.free().len() < self.capacity {
             if let Some(&made) = self.made.get() {
                 if empty_as_made(workspace, made).is_ok() {
-                    let _ = std::fs::create_dir_all(&self.dir);
                     let parked = self
                         .dir
                         .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
@@ -117,25 +118,23 @@ impl WorkspacePool {
 /// owner and mode they were made with; an error when that cannot be done exactly.
 fn empty_as_made(workspace: &Path, (ws, meta): (Made, Made)) -> io::Result<()> {
     reset(workspace, ws)?;
-    let meta_dir = workspace.join(META_DIR);
     let mut has_meta = false;
     for entry in std::fs::read_dir(workspace)? {
         let entry = entry?;
-        let path = entry.path();
         if entry.file_name() == META_DIR && entry.file_type()?.is_dir() {
             has_meta = true;
-            reset(&path, meta)?;
-            for inner in std::fs::read_dir(&path)? {
-                remove(&inner?.path())?;
+            reset(&entry.path(), meta)?;
+            for inner in std::fs::read_dir(entry.path())? {
+                remove(&inner?)?;
             }
         } else {
-            remove(&path)?;
+            remove(&entry)?;
         }
     }
-    if !has_meta {
-        return Err(io::Error::other("the .drover folder is gone"));
+    match has_meta {
+        true => Ok(()),
+        false => Err(io::Error::other("the .drover folder is gone")),
     }
-    reset(&meta_dir, meta)
 }
 
 /// Gives a folder the owner's mode it was made with; an error when it has another owner
@@ -154,12 +153,12 @@ fn reset(dir: &Path, made: Made) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes a file, link or folder (a link is removed, never followed).
-fn remove(path: &Path) -> io::Result<()> {
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
+/// Removes a file, link or folder (a link is removed, never followed: the entry's type
+/// is the link's own).
+fn remove(entry: &std::fs::DirEntry) -> io::Result<()> {
+    match entry.file_type()?.is_dir() {
+        true => std::fs::remove_dir_all(entry.path()),
+        false => std::fs::remove_file(entry.path()),
     }
 }
 
