@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use drover_core::api::{FinishRequest, HostInfo, LogRecord, PollRequest, RunningAttempt, Stream};
+use drover_core::api::{
+    FinishRequest, HostInfo, Lease, LogRecord, PollRequest, RunningAttempt, Stream,
+};
 use drover_core::labels::Labels;
 use drover_core::{JobState, Outcome, Priority, SubmitRequest, ValidJob};
 use drover_server::store::{AgentAuth, NewAgent, Store, StoreError};
@@ -62,6 +64,7 @@ both!(
     failed_attempt_is_retried_after_a_backoff,
     cancel_queued_running_and_finished_jobs,
     poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_leases,
+    a_poll_renews_then_leases_up_to_its_free_slots,
     claim_looks_past_jobs_the_agent_cannot_run,
     finish_many_ends_each_attempt_as_one_finish_would,
     finish_many_records_starts_that_came_with_the_end,
@@ -724,8 +727,18 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
             draining: false,
             stats: Default::default(),
         };
-        let (store, id) = (fx.store.clone(), a.id.clone());
-        async move { store.renew(&id, &poll, later, later, TTL).await.unwrap() }
+        let (store, a) = (fx.store.clone(), a.clone());
+        async move {
+            let (out, leases) = store
+                .poll(&a, &poll, later, later, TTL, false)
+                .await
+                .unwrap();
+            assert!(
+                leases.is_empty(),
+                "a poll that may not lease leases nothing"
+            );
+            out
+        }
     };
     let out = renew(vec![attempt(&ids[0], 1), attempt("ghost", 7)]).await;
     assert_eq!(out.kill, [attempt("ghost", 7)]);
@@ -751,6 +764,67 @@ async fn poll_reconciliation_kills_unknown_attempts_and_releases_forgotten_lease
         .unwrap();
     let out = renew(vec![attempt(&ids[0], 1), attempt(&ids[1], 1)]).await;
     assert_eq!(out.kill, [attempt(&ids[1], 1)]);
+}
+
+/// A poll renews, reconciles and leases in one transaction: a lease the agent forgot is
+/// lost first, so its slot (and the job, as a new attempt) is leased again in the same
+/// poll; a removed agent's poll leases nothing.
+async fn a_poll_renews_then_leases_up_to_its_free_slots(fx: Fx) {
+    let now = t0();
+    let ids = enqueue(&fx.store, vec![shell("a"), shell("b"), shell("c")], now).await;
+    let a = agent(&fx.store, "a", 2, &[], &["default"]).await;
+    let poll = |running: Vec<(&str, u32)>| PollRequest {
+        running: running
+            .into_iter()
+            .map(|(job_id, attempt)| RunningAttempt {
+                job_id: job_id.into(),
+                attempt,
+            })
+            .collect(),
+        wait_ms: 0,
+        draining: false,
+        stats: Default::default(),
+    };
+    let leased = |leases: Vec<Lease>| -> Vec<(String, u32)> {
+        leases.into_iter().map(|l| (l.job_id, l.attempt)).collect()
+    };
+    let (_, got) = fx
+        .store
+        .poll(&a, &poll(vec![]), now, now, TTL, true)
+        .await
+        .unwrap();
+    assert_eq!(leased(got), [(ids[0].clone(), 1), (ids[1].clone(), 1)]);
+    let later = now + chrono::Duration::seconds(1);
+    let full = poll(vec![(&ids[0], 1), (&ids[1], 1)]);
+    let (out, got) = fx
+        .store
+        .poll(&a, &full, later, later, TTL, true)
+        .await
+        .unwrap();
+    assert!(
+        out.kill.is_empty() && got.is_empty(),
+        "no free slot: {got:?}"
+    );
+    let forgot = poll(vec![(&ids[0], 1)]);
+    let (out, got) = fx
+        .store
+        .poll(&a, &forgot, later, later, TTL, true)
+        .await
+        .unwrap();
+    assert!(out.kill.is_empty());
+    assert_eq!(
+        leased(got),
+        [(ids[1].clone(), 2)],
+        "the forgotten lease is lost, and its slot leases the oldest due job again"
+    );
+    fx.store.remove_agent(&a.id, "test", later).await.unwrap();
+    let err = fx
+        .store
+        .poll(&a, &forgot, later, later, TTL, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAgent { .. }), "{err:?}");
+    assert_eq!(fx.store.job(&ids[2]).await.unwrap().state, JobState::Queued);
 }
 
 async fn claim_looks_past_jobs_the_agent_cannot_run(fx: Fx) {

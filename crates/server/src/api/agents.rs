@@ -247,13 +247,22 @@ pub async fn poll(
 
         let now = Utc::now();
         let mut resp = PollResponse::default();
-        // Renew and reconcile once per poll; later rounds only look for new cancels.
+        // A stopping server still renews, but leases nothing and answers `reconnect`.
+        let stopping = state.shutdown.is_cancelled();
+        if stopping {
+            resp.controls.push(Control::Reconnect);
+        }
+        // Renew and reconcile once per poll, in the claim's transaction; later rounds
+        // only look for new cancels and work. An agent removed meanwhile gets no
+        // leases: its poll ends with the 401 that its next request would get.
+        let lease = !req.draining && !stopping;
         let cancels = if first {
             first = false;
-            let outcome = state
+            let (outcome, leases) = state
                 .store
-                .renew(&agent.id, &req, now, received, ttl)
+                .poll(&agent, &req, now, received, ttl, lease)
                 .await?;
+            resp.leases = leases;
             resp.controls
                 .extend(outcome.kill.into_iter().map(|r| Control::Kill {
                     job_id: r.job_id,
@@ -261,26 +270,21 @@ pub async fn poll(
                 }));
             outcome.cancel
         } else {
-            state.store.pending_cancels(&agent.id, &req.running).await?
+            let cancels = state.store.pending_cancels(&agent.id, &req.running).await?;
+            if lease {
+                resp.leases = state.store.claim(&agent, now, ttl).await?;
+            } else {
+                state.store.ensure_agent(&agent.id).await?;
+            }
+            cancels
         };
         resp.controls
             .extend(cancels.into_iter().map(|r| Control::Cancel {
                 job_id: r.job_id,
                 attempt: r.attempt,
             }));
-        if state.shutdown.is_cancelled() {
-            resp.controls.push(Control::Reconnect);
-            return Ok(Json(resp));
-        }
-        // An agent removed meanwhile gets no leases: its poll ends with the 401 that
-        // its next request would get (claim checks this in its own transaction).
-        if !req.draining {
-            resp.leases = state.store.claim(&agent, now, ttl).await?;
-            for lease in &resp.leases {
-                state.hub.job_changed(&lease.job_id);
-            }
-        } else {
-            state.store.ensure_agent(&agent.id).await?;
+        for lease in &resp.leases {
+            state.hub.job_changed(&lease.job_id);
         }
         if !resp.leases.is_empty()
             || !resp.controls.is_empty()

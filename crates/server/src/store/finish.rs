@@ -1,7 +1,8 @@
 //! Ending attempts: `finish` (one) and `finish_many` (an agent's batch). Both decide each
 //! attempt the same way ([`plan`]); the batch then writes set-wise: one read for every
 //! job, one UPDATE per group of jobs that end alike, one multi-row INSERT of events, so
-//! a thousand finishes cost a handful of statements instead of four thousand.
+//! a thousand finishes cost a handful of statements instead of four thousand. A start
+//! reported with its end is written by the same statements.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::jobs::{answered_again, job_in_tx, NewEvent};
 use super::leases::{check_fence, AttemptWrite, Held};
-use super::{ms, Result, Store, StoreError, CHUNK};
+use super::{ms, opt_time, Result, Store, StoreError, CHUNK};
 
 /// How one item of a batch ended: the job's new state, the attempt's run time, and
 /// whether the job counted against a concurrency or queue limit.
@@ -42,6 +43,9 @@ struct Plan {
     elapsed: Option<Duration>,
     /// Jobs wait on this one: settle them if it ends.
     dependents: bool,
+    /// When the attempt's process started, for a start reported with its end: the same
+    /// writes record it.
+    started: Option<DateTime<Utc>>,
 }
 
 /// The values written to a job row; jobs with equal values are updated together.
@@ -65,14 +69,26 @@ struct AttemptRow {
     gpus: Option<&'static str>,
 }
 
-/// Decides how the attempt ends (retry or final state, backoff, event).
-fn plan(held: &Held, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Result<Plan> {
+/// Decides how the attempt ends (retry or final state, backoff, event). `started` is the
+/// start of a leased attempt's process reported with its end (see [`folded_start`]): the
+/// attempt ends as if that start had been stored first.
+fn plan(
+    held: &Held,
+    req: &FinishRequest,
+    now: DateTime<Utc>,
+    jitter: f64,
+    started: Option<DateTime<Utc>>,
+) -> Result<Plan> {
+    let (state, attempts_used, started_at) = match started {
+        Some(at) => (JobState::Running, held.attempts_used + 1, Some(at)),
+        None => (held.state, held.attempts_used, held.started_at),
+    };
     // An attempt that ended before it reported a start still used up an attempt.
-    let used = held.attempts_used + u32::from(held.state == JobState::Leased);
+    let used = attempts_used + u32::from(state == JobState::Leased);
     let failed = matches!(req.outcome, Outcome::Failed | Outcome::TimedOut);
     let retry = failed && !held.cancel_requested && should_retry(used, held.max_attempts);
     let next = transition(
-        held.state,
+        state,
         Event::Finish {
             outcome: req.outcome,
             retry,
@@ -80,7 +96,7 @@ fn plan(held: &Held, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Re
     )
     .map_err(|e| StoreError::Conflict(e.to_string()))?;
     // jobs.started_at belongs to the current attempt only once it is running.
-    let started = held.started_at.filter(|_| held.state == JobState::Running);
+    let ran_from = started_at.filter(|_| state == JobState::Running);
     let run_at = (next == JobState::Queued).then(|| {
         let backoff = Backoff {
             base_ms: held.base_ms,
@@ -113,14 +129,31 @@ fn plan(held: &Held, req: &FinishRequest, now: DateTime<Utc>, jitter: f64) -> Re
         } else {
             "finished"
         },
-        from: held.state,
+        from: state,
         reason: req
             .error
             .clone()
             .unwrap_or_else(|| req.outcome.as_str().to_string()),
-        elapsed: started.and_then(|s| (now - s).to_std().ok()),
+        elapsed: ran_from.and_then(|s| (now - s).to_std().ok()),
         dependents: held.has_dependents,
+        started,
     })
+}
+
+/// When a leased attempt whose start came with its end started: never before it was
+/// leased, nor in the future (the agent says how long ago, which no clock difference
+/// between the machines changes). `None` when the attempt is not leased (a start stored
+/// already wins) or its lease time is unknown.
+fn folded_start(
+    held: &Held,
+    leased_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if held.state != JobState::Leased {
+        return None;
+    }
+    Some(at.max(leased_at?).min(now))
 }
 
 impl Store {
@@ -145,7 +178,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let plan = plan(&held, req, now, jitter)?;
+        let plan = plan(&held, req, now, jitter, None)?;
         let elapsed = plan.elapsed;
         let actor = format!("agent:{agent_id}");
         let released = self
@@ -174,29 +207,33 @@ impl Store {
     ) -> Result<FinishedMany> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
-        let mut held = self.held_many(&mut tx, &ids).await?;
-        let waited = self
-            .start_folded(&mut tx, agent_id, items, starts, &mut held, now)
-            .await?;
+        let (mut held, leased_at) = self.held_many(&mut tx, &ids).await?;
         let mut out = Vec::with_capacity(items.len());
         let mut plans = Vec::new();
-        for ((job_id, attempt, req), jitter) in items
-            .iter()
-            .zip(jitters.iter().chain(std::iter::repeat(&0.5)))
-        {
+        let mut waited = Vec::new();
+        let starts = starts.iter().copied().chain(std::iter::repeat(None));
+        let jitters = jitters.iter().copied().chain(std::iter::repeat(0.5));
+        for (((job_id, attempt, req), jitter), start) in items.iter().zip(jitters).zip(starts) {
             let entry = held.get_mut(job_id.as_str());
-            let decided = check_fence(entry.as_deref(), agent_id, job_id, *attempt)
-                .and_then(|()| plan(entry.as_deref().expect("fenced"), req, now, *jitter));
+            let decided =
+                check_fence(entry.as_deref(), agent_id, job_id, *attempt).and_then(|()| {
+                    let h = entry.as_deref().expect("fenced");
+                    let started = start.and_then(|at| {
+                        folded_start(h, leased_at.get(job_id.as_str()).copied(), at, now)
+                    });
+                    plan(h, req, now, jitter, started)
+                });
             match decided {
                 Ok(p) => {
-                    let h = entry.as_deref().expect("fenced");
+                    let h = entry.expect("fenced");
                     let limited = self.is_limited(h.concurrency_key.as_deref(), &h.queue);
                     out.push(Ok((p.next, p.elapsed, limited)));
+                    if let Some(at) = p.started {
+                        waited.extend((at - h.run_at).to_std().ok());
+                    }
                     // A second report of the same attempt in this batch is stale, as it
                     // would be one request later.
-                    if let Some(h) = entry {
-                        h.state = p.next;
-                    }
+                    h.state = p.next;
                     plans.push((job_id.as_str(), *attempt, p));
                 }
                 Err(e @ (StoreError::Db(_) | StoreError::Corrupt(_))) => return Err(e),
@@ -221,143 +258,6 @@ impl Store {
             released,
             waited,
         })
-    }
-
-    /// When the attempts of the items with a start were leased.
-    async fn leased_at<'a>(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        items: &'a [(String, u32, FinishRequest)],
-        starts: &[Option<DateTime<Utc>>],
-    ) -> Result<HashMap<(&'a str, u32), DateTime<Utc>>> {
-        let keys: Vec<(&str, u32)> = items
-            .iter()
-            .zip(starts)
-            .filter(|(_, s)| s.is_some())
-            .map(|((id, attempt, _), _)| (id.as_str(), *attempt))
-            .collect();
-        let mut out = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT job_id, number, leased_at FROM attempts WHERE (job_id, number) IN (VALUES {})",
-                self.values(chunk.len(), 2)
-            );
-            let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql);
-            for (id, attempt) in chunk {
-                q = q.bind(*id).bind(i64::from(*attempt));
-            }
-            let rows: HashMap<(String, i64), i64> = q
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .map(|(id, number, at)| ((id, number), at))
-                .collect();
-            for &(id, attempt) in chunk {
-                if let Some(at) = rows.get(&(id.to_string(), i64::from(attempt))) {
-                    out.insert((id, attempt), super::from_ms(*at));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Marks started, in the finish's transaction, the leased attempts whose start came
-    /// with their end, as [`Store::mark_started`] would have when they started; `held`
-    /// is updated to match. An item the fence refuses is left for the finish to refuse.
-    /// Returns how long each started job waited to start.
-    async fn start_folded(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        agent_id: &str,
-        items: &[(String, u32, FinishRequest)],
-        starts: &[Option<DateTime<Utc>>],
-        held: &mut HashMap<String, Held>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Duration>> {
-        let leased = self.leased_at(tx, items, starts).await?;
-        let mut started: Vec<(&str, u32, DateTime<Utc>)> = Vec::new();
-        for ((job_id, attempt, _), at) in items.iter().zip(starts) {
-            let Some(at) = at else { continue };
-            let Some(h) = held.get_mut(job_id.as_str()) else {
-                continue;
-            };
-            if check_fence(Some(h), agent_id, job_id, *attempt).is_err()
-                || h.state != JobState::Leased
-            {
-                continue;
-            }
-            // Never before the attempt was leased, nor in the future (the agent says how
-            // long ago, which no clock difference between the machines changes).
-            let Some(&leased_at) = leased.get(&(job_id.as_str(), *attempt)) else {
-                continue;
-            };
-            let at = (*at).max(leased_at).min(now);
-            h.state = transition(h.state, Event::Start).expect("leased jobs can start");
-            h.attempts_used += 1;
-            h.started_at = Some(at);
-            started.push((job_id.as_str(), *attempt, at));
-        }
-        let next = JobState::Running;
-        for chunk in started.chunks(CHUNK / 4) {
-            let cases = |first: usize| {
-                (0..chunk.len())
-                    .map(|i| {
-                        let (w, t) = (first + 2 * i + 1, first + 2 * i + 2);
-                        format!("WHEN {} THEN {}", self.param(w), self.param(t))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            let sql = format!(
-                "UPDATE jobs SET state = {}, attempts_used = attempts_used + 1, updated_at = {}, started_at = CASE id {} END WHERE id IN ({})",
-                self.param(1),
-                self.param(2),
-                cases(2),
-                self.params(2 + 2 * chunk.len(), chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(next.as_str()).bind(ms(now));
-            for (id, _, at) in chunk {
-                q = q.bind(*id).bind(ms(*at));
-            }
-            for (id, _, _) in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut **tx).await?;
-            let sql = format!(
-                "UPDATE attempts SET state = 'running', started_at = CASE job_id {} END WHERE (job_id, number) IN (VALUES {})",
-                cases(0),
-                self.values_after(2 * chunk.len(), chunk.len(), 2)
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, _, at) in chunk {
-                q = q.bind(*id).bind(ms(*at));
-            }
-            for (id, attempt, _) in chunk {
-                q = q.bind(*id).bind(i64::from(*attempt));
-            }
-            q.execute(&mut **tx).await?;
-        }
-        let actor = format!("agent:{agent_id}");
-        let events: Vec<(NewEvent, DateTime<Utc>)> = started
-            .iter()
-            .map(|(job_id, attempt, at)| {
-                let e = NewEvent {
-                    job_id,
-                    kind: "started",
-                    from: Some(JobState::Leased),
-                    to: next,
-                    attempt: Some(*attempt),
-                    actor: &actor,
-                    reason: None,
-                };
-                (e, *at)
-            })
-            .collect();
-        self.record_events_at(tx, &events).await?;
-        Ok(started
-            .iter()
-            .filter_map(|(id, _, at)| (*at - held[*id].run_at).to_std().ok())
-            .collect())
     }
 
     /// Answers a finish for an attempt that is no longer current: the same report as the
@@ -433,16 +333,18 @@ impl Store {
             .collect())
     }
 
-    /// The fencing facts of many jobs, by id (missing jobs are absent).
+    /// The fencing facts of many jobs, by id (missing jobs are absent), and when their
+    /// current attempts were leased.
     async fn held_many(
         &self,
         tx: &mut Transaction<'_, Any>,
         ids: &[&str],
-    ) -> Result<HashMap<String, Held>> {
+    ) -> Result<(HashMap<String, Held>, HashMap<String, DateTime<Utc>>)> {
         let mut out = HashMap::with_capacity(ids.len());
+        let mut leased_at = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT id, {} FROM jobs WHERE id IN ({}){}",
+                "SELECT id, {}, (SELECT a.leased_at FROM attempts a WHERE a.job_id = jobs.id AND a.number = jobs.current_attempt) AS leased_at FROM jobs WHERE id IN ({}){}",
                 Held::COLUMNS,
                 self.params(0, chunk.len()),
                 self.lock_clause()
@@ -452,10 +354,14 @@ impl Store {
                 q = q.bind(*id);
             }
             for row in q.fetch_all(&mut **tx).await? {
-                out.insert(row.try_get("id")?, Held::from_row(&row)?);
+                let id: String = row.try_get("id")?;
+                if let Some(at) = opt_time(&row, "leased_at")? {
+                    leased_at.insert(id.clone(), at);
+                }
+                out.insert(id, Held::from_row(&row)?);
             }
         }
-        Ok(out)
+        Ok((out, leased_at))
     }
 
     /// Writes decided finishes: jobs and attempts that end alike in one UPDATE each,
@@ -477,6 +383,10 @@ impl Store {
                 .or_default()
                 .push((job_id, *attempt));
         }
+        let started: HashMap<&str, i64> = plans
+            .iter()
+            .filter_map(|(id, _, p)| Some((*id, ms(p.started?))))
+            .collect();
         for (w, ids) in jobs {
             for chunk in ids.chunks(CHUNK) {
                 let p = |i| self.param(i);
@@ -484,9 +394,14 @@ impl Store {
                     Some(_) => (format!("state = {}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {}, run_at = {}, exit_code = {}, error = {}, updated_at = {}", p(1), p(2), p(3), p(4), p(5), p(6)), 6),
                     None => (format!("state = {}, agent_id = NULL, lease_expires_at = NULL, attempts_used = {}, exit_code = {}, error = {}, result = {}, finished_at = {}, updated_at = {}", p(1), p(2), p(3), p(4), p(5), p(6), p(7)), 7),
                 };
+                let starts: Vec<(&str, i64)> = chunk
+                    .iter()
+                    .filter_map(|id| Some((*id, *started.get(id)?)))
+                    .collect();
                 let sql = format!(
-                    "UPDATE jobs SET {set} WHERE id IN ({})",
-                    self.params(fixed, chunk.len())
+                    "UPDATE jobs SET {set}{} WHERE id IN ({})",
+                    self.started_case("id", fixed, starts.len()),
+                    self.params(fixed + 2 * starts.len(), chunk.len())
                 );
                 let mut q = sqlx::query(&sql).bind(w.state).bind(w.used);
                 q = match w.run_at {
@@ -502,6 +417,9 @@ impl Store {
                         .bind(ms(now))
                         .bind(ms(now)),
                 };
+                for (id, at) in &starts {
+                    q = q.bind(*id).bind(*at);
+                }
                 for id in chunk {
                     q = q.bind(*id);
                 }
@@ -510,14 +428,20 @@ impl Store {
         }
         for (w, keys) in attempts {
             for chunk in keys.chunks(CHUNK) {
-                let pairs = self.values_after(5, chunk.len(), 2);
+                let starts: Vec<(&str, i64)> = chunk
+                    .iter()
+                    .filter_map(|(id, _)| Some((*id, *started.get(id)?)))
+                    .collect();
+                let fixed = 5 + 2 * starts.len();
                 let sql = format!(
-                    "UPDATE attempts SET state = {}, finished_at = {}, exit_code = {}, error = {}, gpus = {} WHERE (job_id, number) IN (VALUES {pairs})",
+                    "UPDATE attempts SET state = {}, finished_at = {}, exit_code = {}, error = {}, gpus = {}{} WHERE (job_id, number) IN (VALUES {})",
                     self.param(1),
                     self.param(2),
                     self.param(3),
                     self.param(4),
                     self.param(5),
+                    self.started_case("job_id", 5, starts.len()),
+                    self.values_after(fixed, chunk.len(), 2),
                 );
                 let mut q = sqlx::query(&sql)
                     .bind(w.state)
@@ -525,15 +449,31 @@ impl Store {
                     .bind(w.exit_code)
                     .bind(w.error.clone())
                     .bind(w.gpus);
+                for (id, at) in &starts {
+                    q = q.bind(*id).bind(*at);
+                }
                 for (job_id, number) in chunk {
                     q = q.bind(*job_id).bind(i64::from(*number));
                 }
                 q.execute(&mut **tx).await?;
             }
         }
-        let events: Vec<NewEvent> = plans
-            .iter()
-            .map(|(job_id, attempt, p)| NewEvent {
+        // A start that came with the end is recorded before it, as it would have been.
+        let mut events = Vec::with_capacity(plans.len() + started.len());
+        for (job_id, attempt, p) in plans {
+            if let Some(at) = p.started {
+                let start = NewEvent {
+                    job_id,
+                    kind: "started",
+                    from: Some(JobState::Leased),
+                    to: JobState::Running,
+                    attempt: Some(*attempt),
+                    actor,
+                    reason: None,
+                };
+                events.push((start, at));
+            }
+            let end = NewEvent {
                 job_id,
                 kind: p.event_kind,
                 from: Some(p.from),
@@ -541,9 +481,10 @@ impl Store {
                 attempt: Some(*attempt),
                 actor,
                 reason: Some(&p.reason),
-            })
-            .collect();
-        self.record_events(tx, &events, now).await?;
+            };
+            events.push((end, now));
+        }
+        self.record_events_at(tx, &events).await?;
         let ended: Vec<(String, JobState)> = plans
             .iter()
             .filter(|(_, _, p)| p.dependents && p.next.is_terminal())
@@ -553,5 +494,23 @@ impl Store {
             return Ok(Vec::new());
         }
         self.settle(tx, ended, now).await
+    }
+
+    /// `, started_at = CASE key WHEN … THEN … ELSE started_at END` for `n` (key, start)
+    /// pairs bound after `offset` parameters; empty when `n` is 0.
+    fn started_case(&self, key: &str, offset: usize, n: usize) -> String {
+        if n == 0 {
+            return String::new();
+        }
+        let whens: Vec<String> = (0..n)
+            .map(|i| {
+                let (k, v) = (offset + 2 * i + 1, offset + 2 * i + 2);
+                format!("WHEN {} THEN {}", self.param(k), self.param(v))
+            })
+            .collect();
+        format!(
+            ", started_at = CASE {key} {} ELSE started_at END",
+            whens.join(" ")
+        )
     }
 }

@@ -314,12 +314,30 @@ impl Store {
         .bind(&agent.id)
         .fetch_one(&mut *tx)
         .await?;
+        let got = self.claim_in(&mut tx, agent, active, now, ttl).await?;
+        // Committed even when nothing was leased: a transaction left open holds its row
+        // locks, which hide jobs from other claimers (SKIP LOCKED), until its
+        // connection is next used.
+        tx.commit().await?;
+        Ok(got)
+    }
+
+    /// Leases, in `tx`, due jobs that match `agent` up to its free slots (it holds
+    /// `active` attempts): the leases, and how many chosen jobs failed instead.
+    async fn claim_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        agent: &AgentAuth,
+        active: i64,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<(Vec<Lease>, usize)> {
         let free = i64::from(agent.slots) - active;
         if free <= 0 || agent.queues.is_empty() {
             return Ok((Vec::new(), 0));
         }
         if self.backend == Backend::Postgres {
-            sqlx::query(CLAIM_PLANNING).execute(&mut *tx).await?;
+            sqlx::query(CLAIM_PLANNING).execute(&mut **tx).await?;
         }
         // Walk the queue in priority/FIFO order in small pages, skipping jobs whose
         // labels this agent lacks, until the free slots are filled.
@@ -339,7 +357,7 @@ impl Store {
             if let Some((p, n)) = after {
                 query = query.bind(p).bind(n);
             }
-            let rows = query.fetch_all(&mut *tx).await?;
+            let rows = query.fetch_all(&mut **tx).await?;
             for row in &rows {
                 after = Some((row.try_get("priority")?, row.try_get("num")?));
                 let required: Labels = super::json_col(row, "required")?;
@@ -352,14 +370,7 @@ impl Store {
                 if key.is_some() || queue_limit.is_some() {
                     let key_limit = row.try_get::<Option<i64>, _>("concurrency_limit")?;
                     let room = limits
-                        .room(
-                            self,
-                            &mut tx,
-                            key.as_deref(),
-                            key_limit,
-                            &queue,
-                            queue_limit,
-                        )
+                        .room(self, tx, key.as_deref(), key_limit, &queue, queue_limit)
                         .await?;
                     if !room {
                         continue;
@@ -375,10 +386,6 @@ impl Store {
         let next = transition(JobState::Queued, Event::Lease).expect("queued jobs can be leased");
         let expires = ms(now) + ttl.as_millis() as i64;
         if chosen.is_empty() {
-            // End the transaction now: a dropped one is rolled back only when its
-            // connection is next used, and until then its row locks hide jobs from
-            // other claimers (SKIP LOCKED).
-            tx.rollback().await?;
             return Ok((Vec::new(), 0));
         }
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
@@ -395,7 +402,7 @@ impl Store {
         for id in &chosen {
             q = q.bind(id.clone());
         }
-        let rows = q.fetch_all(&mut *tx).await?;
+        let rows = q.fetch_all(&mut **tx).await?;
         let mut by_id = HashMap::with_capacity(rows.len());
         let mut unleasable = Vec::new();
         for row in &rows {
@@ -414,11 +421,10 @@ impl Store {
         // Hand leases out in queue order.
         let leases: Vec<Lease> = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
         if leases.is_empty() && unleasable.is_empty() {
-            tx.rollback().await?;
             return Ok((leases, 0));
         }
         for (id, attempt, error) in &unleasable {
-            self.fail_unleasable(&mut tx, &agent.id, id, *attempt, error, now)
+            self.fail_unleasable(tx, &agent.id, id, *attempt, error, now)
                 .await?;
         }
         for chunk in leases.chunks(1000) {
@@ -435,7 +441,7 @@ impl Store {
                     .bind("leased")
                     .bind(ms(now));
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
         let actor = format!("agent:{}", agent.id);
         let events: Vec<NewEvent> = leases
@@ -450,8 +456,7 @@ impl Store {
                 reason: None,
             })
             .collect();
-        self.record_events(&mut tx, &events, now).await?;
-        tx.commit().await?;
+        self.record_events(tx, &events, now).await?;
         Ok((leases, unleasable.len()))
     }
 
@@ -925,36 +930,81 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// The poll's bookkeeping: renews the agent's leases, answers `kill` for attempts it
-    /// runs that are not current, `cancel` for canceled ones, and gives back leases the
-    /// agent does not know about (taken before `poll_received` but not in `running`).
-    pub async fn renew(
+    /// An agent's poll, in one transaction: renews its leases, answers `kill` for
+    /// attempts it runs that are not current and `cancel` for canceled ones, gives back
+    /// leases it does not know about (taken before `poll_received` but not in
+    /// `running`), and then, when `lease`, leases due jobs that match it up to its free
+    /// slots, as [`Store::claim`] does. An agent that was removed (its poll may
+    /// still be held) gets [`StoreError::UnknownAgent`].
+    pub async fn poll(
         &self,
+        agent: &AgentAuth,
+        poll: &PollRequest,
+        now: DateTime<Utc>,
+        poll_received: DateTime<Utc>,
+        ttl: Duration,
+        lease: bool,
+    ) -> Result<(PollOutcome, Vec<Lease>)> {
+        let mut tx = self.write.begin().await?;
+        let Some((outcome, active)) = self
+            .renew_in(&mut tx, &agent.id, poll, now, poll_received, ttl)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Err(StoreError::UnknownAgent {
+                agent_id: agent.id.clone(),
+            });
+        };
+        let (leases, failed) = match lease {
+            true => self.claim_in(&mut tx, agent, active, now, ttl).await?,
+            false => (Vec::new(), 0),
+        };
+        tx.commit().await?;
+        if failed > 0 && leases.is_empty() {
+            // The jobs it chose failed for good instead; the ones behind them may lease.
+            return Ok((outcome, self.claim(agent, now, ttl).await?));
+        }
+        Ok((outcome, leases))
+    }
+
+    /// The poll's bookkeeping in `tx` (see [`Store::poll`]): what to tell the agent, and
+    /// how many attempts it holds now; `None` when the agent is not known. The UPDATE
+    /// of its row comes first: on PostgreSQL that row lock orders the poll and a
+    /// removal, which either waits and then loses what the poll leased, or goes first
+    /// and the poll finds no agent.
+    async fn renew_in(
+        &self,
+        tx: &mut Transaction<'_, Any>,
         agent_id: &str,
         poll: &PollRequest,
         now: DateTime<Utc>,
         poll_received: DateTime<Utc>,
         ttl: Duration,
-    ) -> Result<PollOutcome> {
+    ) -> Result<Option<(PollOutcome, i64)>> {
         let running = &poll.running;
-        let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE agents SET last_seen_at = $1, stats = $2, draining = $3 WHERE id = $4")
-            .bind(ms(now))
-            .bind(super::to_json(&poll.stats))
-            .bind(i64::from(poll.draining))
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
+        let known = sqlx::query(
+            "UPDATE agents SET last_seen_at = $1, stats = $2, draining = $3 WHERE id = $4",
+        )
+        .bind(ms(now))
+        .bind(super::to_json(&poll.stats))
+        .bind(i64::from(poll.draining))
+        .bind(agent_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if known == 0 {
+            return Ok(None);
+        }
         sqlx::query("UPDATE jobs SET lease_expires_at = $1 WHERE agent_id = $2 AND state IN ('leased', 'running')")
             .bind(ms(now) + ttl.as_millis() as i64)
             .bind(agent_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let rows = sqlx::query(
             "SELECT j.id, j.current_attempt, j.cancel_requested, a.leased_at FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.number = j.current_attempt WHERE j.agent_id = $1 AND j.state IN ('leased', 'running')",
         )
         .bind(agent_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let reported: HashSet<(&str, u32)> = running
             .iter()
@@ -994,19 +1044,20 @@ impl Store {
                 q = q.bind(r.job_id.clone());
             }
             let finished: HashSet<(String, i64)> =
-                q.fetch_all(&mut *tx).await?.into_iter().collect();
+                q.fetch_all(&mut **tx).await?.into_iter().collect();
             out.kill.extend(
                 gone.into_iter()
                     .filter(|r| !finished.contains(&(r.job_id.clone(), i64::from(r.attempt))))
                     .cloned(),
             );
         }
+        // A lost attempt is no longer the agent's.
+        let active = (held.len() - forgotten.len()) as i64;
         for id in forgotten {
-            self.lose(&mut tx, &id, "the agent does not run this attempt", now)
+            self.lose(tx, &id, "the agent does not run this attempt", now)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(out)
+        Ok(Some((out, active)))
     }
 
     /// The earliest future `run_at` of a queued job, so idle polls wake when it is due.
