@@ -369,6 +369,10 @@ async fn sqlite_pool(path: &Path, max: u32) -> Result<AnyPool> {
     let pool = AnyPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
+        // A connection to a local file does not go stale the way a network one does,
+        // and the test sqlx makes before handing one out (a ping) is a round trip to
+        // the connection's worker thread: one more per transaction and per statement.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 use sqlx::Executor;
