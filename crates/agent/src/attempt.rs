@@ -203,11 +203,10 @@ async fn execute<E: Executor>(
     executor: E,
 ) -> Result<AttemptEnd, Abandoned> {
     let lease = &ctx.lease;
-    // Spool and workspace in one trip to a blocking thread: each trip costs a thread
-    // wake-up on the way from lease to job.
+    // Spool and workspace in one piece of blocking work.
     let prepared = {
         let (own, limits, pool) = (names.clone(), ctx.limits, ctx.workspaces.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::executor::in_place(move || {
             let files = SpoolFiles::create(&own.files.spool, limits, own.mirror.clone());
             (files, E::prepare(&own.files, &pool))
         })
@@ -417,10 +416,7 @@ fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
 
 /// Fails an attempt whose preparation did not run (its blocking task panicked; nothing
 /// was started).
-async fn not_prepared(
-    ctx: &AttemptCtx,
-    e: tokio::task::JoinError,
-) -> Result<AttemptEnd, Abandoned> {
+async fn not_prepared(ctx: &AttemptCtx, e: String) -> Result<AttemptEnd, Abandoned> {
     let error = format!("cannot prepare the attempt: {e}");
     tracing::error!(%error, "attempt cannot run");
     ctx.reporter().finish(failed(error)).await?;

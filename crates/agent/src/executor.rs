@@ -129,6 +129,30 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
+/// Runs short blocking work on a lease's way to a started job (a workspace, a spawn):
+/// on a multi-thread runtime in place, while the runtime moves this thread's other
+/// tasks to another one, so the job does not wait for a blocking thread to wake up;
+/// else on a blocking thread. A panic is the error, as a blocking thread's would be.
+pub(crate) async fn in_place<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+        return tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("task panicked: {what}")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +161,23 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(human_ms(5000), "5s");
         assert_eq!(human_ms(1500), "1500ms");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_place_work_returns_its_value_or_its_panic() {
+        assert_eq!(in_place(|| 7).await, Ok(7));
+        let err = in_place(|| -> u8 { panic!("no workspace") })
+            .await
+            .unwrap_err();
+        assert!(err.contains("no workspace"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn in_place_work_runs_on_a_single_thread_runtime_too() {
+        assert_eq!(in_place(|| 7).await, Ok(7));
+        let err = in_place(|| -> u8 { panic!("no workspace") })
+            .await
+            .unwrap_err();
+        assert!(err.contains("panic"), "{err}");
     }
 }

@@ -353,12 +353,12 @@ impl Executor for ProcessExecutor<'_> {
         let (lease, files) = (self.ctx.lease.clone(), self.files.clone());
         let (base_env, deadline_ms, command) =
             (self.ctx.job_env.clone(), self.ctx.deadline_ms, self.command);
-        // Spawning forks and the record is a file: off the runtime's threads.
-        let spawned = tokio::task::spawn_blocking(move || {
+        // Spawning forks and the record is a file: blocking work.
+        let spawned = crate::executor::in_place(move || {
             spawn_recorded(&lease, &files, &base_env, deadline_ms, command)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(Err);
         let (process, stdout, stderr) = spawned.map_err(NotStarted::Failed)?;
         tracing::info!(pid = process.pid(), "job process started");
         Ok(Started {
