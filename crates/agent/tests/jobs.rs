@@ -316,6 +316,23 @@ async fn a_hundred_thousand_interleaved_lines_arrive_complete_and_in_order() {
     );
 }
 
+/// Three MiB in one burst: more than the spool keeps in memory, so it spills to the spool
+/// file mid-log; nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_memory_spool_arrives_complete_and_in_order() {
+    let (_server, api, _agent) = server_and_agent().await;
+    let n = 30_000;
+    let cmd = format!("seq -f '%098g' 1 {n}");
+    let job = api.submit(SubmitRequest::shell(cmd)).await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let out = texts(&api.logs(&job.id).await, Stream::Stdout);
+    assert_eq!(out.len(), n);
+    for (i, line) in out.iter().enumerate() {
+        assert_eq!(line.parse::<usize>().ok(), Some(i + 1), "line {i}: {line}");
+    }
+}
+
 /// Reads `$$` and `$!` that the job echoed first.
 async fn job_pids(api: &common::Api, id: &str) -> Vec<i32> {
     let logs = api
