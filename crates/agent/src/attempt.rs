@@ -414,8 +414,7 @@ fn start_logs(ctx: &AttemptCtx, files: SpoolFiles) -> (Reporter, LogPipeline) {
     (reporter, logs)
 }
 
-/// Fails an attempt whose preparation did not run (its blocking task panicked; nothing
-/// was started).
+/// Fails an attempt whose preparation did not run (it panicked; nothing was started).
 async fn not_prepared(ctx: &AttemptCtx, e: String) -> Result<AttemptEnd, Abandoned> {
     let error = format!("cannot prepare the attempt: {e}");
     tracing::error!(%error, "attempt cannot run");

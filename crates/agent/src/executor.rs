@@ -163,21 +163,23 @@ mod tests {
         assert_eq!(human_ms(1500), "1500ms");
     }
 
+    /// Checks that the value comes back; the error a panic comes back as.
+    async fn value_then_panic() -> String {
+        assert_eq!(in_place(|| 7).await, Ok(7));
+        in_place(|| -> u8 { panic!("no workspace") })
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn in_place_work_returns_its_value_or_its_panic() {
-        assert_eq!(in_place(|| 7).await, Ok(7));
-        let err = in_place(|| -> u8 { panic!("no workspace") })
-            .await
-            .unwrap_err();
+        let err = value_then_panic().await;
         assert!(err.contains("no workspace"), "{err}");
     }
 
     #[tokio::test]
     async fn in_place_work_runs_on_a_single_thread_runtime_too() {
-        assert_eq!(in_place(|| 7).await, Ok(7));
-        let err = in_place(|| -> u8 { panic!("no workspace") })
-            .await
-            .unwrap_err();
+        let err = value_then_panic().await;
         assert!(err.contains("panic"), "{err}");
     }
 }

@@ -273,7 +273,7 @@ pub async fn poll(
             let cancels = state.store.pending_cancels(&agent.id, &req.running).await?;
             if lease {
                 resp.leases = state.store.claim(&agent, now, ttl).await?;
-            } else {
+            } else if !stopping {
                 state.store.ensure_agent(&agent.id).await?;
             }
             cancels
