@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::attempt::{self, AttemptCtx, AttemptEnd};
 use crate::client::{CallError, Client, RetryBackoff};
 use crate::docker::DockerCtx;
-use crate::docker::Engine;
+use crate::docker::{Engine, Orphan};
 use crate::fence::{self, Watchdog};
 use crate::files::InputLimits;
 use crate::finisher::Finisher;
@@ -36,7 +36,9 @@ use crate::{AgentConfig, AgentError, AgentExit, AgentSignals};
 const MAX_WAIT_MS: u64 = 25_000;
 /// An empty poll answer that came back sooner than this delays the next poll to it.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(100);
-/// Longest the agent spends removing orphaned containers before it registers.
+/// Longest the agent waits for the list of its orphaned containers before its first poll.
+const ORPHAN_LIST_LIMIT: Duration = Duration::from_secs(10);
+/// Longest the agent spends removing orphaned containers (beside its session).
 const ORPHAN_CLEANUP_LIMIT: Duration = Duration::from_secs(30);
 /// After force-stop, server calls are retried this long before the agent gives up.
 const FORCE_REPORT_LIMIT: Duration = Duration::from_secs(10);
@@ -166,15 +168,18 @@ pub async fn run(mut config: AgentConfig, signals: AgentSignals) -> Result<Agent
         config.keep_workspaces,
     )
     .await;
-    // Removing containers can take seconds; the earlier run's were killed already, so
-    // the reports above did not wait for it (their leases keep running meanwhile).
-    if docker_version.is_some() {
-        remove_orphans(&engine, &config).await;
-    }
+    // Containers are listed before the first poll, since from then on new ones are this
+    // run's own. Removing them can take seconds and happens beside the session: the
+    // earlier run's were killed already, and the first poll gives back their attempts.
+    let orphans = match docker_version {
+        Some(_) => list_orphans(&engine, &config).await,
+        None => Vec::new(),
+    };
     let span = tracing::info_span!("agent", agent_id = %registered.agent_id, name = %config.name);
     tracing::info!(parent: &span, agent_id = %registered.agent_id, name = %registered.name, slots = config.slots, resumed, "registered");
     let mut session = Session::new(config, client, register, registered, signals, engine);
     session.start_watchdog();
+    session.remove_orphans(orphans);
     session.run().instrument(span).await
 }
 
@@ -216,16 +221,20 @@ async fn probe_docker(engine: &Engine) -> Option<String> {
     }
 }
 
-/// Removes this agent's orphaned containers (at start the agent runs nothing, so every
-/// container labelled with its name is one).
-async fn remove_orphans(engine: &Engine, config: &AgentConfig) {
+/// This agent's containers left by an earlier run (at start the agent runs nothing, so
+/// every container labelled with its name is one); none when the engine does not answer.
+async fn list_orphans(engine: &Engine, config: &AgentConfig) -> Vec<Orphan> {
     let owner = container_owner(config);
-    let cleanup = engine.remove_orphans(&owner, config.keep_containers);
-    match tokio::time::timeout(ORPHAN_CLEANUP_LIMIT, cleanup).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::warn!(containers = n, "removed orphaned containers of this agent"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot look for orphaned containers"),
-        Err(_) => tracing::warn!("the Docker engine is slow: orphaned containers may be left"),
+    match tokio::time::timeout(ORPHAN_LIST_LIMIT, engine.orphans(&owner)).await {
+        Ok(Ok(orphans)) => orphans,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot look for orphaned containers");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("the Docker engine is slow: orphaned containers may be left");
+            Vec::new()
+        }
     }
 }
 
@@ -323,6 +332,29 @@ impl Session {
             fenced: false,
             watchdog: None,
         }
+    }
+
+    /// Removes an earlier run's containers in the background. Shutting down does not wait
+    /// for it: they were killed already, and the next start finds what is left.
+    fn remove_orphans(&self, orphans: Vec<Orphan>) {
+        if orphans.is_empty() {
+            return;
+        }
+        let engine = self.engine.clone();
+        let keep = self.config.keep_containers;
+        tokio::spawn(async move {
+            let cleanup = engine.remove_orphans(orphans, keep);
+            match tokio::time::timeout(ORPHAN_CLEANUP_LIMIT, cleanup).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::warn!(containers = n, "removed orphaned containers of this agent")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove orphaned containers"),
+                Err(_) => {
+                    tracing::warn!("the Docker engine is slow: orphaned containers may be left")
+                }
+            }
+        });
     }
 
     fn start_watchdog(&mut self) {

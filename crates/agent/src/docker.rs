@@ -284,9 +284,9 @@ impl Engine {
         Ok(self.ready().await?.version.clone())
     }
 
-    /// Stops and removes every container labelled as this agent's (at agent start it runs
-    /// none). With `keep_stopped`, containers that already exited are left for debugging.
-    pub async fn remove_orphans(&self, agent: &str, keep_stopped: bool) -> Result<usize, String> {
+    /// Every container labelled as this agent's. Listed at agent start, before the first
+    /// poll, when the agent runs none: each one is an orphan of an earlier run.
+    pub async fn orphans(&self, agent: &str) -> Result<Vec<Orphan>, String> {
         let docker = &self.ready().await?.docker;
         let filters =
             HashMap::from([("label".to_string(), vec![format!("{LABEL_AGENT}={agent}")])]);
@@ -298,32 +298,62 @@ impl Engine {
             }))
             .await
             .map_err(|e| format!("cannot list containers: {e}"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(Orphan {
+                    id: c.id?,
+                    name: c.names.unwrap_or_default().join(","),
+                    running: c.state.map(|s| s.to_string()) == Some("running".into()),
+                    job_id: labels.get(LABEL_JOB).cloned().unwrap_or_default(),
+                    attempt: labels.get(LABEL_ATTEMPT).cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Stops and removes `orphans` (found by [`Engine::orphans`]); with `keep_stopped`,
+    /// those that already exited are left for debugging and running ones only killed.
+    /// Returns how many it acted on.
+    pub async fn remove_orphans(
+        &self,
+        orphans: Vec<Orphan>,
+        keep_stopped: bool,
+    ) -> Result<usize, String> {
+        let docker = &self.ready().await?.docker;
         let mut removed = 0;
-        for c in list {
-            let Some(id) = c.id else { continue };
-            let running = c.state.map(|s| s.to_string()) == Some("running".into());
-            if keep_stopped && !running {
+        for c in orphans {
+            if keep_stopped && !c.running {
                 continue;
             }
-            let name = c.names.unwrap_or_default().join(",");
-            let labels = c.labels.unwrap_or_default();
             tracing::warn!(
-                container = %name,
-                job_id = labels.get(LABEL_JOB).map(String::as_str).unwrap_or(""),
-                attempt = labels.get(LABEL_ATTEMPT).map(String::as_str).unwrap_or(""),
+                container = %c.name,
+                job_id = %c.job_id,
+                attempt = %c.attempt,
                 "removing an orphaned container of this agent"
             );
             if keep_stopped {
                 let _ = docker
-                    .kill_container(&id, None::<KillContainerOptions>)
+                    .kill_container(&c.id, None::<KillContainerOptions>)
                     .await;
             } else {
-                remove(docker, &id).await;
+                remove(docker, &c.id).await;
             }
             removed += 1;
         }
         Ok(removed)
     }
+}
+
+/// A container an earlier run of this agent left behind.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    id: String,
+    name: String,
+    running: bool,
+    job_id: String,
+    attempt: String,
 }
 
 /// Force-removes a container (and its anonymous volumes); a missing one is fine.

@@ -285,7 +285,8 @@ impl Chaos {
     }
 
     /// For each agent kill: from the kill until the server requeued the last attempt
-    /// that agent held (they are lost when the restarted agent's first poll lists none).
+    /// that agent held when it was killed (they are lost when the restarted agent's first
+    /// poll lists none).
     /// Kills followed within 5 s by a server or database outage or the partition are
     /// left out: the restarted agent then waits for the server, not for itself.
     pub(super) async fn requeue_delays(
@@ -294,8 +295,10 @@ impl Chaos {
         events: &HashMap<String, JobEvents>,
     ) -> anyhow::Result<Vec<f64>> {
         let id_of = self.agent_ids().await?;
-        // Requeues of attempts the restarted agent no longer ran, by agent id.
-        let mut lost: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+        // Requeues of attempts the restarted agent no longer ran, by agent id: when each
+        // attempt was leased, and when it was lost.
+        type Leased = DateTime<Utc>;
+        let mut lost: HashMap<String, Vec<(Leased, DateTime<Utc>)>> = HashMap::new();
         for job in jobs {
             let Some(events) = events.get(&job.id) else {
                 continue;
@@ -304,7 +307,9 @@ impl Chaos {
                 let Some(att) = job.attempts.iter().find(|a| Some(a.number) == e.attempt) else {
                     continue;
                 };
-                lost.entry(att.agent_id.clone()).or_default().push(e.at);
+                lost.entry(att.agent_id.clone())
+                    .or_default()
+                    .push((att.leased_at, e.at));
             }
         }
         let mut delays = Vec::new();
@@ -327,8 +332,10 @@ impl Chaos {
                 .get(agent_id)
                 .into_iter()
                 .flatten()
-                .filter(|t| *t >= at && next_kill.is_none_or(|n| **t < n))
-                .map(|t| (*t - *at).num_milliseconds() as f64 / 1000.0)
+                // Only attempts it held when it was killed: one leased to the restarted
+                // agent and lost later (a partition, a server outage) is not the restart's.
+                .filter(|(leased, t)| leased < at && t >= at && next_kill.is_none_or(|n| *t < n))
+                .map(|(_, t)| (*t - *at).num_milliseconds() as f64 / 1000.0)
                 .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
             if let Some(d) = worst {
                 if d > 2.0 {

@@ -294,26 +294,21 @@ impl Store {
         let mut tx = self.write.begin().await?;
         // The agent may have been removed since its poll arrived. On PostgreSQL the row
         // lock orders this claim and a removal: the removal either waits and then loses
-        // what this claim leased, or goes first and this claim finds no agent.
-        let known: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM agents WHERE id = $1{}",
+        // what this claim leased, or goes first and this claim finds no agent. The same
+        // statement counts the attempts it holds.
+        let active: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE agent_id = a.id AND state IN ('leased', 'running')) FROM agents a WHERE a.id = $1{}",
             self.lock_clause()
         ))
         .bind(&agent.id)
         .fetch_optional(&mut *tx)
         .await?;
-        if known.is_none() {
+        let Some(active) = active else {
             tx.rollback().await?;
             return Err(StoreError::UnknownAgent {
                 agent_id: agent.id.clone(),
             });
-        }
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN ('leased', 'running')",
-        )
-        .bind(&agent.id)
-        .fetch_one(&mut *tx)
-        .await?;
+        };
         let got = self.claim_in(&mut tx, agent, active, now, ttl).await?;
         // Committed even when nothing was leased: a transaction left open holds its row
         // locks, which hide jobs from other claimers (SKIP LOCKED), until its
@@ -1092,6 +1087,9 @@ impl Store {
         agent_id: &str,
         running: &[RunningAttempt],
     ) -> Result<Vec<RunningAttempt>> {
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<(String, i64)> = sqlx::query_as(
             "SELECT id, current_attempt FROM jobs WHERE agent_id = $1 AND cancel_requested = 1 AND state IN ('leased', 'running')",
         )
