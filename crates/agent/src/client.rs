@@ -191,7 +191,7 @@ impl Client {
         &self,
         job_id: &str,
         attempt: u32,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         start: bool,
     ) -> Result<(), CallError> {
         let mut url = self.attempt_url(job_id, attempt, "logs");
@@ -261,7 +261,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Option<T>, CallError> {
         let body = serde_json::to_vec(body).expect("plain data serializes");
-        self.send_bytes(url, token, body, timeout).await
+        self.send_bytes(url, token, body.into(), timeout).await
     }
 
     /// POSTs `body` (JSON) and reads the answer.
@@ -269,7 +269,7 @@ impl Client {
         &self,
         url: &str,
         token: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<Option<T>, CallError> {
         let resp = self

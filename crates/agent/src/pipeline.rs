@@ -28,6 +28,8 @@ const BATCH_RECORDS: usize = 5000;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// … or after this long.
 const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+// A batch over the server's limit would be refused, and a refused batch is skipped.
+const _: () = assert!(BATCH_RECORDS <= drover_core::api::MAX_LOG_RECORDS);
 /// Log batches sent before the first of them is answered.
 const BATCHES_IN_FLIGHT: usize = 2;
 /// At most this often a progress update is sent.
@@ -534,11 +536,11 @@ async fn ship_logs(
                     }));
                 }
             }
-            let body = std::mem::take(&mut batch.body);
+            let body = bytes::Bytes::from(std::mem::take(&mut batch.body));
             let reporter = reporter.clone();
             let full = batch.full;
             in_flight.push_back(async move {
-                let sent = reporter.logs(&body, started.is_some()).await;
+                let sent = reporter.logs(body, started.is_some()).await;
                 if let Some((tx, _)) = started {
                     let _ = tx.send(match sent {
                         Err(GaveUp::Abandoned) => Err(Abandoned),

@@ -79,10 +79,11 @@ impl Reporter {
 
     /// One batch of log records, as the JSON body of the request; with `start`, it also
     /// reports the start.
-    pub async fn logs(&self, body: &[u8], start: bool) -> Result<(), GaveUp> {
+    pub async fn logs(&self, body: bytes::Bytes, start: bool) -> Result<(), GaveUp> {
+        // `Bytes`: each try sends the same buffer, not a copy of a batch of megabytes.
         self.retry("logs", || {
             self.client
-                .logs(&self.job_id, self.attempt, body.to_vec(), start)
+                .logs(&self.job_id, self.attempt, body.clone(), start)
         })
         .await
     }
@@ -145,7 +146,7 @@ impl Reporter {
             return self.finish_folded(req, folded.as_ref()).await;
         }
         if let Some(f) = folded {
-            if let Err(GaveUp::Abandoned) = self.logs(&f.body, true).await {
+            if let Err(GaveUp::Abandoned) = self.logs(f.body.into(), true).await {
                 return Err(Abandoned);
             }
         }

@@ -88,6 +88,7 @@ async fn report(client: &Client, files: &AttemptFiles, rec: &Record) -> Result<(
         let mut body = br#"{"records":["#.to_vec();
         body.extend(batch.join(&b","[..]));
         body.extend_from_slice(b"]}");
+        let body = bytes::Bytes::from(body);
         // The first batch also reports the start, in case it never reached the server.
         retry(give_up, || {
             client.logs(&rec.job_id, rec.attempt, body.clone(), i == 0)

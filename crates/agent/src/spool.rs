@@ -5,14 +5,17 @@
 //! chatty job, a slow or unreachable server) they spill to the spool file, and stay there
 //! for the rest of the attempt. The records still in memory when the job ends are written
 //! with the end into the attempt's record (see `fence::mark_ended`), so an agent that dies
-//! before shipping them still sends them when it starts again. Bounded: past `limit`
-//! unshipped bytes records are dropped and a `system` marker says how many; past the
-//! output cap further output is discarded.
+//! before shipping them still sends them when it starts again. Bounded: at `limit`
+//! unshipped bytes the writer waits while the server keeps acknowledging batches (the
+//! job then blocks on its pipe: a slow server loses no line), and drops records, with a
+//! `system` marker saying how many, only once nothing was acknowledged for [`STALL`]
+//! (the server is unreachable); past the output cap further output is discarded.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use drover_core::api::Stream;
@@ -23,6 +26,10 @@ const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 /// Unshipped bytes kept in memory before the spool spills to its file (per attempt, so
 /// an agent's memory for logs stays within slots × this).
 pub const MEMORY_BYTES: usize = 1024 * 1024;
+/// A full spool waits this long for the server to acknowledge something before it drops
+/// lines: long enough for a slow server, short enough that an outage does not stall the
+/// job.
+pub const STALL: Duration = Duration::from_secs(1);
 
 /// Limits of one spool.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +73,8 @@ pub struct SpoolShared {
     path: PathBuf,
     state: Mutex<SpoolState>,
     notify: Notify,
+    /// Signalled on each acknowledgement, for a writer waiting for room.
+    acked: Condvar,
 }
 
 impl SpoolShared {
@@ -106,6 +115,9 @@ pub struct SpoolWriter {
     /// The spool file could not be written: records stay in memory, at most
     /// [`MEMORY_BYTES`] of them unshipped.
     spill_failed: bool,
+    /// The acknowledged offset when the writer last gave up waiting for room: until the
+    /// server acknowledges more, a full spool drops lines at once.
+    stalled_at: Option<u64>,
     /// The last timestamp written: epoch milliseconds and their RFC 3339 form.
     ts: (i64, String),
     /// The line being encoded (reused).
@@ -119,6 +131,7 @@ pub fn create(path: &Path, limits: SpoolLimits) -> (SpoolWriter, SpoolReader) {
         path: path.to_path_buf(),
         state: Mutex::new(SpoolState::default()),
         notify: Notify::new(),
+        acked: Condvar::new(),
     });
     let writer = SpoolWriter {
         shared: shared.clone(),
@@ -130,6 +143,7 @@ pub fn create(path: &Path, limits: SpoolLimits) -> (SpoolWriter, SpoolReader) {
         truncated: false,
         dropped: 0,
         spill_failed: false,
+        stalled_at: None,
         ts: (i64::MIN, String::new()),
         line: Vec::new(),
     };
@@ -155,17 +169,51 @@ impl SpoolWriter {
             );
             return self.append_system(msg);
         }
-        let unshipped = self.offset.saturating_sub(self.shared.lock().acked);
         let limit = match self.spill_failed {
             true => self.limits.unshipped_bytes.min(MEMORY_BYTES as u64),
             false => self.limits.unshipped_bytes,
         };
-        if unshipped + text.len() as u64 > limit {
+        if !self.room_for(text.len() as u64, limit)? {
             self.dropped += 1;
             return Ok(());
         }
         self.write_drop_marker()?;
         self.write(stream, text)
+    }
+
+    /// Whether `len` more bytes fit under `limit` unshipped ones. If not, waits for the
+    /// shipper to make room while the server acknowledges batches; gives up after
+    /// [`STALL`] without one, and from then on at once until the next acknowledgement.
+    fn room_for(&mut self, len: u64, limit: u64) -> std::io::Result<bool> {
+        let acked = self.shared.lock().acked;
+        if self.offset.saturating_sub(acked) + len <= limit {
+            return Ok(true);
+        }
+        if self.stalled_at == Some(acked) {
+            return Ok(false);
+        }
+        // What the writer holds must reach the shipper, or no acknowledgement comes.
+        self.flush()?;
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        let (mut last, mut since) = (st.acked, Instant::now());
+        loop {
+            if self.offset.saturating_sub(st.acked) + len <= limit {
+                self.stalled_at = None;
+                return Ok(true);
+            }
+            if st.acked != last {
+                (last, since) = (st.acked, Instant::now());
+            }
+            let left = STALL.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                self.stalled_at = Some(st.acked);
+                return Ok(false);
+            }
+            st = (shared.acked.wait_timeout(st, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Appends a `system` record (always kept).
@@ -393,6 +441,7 @@ impl SpoolReader {
         let mut st = self.shared.lock();
         if st.generation == batch.generation && batch.end > st.acked {
             st.acked = batch.end;
+            self.shared.acked.notify_all();
         }
     }
 

@@ -196,6 +196,33 @@ async fn finish_signal_lets_current_jobs_end_then_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_faster_than_its_shipper_loses_no_line_while_the_server_answers() {
+    // `seq` prints its 100,000 lines (≈7 MB as records) far faster than they ship, into
+    // a 64 KiB spool: the job must wait for the shipper, not lose lines.
+    let server = TestServer::start().await;
+    let api = Api::new(&server);
+    let _agent = agent_with(&server, |c| c.spool_limit_bytes = 64 * 1024);
+    let lines = 100_000;
+    let job = api
+        .submit(SubmitRequest::shell(format!("seq 1 {lines}")))
+        .await;
+    let done = api.wait_done(&job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let logs = api.logs(&job.id).await;
+    let system = texts(&logs, Stream::System);
+    assert!(
+        !system.iter().any(|t| t.contains("dropped")),
+        "no line dropped: {system:?}"
+    );
+    let out = texts(&logs, Stream::Stdout);
+    assert_eq!(out.len(), lines);
+    assert!(out
+        .iter()
+        .enumerate()
+        .all(|(i, t)| *t == (i + 1).to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_drops_lines_and_says_how_many() {
     // A tiny spool limit and a 3 s outage: the agent must drop, and say so in the log.
     let data = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use crate::api::Api;
 use crate::report::{Row, Target};
 use crate::roles::{self, Proc, ADMIN};
 use crate::Size;
-use drover_core::api::Job;
+use drover_core::api::{Job, LogPage};
 
 const LONG: Duration = Duration::from_secs(1800);
 
@@ -402,6 +402,12 @@ async fn logs(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
         }
         ours.push(bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
         rss.push(sys.agent.as_ref().map_or(f64::NAN, |a| a.rss_mib().1));
+        // A figure for logs that did not all arrive would mean nothing.
+        let lines = bytes.div_ceil(line.len() as u64 + 1);
+        let stored = stored_stdout_lines(&sys.api, &job.id).await?;
+        if stored != lines {
+            bail!("the store holds {stored} of the job's {lines} lines");
+        }
         sys.stop();
     }
     Ok(vec![
@@ -422,6 +428,27 @@ async fn logs(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             Target::AtMost(64.0),
         ),
     ])
+}
+
+/// How many stdout records job `id` has stored, read page by page; fails on a gap in
+/// `seq`.
+async fn stored_stdout_lines(api: &Api, id: &str) -> anyhow::Result<u64> {
+    let (mut after, mut lines) = (0u64, 0u64);
+    loop {
+        let page: LogPage = api
+            .get(&format!("/v1/jobs/{id}/logs?after={after}&limit=10000"))
+            .await?;
+        let Some(last) = page.records.last() else {
+            return Ok(lines);
+        };
+        if last.seq != after + page.records.len() as u64 {
+            bail!("stored log records after seq {after} have a gap");
+        }
+        after = last.seq;
+        lines += (page.records.iter())
+            .filter(|r| r.stream == drover_core::api::Stream::Stdout)
+            .count() as u64;
+    }
 }
 
 /// A 1 GiB artifact uploaded by the agent after its job and downloaded by a client,

@@ -364,6 +364,9 @@ impl Stream {
     }
 }
 
+/// Most records in one log batch: the server refuses more, and agents ship at most this.
+pub const MAX_LOG_RECORDS: usize = 10_000;
+
 /// One line of output. `seq` numbers the records of an attempt from 1 without gaps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogRecord {

@@ -20,11 +20,10 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::store::{NewAgent, StoreError};
 use crate::Scope;
+use drover_core::api::MAX_LOG_RECORDS;
 
 /// Longest a poll is held open.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
-/// Most records in one log batch.
-pub const MAX_LOG_RECORDS: usize = 10_000;
 /// Longest text of one log record (the agent splits lines at 64 KiB).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 + 1024;
 
