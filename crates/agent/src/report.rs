@@ -80,7 +80,7 @@ impl Reporter {
     /// One batch of log records, as the JSON body of the request; with `start`, it also
     /// reports the start.
     pub async fn logs(&self, body: bytes::Bytes, start: bool) -> Result<(), GaveUp> {
-        // `Bytes`: each try sends the same buffer, not a copy of a batch of megabytes.
+        // `Bytes`: each try sends the same buffer instead of a copy of the batch.
         self.retry("logs", || {
             self.client
                 .logs(&self.job_id, self.attempt, body.clone(), start)
