@@ -323,7 +323,12 @@ async fn queue(size: Size, runs: usize) -> anyhow::Result<Vec<Row>> {
             "jobs/s",
             &rates,
             None,
-            Target::AtLeast(10_000.0),
+            // Issue 19's targets.
+            Target::AtLeast(if backend == "sqlite" {
+                30_000.0
+            } else {
+                20_000.0
+            }),
         ));
 
         let db = if backend == "postgres" {
@@ -591,6 +596,14 @@ async fn memory(size: Size) -> anyhow::Result<Vec<Row>> {
             &[server_after_file],
             None,
             Target::None,
+        ),
+        Row::new(
+            "memory",
+            &format!("server RSS after {n} jobs, without file pages"),
+            "MiB",
+            &[server_after - server_after_file],
+            None,
+            Target::AtMost(100.0),
         ),
         Row::new(
             "memory",

@@ -386,8 +386,12 @@ impl Store {
         // One UPDATE for all chosen jobs; `state = 'queued'` keeps it exactly-once even
         // if another server took one in between (PostgreSQL without the row lock).
         let sql = format!(
-            "UPDATE jobs SET state = $1, agent_id = $2, current_attempt = current_attempt + 1, lease_expires_at = $3, updated_at = $4 WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata, inputs, artifacts, log_path",
-            placeholders(4, chosen.len())
+            "UPDATE jobs SET state = {}, agent_id = {}, current_attempt = current_attempt + 1, lease_expires_at = {}, updated_at = {} WHERE state = 'queued' AND id IN ({}) RETURNING id, current_attempt, name, exec, env, secrets, timeout_ms, grace_ms, metadata, inputs, artifacts, log_path",
+            self.param(1),
+            self.param(2),
+            self.param(3),
+            self.param(4),
+            self.params(4, chosen.len())
         );
         let mut q = sqlx::query(&sql)
             .bind(next.as_str())
@@ -1031,8 +1035,9 @@ impl Store {
             // An attempt whose finish this agent's own report stored while the poll was
             // on its way is done, not stale: a kill would only alarm the agent's log.
             let sql = format!(
-                "SELECT job_id, number FROM attempts WHERE agent_id = $1 AND state IN ('succeeded', 'failed', 'canceled') AND job_id IN ({})",
-                placeholders(1, gone.len())
+                "SELECT job_id, number FROM attempts WHERE agent_id = {} AND state IN ('succeeded', 'failed', 'canceled') AND job_id IN ({})",
+                self.param(1),
+                self.params(1, gone.len())
             );
             let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(agent_id);
             for r in &gone {

@@ -10,7 +10,7 @@ use drover_core::labels::Labels;
 use sqlx::Row;
 
 use super::jobs::{job_from_row, JOB_COLS};
-use super::{from_ms, json_col, ms, placeholders, Result, Store};
+use super::{from_ms, json_col, ms, Result, Store};
 
 /// Minutes the overview's charts cover.
 pub const OVERVIEW_MINUTES: usize = 60;
@@ -130,7 +130,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT {JOB_COLS} FROM jobs WHERE id IN ({})",
-            placeholders(0, ids.len())
+            self.params(0, ids.len())
         );
         let mut query = sqlx::query(&sql);
         for id in ids {
