@@ -402,6 +402,51 @@ async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identical
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
 }
 
+/// Regression: a log moved to the object store was answered with 500 `internal` once the
+/// store stopped answering, which says the server is broken rather than that the store
+/// is away and the read may work later.
+#[tokio::test]
+async fn a_moved_log_whose_object_store_is_away_answers_503_naming_it() {
+    let Some(s3) = tokio::task::spawn_blocking(S3Server::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(tmp.path().to_path_buf(), Some(&s3))).await;
+    let admin = Client::new(&server, &server.admin_token);
+    let (job, text) = run_job_with_logs(&server, &admin).await;
+    let start = std::time::Instant::now();
+    while log_place(&admin, &job).await != "object_store" {
+        assert!(start.elapsed().as_secs() < 30, "the log never moved");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(logs_txt(&admin, &job).await, text);
+
+    drop(s3);
+    for path in [
+        format!("/v1/jobs/{job}/logs.txt"),
+        format!("/v1/jobs/{job}/logs?limit=5"),
+    ] {
+        let (status, _, body) = fetch(&admin, &path).await;
+        let v: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&body)));
+        assert_eq!(
+            (status, error_code(&v)),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            "{path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("reading the log: the object store s3://")
+                && message.ends_with(" is unavailable; try again later"),
+            "{path}: {message}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn retention_expires_files_artifacts_and_logs_of_ended_jobs_only() {
     let tmp = tempfile::tempdir().unwrap();

@@ -113,9 +113,10 @@ impl From<StoreError> for ApiError {
                 ApiError::Unauthorized(super::auth::UNKNOWN_AGENT.into())
             }
             e @ StoreError::AlreadyFinished { .. } => ApiError::AlreadyFinished(e.to_string()),
-            e @ (StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_)) => {
-                ApiError::Internal(e.to_string())
+            StoreError::Unavailable(m) => {
+                ApiError::ServiceUnavailable(format!("{m}; try again later"))
             }
+            e @ (StoreError::Db(_) | StoreError::Corrupt(_)) => ApiError::Internal(e.to_string()),
         }
     }
 }

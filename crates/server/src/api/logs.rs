@@ -116,7 +116,8 @@ async fn resolve(state: &AppState, id: String, q: &LogQuery) -> Result<Resolved,
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed, or a stored log chunk is damaged; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the log was moved to the object store, which does not answer now; the message names it; try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn page(
     State(state): State<AppState>,
@@ -312,7 +313,8 @@ where
         (status = 401, description = "`unauthorized`: no token, a malformed `Authorization` header, or an unknown, revoked or expired token (or an ended dashboard session)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token's scope does not cover `read`, or it is an agent's session token", body = ErrorBody),
         (status = 404, description = "`not_found`: no job with this id, or it has no such attempt", body = ErrorBody),
-        (status = 500, description = "`internal`: the database or the file store failed; the message quotes a request id", body = ErrorBody)),
+        (status = 500, description = "`internal`: the database failed, or a stored log chunk is damaged; the message quotes a request id", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the log was moved to the object store, which does not answer now; the message names it; try again later", body = ErrorBody)),
     security(("token" = [])))]
 pub async fn text(
     State(state): State<AppState>,
@@ -321,18 +323,32 @@ pub async fn text(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let r = resolve(&state, id, &q).await?;
-    let body = futures::stream::unfold(Some(r), move |cursor| {
+    // The first page is read before answering: a log that cannot be read now (moved to
+    // an object store that does not answer) is a 503, not a 200 whose body breaks off.
+    let first = if r.attempt == 0 {
+        None
+    } else {
+        Some(r.next_page(&state, MAX_PAGE).await?.1)
+    };
+    let body = futures::stream::unfold((first, Some(r)), move |(read, cursor)| {
         let state = state.clone();
         async move {
             let mut r = cursor?;
             if r.attempt == 0 {
                 return None;
             }
-            let page = match r.next_page(&state, MAX_PAGE).await {
-                Ok((_, page)) if !page.records.is_empty() => page,
-                Ok(_) => return None,
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+            let page = match read {
+                Some(page) => page,
+                None => match r.next_page(&state, MAX_PAGE).await {
+                    Ok((_, page)) => page,
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e.to_string())), (None, None)))
+                    }
+                },
             };
+            if page.records.is_empty() {
+                return None;
+            }
             let records = page.records;
             let mut chunk = String::new();
             for rec in &records {
@@ -340,7 +356,7 @@ pub async fn text(
                 chunk.push('\n');
             }
             r.after = page.cursor;
-            Some((Ok::<_, std::io::Error>(chunk), Some(r)))
+            Some((Ok::<_, std::io::Error>(chunk), (None, Some(r))))
         }
     });
     Ok((

@@ -338,16 +338,22 @@ impl Store {
                 "log chunk {key} is in an object store this server does not use"
             ))
         })?;
+        // The store's own error goes to the server log; the caller is told which store
+        // is away (a 503: the read may work later).
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(key = %key, store = files.location(), error = %e, "cannot read a log chunk from the object store");
+            StoreError::Unavailable(format!(
+                "reading the log: the object store {} is unavailable",
+                files.location()
+            ))
+        };
         let (_, mut body) = files
             .get(&object_store::path::Path::from(key.as_str()))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot read log chunk {key}: {e}")))?;
+            .map_err(|e| unavailable(&e))?;
         let mut bytes = Vec::new();
         while let Some(part) = futures::StreamExt::next(&mut body).await {
-            let part = part.map_err(|e| {
-                StoreError::Unavailable(format!("cannot read log chunk {key}: {e}"))
-            })?;
-            bytes.extend_from_slice(&part);
+            bytes.extend_from_slice(&part.map_err(|e| unavailable(&e))?);
         }
         String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("log chunk {key}: {e}")))
     }
