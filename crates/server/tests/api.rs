@@ -671,6 +671,63 @@ async fn cancel_of_a_running_job_reaches_its_agent_and_stale_runs_are_killed() {
     );
 }
 
+/// Regression: cancel, retry and a repeated submit answered the job without its attempts
+/// and dependencies, unlike `GET /v1/jobs/{id}`.
+#[tokio::test]
+async fn cancel_retry_and_a_repeated_submit_answer_the_whole_job() {
+    let server = TestServer::start().await;
+    let c = Client::new(&server, &server.admin_token);
+    let mut spec = shell("true");
+    spec["idempotency_key"] = json!("whole-job");
+    let a = c.submit(spec.clone()).await;
+    let mut waiter = shell("true");
+    waiter["after"] = json!([{"job": a.id}]);
+    let b = c.submit(waiter).await;
+    let agent = register(&server, "w", json!({})).await;
+    let lease = poll(&agent, &[], 1000).await.leases.remove(0);
+    assert_eq!(lease.job_id, a.id);
+    // The job as a GET shows it, less what only a GET works out (where a queued job
+    // stands in its queue, and why it waits).
+    let got = |id: String| {
+        let c = &c;
+        async move {
+            let mut v = c.get(&format!("/v1/jobs/{id}")).await.1;
+            for only_get in ["queue_position", "wait_reason"] {
+                v.as_object_mut().unwrap().remove(only_get);
+            }
+            v
+        }
+    };
+
+    let (status, again) = c.post("/v1/jobs", spec).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["attempts"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again, got(a.id.clone()).await);
+
+    let (status, canceled) = c
+        .post(&format!("/v1/jobs/{}/cancel", b.id), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["after"][0]["job"], json!(a.id), "{canceled}");
+    assert_eq!(canceled, got(b.id.clone()).await);
+
+    let (status, v) = agent
+        .post(
+            &format!("/v1/jobs/{}/attempts/{}/finish", a.id, lease.attempt),
+            json!({"outcome": "failed", "exit_code": 1}),
+        )
+        .await;
+    assert!(status.is_success(), "{v}");
+    let (status, retried) = c.post(&format!("/v1/jobs/{}/retry", a.id), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(
+        retried["attempts"][0]["state"],
+        json!("failed"),
+        "{retried}"
+    );
+    assert_eq!(retried, got(a.id.clone()).await);
+}
+
 #[tokio::test]
 async fn agents_are_listed_and_go_offline_when_polls_stop() {
     let server = TestServer::start().await;

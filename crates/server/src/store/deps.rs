@@ -382,22 +382,6 @@ impl Store {
             .await?;
         Ok((row.try_get::<i64, _>("n")? as u64, row.try_get("first")?))
     }
-
-    /// The jobs a job waits for, by id, oldest edge first.
-    pub(super) async fn after_of(&self, id: &str) -> Result<Vec<Dependency>> {
-        let rows = sqlx::query("SELECT dep_id, condition FROM job_deps WHERE job_id = $1")
-            .bind(id)
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Dependency {
-                    job: r.try_get("dep_id")?,
-                    condition: super::parse_col(r, "condition")?,
-                })
-            })
-            .collect()
-    }
 }
 
 /// Records that the server moved a waiting job on (released or canceled).
@@ -516,6 +500,26 @@ fn describe(job: &ValidJob, i: usize) -> String {
         Some(k) => format!("key:{k}"),
         None => format!("jobs[{i}]"),
     }
+}
+
+/// The jobs a job waits for, by id (ids are time-ordered: the oldest job first).
+pub(super) async fn after_of<'e, E>(ex: E, id: &str) -> Result<Vec<Dependency>>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    let rows =
+        sqlx::query("SELECT dep_id, condition FROM job_deps WHERE job_id = $1 ORDER BY dep_id")
+            .bind(id)
+            .fetch_all(ex)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Dependency {
+                job: r.try_get("dep_id")?,
+                condition: super::parse_col(r, "condition")?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

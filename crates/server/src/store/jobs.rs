@@ -6,7 +6,7 @@ use drover_core::backoff::Backoff;
 use drover_core::template::TemplateRef;
 use drover_core::{transition, Event, JobState, ValidJob};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use super::audit::audit_in_tx;
 use super::deps::Start;
@@ -187,6 +187,7 @@ pub(crate) async fn answered_again(
     })
 }
 
+/// A job's row, without its attempts and dependencies: what an agent's write answers.
 pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Job> {
     let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
         .bind(id)
@@ -194,6 +195,46 @@ pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result
         .await?
         .ok_or_else(|| not_found(id))?;
     job_from_row(&row)
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it, with its attempts and dependencies: also what a
+/// cancel, a retry, a rerun and a repeated submit answer.
+pub(crate) async fn full_job(conn: &mut AnyConnection, id: &str) -> Result<Job> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let mut job = job_from_row(&row)?;
+    let rows = sqlx::query(
+        "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs, gpus FROM attempts WHERE job_id = $1 ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let state: String = row.try_get("state")?;
+        job.attempts.push(Attempt {
+            number: row.try_get::<i64, _>("number")? as u32,
+            agent_id: row.try_get("agent_id")?,
+            state: AttemptState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("attempt state {state:?}")))?,
+            leased_at: from_ms(row.try_get("leased_at")?),
+            started_at: opt_time(&row, "started_at")?,
+            finished_at: opt_time(&row, "finished_at")?,
+            exit_code: row
+                .try_get::<Option<i64>, _>("exit_code")?
+                .map(|v| v as i32),
+            error: row.try_get("error")?,
+            log: super::logs::log_place(&row.try_get::<String, _>("logs")?).into(),
+            gpus: row
+                .try_get::<Option<String>, _>("gpus")?
+                .as_deref()
+                .and_then(Gpus::parse),
+        });
+    }
+    job.after = super::deps::after_of(&mut *conn, id).await?;
+    Ok(job)
 }
 
 /// How a job just enqueued looks, without reading it back.
@@ -359,7 +400,7 @@ impl Store {
                         .fetch_optional(&mut **tx)
                         .await?;
                 if let Some(id) = existing {
-                    slots.push(Slot::Existing(Box::new(job_in_tx(tx, &id).await?)));
+                    slots.push(Slot::Existing(Box::new(full_job(tx, &id).await?)));
                     continue;
                 }
                 keys_in_batch.insert(key.clone(), fresh.len());
@@ -563,7 +604,7 @@ impl Store {
             now,
         )
         .await?;
-        let job = job_in_tx(&mut tx, &new_id).await?;
+        let job = full_job(&mut tx, &new_id).await?;
         tx.commit().await?;
         Ok(job)
     }
@@ -591,43 +632,10 @@ impl Store {
         Ok(ahead as u64 + 1)
     }
 
-    /// One job with its attempts.
+    /// One job with its attempts and dependencies.
     pub async fn job(&self, id: &str) -> Result<Job> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        let mut job = job_from_row(&row)?;
-        let rows = sqlx::query(
-            "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs, gpus FROM attempts WHERE job_id = $1 ORDER BY number",
-        )
-        .bind(id)
-        .fetch_all(&self.read)
-        .await?;
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            job.attempts.push(Attempt {
-                number: row.try_get::<i64, _>("number")? as u32,
-                agent_id: row.try_get("agent_id")?,
-                state: AttemptState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("attempt state {state:?}")))?,
-                leased_at: from_ms(row.try_get("leased_at")?),
-                started_at: opt_time(&row, "started_at")?,
-                finished_at: opt_time(&row, "finished_at")?,
-                exit_code: row
-                    .try_get::<Option<i64>, _>("exit_code")?
-                    .map(|v| v as i32),
-                error: row.try_get("error")?,
-                log: super::logs::log_place(&row.try_get::<String, _>("logs")?).into(),
-                gpus: row
-                    .try_get::<Option<String>, _>("gpus")?
-                    .as_deref()
-                    .and_then(Gpus::parse),
-            });
-        }
-        job.after = self.after_of(id).await?;
-        Ok(job)
+        let mut conn = self.read.acquire().await?;
+        full_job(&mut conn, id).await
     }
 
     /// Jobs newest first, filtered; the cursor is the `num` of the last job of the
@@ -735,7 +743,7 @@ impl Store {
             )
             .await?;
         audit_in_tx(&mut tx, actor, "job.cancel", id, None, now).await?;
-        let job = job_in_tx(&mut tx, id).await?;
+        let job = full_job(&mut tx, id).await?;
         tx.commit().await?;
         Ok((job, done))
     }
@@ -879,7 +887,7 @@ impl Store {
         })?;
         self.retry_subjects(&mut tx, &[subject], actor, now).await?;
         audit_in_tx(&mut tx, actor, "job.retry", id, None, now).await?;
-        let job = job_in_tx(&mut tx, id).await?;
+        let job = full_job(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
     }
