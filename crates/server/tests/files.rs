@@ -351,25 +351,55 @@ async fn log_place(c: &Client, job: &str) -> String {
     c.job(job).await.attempts[0].log.clone()
 }
 
+/// A server on moto whose one job's log has moved to the object store, and read back
+/// identically from there. `None` where moto is not installed.
+struct MovedLog {
+    /// Killed on drop.
+    s3: S3Server,
+    _data: tempfile::TempDir,
+    _server: TestServer,
+    admin: Client,
+    job: String,
+}
+
+impl MovedLog {
+    async fn start() -> Option<MovedLog> {
+        let s3 = tokio::task::spawn_blocking(S3Server::start)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"))?;
+        let data = tempfile::tempdir().unwrap();
+        let server = TestServer::start_with(config(data.path().to_path_buf(), Some(&s3))).await;
+        let admin = Client::new(&server, &server.admin_token);
+        let (job, text) = run_job_with_logs(&server, &admin).await;
+        let start = std::time::Instant::now();
+        while log_place(&admin, &job).await != "object_store" {
+            assert!(start.elapsed().as_secs() < 30, "the log never moved");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(logs_txt(&admin, &job).await, text);
+        Some(MovedLog {
+            s3,
+            _data: data,
+            _server: server,
+            admin,
+            job,
+        })
+    }
+}
+
 #[tokio::test]
 async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identically() {
-    let Some(s3) = tokio::task::spawn_blocking(S3Server::start)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"))
+    let Some(MovedLog {
+        s3: _s3,
+        _data,
+        _server,
+        admin,
+        job,
+    }) = MovedLog::start().await
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(config(tmp.path().to_path_buf(), Some(&s3))).await;
-    let admin = Client::new(&server, &server.admin_token);
-    let (job, text) = run_job_with_logs(&server, &admin).await;
-    let start = std::time::Instant::now();
-    while log_place(&admin, &job).await != "object_store" {
-        assert!(start.elapsed().as_secs() < 30, "the log never moved");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(logs_txt(&admin, &job).await, text);
     // Pages from the middle, one stream only, read from the moved chunks.
     let (_, page) = admin
         .get(&format!(
@@ -407,23 +437,16 @@ async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identical
 /// is away and the read may work later.
 #[tokio::test]
 async fn a_moved_log_whose_object_store_is_away_answers_503_naming_it() {
-    let Some(s3) = tokio::task::spawn_blocking(S3Server::start)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"))
+    let Some(MovedLog {
+        s3,
+        _data,
+        _server,
+        admin,
+        job,
+    }) = MovedLog::start().await
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(config(tmp.path().to_path_buf(), Some(&s3))).await;
-    let admin = Client::new(&server, &server.admin_token);
-    let (job, text) = run_job_with_logs(&server, &admin).await;
-    let start = std::time::Instant::now();
-    while log_place(&admin, &job).await != "object_store" {
-        assert!(start.elapsed().as_secs() < 30, "the log never moved");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(logs_txt(&admin, &job).await, text);
 
     drop(s3);
     for path in [
