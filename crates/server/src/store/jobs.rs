@@ -188,10 +188,10 @@ pub(crate) async fn answered_again(
 }
 
 /// A job's row, without its attempts and dependencies: what an agent's write answers.
-pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Job> {
+pub(crate) async fn job_in_tx(conn: &mut AnyConnection, id: &str) -> Result<Job> {
     let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await?
         .ok_or_else(|| not_found(id))?;
     job_from_row(&row)
@@ -200,12 +200,7 @@ pub(crate) async fn job_in_tx(tx: &mut Transaction<'_, Any>, id: &str) -> Result
 /// A job as `GET /v1/jobs/{id}` shows it, with its attempts and dependencies: also what a
 /// cancel, a retry, a rerun and a repeated submit answer.
 pub(crate) async fn full_job(conn: &mut AnyConnection, id: &str) -> Result<Job> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    let mut job = job_from_row(&row)?;
+    let mut job = job_in_tx(conn, id).await?;
     let rows = sqlx::query(
         "SELECT number, agent_id, state, leased_at, started_at, finished_at, exit_code, error, logs, gpus FROM attempts WHERE job_id = $1 ORDER BY number",
     )
