@@ -390,16 +390,10 @@ impl MovedLog {
 
 #[tokio::test]
 async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identically() {
-    let Some(MovedLog {
-        s3: _s3,
-        _data,
-        _server,
-        admin,
-        job,
-    }) = MovedLog::start().await
-    else {
+    let Some(moved) = MovedLog::start().await else {
         return;
     };
+    let (admin, job) = (&moved.admin, &moved.job);
     // Pages from the middle, one stream only, read from the moved chunks.
     let (_, page) = admin
         .get(&format!(
@@ -424,7 +418,7 @@ async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identical
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
     let (status, _) = admin.get(&format!("/v1/jobs/{job}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = fetch(&admin, &format!("/v1/files/{artifact}")).await;
+    let (status, _, _) = fetch(admin, &format!("/v1/files/{artifact}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, v) = admin
         .call(Method::DELETE, &format!("/v1/jobs/{job}"), None)
@@ -437,23 +431,17 @@ async fn logs_of_ended_attempts_move_to_the_object_store_and_read_back_identical
 /// is away and the read may work later.
 #[tokio::test]
 async fn a_moved_log_whose_object_store_is_away_answers_503_naming_it() {
-    let Some(MovedLog {
-        s3,
-        _data,
-        _server,
-        admin,
-        job,
-    }) = MovedLog::start().await
-    else {
+    let Some(moved) = MovedLog::start().await else {
         return;
     };
+    let (admin, job) = (&moved.admin, &moved.job);
 
-    drop(s3);
+    drop(moved.s3);
     for path in [
         format!("/v1/jobs/{job}/logs.txt"),
         format!("/v1/jobs/{job}/logs?limit=5"),
     ] {
-        let (status, _, body) = fetch(&admin, &path).await;
+        let (status, _, body) = fetch(admin, &path).await;
         let v: Value = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&body)));
         assert_eq!(
